@@ -1,0 +1,1 @@
+"""Agent adapters: protobuf codec, gRPC link. They move data and decide nothing."""

@@ -1,0 +1,178 @@
+"""The agent's gRPC link: one bidirectional Telemetry.Stream, reconnected for ever.
+
+Session: write Hello, wait for the controller's first Ack (it says what the controller already
+holds for this boot), then send every buffered batch after that Ack and each new one as it comes.
+Acks free the buffer. On any stream error: log it, wait (exponential backoff, full jitter), start
+a new session, resend everything after the last Ack (at-least-once; the controller drops
+duplicates). A Throttle pauses sending for the time it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import grpc
+import grpc.aio
+
+from agent.core import backoff, buffer
+from protos.xpu.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger("xpu.agent.link")
+
+STREAM_METHOD = "/xpu.v1.Telemetry/Stream"
+
+# gRPC keepalive for a long-lived stream (notes A2): ping every 30 s, give up after 10 s silence.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # each agent its own connection, even when a fleet shares a process
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+
+class StreamClosedError(Exception):
+    """The controller closed the stream without an error status."""
+
+
+class Link:
+    """Streams the batches of one agent's buffer to the controller."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        node_id: str,
+        boot_id: str,
+        make_hello: Callable[[int], bytes],
+        batches: buffer.BatchBuffer,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        rng: random.Random | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        """`make_hello(acked_seq)` builds the encoded Hello for a new session."""
+        self.target = target
+        self.node_id = node_id
+        self.boot_id = boot_id
+        self.make_hello = make_hello
+        self.batches = batches
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.rng = rng or random.Random()
+        self._channel = channel
+        self._wake = asyncio.Event()
+        self._resume_at = 0.0
+        self.connected = False
+        self.sessions_total = 0
+        self.rejected_samples_total = 0
+        self.last_error = ""
+
+    def wake(self) -> None:
+        """Tell the sender a new batch is in the buffer."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Keep a session up until cancelled."""
+        channel = self._channel or grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        stream = channel.stream_stream(
+            STREAM_METHOD,
+            request_serializer=None,  # batches are encoded once, when sampled
+            response_deserializer=pb.ControllerMessage.FromString,
+        )
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await self._session(stream)
+                    raise StreamClosedError  # noqa: TRY301 - a normal end still means reconnect
+                except* grpc.aio.AioRpcError as group:
+                    exc = group.exceptions[0]
+                    assert isinstance(exc, grpc.aio.AioRpcError)
+                    self._lost(f"{exc.code().name}: {exc.details()}")
+                except* StreamClosedError:
+                    self._lost("controller closed the stream")
+                if self.connected:
+                    attempt = 0
+                self.connected = False
+                delay = backoff.delay_s(
+                    attempt,
+                    base_s=self.backoff_base_s,
+                    cap_s=self.backoff_cap_s,
+                    uniform01=self.rng.random(),
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+        finally:
+            if self._channel is None:
+                await channel.close()
+
+    def _lost(self, reason: str) -> None:
+        if reason != self.last_error or self.connected:
+            log.warning("node %s: stream to %s lost: %s", self.node_id, self.target, reason)
+        self.last_error = reason
+
+    async def _session(self, stream: grpc.aio.StreamStreamMultiCallable) -> None:
+        call = stream()
+        try:
+            await call.write(self.make_hello(self.batches.acked_seq))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                raise StreamClosedError
+            self._handle(first)
+            self.sessions_total += 1
+            if not self.connected:
+                log.info("node %s: streaming to %s", self.node_id, self.target)
+            self.connected = True
+            self.last_error = ""
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._send(call), name=f"link[{self.node_id}].tx")
+                tg.create_task(self._receive(call), name=f"link[{self.node_id}].rx")
+        finally:
+            call.cancel()
+
+    def _handle(self, msg: pb.ControllerMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "ack":
+            ack = msg.ack
+            if ack.boot_id == self.boot_id:
+                self.batches.ack(ack.acked_seq)
+            if ack.rejected_samples:
+                self.rejected_samples_total += ack.rejected_samples
+                log.warning(
+                    "node %s: controller rejected %d sample(s) of batch %d: %s",
+                    self.node_id,
+                    ack.rejected_samples,
+                    ack.batch_seq,
+                    ack.rejection,
+                )
+        elif kind == "throttle":
+            self._resume_at = time.monotonic() + msg.throttle.retry_after_ms / 1000.0
+            log.info("node %s: throttled for %d ms", self.node_id, msg.throttle.retry_after_ms)
+
+    async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                raise StreamClosedError
+            self._handle(msg)
+
+    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+        sent = self.batches.acked_seq
+        while True:
+            self._wake.clear()
+            pending = list(self.batches.after(sent))
+            if not pending:
+                await self._wake.wait()
+                continue
+            for seq, payload in pending:
+                pause_s = self._resume_at - time.monotonic()
+                if pause_s > 0:
+                    await asyncio.sleep(pause_s)
+                await call.write(payload)
+                sent = seq

@@ -1,0 +1,252 @@
+"""`xpu-agent`: run | once | fleet (DESIGN section 6). The only place that sets up logging and uvloop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import math
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+from agent.core import model
+from agent.drivers import base
+from agent.drivers.sim import SimDriver, faults
+from agent.runtime import Agent
+from agent.sampler import Sampler
+
+log = logging.getLogger("xpu.agent")
+
+EXIT_USAGE = 2
+
+
+def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            msg = f"{text!r} is not a {kind.__name__}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not (math.isfinite(value) and value > 0):
+            msg = f"{text!r} must be a number > 0"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _fault(text: str) -> faults.Fault:
+    try:
+        return faults.parse(text)
+    except faults.FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _vendor(text: str) -> str:
+    if text not in model.VENDORS:
+        msg = f"unknown vendor {text!r}; use one of: {', '.join(model.VENDORS)}"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"label {text!r} must be KEY=VALUE"
+        raise argparse.ArgumentTypeError(msg)
+    return key, value
+
+
+def _add_driver_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--driver",
+        default="sim",
+        help="device driver: sim (simulated devices of --sim-vendor); vendor drivers arrive "
+        "with the real-driver work and are refused until then",
+    )
+    p.add_argument("--sim-vendor", type=_vendor, default="nvidia", help="vendor to simulate")
+    p.add_argument("--sim-devices", type=_positive(int), default=8, help="simulated devices")
+    p.add_argument("--sim-seed", type=int, default=0, help="seed of the simulation")
+    p.add_argument(
+        "--sim-fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="KIND[:dev=I][:at=SECONDS][:for=SECONDS]; KIND one of " + ", ".join(faults.FAULT_KINDS),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpu-agent", description="xpuctl node agent")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="sample devices and stream them to the controller")
+    run.add_argument("--node-id", default=socket.gethostname())
+    run.add_argument("--controller", required=True, metavar="HOST:PORT")
+    run.add_argument("--mqtt", default=None, help="MQTT URL of the action bus (not used yet)")
+    run.add_argument("--interval-s", type=_positive(float), default=1.0)
+    run.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
+    run.add_argument("--buffer-batches", type=_positive(int), default=600)
+    run.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
+    _add_driver_args(run)
+
+    once = sub.add_parser("once", help="print one normalised sample per device as JSON")
+    once.add_argument("--node-id", default=socket.gethostname())
+    once.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
+    _add_driver_args(once)
+
+    fleet = sub.add_parser("fleet", help="many simulated agents in one process (load generator)")
+    fleet.add_argument("--controller", required=True, metavar="HOST:PORT")
+    fleet.add_argument("--nodes", type=_positive(int), required=True)
+    fleet.add_argument("--devices-per-node", type=_positive(int), default=8)
+    fleet.add_argument(
+        "--vendors",
+        default=",".join(model.VENDORS),
+        help="comma-separated vendors, assigned to nodes in turn",
+    )
+    fleet.add_argument("--interval-s", type=_positive(float), default=1.0)
+    fleet.add_argument("--ramp-s", type=float, default=0.0, help="start the nodes over this time")
+    fleet.add_argument("--seed", type=int, default=0)
+    fleet.add_argument("--node-prefix", default="sim")
+    fleet.add_argument("--buffer-batches", type=_positive(int), default=600)
+    fleet.add_argument(
+        "--sim-fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="fault spec applied to the first node (see `run --help`)",
+    )
+    return parser
+
+
+def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
+    if args.driver != "sim":
+        msg = (
+            f"--driver {args.driver!r} is not available yet: only 'sim' is implemented; "
+            "run with --driver sim --sim-vendor VENDOR"
+        )
+        raise SystemExit(msg)
+    return [
+        SimDriver(
+            vendor=args.sim_vendor,
+            node_id=node_id,
+            devices=args.sim_devices,
+            seed=args.sim_seed,
+            fault_specs=args.sim_fault,
+        )
+    ]
+
+
+async def _once(args: argparse.Namespace) -> int:
+    sampler = Sampler(_drivers(args, args.node_id), timeout_s=args.driver_timeout_s)
+    try:
+        devices = await sampler.discover()
+        samples, rows = await sampler.sample(time.time_ns())
+    finally:
+        sampler.close()
+    by_row = dict(zip(rows, samples, strict=True))
+    out = [model.as_json_row(d, by_row.get(i)) for i, d in enumerate(devices)]
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    sampler = Sampler(_drivers(args, args.node_id), timeout_s=args.driver_timeout_s)
+    the_agent = Agent(
+        node_id=args.node_id,
+        controller=args.controller,
+        sampler=sampler,
+        interval_s=args.interval_s,
+        buffer_batches=args.buffer_batches,
+        labels=dict(args.label),
+    )
+    await the_agent.run()
+    return 0
+
+
+async def _fleet(args: argparse.Namespace) -> int:
+    vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
+    for v in vendors:
+        _vendor_or_exit(v)
+    hang = any(f.kind == "driver_hang" for f in args.sim_fault)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xpu-driver")
+    agents = []
+    for k in range(args.nodes):
+        node_id = f"{args.node_prefix}-{k:05d}"
+        driver = SimDriver(
+            vendor=vendors[k % len(vendors)],
+            node_id=node_id,
+            devices=args.devices_per_node,
+            seed=args.seed,
+            fault_specs=args.sim_fault if k == 0 else [],
+        )
+        sampler = Sampler([driver], timeout_s=5.0, executor=executor, inline=not hang)
+        agents.append(
+            Agent(
+                node_id=node_id,
+                controller=args.controller,
+                sampler=sampler,
+                interval_s=args.interval_s,
+                buffer_batches=args.buffer_batches,
+                labels={"fleet": args.node_prefix},
+            )
+        )
+    log.info(
+        "fleet: %d node(s) x %d device(s) of %s -> %s every %gs",
+        args.nodes,
+        args.devices_per_node,
+        ",".join(vendors),
+        args.controller,
+        args.interval_s,
+    )
+    step_s = args.ramp_s / args.nodes if args.ramp_s > 0 else 0.0
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for a in agents:
+                tg.create_task(a.run(), name=f"fleet[{a.node_id}]")
+                if step_s:
+                    await asyncio.sleep(step_s)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+def _vendor_or_exit(v: str) -> None:
+    try:
+        _vendor(v)
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"xpu-agent fleet: --vendors: {exc}") from None
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: PLC0415 - optional, per platform
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `xpu-agent`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    _install_uvloop()
+    command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
+    try:
+        return asyncio.run(command(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

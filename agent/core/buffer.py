@@ -1,0 +1,52 @@
+"""The agent's bounded buffer of encoded batches awaiting an Ack.
+
+Invariant: the buffer holds at most `capacity` batches with strictly increasing seqs, exactly the
+batches produced and not yet acknowledged, minus the oldest ones dropped when it was full
+(`dropped_total` counts those). Pure: no asyncio, no clock.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+
+class BatchBuffer:
+    """Drop-oldest FIFO of (seq, payload) with at-least-once resend from the last Ack."""
+
+    def __init__(self, capacity: int) -> None:
+        """Hold at most `capacity` batches (>= 1)."""
+        if capacity < 1:
+            msg = f"buffer capacity must be >= 1, got {capacity}"
+            raise ValueError(msg)
+        self.capacity = capacity
+        self._items: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.dropped_total = 0
+        self.acked_seq = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, seq: int, payload: bytes) -> None:
+        """Add a batch; when full, drop the oldest and count it."""
+        if self._items and seq <= self._items[-1][0]:
+            msg = f"seq must increase: got {seq} after {self._items[-1][0]}"
+            raise ValueError(msg)
+        if len(self._items) >= self.capacity:
+            self._items.popleft()
+            self.dropped_total += 1
+        self._items.append((seq, payload))
+
+    def ack(self, acked_seq: int) -> None:
+        """Forget every batch up to and including `acked_seq`."""
+        self.acked_seq = max(self.acked_seq, acked_seq)
+        while self._items and self._items[0][0] <= acked_seq:
+            self._items.popleft()
+
+    def after(self, seq: int) -> Iterator[tuple[int, bytes]]:
+        """The buffered batches with a seq greater than `seq`, oldest first."""
+        return ((s, p) for s, p in self._items if s > seq)
+
+    def oldest_seq(self) -> int | None:
+        """The seq of the oldest buffered batch, if any."""
+        return self._items[0][0] if self._items else None

@@ -1,0 +1,45 @@
+"""The driver interface every vendor module implements.
+
+A driver's methods block (they call vendor libraries or tools); the agent runs each call off the
+event loop with a timeout (agent/sampler.py), so a driver never needs asyncio.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.core import model
+
+
+class DriverError(Exception):
+    """A driver call failed; the message names the vendor, the call and what is needed."""
+
+
+class Driver(Protocol):
+    """What the agent needs of a vendor: find devices, read them, cap their power."""
+
+    vendor: str
+
+    def discover(self) -> list[model.DeviceInfo]:
+        """The devices this driver sees, with identity and capabilities."""
+        ...
+
+    def capabilities(self, index: int) -> model.DeviceInfo:
+        """Fresh capabilities of one device (ranges can change after a driver reload)."""
+        ...
+
+    def sample(self, timestamp_ns: int) -> list[model.DeviceSample]:
+        """One reading per device, stamped `timestamp_ns`."""
+        ...
+
+    def set_power_cap(self, index: int, power_w: float) -> float:
+        """Set a device's power cap, clamped to its range; returns the enforced cap read back.
+
+        Raises:
+            DriverError: the device cannot be capped (power_cap_settable is false) or the call failed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the vendor library or tool and wake any call blocked inside it."""
+        ...

@@ -1,0 +1,101 @@
+"""One agent: discover devices, sample them every tick, buffer the batches, stream them.
+
+The tick loop never waits on the network: it encodes each tick's batch into the bounded buffer
+and wakes the link, which sends when it can (agent/adapters/link.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+
+import grpc.aio
+
+import agent
+from agent.adapters import codec, link
+from agent.core import buffer, model
+from agent.sampler import Sampler
+
+log = logging.getLogger("xpu.agent")
+
+
+class Agent:
+    """A node agent: sampler + buffer + link."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        controller: str,
+        sampler: Sampler,
+        interval_s: float = 1.0,
+        buffer_batches: int = 600,
+        labels: dict[str, str] | None = None,
+        channel: grpc.aio.Channel | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Create the agent; nothing runs until `run`."""
+        self.node_id = node_id
+        self.boot_id = str(uuid.uuid4())
+        self.sampler = sampler
+        self.interval_s = interval_s
+        self.labels = labels or {}
+        self.devices: list[model.DeviceInfo] = []
+        self.buffer = buffer.BatchBuffer(buffer_batches)
+        self.seq = 0
+        self.link = link.Link(
+            target=controller,
+            node_id=node_id,
+            boot_id=self.boot_id,
+            make_hello=self._hello,
+            batches=self.buffer,
+            channel=channel,
+            rng=rng,
+        )
+        self.discovered = asyncio.Event()
+
+    def _hello(self, acked_seq: int) -> bytes:
+        return codec.hello(
+            node_id=self.node_id,
+            boot_id=self.boot_id,
+            agent_version=agent.__version__,
+            devices=self.devices,
+            labels=self.labels,
+            interval_s=self.interval_s,
+            acked_seq=acked_seq,
+        )
+
+    async def run(self) -> None:
+        """Discover, then sample and stream until cancelled."""
+        self.devices = await self.sampler.discover()
+        log.info("node %s: %d device(s) discovered", self.node_id, len(self.devices))
+        self.discovered.set()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(), name=f"agent[{self.node_id}].link")
+                tg.create_task(self._tick_loop(), name=f"agent[{self.node_id}].ticks")
+        finally:
+            self.sampler.close()
+
+    async def tick(self) -> None:
+        """Sample every device once and queue the batch."""
+        samples, rows = await self.sampler.sample(time.time_ns())
+        self.seq += 1
+        payload = codec.batch(
+            seq=self.seq, dropped_total=self.buffer.dropped_total, samples=samples, rows=rows
+        )
+        self.buffer.append(self.seq, payload)
+        self.link.wake()
+
+    async def _tick_loop(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            await self.tick()
+            next_at += self.interval_s
+            now = time.monotonic()
+            if next_at < now:  # fell behind (suspended, overloaded): skip, do not burst
+                next_at = now
+            await asyncio.sleep(next_at - now)

@@ -1,0 +1,128 @@
+"""Runs driver calls off the event loop, each with a timeout, and never lets one hang the agent.
+
+A driver call that does not return in time makes that driver's devices `unknown` (with the
+reason); while the call stays blocked, no second call is started on the same driver (it would only
+pile up threads), and its devices stay unknown until it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+
+from agent.core import model
+from agent.drivers import base
+
+log = logging.getLogger("xpu.agent.sampler")
+
+
+class Sampler:
+    """Discovers and samples the devices of several drivers side by side."""
+
+    def __init__(
+        self,
+        drivers: list[base.Driver],
+        *,
+        timeout_s: float,
+        executor: concurrent.futures.Executor | None = None,
+        inline: bool = False,
+    ) -> None:
+        """Drivers are called in `executor` (a private pool by default).
+
+        `inline` calls drivers on the loop itself: only for simulated fleets known not to block.
+        """
+        self.drivers = drivers
+        self.timeout_s = timeout_s
+        self.inline = inline
+        self._executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(2, len(drivers) + 1), thread_name_prefix="xpu-driver"
+        )
+        self._inflight: dict[int, tuple[asyncio.Future[list[model.DeviceSample]], float]] = {}
+        self.devices: list[list[model.DeviceInfo]] = [[] for _ in drivers]
+        self.failures_total = 0
+        self._failing: set[int] = set()
+
+    async def discover(self) -> list[model.DeviceInfo]:
+        """Every device of every driver; a driver that fails or hangs contributes none."""
+        loop = asyncio.get_running_loop()
+        for i, driver in enumerate(self.drivers):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    self.devices[i] = await loop.run_in_executor(self._executor, driver.discover)
+            except TimeoutError:
+                log.error("%s driver: discover did not answer within %.1fs", driver.vendor, self.timeout_s)
+            except base.DriverError as exc:
+                log.error("%s driver: discover failed: %s", driver.vendor, exc)
+        return [d for devices in self.devices for d in devices]
+
+    async def sample(self, timestamp_ns: int) -> tuple[list[model.DeviceSample], list[int]]:
+        """One sample per discovered device, unknown where a driver failed.
+
+        Returns:
+            The samples and, parallel to them, each device's row: its position in the list
+            `discover` returned (the Hello's device list).
+        """
+        results = await asyncio.gather(
+            *(self._sample_driver(i, timestamp_ns) for i in range(len(self.drivers)))
+        )
+        samples: list[model.DeviceSample] = []
+        rows: list[int] = []
+        offset = 0
+        for i, driver_samples in enumerate(results):
+            position = {d.index: offset + k for k, d in enumerate(self.devices[i])}
+            for s in driver_samples:
+                row = position.get(s.index)
+                if row is None:
+                    log.warning("%s driver: sample for undiscovered device %d", self.drivers[i].vendor, s.index)
+                    continue
+                samples.append(s)
+                rows.append(row)
+            offset += len(self.devices[i])
+        return samples, rows
+
+    def _unknown(self, i: int, timestamp_ns: int, reason: str) -> list[model.DeviceSample]:
+        if i not in self._failing:
+            self._failing.add(i)
+            log.warning("%s driver: devices unknown: %s", self.drivers[i].vendor, reason)
+        self.failures_total += 1
+        return [model.unknown_sample(d.index, timestamp_ns, reason) for d in self.devices[i]]
+
+    async def _sample_driver(self, i: int, timestamp_ns: int) -> list[model.DeviceSample]:
+        driver = self.drivers[i]
+        if not self.devices[i]:
+            return []
+        if self.inline:
+            samples = driver.sample(timestamp_ns)
+        else:
+            pending = self._inflight.get(i)
+            if pending is not None and not pending[0].done():
+                blocked_s = time.monotonic() - pending[1]
+                return self._unknown(
+                    i, timestamp_ns, f"{driver.vendor} driver still blocked after {blocked_s:.0f}s"
+                )
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, driver.sample, timestamp_ns)
+            self._inflight[i] = (future, time.monotonic())
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    samples = await asyncio.shield(future)
+            except TimeoutError:
+                return self._unknown(
+                    i,
+                    timestamp_ns,
+                    f"{driver.vendor} driver did not answer within {self.timeout_s:g}s",
+                )
+            except base.DriverError as exc:
+                return self._unknown(i, timestamp_ns, f"{driver.vendor} driver failed: {exc}")
+        if i in self._failing:
+            self._failing.discard(i)
+            log.info("%s driver: answering again", driver.vendor)
+        return samples
+
+    def close(self) -> None:
+        """Close every driver (waking blocked calls) and the private pool without waiting."""
+        for driver in self.drivers:
+            driver.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,3 @@
+"""xpuctl controller: ingests telemetry, keeps ring buffers, serves the Cluster API."""
+
+__version__ = "0.1.0"

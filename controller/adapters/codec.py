@@ -1,0 +1,247 @@
+"""The one `xpu.v1` protobuf <-> controller-model conversion.
+
+Decoding turns a column-wise Batch into numpy arrays in one pass per column (np.fromiter over the
+packed repeated fields), so no Python code runs per value on the ingest path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from controller.core import ingest, model, registry, views
+from controller.errors import ProtocolViolation
+from protos.xpu.v1 import cluster_pb2 as cpb
+from protos.xpu.v1 import telemetry_pb2 as pb
+
+_OPTIONAL_INFO = (
+    "memory_total_bytes",
+    "power_limit_min_w",
+    "power_limit_max_w",
+    "power_limit_default_w",
+    "temp_slowdown_c",
+    "temp_shutdown_c",
+)
+HEALTH_BY_NAME = {name: code for code, name in model.HEALTH_NAMES.items()}
+
+
+def _bad(reason: str, message: str) -> ProtocolViolation:
+    return ProtocolViolation("INVALID_ARGUMENT", reason, message)
+
+
+def decode_agent_message(raw: bytes) -> pb.AgentMessage:
+    """Parse the bytes of one stream message.
+
+    Raises:
+        ProtocolViolation: INVALID_ARGUMENT for bytes that are no AgentMessage, or one with neither
+            hello nor batch.
+    """
+    msg = pb.AgentMessage()
+    try:
+        msg.ParseFromString(raw)
+    except DecodeError as exc:
+        raise _bad("malformed", f"malformed AgentMessage ({len(raw)} bytes): {exc}") from exc
+    if msg.WhichOneof("kind") is None:
+        raise _bad("malformed", f"AgentMessage ({len(raw)} bytes) carries neither hello nor batch")
+    return msg
+
+
+def device_info(d: pb.DeviceInfo) -> model.DeviceInfo:
+    """DeviceInfo proto -> struct."""
+    optional = {name: getattr(d, name) for name in _OPTIONAL_INFO if d.HasField(name)}
+    return model.DeviceInfo(
+        uuid=d.uuid,
+        index=d.index,
+        vendor=d.vendor,
+        model=d.model,
+        bus_id=d.bus_id,
+        driver_version=d.driver_version,
+        power_cap_settable=d.power_cap_settable,
+        simulated=d.simulated,
+        **optional,
+    )
+
+
+def device_info_pb(info: model.DeviceInfo) -> pb.DeviceInfo:
+    """DeviceInfo struct -> proto."""
+    msg = pb.DeviceInfo(
+        uuid=info.uuid,
+        index=info.index,
+        vendor=info.vendor,
+        model=info.model,
+        bus_id=info.bus_id,
+        driver_version=info.driver_version,
+        power_cap_settable=info.power_cap_settable,
+        simulated=info.simulated,
+    )
+    for name in _OPTIONAL_INFO:
+        value = getattr(info, name)
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
+def hello_facts(h: pb.Hello) -> ingest.HelloFacts:
+    """Hello proto -> facts."""
+    return ingest.HelloFacts(
+        node_id=h.node_id,
+        boot_id=h.boot_id,
+        agent_version=h.agent_version,
+        devices=[device_info(d) for d in h.devices],
+        labels=dict(h.labels),
+        interval_s=h.interval_s if math.isfinite(h.interval_s) else 0.0,
+        acked_seq=h.acked_seq,
+    )
+
+
+def batch_columns(b: pb.Batch) -> ingest.BatchColumns:
+    """Column-wise Batch proto -> arrays.
+
+    Raises:
+        ProtocolViolation: INVALID_ARGUMENT when a column's length differs from the row count.
+    """
+    k = len(b.device)
+
+    def check(name: str, n: int) -> None:
+        if n != k:
+            raise _bad("bad_batch", f"Batch seq {b.seq}: {name} has {n} entries for {k} rows")
+
+    check("timestamp_ns", len(b.timestamp_ns))
+    check("health", len(b.health))
+    if b.health_reason:
+        check("health_reason", len(b.health_reason))
+    values = np.full((k, model.N_METRICS), np.nan)
+    present = np.zeros((k, model.N_METRICS), dtype=bool)
+    for col in b.columns:
+        m = col.metric - 1
+        if not 0 <= m < model.N_METRICS:
+            continue  # a metric from a newer agent: ignored, not an error
+        name = model.METRICS[m]
+        check(f"column {name}", len(col.values))
+        v = np.fromiter(col.values, np.float64, k)
+        if col.present:
+            check(f"column {name} present", len(col.present))
+            p = np.fromiter(col.present, bool, k)
+            v[~p] = np.nan
+        else:
+            p = np.ones(k, dtype=bool)
+        values[:, m] = v
+        present[:, m] = p
+    errors = []
+    for e in b.errors:
+        if e.row >= k:
+            raise _bad("bad_batch", f"Batch seq {b.seq}: error event for row {e.row} of {k}")
+        errors.append((e.row, e.code, e.text))
+    return ingest.BatchColumns(
+        seq=b.seq,
+        dropped_total=b.dropped_total,
+        device=np.fromiter(b.device, np.int64, k),
+        timestamp_ns=np.fromiter(b.timestamp_ns, np.int64, k),
+        health=np.fromiter(b.health, np.int64, k),
+        values=values,
+        present=present,
+        health_reason=list(b.health_reason),
+        errors=errors,
+    )
+
+
+def ack(answer: ingest.Answer) -> bytes:
+    """Answer -> encoded ControllerMessage."""
+    msg = pb.ControllerMessage(
+        ack=pb.Ack(
+            boot_id=answer.boot_id,
+            acked_seq=answer.acked_seq,
+            batch_seq=answer.batch_seq,
+            rejected_samples=answer.rejected,
+            rejection=answer.rejection,
+        )
+    )
+    return msg.SerializeToString()
+
+
+def device_pb(v: views.DeviceView) -> cpb.Device:
+    """DeviceView -> Device proto."""
+    msg = cpb.Device(
+        node_id=v.node_id,
+        info=device_info_pb(v.info),
+        health=HEALTH_BY_NAME.get(v.health, 4),
+        health_reason=v.health_reason,
+        timestamp_ns=v.timestamp_ns,
+        cordoned=v.cordoned,
+        headroom_cap_w=v.headroom_cap_w,
+        headroom_ceiling_w=v.headroom_ceiling_w,
+        node_status=int(v.node_status),
+    )
+    for name, value in v.values.items():
+        if value is not None and name != "work_done":
+            setattr(msg, name, value)
+    return msg
+
+
+def node_pb(v: views.NodeView) -> cpb.Node:
+    """NodeView -> Node proto."""
+    return cpb.Node(
+        node_id=v.node_id,
+        boot_id=v.boot_id,
+        status=int(v.status),
+        agent_version=v.agent_version,
+        labels=v.labels,
+        devices=v.devices,
+        power_w=v.power_w,
+        last_seen_ns=v.last_seen_ns,
+        first_seq=v.first_seq,
+        acked_seq=v.acked_seq,
+        batches_stored=v.batches_stored,
+        duplicate_batches=v.duplicate_batches,
+        gap_batches=v.gap_batches,
+        dropped_total=v.dropped_total,
+        connected=v.connected,
+    )
+
+
+def device_filter(req: cpb.ListDevicesRequest) -> views.DeviceFilter:
+    """ListDevicesRequest -> filter."""
+    return views.DeviceFilter(
+        node_id=req.node_id,
+        vendor=req.vendor,
+        health=model.HEALTH_NAMES.get(req.health, "") if req.health else "",
+        cordoned=req.cordoned if req.HasField("cordoned") else None,
+        min_headroom_w=req.min_headroom_w if req.HasField("min_headroom_w") else None,
+    )
+
+
+def summary_pb(
+    s: views.SummaryView,
+    counters: ingest.Counters,
+    p50_ms: float,
+    p99_ms: float,
+    streams_open: int,
+    budget_w: float | None,
+) -> cpb.Summary:
+    """SummaryView + ingest counters -> Summary proto."""
+    msg = cpb.Summary(
+        nodes=sum(s.nodes_by_status.values()),
+        nodes_online=s.nodes_by_status.get(registry.NodeStatus.ONLINE.name.lower(), 0),
+        nodes_stale=s.nodes_by_status.get(registry.NodeStatus.STALE.name.lower(), 0),
+        nodes_offline=s.nodes_by_status.get(registry.NodeStatus.OFFLINE.name.lower(), 0),
+        devices=s.devices,
+        devices_by_vendor=s.devices_by_vendor,
+        devices_by_health=s.devices_by_health,
+        power_w=s.power_w,
+        anomalies_open=0,
+        ingest=cpb.IngestStats(
+            batches_total=counters.batches_total,
+            samples_total=counters.samples_total,
+            duplicate_batches_total=counters.duplicate_batches_total,
+            gap_batches_total=counters.gap_batches_total,
+            rejected_by_reason=counters.rejected_by_reason,
+            ingest_p50_ms=p50_ms,
+            ingest_p99_ms=p99_ms,
+            streams_open=streams_open,
+        ),
+    )
+    if budget_w is not None:
+        msg.budget_w = budget_w
+    return msg

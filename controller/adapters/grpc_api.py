@@ -1,0 +1,211 @@
+"""The controller's gRPC server: Telemetry ingest, the Cluster API, health and reflection.
+
+Telemetry.Stream is served through a generic handler that receives raw bytes, so that a message
+that is not valid protobuf gets our INVALID_ARGUMENT and a counter rather than gRPC's INTERNAL.
+Every decision is in controller/core; this module only moves bytes and maps errors to statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controller.adapters import codec
+from controller.core import ingest, registry, ring, views
+from controller.errors import ProtocolViolation
+from protos.xpu.v1 import cluster_pb2 as cpb
+from protos.xpu.v1 import cluster_pb2_grpc
+from protos.xpu.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger("xpu.controller.grpc")
+
+TELEMETRY = pb.DESCRIPTOR.services_by_name["Telemetry"].full_name
+CLUSTER = cpb.DESCRIPTOR.services_by_name["Cluster"].full_name
+
+# Keepalive matched to the agents' (notes A2): accept pings every 10 s, ping idle agents each minute.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class State:
+    """Everything the controller holds, shared by the servicers (owned by the event loop)."""
+
+    def __init__(
+        self,
+        *,
+        window: int = 600,
+        liveness: registry.Liveness | None = None,
+        limits: ingest.Limits | None = None,
+        budget_w: float | None = None,
+    ) -> None:
+        """Empty registry and ring store."""
+        self.registry = registry.Registry()
+        self.store = ring.RingStore(n_metrics=ingest.model.N_STORED, window=window)
+        self.ingest = ingest.Ingest(self.registry, self.store, limits=limits)
+        self.liveness = liveness or registry.Liveness()
+        self.views = views.Views(self.registry, self.store, self.liveness)
+        self.budget_w = budget_w
+        self.streams_open = 0
+
+
+class TelemetryService:
+    """Telemetry.Stream over raw bytes."""
+
+    def __init__(self, state: State) -> None:
+        """Serve `state`."""
+        self.state = state
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """One agent's stream: Hello, then Batches; an Ack for each."""
+        st = self.state
+        stream = ingest.StreamState()
+        st.streams_open += 1
+        try:
+            async for raw in requests:
+                now_ns = time.time_ns()
+                try:
+                    answer = self._handle(stream, raw, now_ns)
+                except ProtocolViolation as v:
+                    st.ingest.counters.reject(v.reason)
+                    node = stream.node.node_id if stream.node else "?"
+                    log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
+                    await context.abort(getattr(grpc.StatusCode, v.code), v.message)
+                yield codec.ack(answer)
+        finally:
+            st.streams_open -= 1
+            st.ingest.stream_closed(stream)
+
+    def _handle(self, stream: ingest.StreamState, raw: bytes, now_ns: int) -> ingest.Answer:
+        limit = self.state.ingest.limits.max_message_bytes
+        if len(raw) > limit:
+            msg = f"message of {len(raw)} bytes exceeds the limit of {limit} bytes"
+            raise ProtocolViolation("RESOURCE_EXHAUSTED", "oversize", msg)
+        msg = codec.decode_agent_message(raw)
+        if msg.WhichOneof("kind") == "hello":
+            return self.state.ingest.hello(stream, codec.hello_facts(msg.hello), now_ns)
+        return self.state.ingest.batch(stream, codec.batch_columns(msg.batch), now_ns)
+
+
+class ClusterService(cluster_pb2_grpc.ClusterServicer):
+    """The Cluster API (read side for now)."""
+
+    def __init__(self, state: State) -> None:
+        """Serve `state`."""
+        self.state = state
+
+    async def GetSummary(  # noqa: N802 - gRPC method name
+        self, request: cpb.GetSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.Summary:
+        """Cluster totals and ingest statistics."""
+        st = self.state
+        p50, p99 = st.ingest.latency.quantiles()
+        return codec.summary_pb(
+            st.views.summary(time.time_ns()), st.ingest.counters, p50, p99, st.streams_open, st.budget_w
+        )
+
+    async def ListNodes(  # noqa: N802
+        self, request: cpb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListNodesResponse:
+        """Every node with liveness and delivery counters."""
+        return cpb.ListNodesResponse(nodes=[codec.node_pb(n) for n in self.state.views.nodes(time.time_ns())])
+
+    async def ListDevices(  # noqa: N802
+        self, request: cpb.ListDevicesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListDevicesResponse:
+        """Devices with their latest sample, filtered."""
+        if request.vendor and request.vendor not in ingest.model.VENDORS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown vendor {request.vendor!r}; use one of {', '.join(sorted(ingest.model.VENDORS))}",
+            )
+        flt = codec.device_filter(request)
+        devices = self.state.views.devices(time.time_ns(), flt)
+        return cpb.ListDevicesResponse(devices=[codec.device_pb(d) for d in devices])
+
+
+async def _unimplemented(name: str, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(
+        grpc.StatusCode.UNIMPLEMENTED,
+        f"Cluster.{name} is not implemented in this version of xpu-controller",
+    )
+
+
+def _stub(name: str):  # type: ignore[no-untyped-def]
+    async def method(self: ClusterService, request: object, context: grpc.aio.ServicerContext) -> None:
+        await _unimplemented(name, context)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("GetDevice", "GetPowerBudget", "SetPowerBudget", "SetPriority", "Cordon", "Uncordon"):
+    setattr(ClusterService, _name, _stub(_name))
+
+
+async def _watch_unimplemented(
+    self: ClusterService, request: cpb.WatchEventsRequest, context: grpc.aio.ServicerContext
+) -> AsyncIterator[cpb.Event]:
+    await _unimplemented("WatchEvents", context)
+    yield cpb.Event()  # pragma: no cover - abort raised above
+
+
+ClusterService.WatchEvents = _watch_unimplemented  # type: ignore[method-assign]
+
+
+def build_server(state: State, listen: str, *, reflection_on: bool = True) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with every service added, bound to `listen`; returns it and its port.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    limit = state.ingest.limits.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            *SERVER_OPTIONS,
+            # gRPC's own limit sits above ours, so that oversize messages reach our check and counter
+            ("grpc.max_receive_message_length", 2 * limit),
+        ]
+    )
+    telemetry = TelemetryService(state)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                TELEMETRY,
+                {"Stream": grpc.stream_stream_rpc_method_handler(telemetry.stream)},
+            ),
+        )
+    )
+    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(state), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [TELEMETRY, CLUSTER, health.SERVICE_NAME]
+    if reflection_on:
+        names.append(reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        msg = f"cannot listen on {listen!r}: address in use or not valid (expected HOST:PORT)"
+        raise OSError(msg)
+    server.health = health_servicer  # type: ignore[attr-defined]
+    server.service_names = names  # type: ignore[attr-defined]
+    return server, port
+
+
+async def set_serving(server: grpc.aio.Server, serving: bool) -> None:
+    """Flip every service's health status."""
+    h: health.aio.HealthServicer = server.health  # type: ignore[attr-defined]
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *server.service_names]:  # type: ignore[attr-defined]
+        await h.set(name, status)

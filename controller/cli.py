@@ -1,0 +1,112 @@
+"""`xpu-controller`: serve | bench (DESIGN section 6). Sets up logging and uvloop, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sys
+from collections.abc import Sequence
+
+from controller.adapters import grpc_api
+from controller.core import ingest, registry
+
+log = logging.getLogger("xpu.controller")
+
+
+def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            msg = f"{text!r} is not a {kind.__name__}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not (math.isfinite(value) and value > 0):
+            msg = f"{text!r} must be a number > 0"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="ingest telemetry and serve the Cluster API")
+    serve.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    serve.add_argument("--mqtt", default=None, help="MQTT URL of the action bus (not used yet)")
+    serve.add_argument("--budget-w", type=_positive(float), default=None)
+    serve.add_argument("--window", type=_positive(int), default=600, help="samples kept per device")
+    serve.add_argument("--stale-after-s", type=_positive(float), default=5.0)
+    serve.add_argument("--offline-after-s", type=_positive(float), default=30.0)
+    serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+
+    bench = sub.add_parser("bench", help="measure ingest capacity against a simulated fleet")
+    bench.add_argument("--devices", type=_positive(int), default=10_000)
+    bench.add_argument("--devices-per-node", type=_positive(int), default=8)
+    bench.add_argument("--interval-s", type=_positive(float), default=1.0)
+    bench.add_argument("--duration-s", type=_positive(float), default=30.0)
+    bench.add_argument("--ramp-s", type=float, default=None, help="default: a quarter of the duration")
+    bench.add_argument("--window", type=_positive(int), default=600)
+    bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run the controller until SIGINT/SIGTERM."""
+    state = grpc_api.State(
+        window=args.window,
+        liveness=registry.Liveness(stale_after_s=args.stale_after_s, offline_after_s=args.offline_after_s),
+        limits=ingest.Limits(),
+        budget_w=args.budget_w,
+    )
+    try:
+        server, port = grpc_api.build_server(state, args.listen, reflection_on=not args.no_reflection)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    await server.start()
+    await grpc_api.set_serving(server, serving=True)
+    log.info("xpu-controller serving on %s (port %d)", args.listen, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await grpc_api.set_serving(server, serving=False)
+    await server.stop(grace=2.0)
+    return 0
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop  # noqa: PLC0415 - optional, per platform
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `xpu-controller`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if args.command == "bench":
+        from controller import bench  # noqa: PLC0415 - only the bench needs it
+
+        return bench.run(args)
+    _install_uvloop()
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

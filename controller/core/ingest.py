@@ -1,0 +1,396 @@
+"""Ingest rules: Hello and Batch in, what to store and what to answer out.
+
+Theory of operation. Each stream has a `StreamState`. The first message must be a Hello: it
+(re)registers the node's devices and says which seq the agent last saw acknowledged. Each Batch is
+then checked in two tiers:
+
+* protocol violations end the stream (`errors.ProtocolViolation`, with the gRPC code):
+  a Batch before Hello or a second Hello (FAILED_PRECONDITION), a seq that does not increase on the
+  stream or is 0, columns of the wrong length (INVALID_ARGUMENT), too many rows (RESOURCE_EXHAUSTED);
+* bad values are a partial success (OTLP): rows with NaN/inf, negative quantities, a utilisation
+  above 1, an unknown device or vendor, a repeated device, or a bad timestamp are dropped and
+  counted by reason; the Ack names the first one (field and value); the good rows are stored.
+
+Duplicates (a seq at or below the node's acked seq for the same boot, as after a reconnect) are
+dropped and re-acknowledged. A seq above acked + 1 is a gap: batches the agent dropped before
+sending them; counted, then acked past. All of it vectorised over the rows of a batch.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from controller.core import model, registry, ring
+from controller.errors import ProtocolViolation
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+# rejection reasons, in the order rows are checked (a row counts under its first reason)
+REASONS: tuple[str, ...] = (
+    "unknown_device",
+    "unknown_vendor",
+    "duplicate_device",
+    "bad_timestamp",
+    "bad_health",
+    "not_finite",
+    "negative",
+    "out_of_range",
+)
+
+_NONNEG = np.array(
+    [name not in ("temperature_c", "memory_temperature_c") for name in model.METRICS], dtype=bool
+)
+_MIN_TEMP_C = -273.15
+_UTIL = model.M["utilization"]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """Sizes beyond which a message ends its stream with RESOURCE_EXHAUSTED."""
+
+    max_message_bytes: int = 4 << 20
+    max_rows_per_batch: int = 4096
+    max_devices_per_node: int = 1024
+
+
+class HelloFacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What a Hello says, decoded."""
+
+    node_id: str
+    boot_id: str
+    agent_version: str
+    devices: list[model.DeviceInfo]
+    labels: dict[str, str]
+    interval_s: float
+    acked_seq: int
+
+
+class BatchColumns(msgspec.Struct, kw_only=True):
+    """A Batch as arrays: `values` (rows, N_METRICS) with NaN where `present` is false."""
+
+    seq: int
+    dropped_total: int
+    device: I64
+    timestamp_ns: I64
+    health: I64
+    values: F64
+    present: npt.NDArray[np.bool_]
+    health_reason: list[str]
+    errors: list[tuple[int, str, str]]
+
+
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
+    """What to send back: the Ack fields."""
+
+    boot_id: str
+    acked_seq: int
+    batch_seq: int = 0
+    rejected: int = 0
+    rejection: str = ""
+    duplicate: bool = False
+
+
+class StreamState:
+    """Per-stream protocol state."""
+
+    def __init__(self) -> None:
+        """A stream that has not said Hello yet."""
+        self.node: registry.NodeState | None = None
+        self.boot_id = ""
+        self.epoch = 0
+        self.last_seq = 0
+
+
+class Counters:
+    """Ingest counters, for GetSummary and /metrics."""
+
+    def __init__(self) -> None:
+        """All zero."""
+        self.batches_total = 0
+        self.samples_total = 0
+        self.duplicate_batches_total = 0
+        self.gap_batches_total = 0
+        self.rejected_by_reason: dict[str, int] = {}
+        self.error_events_total = 0
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        """Count `n` rejections for `reason`."""
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + n
+
+
+class LatencyWindow:
+    """The most recent ingest latencies (ms) in a fixed ring, for p50/p99."""
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        """Keep the newest `capacity` values."""
+        self.values = np.zeros(capacity)
+        self.n = 0
+
+    def record(self, latencies_ms: F64) -> None:
+        """Add values (vectorised)."""
+        k = latencies_ms.size
+        cap = self.values.size
+        if k >= cap:
+            self.values[:] = latencies_ms[-cap:]
+        else:
+            idx = (self.n + np.arange(k)) % cap
+            self.values[idx] = latencies_ms
+        self.n += k
+
+    def quantiles(self) -> tuple[float, float]:
+        """(p50, p99) of what the window holds, or (0, 0) when empty."""
+        filled = self.values[: min(self.n, self.values.size)]
+        if filled.size == 0:
+            return 0.0, 0.0
+        p50, p99 = np.percentile(filled, [50, 99])
+        return float(p50), float(p99)
+
+    def reset(self) -> None:
+        """Forget every value."""
+        self.n = 0
+
+
+class Ingest:
+    """Applies Hellos and Batches to the registry and the ring store."""
+
+    MAX_RECENT_ERRORS = 1000
+
+    def __init__(
+        self,
+        reg: registry.Registry,
+        store: ring.RingStore,
+        *,
+        limits: Limits | None = None,
+    ) -> None:
+        """Wire the rules to the state they change."""
+        self.registry = reg
+        self.store = store
+        self.limits = limits or Limits()
+        self.counters = Counters()
+        self.latency = LatencyWindow()
+        self.recent_errors: list[tuple[int, str, int, str, str]] = []  # (ts, uuid, slot, code, text)
+
+    @staticmethod
+    def violation(code: str, reason: str, message: str) -> ProtocolViolation:
+        """The error that ends the stream; the adapter counts it under `reason` when it ends it."""
+        return ProtocolViolation(code, reason, message)
+
+    # -- Hello -------------------------------------------------------------------------------------
+
+    def hello(self, stream: StreamState, facts: HelloFacts, now_ns: int) -> Answer:
+        """Register the node's devices; answer with what is stored for this boot.
+
+        Raises:
+            ProtocolViolation: second Hello, bad ids, or too many devices.
+        """
+        if stream.node is not None:
+            raise self.violation(
+                "FAILED_PRECONDITION", "second_hello", "a second Hello on one stream; open a new stream"
+            )
+        if not model.ID_PATTERN.match(facts.node_id):
+            raise self.violation(
+                "INVALID_ARGUMENT",
+                "bad_node_id",
+                f"node_id {facts.node_id!r} is not 1-128 of [A-Za-z0-9._-] starting alphanumeric",
+            )
+        if not facts.boot_id:
+            raise self.violation("INVALID_ARGUMENT", "bad_boot_id", "boot_id is empty; send a UUID per agent start")
+        if len(facts.devices) > self.limits.max_devices_per_node:
+            raise self.violation(
+                "RESOURCE_EXHAUSTED",
+                "oversize",
+                f"Hello declares {len(facts.devices)} devices; the limit is "
+                f"{self.limits.max_devices_per_node} per node",
+            )
+        node = self.registry.node(facts.node_id)
+        if node.boot_id != facts.boot_id:
+            node.boot_id = facts.boot_id
+            node.acked_seq = facts.acked_seq  # a previous controller holds what came before
+            node.first_seq = 0
+            node.batches_stored = node.duplicate_batches = node.gap_batches = 0
+            node.dropped_total = 0
+        node.agent_version = facts.agent_version
+        node.labels = dict(facts.labels)
+        node.interval_s = facts.interval_s if facts.interval_s > 0 else 1.0
+        problems = self.registry.register(node, facts.devices)
+        self.store.ensure_capacity(len(self.registry))
+        if problems:
+            self.counters.reject("unknown_vendor", sum("unknown vendor" in p for p in problems.values()))
+        node.stream_epoch += 1
+        node.streams += 1
+        stream.node = node
+        stream.boot_id = facts.boot_id
+        stream.epoch = node.stream_epoch
+        first = next(iter(problems.values()), "")
+        return Answer(
+            boot_id=node.boot_id, acked_seq=node.acked_seq, rejected=len(problems), rejection=first
+        )
+
+    def stream_closed(self, stream: StreamState) -> None:
+        """Forget a stream."""
+        if stream.node is not None:
+            stream.node.streams -= 1
+            stream.node = None
+
+    # -- Batch -------------------------------------------------------------------------------------
+
+    def batch(self, stream: StreamState, cols: BatchColumns, now_ns: int) -> Answer:
+        """Validate and store one batch.
+
+        Raises:
+            ProtocolViolation: see the module docstring.
+        """
+        node = stream.node
+        if node is None:
+            raise self.violation(
+                "FAILED_PRECONDITION",
+                "batch_before_hello",
+                f"Batch seq {cols.seq} before Hello; open the stream with Hello",
+            )
+        if node.stream_epoch != stream.epoch:
+            raise self.violation(
+                "ABORTED", "superseded", f"node {node.node_id!r} opened a newer stream; this one ends"
+            )
+        if cols.seq == 0:
+            raise self.violation("INVALID_ARGUMENT", "bad_seq", "Batch seq 0; seqs start at 1")
+        if cols.seq <= stream.last_seq:
+            raise self.violation(
+                "INVALID_ARGUMENT",
+                "seq_backwards",
+                f"Batch seq went backwards within boot {stream.boot_id}: {cols.seq} after {stream.last_seq}",
+            )
+        rows = cols.device.size
+        if rows > self.limits.max_rows_per_batch:
+            raise self.violation(
+                "RESOURCE_EXHAUSTED",
+                "oversize",
+                f"Batch seq {cols.seq} has {rows} rows; the limit is {self.limits.max_rows_per_batch}",
+            )
+        stream.last_seq = cols.seq
+        node.last_seen_ns = now_ns
+        node.dropped_total = cols.dropped_total
+        self.counters.batches_total += 1
+        if cols.seq <= node.acked_seq:
+            node.duplicate_batches += 1
+            self.counters.duplicate_batches_total += 1
+            return Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, batch_seq=cols.seq, duplicate=True)
+        gap = cols.seq - node.acked_seq - 1
+        if gap:
+            node.gap_batches += gap
+            self.counters.gap_batches_total += gap
+        good, rejected, first = self._check(node, cols)
+        slots = node.slots[cols.device[good]]
+        self.store.append(slots, cols.timestamp_ns[good], self._with_health(cols, good))
+        self._note_health_and_errors(node, cols, good, slots)
+        stored = int(good.sum())
+        self.counters.samples_total += stored
+        if stored:
+            self.latency.record((now_ns - cols.timestamp_ns[good]) / 1e6)
+        if node.first_seq == 0:
+            node.first_seq = cols.seq
+        node.acked_seq = cols.seq
+        node.batches_stored += 1
+        return Answer(
+            boot_id=node.boot_id,
+            acked_seq=node.acked_seq,
+            batch_seq=cols.seq,
+            rejected=rejected,
+            rejection=first,
+        )
+
+    @staticmethod
+    def _with_health(cols: BatchColumns, good: npt.NDArray[np.bool_]) -> F64:
+        """The good rows' values plus their health code in the store's HEALTH column."""
+        out = np.empty((int(good.sum()), model.N_STORED))
+        out[:, : model.N_METRICS] = cols.values[good]
+        out[:, model.HEALTH] = cols.health[good]
+        return out
+
+    def _note_health_and_errors(
+        self, node: registry.NodeState, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64
+    ) -> None:
+        del node
+        good_rows = np.flatnonzero(good).tolist()
+        reasons = self.registry.health_reason
+        for row, slot in zip(good_rows, slots.tolist(), strict=True):
+            reasons[slot] = cols.health_reason[row] if cols.health_reason else ""
+        if not cols.errors:
+            return
+        slot_of_row = dict(zip(good_rows, slots.tolist(), strict=True))
+        for row, code, text in cols.errors:
+            slot = slot_of_row.get(row)
+            if slot is None:
+                continue
+            self.counters.error_events_total += 1
+            uuid = self.registry.infos[slot].uuid
+            self.recent_errors.append((int(cols.timestamp_ns[row]), uuid, slot, code, text))
+        del self.recent_errors[: -self.MAX_RECENT_ERRORS]
+
+    def _check(
+        self, node: registry.NodeState, cols: BatchColumns
+    ) -> tuple[npt.NDArray[np.bool_], int, str]:
+        """Per row: the first failing check (0 = good); counts; the first reason's text."""
+        k = cols.device.size
+        reason = np.zeros(k, dtype=np.int64)
+
+        def mark(code: int, mask: npt.NDArray[np.bool_]) -> None:
+            fresh = mask & (reason == 0)
+            reason[fresh] = code
+
+        n_rows = node.slots.size
+        unknown = cols.device >= n_rows
+        mark(1, unknown)
+        known_rows = np.where(unknown, 0, cols.device)
+        bad_vendor = ~unknown & (node.slots[known_rows] < 0) if n_rows else np.zeros(k, dtype=bool)
+        mark(2, bad_vendor)
+        _, first_idx = np.unique(cols.device, return_index=True)
+        dup = np.ones(k, dtype=bool)
+        dup[first_idx] = False
+        mark(3, dup)
+        mark(4, cols.timestamp_ns <= 0)
+        mark(5, (cols.health < 1) | (cols.health > 4))
+        present = cols.present
+        vals = cols.values
+        not_finite = present & ~np.isfinite(vals)
+        mark(6, not_finite.any(axis=1))
+        with np.errstate(invalid="ignore"):
+            negative = present & (
+                (_NONNEG[None, :] & (vals < 0)) | (~_NONNEG[None, :] & (vals < _MIN_TEMP_C))
+            )
+            util_high = present[:, _UTIL] & (vals[:, _UTIL] > 1.0)
+        mark(7, negative.any(axis=1))
+        mark(8, util_high)
+        good = reason == 0
+        rejected = int(k - good.sum())
+        if not rejected:
+            return good, 0, ""
+        counts = np.bincount(reason, minlength=len(REASONS) + 1)
+        for code, name in enumerate(REASONS, start=1):
+            if counts[code]:
+                self.counters.reject(name, int(counts[code]))
+        row = int(np.flatnonzero(~good)[0])
+        code = int(reason[row])
+        dev = int(cols.device[row])
+        where = f"row {row} (device {dev})"
+        if code == 1:
+            text = f"{where}: unknown device {dev}; the Hello declared {n_rows}"
+        elif code == 2:
+            text = f"{where}: {node.row_problems.get(dev, 'device rejected at Hello')}"
+        elif code == 3:
+            text = f"{where}: device {dev} appears twice in batch {cols.seq}"
+        elif code == 4:
+            text = f"{where}: timestamp_ns={int(cols.timestamp_ns[row])} must be > 0"
+        elif code == 5:
+            text = f"{where}: health={int(cols.health[row])} is not a known Health"
+        elif code == 8:
+            text = f"{where}: utilization={vals[row, _UTIL]!r} is above 1 (expected a ratio 0..1)"
+        else:
+            matrix = not_finite if code == 6 else negative
+            m = int(np.flatnonzero(matrix[row])[0])
+            what = "is not finite" if code == 6 else "is negative"
+            if code == 7 and not _NONNEG[m]:
+                what = "is below absolute zero"
+            text = f"{where}: {model.METRICS[m]}={vals[row, m]!r} {what}"
+        return good, rejected, text

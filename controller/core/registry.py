@@ -1,0 +1,134 @@
+"""Device registry: nodes, their devices, dense slots, and node liveness.
+
+Every device (by uuid) gets a dense slot, an index into the ring store and into the per-slot
+arrays here, so per-tick analysis can run over all devices at once. A slot is never reused: a
+device that moves to another node keeps its slot. Pure: time comes in as `now_ns`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from controller.core import model
+
+
+class NodeStatus(enum.IntEnum):
+    """Liveness, numbered as `xpu.v1.NodeStatus`."""
+
+    ONLINE = 1
+    STALE = 2
+    OFFLINE = 3
+
+
+class Liveness(msgspec.Struct, frozen=True, kw_only=True):
+    """When a node counts as stale and offline."""
+
+    stale_after_s: float = 5.0
+    offline_after_s: float = 30.0
+
+
+class NodeState:
+    """What the controller knows of one node and its current boot."""
+
+    def __init__(self, node_id: str) -> None:
+        """A node not yet heard from."""
+        self.node_id = node_id
+        self.boot_id = ""
+        self.agent_version = ""
+        self.labels: dict[str, str] = {}
+        self.interval_s = 1.0
+        # row of the Hello's device list -> slot, or -1 where the device was rejected
+        self.slots: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.row_problems: dict[int, str] = {}
+        self.first_seq = 0
+        self.acked_seq = 0
+        self.batches_stored = 0
+        self.duplicate_batches = 0
+        self.gap_batches = 0
+        self.dropped_total = 0
+        self.last_seen_ns = 0
+        self.streams = 0  # open streams (0 or 1, briefly 2 while a new one supersedes)
+        self.stream_epoch = 0  # bumped per Hello; an older stream sees it and ends
+
+    def status(self, now_ns: int, liveness: Liveness) -> NodeStatus:
+        """Online, stale or offline from the time of the last data."""
+        if self.last_seen_ns == 0:
+            return NodeStatus.OFFLINE if self.streams == 0 else NodeStatus.STALE
+        age_s = (now_ns - self.last_seen_ns) / 1e9
+        if age_s <= liveness.stale_after_s:
+            return NodeStatus.ONLINE
+        if age_s <= liveness.offline_after_s:
+            return NodeStatus.STALE
+        return NodeStatus.OFFLINE
+
+
+class Registry:
+    """Nodes by id, devices by uuid, and the slot arrays."""
+
+    def __init__(self) -> None:
+        """An empty registry."""
+        self.nodes: dict[str, NodeState] = {}
+        self.slot_of_uuid: dict[str, int] = {}
+        self.infos: list[model.DeviceInfo] = []
+        self.node_of_slot: list[str] = []
+        self.health_reason: list[str] = []  # per slot, latest non-ok reason
+        self.cordoned: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def node(self, node_id: str) -> NodeState:
+        """The node's state, created on first sight."""
+        state = self.nodes.get(node_id)
+        if state is None:
+            state = self.nodes[node_id] = NodeState(node_id)
+        return state
+
+    def register(self, node: NodeState, devices: list[model.DeviceInfo]) -> dict[int, str]:
+        """Map a Hello's devices to slots; returns the rejected rows with the reason.
+
+        A device with an unknown vendor or a uuid that appears twice is rejected: its samples
+        will be rejected too, and the rest of the node is served.
+        """
+        slots = np.full(len(devices), -1, dtype=np.int64)
+        problems: dict[int, str] = {}
+        seen: set[str] = set()
+        for row, info in enumerate(devices):
+            if info.vendor not in model.VENDORS:
+                problems[row] = (
+                    f"device {info.uuid!r}: unknown vendor {info.vendor!r}; "
+                    f"expected one of {', '.join(sorted(model.VENDORS))}"
+                )
+                continue
+            if not info.uuid or info.uuid in seen:
+                problems[row] = f"device row {row}: uuid {info.uuid!r} is empty or repeated"
+                continue
+            seen.add(info.uuid)
+            slot = self.slot_of_uuid.get(info.uuid)
+            if slot is None:
+                slot = len(self.infos)
+                self.slot_of_uuid[info.uuid] = slot
+                self.infos.append(info)
+                self.node_of_slot.append(node.node_id)
+                self.health_reason.append("")
+                self.cordoned.append(False)
+            else:
+                self.infos[slot] = info
+                self.node_of_slot[slot] = node.node_id
+            slots[row] = slot
+        node.slots = slots
+        node.row_problems = problems
+        return problems
+
+    def slots_of(self, node_id: str) -> npt.NDArray[np.int64]:
+        """The slots currently owned by a node."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return np.zeros(0, dtype=np.int64)
+        slots = node.slots[node.slots >= 0]
+        owned = [s for s in slots.tolist() if self.node_of_slot[s] == node_id]
+        return np.array(owned, dtype=np.int64)

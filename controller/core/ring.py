@@ -1,0 +1,91 @@
+"""Ring store: the last `window` samples of every metric of every device, in numpy.
+
+Layout: `values[slot, metric, k]` (float64, NaN = absent) and `timestamps[slot, k]` (int64 ns),
+with a write position `head[slot]` and a fill `count[slot]` per device, since devices report
+independently. Invariant: for each slot, the `count[slot]` entries ending just before `head[slot]`
+(modulo window) are that device's latest samples, oldest first; nothing else is valid.
+Appends are vectorised over the rows of a batch: no Python loop per value. Pure: no clocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+
+class RingStore:
+    """Per-device ring buffers over a fixed metric axis."""
+
+    def __init__(self, *, n_metrics: int, window: int, capacity: int = 64) -> None:
+        """Preallocate room for `capacity` devices; grows by doubling."""
+        if window < 1:
+            msg = f"ring window must be >= 1 sample, got {window}"
+            raise ValueError(msg)
+        self.n_metrics = n_metrics
+        self.window = window
+        self.capacity = 0
+        self.values: F64 = np.empty((0, n_metrics, window))
+        self.timestamps: I64 = np.empty((0, window), dtype=np.int64)
+        self.head: I64 = np.zeros(0, dtype=np.int64)
+        self.count: I64 = np.zeros(0, dtype=np.int64)
+        self.ensure_capacity(capacity)
+
+    def ensure_capacity(self, slots: int) -> None:
+        """Make room for at least `slots` devices (amortised doubling)."""
+        if slots <= self.capacity:
+            return
+        new = max(slots, 2 * self.capacity, 1)
+        values = np.full((new, self.n_metrics, self.window), np.nan)
+        values[: self.capacity] = self.values
+        timestamps = np.zeros((new, self.window), dtype=np.int64)
+        timestamps[: self.capacity] = self.timestamps
+        self.values, self.timestamps = values, timestamps
+        self.head = np.concatenate([self.head, np.zeros(new - self.capacity, dtype=np.int64)])
+        self.count = np.concatenate([self.count, np.zeros(new - self.capacity, dtype=np.int64)])
+        self.capacity = new
+
+    def append(self, slots: I64, timestamps_ns: I64, values: F64) -> None:
+        """Store one sample for each of `slots` (distinct), rows of `values` shaped (k, n_metrics)."""
+        if slots.size == 0:
+            return
+        pos = self.head[slots]
+        self.values[slots, :, pos] = values
+        self.timestamps[slots, pos] = timestamps_ns
+        self.head[slots] = (pos + 1) % self.window
+        self.count[slots] = np.minimum(self.count[slots] + 1, self.window)
+
+    def latest(self, slots: I64) -> F64:
+        """The newest values of `slots`, shaped (k, n_metrics); NaN rows for empty slots."""
+        pos = (self.head[slots] - 1) % self.window
+        out = self.values[slots, :, pos]
+        out[self.count[slots] == 0] = np.nan
+        return out
+
+    def latest_timestamps(self, slots: I64) -> I64:
+        """The newest timestamp of `slots` (0 for empty slots)."""
+        pos = (self.head[slots] - 1) % self.window
+        out = self.timestamps[slots, pos]
+        out[self.count[slots] == 0] = 0
+        return out
+
+    def history(self, slot: int, metric: int, limit: int | None = None) -> tuple[I64, F64]:
+        """One device's metric in time order (oldest first), at most `limit` newest samples."""
+        n = int(self.count[slot])
+        if limit is not None:
+            n = min(n, limit)
+        idx = (self.head[slot] - n + np.arange(n)) % self.window
+        return self.timestamps[slot, idx].copy(), self.values[slot, metric, idx].copy()
+
+    def window_view(self, slots: I64, metric: int, last: int) -> F64:
+        """The `last` newest values of one metric for many devices, shaped (k, last), oldest first.
+
+        Entries older than a device's fill are NaN.
+        """
+        offsets = np.arange(-last, 0)
+        idx = (self.head[slots, None] + offsets[None, :]) % self.window
+        out = self.values[slots[:, None], metric, idx]
+        out[(offsets[None, :] + self.count[slots, None]) < 0] = np.nan
+        return out
