@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--interval-s", type=_positive(float), default=1.0)
     run.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
     run.add_argument("--buffer-batches", type=_positive(int), default=600)
+    run.add_argument(
+        "--reconnect-max-s", type=_positive(float), default=30.0, help="cap of the reconnect backoff"
+    )
     run.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
     _add_driver_args(run)
 
@@ -168,6 +171,7 @@ async def _run(args: argparse.Namespace) -> int:
         interval_s=args.interval_s,
         buffer_batches=args.buffer_batches,
         labels=dict(args.label),
+        backoff_cap_s=args.reconnect_max_s,
     )
     await the_agent.run()
     return 0

@@ -36,6 +36,7 @@ class Agent:
         labels: dict[str, str] | None = None,
         channel: grpc.aio.Channel | None = None,
         rng: random.Random | None = None,
+        backoff_cap_s: float = 30.0,
     ) -> None:
         """Create the agent; nothing runs until `run`."""
         self.node_id = node_id
@@ -54,6 +55,7 @@ class Agent:
             batches=self.buffer,
             channel=channel,
             rng=rng,
+            backoff_cap_s=backoff_cap_s,
         )
         self.discovered = asyncio.Event()
 
@@ -84,6 +86,7 @@ class Agent:
         """Sample every device once and queue the batch."""
         samples, rows = await self.sampler.sample(time.time_ns())
         self.seq += 1
+        self.buffer.make_room()
         payload = codec.batch(
             seq=self.seq, dropped_total=self.buffer.dropped_total, samples=samples, rows=rows
         )

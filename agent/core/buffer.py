@@ -27,14 +27,22 @@ class BatchBuffer:
     def __len__(self) -> int:
         return len(self._items)
 
-    def append(self, seq: int, payload: bytes) -> None:
-        """Add a batch; when full, drop the oldest and count it."""
-        if self._items and seq <= self._items[-1][0]:
-            msg = f"seq must increase: got {seq} after {self._items[-1][0]}"
-            raise ValueError(msg)
+    def make_room(self) -> None:
+        """Drop the oldest batch (and count it) if the buffer is full.
+
+        Call before encoding a new batch, so that the batch carries a `dropped_total` that
+        already counts the drop its own arrival causes.
+        """
         if len(self._items) >= self.capacity:
             self._items.popleft()
             self.dropped_total += 1
+
+    def append(self, seq: int, payload: bytes) -> None:
+        """Add a batch, dropping the oldest (counted) if still full."""
+        if self._items and seq <= self._items[-1][0]:
+            msg = f"seq must increase: got {seq} after {self._items[-1][0]}"
+            raise ValueError(msg)
+        self.make_room()
         self._items.append((seq, payload))
 
     def ack(self, acked_seq: int) -> None:

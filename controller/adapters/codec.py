@@ -6,6 +6,7 @@ packed repeated fields), so no Python code runs per value on the ingest path.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -114,21 +115,27 @@ def batch_columns(b: pb.Batch) -> ingest.BatchColumns:
         check("health_reason", len(b.health_reason))
     values = np.full((k, model.N_METRICS), np.nan)
     present = np.zeros((k, model.N_METRICS), dtype=bool)
+    metrics: list[int] = []
+    chunks = []
     for col in b.columns:
         m = col.metric - 1
         if not 0 <= m < model.N_METRICS:
             continue  # a metric from a newer agent: ignored, not an error
-        name = model.METRICS[m]
-        check(f"column {name}", len(col.values))
-        v = np.fromiter(col.values, np.float64, k)
-        if col.present:
-            check(f"column {name} present", len(col.present))
+        check(f"column {model.METRICS[m]}", len(col.values))
+        metrics.append(m)
+        chunks.append(col.values)
+    if metrics:
+        # one C-level pass over all columns, then one fancy-indexed store
+        flat = np.fromiter(itertools.chain.from_iterable(chunks), np.float64, k * len(metrics))
+        values[:, metrics] = flat.reshape(len(metrics), k).T
+        present[:, metrics] = True
+    for col in b.columns:
+        if col.present and 0 < col.metric <= model.N_METRICS:
+            m = col.metric - 1
+            check(f"column {model.METRICS[m]} present", len(col.present))
             p = np.fromiter(col.present, bool, k)
-            v[~p] = np.nan
-        else:
-            p = np.ones(k, dtype=bool)
-        values[:, m] = v
-        present[:, m] = p
+            present[:, m] = p
+            values[~p, m] = np.nan
     errors = []
     for e in b.errors:
         if e.row >= k:

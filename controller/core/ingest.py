@@ -345,10 +345,11 @@ class Ingest:
         known_rows = np.where(unknown, 0, cols.device)
         bad_vendor = ~unknown & (node.slots[known_rows] < 0) if n_rows else np.zeros(k, dtype=bool)
         mark(2, bad_vendor)
-        _, first_idx = np.unique(cols.device, return_index=True)
-        dup = np.ones(k, dtype=bool)
-        dup[first_idx] = False
-        mark(3, dup)
+        if len(set(cols.device.tolist())) < k:  # rare: find the repeats
+            _, first_idx = np.unique(cols.device, return_index=True)
+            dup = np.ones(k, dtype=bool)
+            dup[first_idx] = False
+            mark(3, dup)
         mark(4, cols.timestamp_ns <= 0)
         mark(5, (cols.health < 1) | (cols.health > 4))
         present = cols.present

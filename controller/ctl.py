@@ -1,0 +1,243 @@
+"""`xpuctl`: the operator's CLI against a controller's Cluster API.
+
+Human tables by default, `--json` for scripts. Exit codes: 0 ok, 2 usage, 3 controller
+unreachable, 4 the controller refused the request (the message says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from protos.xpu.v1 import cluster_pb2 as cpb
+from protos.xpu.v1 import cluster_pb2_grpc
+
+EXIT_UNREACHABLE = 3
+EXIT_REFUSED = 4
+TIMEOUT_S = 10.0
+
+HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
+NODE_STATUS = {1: "online", 2: "stale", 3: "offline", 0: "unknown"}
+
+
+def _opt(msg: object, name: str) -> float | None:
+    return getattr(msg, name) if msg.HasField(name) else None  # type: ignore[attr-defined]
+
+
+def summary_json(s: cpb.Summary) -> dict[str, object]:
+    """The `xpuctl summary --json` object (DESIGN 6 keys first)."""
+    return {
+        "nodes": s.nodes,
+        "nodes_online": s.nodes_online,
+        "nodes_stale": s.nodes_stale,
+        "nodes_offline": s.nodes_offline,
+        "devices": s.devices,
+        "devices_by_vendor": dict(s.devices_by_vendor),
+        "devices_by_health": dict(s.devices_by_health),
+        "power_w": s.power_w,
+        "budget_w": _opt(s, "budget_w"),
+        "anomalies_open": s.anomalies_open,
+        "ingest": {
+            "batches_total": s.ingest.batches_total,
+            "samples_total": s.ingest.samples_total,
+            "duplicate_batches_total": s.ingest.duplicate_batches_total,
+            "gap_batches_total": s.ingest.gap_batches_total,
+            "rejected_by_reason": dict(s.ingest.rejected_by_reason),
+            "ingest_p50_ms": s.ingest.ingest_p50_ms,
+            "ingest_p99_ms": s.ingest.ingest_p99_ms,
+            "streams_open": s.ingest.streams_open,
+        },
+    }
+
+
+def device_json(d: cpb.Device) -> dict[str, object]:
+    """One object of `xpuctl devices --json`."""
+    info = d.info
+    return {
+        "node_id": d.node_id,
+        "uuid": info.uuid,
+        "index": info.index,
+        "vendor": info.vendor,
+        "model": info.model,
+        "health": HEALTH[d.health],
+        "health_reason": d.health_reason or None,
+        "power_w": _opt(d, "power_w"),
+        "power_limit_w": _opt(d, "power_limit_w"),
+        "temperature_c": _opt(d, "temperature_c"),
+        "utilization": _opt(d, "utilization"),
+        "memory_used_bytes": _opt(d, "memory_used_bytes"),
+        "memory_total_bytes": _opt(info, "memory_total_bytes"),
+        "power_cap_settable": info.power_cap_settable,
+        "power_limit_min_w": _opt(info, "power_limit_min_w"),
+        "power_limit_max_w": _opt(info, "power_limit_max_w"),
+        "cordoned": d.cordoned,
+        "headroom_cap_w": d.headroom_cap_w,
+        "headroom_ceiling_w": d.headroom_ceiling_w,
+        "node_status": NODE_STATUS[d.node_status],
+        "timestamp_ns": d.timestamp_ns,
+    }
+
+
+def node_json(n: cpb.Node) -> dict[str, object]:
+    """One object of `xpuctl nodes --json`."""
+    return {
+        "node_id": n.node_id,
+        "boot_id": n.boot_id,
+        "status": NODE_STATUS[n.status],
+        "agent_version": n.agent_version,
+        "labels": dict(n.labels),
+        "devices": n.devices,
+        "power_w": n.power_w,
+        "last_seen_ns": n.last_seen_ns,
+        "first_seq": n.first_seq,
+        "acked_seq": n.acked_seq,
+        "batches_stored": n.batches_stored,
+        "duplicate_batches": n.duplicate_batches,
+        "gap_batches": n.gap_batches,
+        "dropped_total": n.dropped_total,
+        "connected": n.connected,
+    }
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _print_summary(console: Console, s: cpb.Summary) -> None:
+    budget = f"{s.budget_w:,.0f} W" if s.HasField("budget_w") else "none"
+    table = Table(title="xpuctl cluster summary", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row(
+        "nodes",
+        f"{s.nodes} ({s.nodes_online} online, {s.nodes_stale} stale, {s.nodes_offline} offline)",
+    )
+    table.add_row("devices", str(s.devices))
+    table.add_row("by vendor", ", ".join(f"{k} {v}" for k, v in sorted(s.devices_by_vendor.items())) or "-")
+    table.add_row("by health", ", ".join(f"{k} {v}" for k, v in sorted(s.devices_by_health.items())) or "-")
+    table.add_row("power", f"{s.power_w:,.0f} W (budget {budget})")
+    table.add_row("anomalies open", str(s.anomalies_open))
+    i = s.ingest
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(i.rejected_by_reason.items())) or "none"
+    table.add_row(
+        "ingest",
+        f"{i.samples_total:,} samples in {i.batches_total:,} batches, "
+        f"p50 {i.ingest_p50_ms:.1f} ms, p99 {i.ingest_p99_ms:.1f} ms, {i.streams_open} streams",
+    )
+    table.add_row("rejected", rejected)
+    console.print(table)
+
+
+def _print_nodes(console: Console, nodes: Sequence[cpb.Node]) -> None:
+    table = Table(title=f"{len(nodes)} node(s)", title_justify="left")
+    for col in ("node", "status", "devices", "power W", "acked seq", "gaps", "dups", "dropped", "agent"):
+        table.add_column(col, justify="right" if col not in ("node", "status", "agent") else "left")
+    for n in nodes:
+        table.add_row(
+            n.node_id,
+            NODE_STATUS[n.status],
+            str(n.devices),
+            f"{n.power_w:,.0f}",
+            str(n.acked_seq),
+            str(n.gap_batches),
+            str(n.duplicate_batches),
+            str(n.dropped_total),
+            n.agent_version,
+        )
+    console.print(table)
+
+
+def _print_devices(console: Console, devices: Sequence[cpb.Device]) -> None:
+    table = Table(title=f"{len(devices)} device(s)", title_justify="left")
+    for col in ("node", "idx", "vendor", "model", "health", "util", "power W", "cap W", "temp C", "mem GiB"):
+        table.add_column(col, justify="left" if col in ("node", "vendor", "model", "health") else "right")
+    for d in devices:
+        util = _opt(d, "utilization")
+        mem = _opt(d, "memory_used_bytes")
+        table.add_row(
+            d.node_id,
+            str(d.info.index),
+            d.info.vendor,
+            d.info.model,
+            HEALTH[d.health] + (" (cordoned)" if d.cordoned else ""),
+            "-" if util is None else f"{util:.0%}",
+            _fmt(_opt(d, "power_w"), ",.0f"),
+            _fmt(_opt(d, "power_limit_w"), ",.0f"),
+            _fmt(_opt(d, "temperature_c"), ".0f"),
+            "-" if mem is None else f"{mem / (1 << 30):.1f}",
+        )
+    console.print(table)
+
+
+SORT_KEYS = {
+    "power": lambda d: -(d.power_w if d.HasField("power_w") else -1),
+    "temp": lambda d: -(d.temperature_c if d.HasField("temperature_c") else -1e9),
+    "util": lambda d: -(d.utilization if d.HasField("utilization") else -1),
+    "node": lambda d: (d.node_id, d.info.index),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xpuctl", description="xpuctl operator CLI")
+    parser.add_argument("--controller", default="127.0.0.1:50051", metavar="HOST:PORT")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("summary", help="cluster totals")
+    s.add_argument("--json", action="store_true")
+    n = sub.add_parser("nodes", help="nodes with liveness and delivery counters")
+    n.add_argument("--json", action="store_true")
+    d = sub.add_parser("devices", help="devices with their latest sample")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--node", default="", help="only this node")
+    d.add_argument("--vendor", default="", help="only this vendor")
+    d.add_argument("--health", default="", choices=["", "ok", "degraded", "failed", "unknown"])
+    d.add_argument("--sort", default="node", choices=sorted(SORT_KEYS))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `xpuctl`."""
+    args = _parser().parse_args(argv)
+    console = Console()
+    with grpc.insecure_channel(args.controller) as channel:
+        stub = cluster_pb2_grpc.ClusterStub(channel)
+        try:
+            if args.command == "summary":
+                s = stub.GetSummary(cpb.GetSummaryRequest(), timeout=TIMEOUT_S)
+                if args.json:
+                    print(json.dumps(summary_json(s)))
+                else:
+                    _print_summary(console, s)
+            elif args.command == "nodes":
+                nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes
+                if args.json:
+                    print(json.dumps([node_json(x) for x in nodes]))
+                else:
+                    _print_nodes(console, nodes)
+            else:
+                health = {v: k for k, v in HEALTH.items() if k}.get(args.health, 0)
+                req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=health)
+                devices = sorted(stub.ListDevices(req, timeout=TIMEOUT_S).devices, key=SORT_KEYS[args.sort])
+                if args.json:
+                    print(json.dumps([device_json(x) for x in devices]))
+                else:
+                    _print_devices(console, devices)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            details = exc.details()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                print(f"xpuctl: cannot reach the controller at {args.controller}: {details}", file=sys.stderr)
+                print("xpuctl: is `xpu-controller serve` running there? (--controller HOST:PORT)", file=sys.stderr)
+                return EXIT_UNREACHABLE
+            print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
+            return EXIT_REFUSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
