@@ -386,12 +386,12 @@ class Ingest:
         elif code == 5:
             text = f"{where}: health={int(cols.health[row])} is not a known Health"
         elif code == 8:
-            text = f"{where}: utilization={vals[row, _UTIL]!r} is above 1 (expected a ratio 0..1)"
+            text = f"{where}: utilization={float(vals[row, _UTIL])!r} is above 1 (expected a ratio 0..1)"
         else:
             matrix = not_finite if code == 6 else negative
             m = int(np.flatnonzero(matrix[row])[0])
             what = "is not finite" if code == 6 else "is negative"
             if code == 7 and not _NONNEG[m]:
                 what = "is below absolute zero"
-            text = f"{where}: {model.METRICS[m]}={vals[row, m]!r} {what}"
+            text = f"{where}: {model.METRICS[m]}={float(vals[row, m])!r} {what}"
         return good, rejected, text

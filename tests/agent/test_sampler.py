@@ -1,0 +1,80 @@
+"""A hung or failing driver makes its devices unknown; the agent keeps sampling the others."""
+
+from __future__ import annotations
+
+import threading
+
+from agent.core import model
+from agent.drivers import base
+from agent.drivers.sim import SimDriver
+from agent.sampler import Sampler
+
+
+class HangingDriver:
+    """A fake that blocks in sample() until released (fault injection, not a mock of behaviour)."""
+
+    vendor = "ascend"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def discover(self) -> list[model.DeviceInfo]:
+        return [model.DeviceInfo(uuid=f"hang-{i}", index=i, vendor="ascend", model="910B") for i in range(2)]
+
+    def capabilities(self, index: int) -> model.DeviceInfo:
+        return self.discover()[index]
+
+    def sample(self, timestamp_ns: int) -> list[model.DeviceSample]:
+        self.calls += 1
+        self.release.wait()
+        return [model.DeviceSample(index=i, timestamp_ns=timestamp_ns, power_w=70.0) for i in range(2)]
+
+    def set_power_cap(self, index: int, power_w: float) -> float:
+        raise base.DriverError("read-only")
+
+    def close(self) -> None:
+        self.release.set()
+
+
+class FailingDriver(HangingDriver):
+    vendor = "metax"
+
+    def sample(self, timestamp_ns: int) -> list[model.DeviceSample]:
+        raise base.DriverError("mx-smi exited with status 9")
+
+
+async def test_hung_driver_marks_its_devices_unknown_and_does_not_pile_up() -> None:
+    hang = HangingDriver()
+    sim = SimDriver(vendor="nvidia", node_id="n", devices=2)
+    sampler = Sampler([hang, sim], timeout_s=0.2)
+    try:
+        devices = await sampler.discover()
+        assert [d.uuid for d in devices][:2] == ["hang-0", "hang-1"]
+        for tick in range(3):
+            samples, rows = await sampler.sample(tick + 1)
+            assert rows == [0, 1, 2, 3]
+            assert [s.health for s in samples[:2]] == [model.Health.UNKNOWN] * 2
+            assert "ascend driver" in samples[0].health_reason
+            assert [s.health for s in samples[2:]] == [model.Health.OK] * 2
+            assert samples[2].power_w is not None
+        assert hang.calls == 1  # still blocked: no second call was started
+        assert "still blocked" in samples[0].health_reason
+        hang.release.set()
+        samples, _ = await sampler.sample(10)
+        samples, _ = await sampler.sample(11)
+        assert [s.health for s in samples[:2]] == [model.Health.OK] * 2
+    finally:
+        sampler.close()
+
+
+async def test_failing_driver_reports_the_reason() -> None:
+    sampler = Sampler([FailingDriver()], timeout_s=1.0)
+    try:
+        await sampler.discover()
+        samples, _ = await sampler.sample(1)
+        assert all(s.health == model.Health.UNKNOWN for s in samples)
+        assert "mx-smi exited with status 9" in samples[0].health_reason
+        assert sampler.failures_total == 1
+    finally:
+        sampler.close()

@@ -1,0 +1,178 @@
+"""Bad input on the telemetry stream, through a real gRPC client on 127.0.0.1.
+
+Bad values are a partial success (the stream stays up and the next good batch is stored);
+protocol violations end that one stream with a status code and a message naming the value;
+a healthy agent streaming beside them is never disturbed.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import grpc
+import grpc.aio
+import pytest
+
+from protos.xpu.v1 import telemetry_pb2 as pb
+from tests.conftest import Controller, Processes, wait_until
+
+POWER, UTIL = 3, 1  # xpu.v1.Metric numbers
+
+
+def _device(i: int, vendor: str = "nvidia") -> pb.DeviceInfo:
+    return pb.DeviceInfo(uuid=f"test-{uuid.uuid4().hex[:8]}-{i}", index=i, vendor=vendor, model="m")
+
+
+def hello(node: str, devices: int = 2, vendor: str = "nvidia") -> bytes:
+    return pb.AgentMessage(hello=pb.Hello(node_id=node, boot_id=str(uuid.uuid4()),
+                                          devices=[_device(i, vendor) for i in range(devices)])).SerializeToString()
+
+
+def batch(seq: int, power: list[float], util: list[float] | None = None, device: list[int] | None = None,
+          ts: int = 1_700_000_000_000_000_000) -> bytes:
+    rows = len(power)
+    b = pb.Batch(seq=seq, device=device if device is not None else list(range(rows)),
+                 timestamp_ns=[ts] * rows, health=[1] * rows)
+    b.columns.add(metric=POWER, values=power)
+    if util is not None:
+        b.columns.add(metric=UTIL, values=util)
+    return pb.AgentMessage(batch=b).SerializeToString()
+
+
+class RawStream:
+    """A Telemetry.Stream call that writes bytes and reads ControllerMessages."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        method = channel.stream_stream("/xpu.v1.Telemetry/Stream", request_serializer=None,
+                                       response_deserializer=pb.ControllerMessage.FromString)
+        self.call = method()
+
+    async def send(self, raw: bytes) -> pb.Ack:
+        await self.call.write(raw)
+        msg = await self.call.read()
+        assert msg is not grpc.aio.EOF
+        return msg.ack
+
+    async def fails(self, raw: bytes) -> grpc.aio.AioRpcError:
+        await self.call.write(raw)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await self.call.read()
+        return err.value
+
+
+@pytest.fixture
+async def healthy(controller: Controller, processes: Processes):  # type: ignore[no-untyped-def]
+    """A real agent streaming beside the bad input; yields a function that says it is still fine."""
+    processes.agent(controller.target, "healthy", "iluvatar", "--interval-s", "0.1")
+    st = controller.state
+    assert st is not None
+    await wait_until(lambda: "healthy" in st.registry.nodes and st.registry.nodes["healthy"].acked_seq > 2,
+                     timeout_s=20, what="the healthy agent")
+
+    async def still_fine() -> None:
+        node = st.registry.nodes["healthy"]
+        before = node.acked_seq
+        await wait_until(lambda: node.acked_seq >= before + 3 and node.streams == 1,
+                         timeout_s=10, what="the healthy agent to keep streaming")
+        assert node.gap_batches == 0
+
+    return still_fine
+
+
+BAD_VALUES = [
+    ("nan", batch(1, [100.0, math.nan]), "not_finite", "power_w=nan is not finite"),
+    ("inf", batch(1, [100.0, math.inf]), "not_finite", "power_w=inf is not finite"),
+    ("negative", batch(1, [100.0, -5.0]), "negative", "power_w=-5.0 is negative"),
+    ("util>1", batch(1, [100.0, 100.0], util=[0.5, 1.7]), "out_of_range", "utilization=1.7 is above 1"),
+    ("unknown device", batch(1, [100.0, 100.0], device=[0, 9]), "unknown_device", "unknown device 9"),
+    ("repeated device", batch(1, [100.0, 100.0], device=[0, 0]), "duplicate_device", "appears twice"),
+    ("bad timestamp", batch(1, [100.0, 100.0], ts=-1), "bad_timestamp", "timestamp_ns=-1"),
+]
+
+
+@pytest.mark.parametrize(("case", "raw", "reason", "text"), BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
+async def test_bad_values_are_a_partial_success(  # noqa: PLR0913
+    controller: Controller, healthy, case: str, raw: bytes, reason: str, text: str  # type: ignore[no-untyped-def]
+) -> None:
+    st = controller.state
+    assert st is not None
+    async with grpc.aio.insecure_channel(controller.target) as ch:
+        s = RawStream(ch)
+        await s.send(hello("bad-values"))
+        ack = await s.send(raw)
+        good_rows = 0 if reason == "bad_timestamp" else 1
+        assert ack.acked_seq == 1 and ack.batch_seq == 1
+        assert ack.rejected_samples == 2 - good_rows
+        assert text in ack.rejection, ack.rejection
+        assert st.ingest.counters.rejected_by_reason[reason] == 2 - good_rows
+        ack2 = await s.send(batch(2, [120.0, 130.0]))  # the same stream goes on
+        assert (ack2.acked_seq, ack2.rejected_samples) == (2, 0)
+        s.call.cancel()
+    slots = st.registry.slots_of("bad-values")
+    assert st.store.latest(slots)[:, 2].tolist() == [120.0, 130.0]
+    await healthy()
+
+
+async def test_unknown_vendor_device_is_rejected_rest_served(controller: Controller, healthy) -> None:  # type: ignore[no-untyped-def]
+    st = controller.state
+    assert st is not None
+    msg = pb.AgentMessage(hello=pb.Hello(node_id="mixed", boot_id="b1",
+                                         devices=[_device(0), _device(1, vendor="voodoo")]))
+    async with grpc.aio.insecure_channel(controller.target) as ch:
+        s = RawStream(ch)
+        ack = await s.send(msg.SerializeToString())
+        assert ack.rejected_samples == 1 and "unknown vendor 'voodoo'" in ack.rejection
+        ack = await s.send(batch(1, [100.0, 100.0]))
+        assert ack.rejected_samples == 1 and "unknown vendor 'voodoo'" in ack.rejection
+        s.call.cancel()
+    assert len(st.registry.slots_of("mixed")) == 1
+    await healthy()
+
+
+def _oversize() -> bytes:
+    return batch(1, [1.0] * 100)  # the test controller allows 64 rows
+
+
+VIOLATIONS = [
+    ("batch before hello", None, batch(1, [1.0]), grpc.StatusCode.FAILED_PRECONDITION,
+     "Batch seq 1 before Hello", "batch_before_hello"),
+    ("second hello", hello("v"), hello("v"), grpc.StatusCode.FAILED_PRECONDITION, "second Hello",
+     "second_hello"),
+    ("seq backwards", hello("v"), "backwards", grpc.StatusCode.INVALID_ARGUMENT,
+     "seq went backwards within boot", "seq_backwards"),
+    ("malformed protobuf", None, b"\xff\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT,
+     "malformed AgentMessage", "malformed"),
+    ("ragged columns", hello("v"), pb.AgentMessage(batch=pb.Batch(seq=1, device=[0, 1], timestamp_ns=[1],
+                                                                   health=[1, 1])).SerializeToString(),
+     grpc.StatusCode.INVALID_ARGUMENT, "timestamp_ns has 1 entries for 2 rows", "bad_batch"),
+    ("too many rows", hello("v"), _oversize(), grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "has 100 rows; the limit is 64", "oversize"),
+    ("oversize message", hello("v"), b"\x12" + b"\xff\xff\x05" + b"\x00" * 90_000,
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit of 65536 bytes", "oversize"),
+    ("bad node id", None, hello("no/slashes"), grpc.StatusCode.INVALID_ARGUMENT,
+     "node_id 'no/slashes'", "bad_node_id"),
+]
+
+
+@pytest.mark.parametrize(("case", "first", "raw", "code", "text", "reason"), VIOLATIONS,
+                         ids=[c[0] for c in VIOLATIONS])
+async def test_protocol_violations_end_the_stream(  # noqa: PLR0913
+    controller: Controller, healthy, case: str, first: bytes | None, raw: bytes | str,  # type: ignore[no-untyped-def]
+    code: grpc.StatusCode, text: str, reason: str,
+) -> None:
+    st = controller.state
+    assert st is not None
+    async with grpc.aio.insecure_channel(controller.target) as ch:
+        s = RawStream(ch)
+        if first is not None:
+            await s.send(first)
+        if raw == "backwards":
+            await s.send(batch(5, [1.0]))
+            raw = batch(4, [1.0])
+        assert isinstance(raw, bytes)
+        err = await s.fails(raw)
+    assert err.code() == code
+    assert text in (err.details() or ""), err.details()
+    assert st.ingest.counters.rejected_by_reason[reason] == 1
+    await healthy()

@@ -1,0 +1,104 @@
+"""The command lines as users run them: xpu-agent once, xpuctl against a live controller, bench."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, Controller, Processes, free_port, wait_until
+
+ONCE_KEYS = {"index", "uuid", "vendor", "model", "bus_id", "memory_total_bytes", "power_limit_min_w",
+             "power_limit_max_w", "power_limit_default_w", "power_cap_settable", "power_w", "power_limit_w",
+             "temperature_c", "utilization", "memory_used_bytes"}
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+async def arun(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", *args, cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_agent_once_prints_normalised_json() -> None:
+    r = run("agent.cli", "once", "--sim-vendor", "kunlunxin", "--sim-devices", "3")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 3
+    for i, row in enumerate(rows):
+        assert ONCE_KEYS <= row.keys()
+        assert (row["index"], row["vendor"], row["model"]) == (i, "kunlunxin", "P800 PCIe")
+        assert row["power_cap_settable"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--sim-vendor", "acme"], "unknown vendor 'acme'"), (["--sim-fault", "melt"], "unknown kind 'melt'"),
+     (["--sim-devices", "0"], "must be a number > 0")],
+)
+def test_agent_bad_arguments_are_named(args: list[str], message: str) -> None:
+    r = run("agent.cli", "once", *args)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+def test_agent_refuses_unavailable_driver_clearly() -> None:
+    r = run("agent.cli", "once", "--driver", "nvidia")
+    assert r.returncode != 0
+    assert "--driver 'nvidia' is not available yet" in r.stderr
+
+
+async def test_xpuctl_against_a_live_controller(controller: Controller, processes: Processes) -> None:
+    processes.agent(controller.target, "ctl-a", "biren", "--interval-s", "0.2")
+    processes.agent(controller.target, "ctl-b", "thead", "--interval-s", "0.2")
+    st = controller.state
+    assert st is not None
+    await wait_until(lambda: len(st.registry) == 16 and all(n.acked_seq > 1 for n in st.registry.nodes.values()),
+                     timeout_s=30, what="two agents")
+    c = ("controller.ctl", "--controller", controller.target)
+    rc, out, err = await arun(*c, "summary", "--json")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert {"nodes", "devices", "power_w", "budget_w", "anomalies_open"} <= summary.keys()
+    assert (summary["nodes"], summary["devices"]) == (2, 16)
+    assert summary["devices_by_vendor"] == {"biren": 8, "thead": 8}
+    rc, out, _ = await arun(*c, "devices", "--json", "--vendor", "thead", "--sort", "power")
+    devices = json.loads(out)
+    assert rc == 0 and len(devices) == 8
+    assert {"node_id", "uuid", "index", "vendor", "model", "health", "power_w", "power_limit_w",
+            "temperature_c", "utilization", "cordoned"} <= devices[0].keys()
+    powers = [d["power_w"] for d in devices]
+    assert powers == sorted(powers, reverse=True)
+    rc, out, _ = await arun(*c, "nodes", "--json")
+    assert rc == 0 and [n["node_id"] for n in json.loads(out)] == ["ctl-a", "ctl-b"]
+    rc, out, _ = await arun(*c, "devices")
+    assert rc == 0 and "16 device(s)" in out and "biren" in out
+    rc, _, err = await arun(*c, "devices", "--vendor", "acme")
+    assert rc == 4 and "unknown vendor 'acme'" in err
+
+
+def test_xpuctl_unreachable_controller_exits_3() -> None:
+    r = run("controller.ctl", "--controller", f"127.0.0.1:{free_port()}", "summary")
+    assert r.returncode == 3
+    assert "cannot reach the controller" in r.stderr
+
+
+def test_bench_reports_the_contract_keys() -> None:
+    r = run("controller.cli", "bench", "--devices", "40", "--interval-s", "0.5", "--duration-s", "6",
+            "--ramp-s", "1", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    for key in ("samples_per_s", "controller_cpu_us_per_sample", "ingest_p50_ms", "ingest_p99_ms",
+                "controller_rss_bytes"):
+        assert isinstance(result[key], (int, float)) and result[key] > 0, key
+    assert result["devices_registered"] == 40
+    assert 0.5 * 80 < result["samples_per_s"] < 1.5 * 80  # 40 devices every 0.5 s
