@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--offline-after-s", type=_positive(float), default=30.0)
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
 
+    demo = sub.add_parser("demo", help="a controller and a simulated mixed fleet, shown live")
+    demo.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    demo.add_argument("--nodes", type=_positive(int), default=16)
+    demo.add_argument("--devices-per-node", type=_positive(int), default=8)
+    demo.add_argument("--rows", type=_positive(int), default=12, help="devices shown")
+    demo.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this long")
+
     bench = sub.add_parser("bench", help="measure ingest capacity against a simulated fleet")
     bench.add_argument("--devices", type=_positive(int), default=10_000)
     bench.add_argument("--devices-per-node", type=_positive(int), default=8)
@@ -102,8 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench.run(args)
     _install_uvloop()
+    if args.command == "demo":
+        from controller import demo  # noqa: PLC0415 - only the demo needs rich Live
+
+        command = demo.run
+    else:
+        command = serve
     try:
-        return asyncio.run(serve(args))
+        return asyncio.run(command(args))
     except KeyboardInterrupt:
         return 130
 

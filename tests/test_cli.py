@@ -102,3 +102,10 @@ def test_bench_reports_the_contract_keys() -> None:
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     assert result["devices_registered"] == 40
     assert 0.5 * 80 < result["samples_per_s"] < 1.5 * 80  # 40 devices every 0.5 s
+
+
+def test_demo_runs_a_mixed_fleet_and_exits() -> None:
+    r = run("controller.cli", "--log-level", "WARNING", "demo", "--nodes", "13", "--duration-s", "4",
+            timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "demo: 104 devices of 13 vendors on 13 nodes" in r.stdout

@@ -19,8 +19,10 @@ I64 = npt.NDArray[np.int64]
 class RingStore:
     """Per-device ring buffers over a fixed metric axis."""
 
+    GROWTH_SLOTS = 1024
+
     def __init__(self, *, n_metrics: int, window: int, capacity: int = 64) -> None:
-        """Preallocate room for `capacity` devices; grows by doubling."""
+        """Preallocate room for `capacity` devices; grows in steps of GROWTH_SLOTS."""
         if window < 1:
             msg = f"ring window must be >= 1 sample, got {window}"
             raise ValueError(msg)
@@ -34,10 +36,18 @@ class RingStore:
         self.ensure_capacity(capacity)
 
     def ensure_capacity(self, slots: int) -> None:
-        """Make room for at least `slots` devices (amortised doubling)."""
+        """Make room for at least `slots` devices.
+
+        Growth is in whole steps of GROWTH_SLOTS, not doubling: at 10,000 devices a 600-sample
+        window is ~740 MB, and doubling would reserve up to twice what is used. Devices register
+        only at Hello, so the copies are rare.
+        """
         if slots <= self.capacity:
             return
-        new = max(slots, 2 * self.capacity, 1)
+        step = self.GROWTH_SLOTS
+        new = max(slots, self.capacity + 1)
+        if self.capacity:  # the first allocation is exactly what was asked for
+            new = -(-new // step) * step
         values = np.full((new, self.n_metrics, self.window), np.nan)
         values[: self.capacity] = self.values
         timestamps = np.zeros((new, self.window), dtype=np.int64)
