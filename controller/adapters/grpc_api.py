@@ -134,34 +134,45 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         devices = self.state.views.devices(time.time_ns(), flt)
         return cpb.ListDevicesResponse(devices=[codec.device_pb(d) for d in devices])
 
+    # The rest of the API arrives with the operator surfaces; until then each says so clearly.
+
+    async def GetDevice(self, request: cpb.GetDeviceRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Not implemented yet."""
+        await _unimplemented("GetDevice", context)
+
+    async def WatchEvents(  # noqa: N802
+        self, request: cpb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.Event]:
+        """Not implemented yet."""
+        await _unimplemented("WatchEvents", context)
+        yield cpb.Event()  # unreachable: abort raises; the yield makes this a stream handler
+
+    async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Not implemented yet."""
+        await _unimplemented("GetPowerBudget", context)
+
+    async def SetPowerBudget(self, request: cpb.SetPowerBudgetRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Not implemented yet."""
+        await _unimplemented("SetPowerBudget", context)
+
+    async def SetPriority(self, request: cpb.SetPriorityRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Not implemented yet."""
+        await _unimplemented("SetPriority", context)
+
+    async def Cordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Not implemented yet."""
+        await _unimplemented("Cordon", context)
+
+    async def Uncordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        """Not implemented yet."""
+        await _unimplemented("Uncordon", context)
+
 
 async def _unimplemented(name: str, context: grpc.aio.ServicerContext) -> None:
     await context.abort(
         grpc.StatusCode.UNIMPLEMENTED,
         f"Cluster.{name} is not implemented in this version of xpu-controller",
     )
-
-
-def _stub(name: str):  # type: ignore[no-untyped-def]
-    async def method(self: ClusterService, request: object, context: grpc.aio.ServicerContext) -> None:
-        await _unimplemented(name, context)
-
-    method.__name__ = name
-    return method
-
-
-for _name in ("GetDevice", "GetPowerBudget", "SetPowerBudget", "SetPriority", "Cordon", "Uncordon"):
-    setattr(ClusterService, _name, _stub(_name))
-
-
-async def _watch_unimplemented(
-    self: ClusterService, request: cpb.WatchEventsRequest, context: grpc.aio.ServicerContext
-) -> AsyncIterator[cpb.Event]:
-    await _unimplemented("WatchEvents", context)
-    yield cpb.Event()  # pragma: no cover - abort raised above
-
-
-ClusterService.WatchEvents = _watch_unimplemented  # type: ignore[method-assign]
 
 
 def build_server(state: State, listen: str, *, reflection_on: bool = True) -> tuple[grpc.aio.Server, int]:

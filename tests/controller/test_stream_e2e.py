@@ -8,6 +8,7 @@ import math
 import grpc.aio
 import pytest
 
+from controller.adapters import grpc_api
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 from tests.conftest import Controller, Processes, free_port, wait_until
@@ -109,7 +110,8 @@ async def test_health_and_reflection_are_served(controller: Controller) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: PLC0415
 
-    await __import__("controller.adapters.grpc_api", fromlist=["x"]).set_serving(controller.server, serving=True)
+    assert controller.server is not None
+    await grpc_api.set_serving(controller.server, serving=True)
     async with grpc.aio.insecure_channel(controller.target) as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="xpu.v1.Telemetry"), timeout=5)
@@ -132,3 +134,12 @@ async def test_unimplemented_rpcs_say_so(controller: Controller) -> None:
 
 def test_free_port_is_loopback() -> None:
     assert 0 < free_port() < 65536
+
+
+async def test_watch_events_says_unimplemented(controller: Controller) -> None:
+    async with grpc.aio.insecure_channel(controller.target) as ch:
+        call = cluster_pb2_grpc.ClusterStub(ch).WatchEvents(cpb.WatchEventsRequest(), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "WatchEvents" in (err.value.details() or "")
