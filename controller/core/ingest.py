@@ -283,7 +283,7 @@ class Ingest:
         good, rejected, first = self._check(node, cols)
         slots = node.slots[cols.device[good]]
         self.store.append(slots, cols.timestamp_ns[good], self._with_health(cols, good))
-        self._note_health_and_errors(node, cols, good, slots)
+        self._note_health_and_errors(cols, good, slots)
         stored = int(good.sum())
         self.counters.samples_total += stored
         if stored:
@@ -308,10 +308,7 @@ class Ingest:
         out[:, model.HEALTH] = cols.health[good]
         return out
 
-    def _note_health_and_errors(
-        self, node: registry.NodeState, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64
-    ) -> None:
-        del node
+    def _note_health_and_errors(self, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64) -> None:
         good_rows = np.flatnonzero(good).tolist()
         reasons = self.registry.health_reason
         for row, slot in zip(good_rows, slots.tolist(), strict=True):
