@@ -171,6 +171,9 @@ class Ingest:
         self.counters = Counters()
         self.latency = LatencyWindow()
         self.recent_errors: list[tuple[int, str, int, str, str]] = []  # (ts, uuid, slot, code, text)
+        # for the detectors: error events not yet looked at, and the slots of the last batch stored
+        self.new_errors: list[tuple[int, str, int, str, str]] = []
+        self.stored_slots: I64 = np.zeros(0, dtype=np.int64)
 
     @staticmethod
     def violation(code: str, reason: str, message: str) -> ProtocolViolation:
@@ -242,6 +245,7 @@ class Ingest:
         Raises:
             ProtocolViolation: see the module docstring.
         """
+        self.stored_slots = np.zeros(0, dtype=np.int64)
         node = stream.node
         if node is None:
             raise self.violation(
@@ -284,6 +288,7 @@ class Ingest:
         slots = node.slots[cols.device[good]]
         self.store.append(slots, cols.timestamp_ns[good], self._with_health(cols, good))
         self._note_health_and_errors(cols, good, slots)
+        self.stored_slots = slots
         stored = int(good.sum())
         self.counters.samples_total += stored
         if stored:
@@ -322,8 +327,16 @@ class Ingest:
                 continue
             self.counters.error_events_total += 1
             uuid = self.registry.infos[slot].uuid
-            self.recent_errors.append((int(cols.timestamp_ns[row]), uuid, slot, code, text))
+            event = (int(cols.timestamp_ns[row]), uuid, slot, code, text)
+            self.recent_errors.append(event)
+            self.new_errors.append(event)
         del self.recent_errors[: -self.MAX_RECENT_ERRORS]
+        del self.new_errors[: -self.MAX_RECENT_ERRORS]
+
+    def take_new_errors(self) -> list[tuple[int, str, int, str, str]]:
+        """Error events stored since the last call: (timestamp_ns, uuid, slot, code, text)."""
+        out, self.new_errors = self.new_errors, []
+        return out
 
     def _check(
         self, node: registry.NodeState, cols: BatchColumns

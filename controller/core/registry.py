@@ -77,6 +77,7 @@ class Registry:
         self.node_of_slot: list[str] = []
         self.health_reason: list[str] = []  # per slot, latest non-ok reason
         self.cordoned: list[bool] = []
+        self.version = 0  # bumped whenever a slot is added or moves to another node
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -116,7 +117,10 @@ class Registry:
                 self.node_of_slot.append(node.node_id)
                 self.health_reason.append("")
                 self.cordoned.append(False)
+                self.version += 1
             else:
+                if self.infos[slot] != info or self.node_of_slot[slot] != node.node_id:
+                    self.version += 1
                 self.infos[slot] = info
                 self.node_of_slot[slot] = node.node_id
             slots[row] = slot

@@ -31,6 +31,7 @@ class SimDriver:
         seed: int = 0,
         fault_specs: list[faults.Fault] | None = None,
         first_index: int = 0,
+        workload: str = "mixed",
     ) -> None:
         """Build the devices from the vendor's profile.
 
@@ -42,7 +43,7 @@ class SimDriver:
         self.node_id = node_id
         self.first_index = first_index
         self.node = engine.SimNode(
-            [self.profile] * devices, node_id=node_id, seed=seed, faults=fault_specs
+            [self.profile] * devices, node_id=node_id, seed=seed, faults=fault_specs, workload=workload
         )
         self._last_ns: int | None = None
         self._closed = threading.Event()

@@ -35,6 +35,7 @@ IDLE: Final = 0
 TRAINING: Final = 1
 INFERENCE: Final = 2
 PHASE_NAMES: Final = ("idle", "training", "inference")
+WORKLOADS: Final = ("mixed", *PHASE_NAMES)
 
 
 def throughput_fraction(power_w: F64, demand_w: F64, idle_w: F64, alpha: F64) -> F64:
@@ -62,8 +63,16 @@ class SimNode:
         node_id: str,
         seed: int = 0,
         faults: list[faults_mod.Fault] | None = None,
+        workload: str = "mixed",
     ) -> None:
-        """Create n devices, one per profile, at rest at ambient temperature."""
+        """Create n devices, one per profile, at rest at ambient temperature.
+
+        `workload` is one of WORKLOADS: `mixed` draws phases at random; the others hold one phase.
+        """
+        if workload not in WORKLOADS:
+            msg = f"unknown workload {workload!r}; use one of {', '.join(WORKLOADS)}"
+            raise ValueError(msg)
+        self.workload = workload
         self.profiles = profiles
         self.node_id = node_id
         self.faults = list(faults or [])
@@ -108,6 +117,8 @@ class SimNode:
 
     def _next_phase(self) -> None:
         r = self.rng.random()
+        if self.workload != "mixed":  # one phase throughout, re-drawn in its parameters
+            r = {"idle": 0.1, "training": 0.5, "inference": 0.9}[self.workload]
         if r < 0.2:
             self.phase, self.intensity = IDLE, 0.0
             duration = self.rng.uniform(20, 90)

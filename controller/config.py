@@ -1,0 +1,157 @@
+"""Controller settings: grouped, typed, frozen; loaded once at startup from TOML.
+
+Every field has a default that works for the demo. A TOML file may set any of them under its
+group (`[detect]`, `[power]`, `[bus]`); an unknown key is an error that names the key.
+Nothing else in the controller reads files or the environment for settings.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+from typing import Annotated
+
+import msgspec
+
+from controller.errors import XpuError
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class Detect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Thresholds of the anomaly detectors (DESIGN 8). Each raises at one level, clears at another."""
+
+    thermal_margin_c: NonNegative = 3.0
+    """Raise `thermal` at this far below the device's slowdown temperature."""
+    thermal_clear_margin_c: NonNegative = 8.0
+    """Clear `thermal` once this far below the slowdown temperature."""
+    thermal_rise_c_per_s: Positive = 1.0
+    """Raise `thermal_rise` when the temperature climbs this fast ..."""
+    thermal_rise_window_c: Positive = 25.0
+    """... while within this many degrees of the slowdown temperature (a cold start is no alarm)."""
+    thermal_rise_samples: Count = 3
+    """Samples over which the rate of rise is measured."""
+    overcap_ratio: Positive = 1.05
+    """Raise `power_over_cap` when power exceeds the enforced limit by this factor ..."""
+    overcap_margin_w: NonNegative = 5.0
+    """... plus this many watts ..."""
+    overcap_samples: Count = 3
+    """... on this many samples in a row."""
+    ecc_storm_per_s: Positive = 100.0
+    """Raise `ecc_storm` at this many corrected ECC errors per second ..."""
+    ecc_storm_clear_per_s: NonNegative = 10.0
+    """... and clear it below this rate."""
+    ecc_window_samples: Count = 10
+    """Samples over which ECC rates are measured."""
+    ecc_clear_after_s: Positive = 60.0
+    """`ecc_uncorrected` clears after this long without a new uncorrected error."""
+    error_clear_after_s: Positive = 30.0
+    """`error_event` clears this long after the device's last critical error event."""
+    stale_after_s: Positive = 5.0
+    """A device whose newest sample is older than this is `stale`."""
+    unknown_samples: Count = 3
+    """A device whose health was `unknown` this many samples in a row is `stale` too."""
+    stuck_samples: Count = 30
+    """`stuck`: utilisation and power identical on this many samples in a row."""
+    straggler_samples: Count = 10
+    """`straggler`: mean utilisation over this many samples ..."""
+    straggler_mads: Positive = 4.0
+    """... below the node median by this many MADs ..."""
+    straggler_min_gap: Fraction = 0.2
+    """... and by at least this much utilisation ..."""
+    straggler_peers_busy: Fraction = 0.5
+    """... while the node median is at least this busy ..."""
+    straggler_min_peers: Count = 3
+    """... on nodes with at least this many devices."""
+    spike_alpha: Fraction = 0.1
+    """EWMA weight of the newest power sample (`spike`)."""
+    spike_z: Positive = 6.0
+    """Raise `spike` at this z-score of power against the device's own EWMA ..."""
+    spike_clear_z: Positive = 2.0
+    """... clear it below this one ..."""
+    spike_peer_z: Positive = 2.0
+    """... and only while the node's median z stays below this (a whole node moving is a job)."""
+    spike_sigma_floor_frac: Positive = 0.02
+    """Standard deviation floor, as a fraction of the device's maximum power limit."""
+
+
+class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The power loop (DESIGN 8)."""
+
+    budget_w: Positive | None = None
+    """Cluster budget; None turns capping off (the loop still steps down hot devices)."""
+    period_s: Positive = 1.0
+    """Control period."""
+    deadband_w: NonNegative = 5.0
+    """No command for a change smaller than this ..."""
+    deadband_frac: Fraction = 0.02
+    """... or than this fraction of the device's range, whichever is larger."""
+    slew_frac: Fraction = 0.2
+    """A cap rises by at most this fraction of the device's range per period (cuts are not slowed)."""
+    reserve_frac: Fraction = 0.005
+    """Part of the budget kept free for noise in fixed loads."""
+    demand_samples: Count = 30
+    """Demand = the highest power over this many samples ..."""
+    demand_margin_frac: Fraction = 0.05
+    """... plus this margin; a device drawing its whole cap is offered this much more."""
+    emergency_step_frac: Fraction = 0.3
+    """A hot device's cap is cut by this fraction of its power at once, and again each period."""
+    recovery_frac: Fraction = 0.05
+    """After a thermal event the device's ceiling rises by this fraction of its range per period."""
+    command_ttl_s: Positive = 10.0
+    """A cap command expires this long after it is issued; it is never applied after that."""
+    retry_after_s: Positive = 2.0
+    """An unacknowledged command is sent again after this long, until it expires."""
+
+
+class Bus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The MQTT action bus (DESIGN 5)."""
+
+    url: str | None = None
+    """mqtt://host:port, mqtts://host:port, or `embedded`; None runs without a bus."""
+    root: str = "xpu/v1"
+    """Topic root."""
+    heartbeat_s: Positive = 1.0
+    """The controller republishes its retained `online` status (its lease) this often."""
+    max_queued: Count = 10_000
+    """Bound of the incoming and outgoing queues; beyond it messages are dropped and counted."""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every controller setting."""
+
+    detect: Detect = msgspec.field(default_factory=Detect)
+    power: Power = msgspec.field(default_factory=Power)
+    bus: Bus = msgspec.field(default_factory=Bus)
+
+
+class ConfigError(XpuError):
+    """A config file that cannot be used; the message names the file, the key and the problem."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        """Keep the facts; build the message."""
+        super().__init__(f"config {path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def load(path: str | pathlib.Path | None) -> Config:
+    """Read a TOML file into a Config (defaults when `path` is None).
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, an unknown key or a bad value (msgspec's path kept).
+    """
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(pathlib.Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read it: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(path), str(exc)) from exc

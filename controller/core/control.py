@@ -1,0 +1,287 @@
+"""The closed loop, pure: telemetry in, events and commands out (DESIGN 1 and 8).
+
+`Control` joins the detectors, the power controller and the action ledger over the registry and
+the ring store that ingest fills. The service (controller/service.py) calls it:
+
+* `on_batch` after every stored batch: the critical-path detectors on that batch's devices; a
+  thermal anomaly steps the device down at once (the emergency path, not waiting for the period);
+* `tick` every control period: every detector, node liveness, the power allocation, and the
+  ledger's retries and expiries;
+* `on_result` for each agent answer; `set_budget` and `set_weight` for the API.
+
+Each returns an Output: events to publish, and ledger entries to send now. Pure: time is `now_ns`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from controller import config
+from controller.core import detect, events, ingest, ledger, model, power, registry, ring
+
+F64 = npt.NDArray[np.float64]
+HOT_KINDS = ("thermal", "thermal_rise")
+_OK_HEALTH = (1, 2)  # ok, degraded: a failed or unknown device is not capped
+
+
+class Output(msgspec.Struct, kw_only=True):
+    """What a step produced."""
+
+    events: list[events.Event] = msgspec.field(default_factory=list)
+    send: list[ledger.Entry] = msgspec.field(default_factory=list)
+
+
+class Control:
+    """The loop's state and rules."""
+
+    def __init__(
+        self,
+        reg: registry.Registry,
+        store: ring.RingStore,
+        ing: ingest.Ingest,
+        liveness: registry.Liveness,
+        cfg: config.Config,
+        *,
+        prefix: str,
+    ) -> None:
+        """Wire the rules to the state they read."""
+        self.registry = reg
+        self.store = store
+        self.ingest = ing
+        self.liveness = liveness
+        self.cfg = cfg
+        self.detectors = detect.Detectors(cfg.detect)
+        self.power = power.PowerController(cfg.power)
+        self.ledger = ledger.Ledger(prefix=prefix, ttl_s=cfg.power.command_ttl_s, retry_after_s=cfg.power.retry_after_s)
+        self.device_weight: dict[int, float] = {}
+        self.node_weight: dict[str, float] = {}
+        self.node_status: dict[str, registry.NodeStatus] = {}
+        self.feasible = True
+        self.last_decision: power.Decision | None = None
+        self._version = -1
+        self._static: dict[str, F64] = {}
+        self._group = np.zeros(0, dtype=np.int64)
+        self._nodes: list[str] = []
+
+    # -- per-device facts ------------------------------------------------------------------------
+
+    def _facts(self) -> None:
+        reg = self.registry
+        if self._version == reg.version and self._group.size == len(reg):
+            return
+        infos = reg.infos
+
+        def col(name: str) -> F64:
+            return np.array([math.nan if (v := getattr(i, name)) is None else float(v) for i in infos])
+
+        self._static = {
+            "min_w": col("power_limit_min_w"),
+            "max_w": col("power_limit_max_w"),
+            "default_w": col("power_limit_default_w"),
+            "settable": np.array([i.power_cap_settable for i in infos], dtype=bool),
+        }
+        numbers: dict[str, int] = {}
+        self._group = np.array([numbers.setdefault(n, len(numbers)) for n in reg.node_of_slot], dtype=np.int64)
+        self._nodes = list(numbers)
+        self._version = reg.version
+
+    def inputs(self, now_ns: int) -> power.Inputs:
+        """What the power controller needs, for every device."""
+        self._facts()
+        n = len(self.registry)
+        slots = np.arange(n, dtype=np.int64)
+        latest = self.store.latest(slots)
+        online = np.array(
+            [self.registry.nodes[name].status(now_ns, self.liveness) == registry.NodeStatus.ONLINE for name in self._nodes],
+            dtype=bool,
+        )
+        node_ok = online[self._group] if n else np.zeros(0, dtype=bool)
+        healthy = np.isin(latest[:, model.HEALTH], _OK_HEALTH)
+        window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples)
+        recent_max = np.fmax.reduce(window, axis=1) if n else np.zeros(0)
+        weight = np.ones(n)
+        for i, node in enumerate(self.registry.node_of_slot):
+            w = self.device_weight.get(i) or self.node_weight.get(node)
+            if w is not None:
+                weight[i] = w
+        hot = np.zeros(n, dtype=bool)
+        for kind in HOT_KINDS:
+            hot |= self.detectors.is_open(kind)[:n]
+        st = self._static
+        return power.Inputs(
+            settable=st["settable"] & node_ok & healthy,
+            min_w=st["min_w"],
+            max_w=st["max_w"],
+            default_w=st["default_w"],
+            weight=weight,
+            power_w=latest[:, model.M["power_w"]],
+            recent_max_w=recent_max,
+            limit_w=latest[:, model.M["power_limit_w"]],
+            hot=hot,
+        )
+
+    # -- findings --------------------------------------------------------------------------------
+
+    def _finding_events(self, findings: list[detect.Finding], now_ns: int) -> list[events.Event]:
+        out = []
+        for f in findings:
+            info = self.registry.infos[f.slot]
+            verb = "raised" if f.raised else "cleared"
+            detail = f" ({f.detail})" if f.detail else ""
+            out.append(
+                events.Event(
+                    timestamp_ns=now_ns,
+                    kind=f"anomaly.{verb}",
+                    node_id=self.registry.node_of_slot[f.slot],
+                    device_uuid=info.uuid,
+                    severity=f.severity if f.raised else "info",
+                    message=f"{f.kind} {verb} on {info.uuid}: value {f.value:.4g}, threshold {f.threshold:.4g}{detail}",
+                    value=f.value if math.isfinite(f.value) else 0.0,
+                    threshold=f.threshold if math.isfinite(f.threshold) else 0.0,
+                    detector=f.kind,
+                )
+            )
+        return out
+
+    def _issue(self, cmd: power.Command, now_ns: int, out: Output) -> None:
+        info = self.registry.infos[cmd.slot]
+        entry, evs = self.ledger.issue(
+            now_ns,
+            slot=cmd.slot,
+            node_id=self.registry.node_of_slot[cmd.slot],
+            device_uuid=info.uuid,
+            cap_w=cmd.cap_w,
+            reason=cmd.reason,
+        )
+        out.events.extend(evs)
+        out.send.append(entry)
+
+    def _emergencies(self, findings: list[detect.Finding], now_ns: int, out: Output) -> None:
+        hot = [f for f in findings if f.raised and f.kind in HOT_KINDS]
+        if not hot:
+            return
+        self._facts()
+        slots = np.array([f.slot for f in hot], dtype=np.int64)
+        latest = self.store.latest(slots)
+        st = self._static
+        for f, row in zip(hot, latest, strict=True):
+            node = self.registry.nodes.get(self.registry.node_of_slot[f.slot])
+            healthy = row[model.HEALTH] in _OK_HEALTH
+            if not (st["settable"][f.slot] and healthy and node is not None):
+                continue
+            cmd = self.power.emergency(
+                f.slot,
+                min_w=float(st["min_w"][f.slot]),
+                max_w=float(st["max_w"][f.slot]),
+                power_w=float(row[model.M["power_w"]]),
+                limit_w=float(row[model.M["power_limit_w"]]),
+                why=f"{f.kind} {f.value:.3g} >= {f.threshold:.3g}",
+            )
+            if cmd is not None:
+                self._issue(cmd, now_ns, out)
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def on_batch(self, now_ns: int) -> Output:
+        """After a stored batch: critical-path detectors on its devices, emergencies at once."""
+        out = Output()
+        self.detectors.note_errors(self.ingest.take_new_errors())
+        slots = self.ingest.stored_slots
+        if slots.size == 0:
+            return out
+        findings = self.detectors.run(self.registry, self.store, now_ns, slots=slots, critical_only=True)
+        out.events.extend(self._finding_events(findings, now_ns))
+        self._emergencies(findings, now_ns, out)
+        return out
+
+    def tick(self, now_ns: int) -> Output:
+        """One control period."""
+        out = Output()
+        self.detectors.note_errors(self.ingest.take_new_errors())
+        findings = self.detectors.run(self.registry, self.store, now_ns)
+        out.events.extend(self._finding_events(findings, now_ns))
+        self._emergencies(findings, now_ns, out)
+        out.events.extend(self._liveness(now_ns))
+        if len(self.registry):
+            decision = self.power.decide(self.inputs(now_ns))
+            self.last_decision = decision
+            if decision.feasible != self.feasible:
+                self.feasible = decision.feasible
+                kind = "budget.feasible" if decision.feasible else "budget.infeasible"
+                msg = decision.problem or f"the budget covers the floors again ({decision.floors_w:.0f} W)"
+                out.events.append(
+                    events.Event(
+                        timestamp_ns=now_ns,
+                        kind=kind,
+                        severity="info" if decision.feasible else "critical",
+                        message=msg,
+                        value=decision.floors_w,
+                        threshold=decision.settable_budget_w,
+                    )
+                )
+            for cmd in decision.commands:
+                self._issue(cmd, now_ns, out)
+        send, expired, evs = self.ledger.due(now_ns)
+        for e in expired:
+            self.power.forget(e.slot)
+        out.events.extend(evs)
+        seen = {e.id for e in out.send}
+        out.send.extend(e for e in send if e.id not in seen)
+        return out
+
+    def _liveness(self, now_ns: int) -> list[events.Event]:
+        out = []
+        for node_id, node in self.registry.nodes.items():
+            status = node.status(now_ns, self.liveness)
+            if self.node_status.get(node_id) != status:
+                self.node_status[node_id] = status
+                name = status.name.lower()
+                out.append(
+                    events.Event(
+                        timestamp_ns=now_ns,
+                        kind=f"node.{name}",
+                        node_id=node_id,
+                        severity="warning" if status != registry.NodeStatus.ONLINE else "info",
+                        message=f"node {node_id} is {name}",
+                    )
+                )
+        return out
+
+    def on_result(
+        self, now_ns: int, *, id: str, ok: bool, applied_cap_w: float | None, error: str  # noqa: A002
+    ) -> Output:
+        """An agent's answer to a command."""
+        entry, evs = self.ledger.result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)
+        if entry is not None:
+            if ok and applied_cap_w is not None and math.isfinite(applied_cap_w):
+                self.power.grow(entry.slot + 1)
+                self.power.target_w[entry.slot] = applied_cap_w
+            elif not ok:
+                self.power.forget(entry.slot)
+        return Output(events=evs)
+
+    def set_budget(self, budget_w: float | None, now_ns: int) -> Output:
+        """Change the cluster budget (None: no budget)."""
+        old = self.power.budget_w
+        self.power.budget_w = budget_w
+        text = "none" if budget_w is None else f"{budget_w:.0f} W"
+        was = "none" if old is None else f"{old:.0f} W"
+        return Output(
+            events=[
+                events.Event(
+                    timestamp_ns=now_ns,
+                    kind="budget.changed",
+                    message=f"power budget {was} -> {text}",
+                    value=budget_w or 0.0,
+                    threshold=old or 0.0,
+                )
+            ]
+        )
+
+    def anomalies_open(self) -> int:
+        """Open (device, detector) anomalies."""
+        return self.detectors.open_total()

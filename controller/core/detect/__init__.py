@@ -1,0 +1,180 @@
+"""Anomaly detectors over the ring store (DESIGN 8), and the runner that gives them hysteresis.
+
+Theory of operation. Once per control tick the runner builds a Frame (the newest sample of every
+device, plus static per-device facts from the registry) and hands it to every detector; on each
+stored batch it runs the critical-path detectors (thermal, thermal rise, error events) on just
+that batch's devices, so the power loop can act on them at once. Per detector kind the runner
+keeps a boolean `open` per device: a device raises when the raise condition holds and it is not
+open, and clears when the clear condition holds and the raise condition does not. Each change is
+a Finding; the caller turns it into an event. Pure: time comes in as `now_ns`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller import config
+from controller.core import registry, ring
+from controller.core.detect import base, critical, ecc, overcap, spike, stale, straggler, stuck, thermal
+
+__all__ = ["Detectors", "Finding", "KINDS"]
+
+Finding = base.Finding
+
+_CLASSES: tuple[type[base.Detector], ...] = (
+    thermal.Thermal,
+    thermal.ThermalRise,
+    overcap.OverCap,
+    ecc.EccUncorrected,
+    ecc.EccStorm,
+    critical.CriticalErrors,
+    stale.Stale,
+    stuck.Stuck,
+    straggler.Straggler,
+    spike.Spike,
+)
+KINDS: tuple[str, ...] = tuple(c.kind for c in _CLASSES)
+
+
+class Detectors:
+    """Every detector, their open anomalies, and the per-device facts they share."""
+
+    def __init__(self, cfg: config.Detect | None = None) -> None:
+        """All detectors with thresholds from `cfg`."""
+        self.cfg = cfg or config.Detect()
+        self.detectors: list[base.Detector] = [cls(self.cfg) for cls in _CLASSES]  # type: ignore[call-arg]
+        self.open: dict[str, base.Mask] = {d.kind: np.zeros(0, dtype=bool) for d in self.detectors}
+        self.prev_ts = np.zeros(0, dtype=np.int64)
+        self.last_error_ns = np.zeros(0, dtype=np.int64)
+        self.last_error_code: list[str] = []
+        self._facts_version = -1
+        self._slowdown = np.zeros(0)
+        self._max_w = np.zeros(0)
+        self._group = np.zeros(0, dtype=np.int64)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def note_errors(self, errors: list[tuple[int, str, int, str, str]]) -> None:
+        """Take error events (timestamp_ns, uuid, slot, code, text) from ingest."""
+        for ts, _uuid, slot, code, _text in errors:
+            self._grow(slot + 1)
+            if ts >= self.last_error_ns[slot]:
+                self.last_error_ns[slot] = ts
+                self.last_error_code[slot] = code
+
+    def _grow(self, n: int) -> None:
+        have = self.prev_ts.size
+        if n <= have:
+            return
+        k = n - have
+        self.prev_ts = np.concatenate([self.prev_ts, np.zeros(k, dtype=np.int64)])
+        self.last_error_ns = np.concatenate([self.last_error_ns, np.zeros(k, dtype=np.int64)])
+        self.last_error_code.extend([""] * k)
+        for kind, mask in self.open.items():
+            self.open[kind] = np.concatenate([mask, np.zeros(k, dtype=bool)])
+
+    def _facts(self, reg: registry.Registry) -> None:
+        if self._facts_version == reg.version and self._slowdown.size == len(reg):
+            return
+        infos = reg.infos
+        self._slowdown = np.array([_num(i.temp_slowdown_c) for i in infos])
+        self._max_w = np.array([_num(i.power_limit_max_w) for i in infos])
+        node_numbers: dict[str, int] = {}
+        self._group = np.array(
+            [node_numbers.setdefault(n, len(node_numbers)) for n in reg.node_of_slot], dtype=np.int64
+        )
+        self._facts_version = reg.version
+
+    # -- the passes ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        reg: registry.Registry,
+        store: ring.RingStore,
+        now_ns: int,
+        *,
+        slots: base.I64 | None = None,
+        critical_only: bool = False,
+    ) -> list[base.Finding]:
+        """One pass over `slots` (default: every device); returns what raised or cleared.
+
+        A full pass (no `slots`, not `critical_only`) also advances the detectors' own state
+        (EWMAs, run lengths); a critical-path pass only judges.
+        """
+        n = len(reg)
+        self._grow(n)
+        self._facts(reg)
+        full = slots is None
+        if slots is None:
+            slots = np.arange(n, dtype=np.int64)
+        if slots.size == 0:
+            return []
+        latest_ts = store.latest_timestamps(slots)
+        frame = base.Frame(
+            now_ns=now_ns,
+            slots=slots,
+            latest=store.latest(slots),
+            latest_ts=latest_ts,
+            store=store,
+            slowdown_c=self._slowdown[slots],
+            max_w=self._max_w[slots],
+            group=self._group[slots],
+            fresh=latest_ts > self.prev_ts[slots],
+            last_error_ns=self.last_error_ns[slots],
+            last_error_code=[self.last_error_code[s] for s in slots.tolist()],
+        )
+        findings: list[base.Finding] = []
+        for det in self.detectors:
+            if critical_only and not det.critical_path:
+                continue
+            if not full and not det.critical_path:
+                continue
+            findings.extend(self._judge(det, frame))
+        if full and not critical_only:
+            self.prev_ts[slots] = latest_ts
+        return findings
+
+    def _judge(self, det: base.Detector, frame: base.Frame) -> list[base.Finding]:
+        verdict = det.evaluate(frame)
+        is_open = self.open[det.kind][frame.slots]
+        raised = verdict.raise_ & ~is_open
+        cleared = verdict.clear & is_open & ~verdict.raise_
+        if not (raised.any() or cleared.any()):
+            return []
+        mask = self.open[det.kind]
+        mask[frame.slots[raised]] = True
+        mask[frame.slots[cleared]] = False
+        out = []
+        for i in np.flatnonzero(raised | cleared).tolist():
+            out.append(
+                base.Finding(
+                    slot=int(frame.slots[i]),
+                    kind=det.kind,
+                    severity=det.severity,
+                    raised=bool(raised[i]),
+                    value=float(verdict.value[i]),
+                    threshold=float(verdict.threshold[i]),
+                    detail=det.detail(frame, i),
+                )
+            )
+        return out
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def open_kinds(self, slot: int) -> list[str]:
+        """The anomalies open on one device."""
+        return [k for k, m in self.open.items() if slot < m.size and m[slot]]
+
+    def open_total(self) -> int:
+        """How many (device, kind) anomalies are open."""
+        return int(sum(int(m.sum()) for m in self.open.values()))
+
+    def is_open(self, kind: str) -> base.Mask:
+        """Per slot: whether `kind` is open."""
+        return self.open[kind]
+
+
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+

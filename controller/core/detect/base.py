@@ -1,0 +1,125 @@
+"""What every detector shares: the per-tick frame it reads, the verdict it returns, the finding.
+
+A detector is vectorised over devices: `evaluate(frame)` looks at the devices of `frame.slots`
+at once and says, per device, the value it judged, the threshold, whether the raise condition
+holds and whether the clear condition holds. It does not keep the raised/cleared state: the
+runner (detect/__init__.py) applies hysteresis, so a device raises once, stays raised until its
+clear condition holds, and every change becomes one Finding. Pure: time is `frame.now_ns`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from controller.core import model, ring
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+INFO, WARNING, CRITICAL = "info", "warning", "critical"
+
+
+class Frame(msgspec.Struct, kw_only=True):
+    """What detectors read in one pass: the newest sample of each device in `slots`, and the store.
+
+    Per-slot arrays are aligned with `slots`; `group` numbers the node of each device (peers share
+    a group); `fresh` marks devices with a sample newer than the previous full pass.
+    """
+
+    now_ns: int
+    slots: I64
+    latest: F64
+    latest_ts: I64
+    store: ring.RingStore
+    slowdown_c: F64
+    max_w: F64
+    group: I64
+    fresh: Mask
+    last_error_ns: I64
+    last_error_code: list[str]
+
+    def col(self, metric: str) -> F64:
+        """The newest value of one metric per device (NaN = absent)."""
+        return self.latest[:, model.M[metric]]
+
+    def window(self, metric: str, last: int) -> F64:
+        """The `last` newest values of one metric per device, oldest first (NaN = none)."""
+        index = model.HEALTH if metric == "health" else model.M[metric]
+        return self.store.window_view(self.slots, index, last)
+
+
+class Verdict(msgspec.Struct, kw_only=True):
+    """A detector's judgement of each device in the frame (arrays aligned with `frame.slots`)."""
+
+    value: F64
+    threshold: F64
+    raise_: Mask
+    clear: Mask
+
+
+class Finding(msgspec.Struct, frozen=True, kw_only=True):
+    """A device's anomaly raised or cleared."""
+
+    slot: int
+    kind: str
+    severity: str
+    raised: bool
+    value: float
+    threshold: float
+    detail: str = ""
+
+
+class Detector:
+    """Base class: a kind, a severity, and `evaluate`."""
+
+    kind: ClassVar[str] = ""
+    severity: ClassVar[str] = WARNING
+    # True for detectors cheap and urgent enough to run on every batch (the critical path)
+    critical_path: ClassVar[bool] = False
+
+    def evaluate(self, frame: Frame) -> Verdict:
+        """Judge every device of the frame."""
+        raise NotImplementedError
+
+    def detail(self, frame: Frame, i: int) -> str:
+        """Extra words for the finding of the frame's i-th device (e.g. an error code)."""
+        del frame, i
+        return ""
+
+
+def group_median(values: F64, group: I64) -> F64:
+    """Per element, the median of `values` over the elements of its group (NaN values ignored).
+
+    Vectorised: one lexsort, then index arithmetic per group. Elements whose value is NaN get the
+    median of their group's others; a group with no finite value gives NaN.
+    """
+    out = np.full(values.shape, np.nan)
+    ok = np.isfinite(values)
+    if not ok.any():
+        return out
+    g, v = group[ok], values[ok]
+    order = np.lexsort((v, g))
+    g_sorted, v_sorted = g[order], v[order]
+    uniq, start, count = np.unique(g_sorted, return_index=True, return_counts=True)
+    lo = v_sorted[start + (count - 1) // 2]
+    hi = v_sorted[start + count // 2]
+    med = (lo + hi) / 2
+    pos = np.searchsorted(uniq, group)
+    pos = np.clip(pos, 0, uniq.size - 1)
+    found = uniq[pos] == group
+    out[found] = med[pos[found]]
+    return out
+
+
+def group_size(values: F64, group: I64) -> I64:
+    """Per element, how many finite values its group has."""
+    ok = np.isfinite(values)
+    if group.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    counts = np.bincount(group[ok], minlength=int(group.max()) + 1)
+    return counts[group]

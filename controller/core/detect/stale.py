@@ -1,0 +1,35 @@
+"""`stale`: a device whose telemetry stopped (node silent) or whose driver stopped answering.
+
+A device is stale when its newest sample is older than `stale_after_s`, or when its agent has
+reported it `unknown` (a hung or failing driver call) on the last `unknown_samples` samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller import config
+from controller.core.detect import base
+
+HEALTH_UNKNOWN = 4
+
+
+class Stale(base.Detector):
+    """Old or unknown telemetry."""
+
+    kind = "stale"
+    severity = base.WARNING
+
+    def __init__(self, cfg: config.Detect) -> None:
+        """Thresholds from config."""
+        self.cfg = cfg
+
+    def evaluate(self, frame: base.Frame) -> base.Verdict:
+        """Age of the newest sample (s) against `stale_after_s`."""
+        age_s = np.where(frame.latest_ts > 0, (frame.now_ns - frame.latest_ts) / 1e9, np.inf)
+        health = frame.window("health", self.cfg.unknown_samples)
+        unknown = (health == HEALTH_UNKNOWN).all(axis=1)
+        old = age_s > self.cfg.stale_after_s
+        threshold = np.full(age_s.shape, self.cfg.stale_after_s)
+        clear = ~old & (health[:, -1] != HEALTH_UNKNOWN)
+        return base.Verdict(value=age_s, threshold=threshold, raise_=old | unknown, clear=clear)

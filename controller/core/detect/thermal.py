@@ -1,0 +1,63 @@
+"""Thermal detectors: a device near its slowdown temperature, and a device heating up fast.
+
+`thermal` compares the newest temperature with the device's own slowdown temperature (from its
+capabilities), so one threshold fits every vendor. `thermal_rise` measures the rate of rise over
+the last few samples and only counts near the limit: a cold device warming up at a job start is
+no alarm, a hot one climbing fast (a failed fan, a blocked inlet) is, before it throttles.
+Both run on the critical path: the power loop steps a device down as soon as either raises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller import config
+from controller.core.detect import base
+
+
+class Thermal(base.Detector):
+    """Temperature within `thermal_margin_c` of the slowdown temperature."""
+
+    kind = "thermal"
+    severity = base.CRITICAL
+    critical_path = True
+
+    def __init__(self, cfg: config.Detect) -> None:
+        """Thresholds from config."""
+        self.cfg = cfg
+
+    def evaluate(self, frame: base.Frame) -> base.Verdict:
+        """Raise at slowdown - margin; clear at slowdown - clear margin."""
+        temp = frame.col("temperature_c")
+        threshold = frame.slowdown_c - self.cfg.thermal_margin_c
+        with np.errstate(invalid="ignore"):
+            raise_ = temp >= threshold
+            clear = ~(temp >= frame.slowdown_c - self.cfg.thermal_clear_margin_c)
+        return base.Verdict(value=temp, threshold=threshold, raise_=raise_, clear=clear)
+
+
+class ThermalRise(base.Detector):
+    """Temperature rising faster than `thermal_rise_c_per_s` near the slowdown temperature."""
+
+    kind = "thermal_rise"
+    severity = base.CRITICAL
+    critical_path = True
+
+    def __init__(self, cfg: config.Detect) -> None:
+        """Thresholds from config."""
+        self.cfg = cfg
+
+    def evaluate(self, frame: base.Frame) -> base.Verdict:
+        """Slope over the last samples (C/s); raise above the rate when near the limit."""
+        n = max(2, self.cfg.thermal_rise_samples)
+        temps = frame.window("temperature_c", n)
+        stamps = frame.store.window_timestamps(frame.slots, n)
+        dt_s = (stamps[:, -1] - stamps[:, 0]) / 1e9
+        with np.errstate(invalid="ignore", divide="ignore"):
+            slope = np.where(dt_s > 0, (temps[:, -1] - temps[:, 0]) / dt_s, np.nan)
+            near = temps[:, -1] >= frame.slowdown_c - self.cfg.thermal_rise_window_c
+            rate = self.cfg.thermal_rise_c_per_s
+            raise_ = near & (slope >= rate)
+            clear = ~(slope > rate / 4)
+        threshold = np.full(slope.shape, rate)
+        return base.Verdict(value=slope, threshold=threshold, raise_=raise_, clear=clear)

@@ -1,0 +1,25 @@
+"""Events: what the controller tells the world happened (WatchEvents, `xpu/v1/events`).
+
+Kinds: anomaly.raised / anomaly.cleared (with `detector`), action.issued / applied / failed /
+expired / superseded (with `action_id`), node.online / node.stale / node.offline,
+budget.changed / budget.infeasible / budget.feasible.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """One event. `value` and `threshold` are in the unit of the detector or action (W, C, ...)."""
+
+    timestamp_ns: int
+    kind: str
+    node_id: str = ""
+    device_uuid: str = ""
+    severity: str = "info"
+    message: str = ""
+    value: float = 0.0
+    threshold: float = 0.0
+    detector: str = ""
+    action_id: str = ""

@@ -1,0 +1,152 @@
+"""The action ledger: every command the controller issued, and what became of it.
+
+Theory of operation. A command is `issued` with an id, a device and an expiry. It is sent, and
+sent again every `retry_after_s` while no result came and it has not expired (the agent drops
+repeats by id, and answers a repeat with the result it already has). The agent's result moves it
+to `applied` or `failed`; reaching its expiry first moves it to `expired` (the agent will never
+apply it either: it checks the same expiry). One writer per device: a new command for a device
+whose previous one is still open moves the previous one to `superseded`. Each transition is an
+event. Pure: time comes in as `now_ns`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from controller.core import events
+
+ISSUED, APPLIED, FAILED, EXPIRED, SUPERSEDED = "issued", "applied", "failed", "expired", "superseded"
+FINAL = frozenset((APPLIED, FAILED, EXPIRED, SUPERSEDED))
+
+
+class Entry(msgspec.Struct, kw_only=True):
+    """One command and its fate."""
+
+    id: str
+    kind: str  # set_power_cap | restore_default
+    slot: int
+    node_id: str
+    device_uuid: str
+    cap_w: float
+    reason: str
+    issued_at_ns: int
+    expires_at_ns: int
+    state: str = ISSUED
+    attempts: int = 0
+    last_sent_ns: int = 0
+    applied_cap_w: float = math.nan
+    error: str = ""
+    finished_ns: int = 0
+
+
+class Ledger:
+    """Open commands by id and by device; a bounded history of finished ones."""
+
+    MAX_FINISHED = 10_000
+
+    def __init__(self, *, prefix: str, ttl_s: float, retry_after_s: float) -> None:
+        """Ids are `<prefix>-<n>`; `prefix` should be unique per controller start."""
+        self.prefix = prefix
+        self.ttl_ns = int(ttl_s * 1e9)
+        self.retry_ns = int(retry_after_s * 1e9)
+        self.counter = 0
+        self.open: dict[str, Entry] = {}
+        self.open_by_slot: dict[int, str] = {}
+        self.finished: list[Entry] = []
+        self.unknown_results = 0
+        self.totals: dict[str, int] = {}
+
+    def _event(self, e: Entry, kind: str, now_ns: int, message: str, severity: str = "info") -> events.Event:
+        self.totals[kind] = self.totals.get(kind, 0) + 1
+        return events.Event(
+            timestamp_ns=now_ns,
+            kind=f"action.{kind}",
+            node_id=e.node_id,
+            device_uuid=e.device_uuid,
+            severity=severity,
+            message=message,
+            value=e.applied_cap_w if kind == APPLIED else e.cap_w,
+            action_id=e.id,
+        )
+
+    def _finish(self, e: Entry, state: str, now_ns: int) -> None:
+        e.state = state
+        e.finished_ns = now_ns
+        self.open.pop(e.id, None)
+        if self.open_by_slot.get(e.slot) == e.id:
+            del self.open_by_slot[e.slot]
+        self.finished.append(e)
+        del self.finished[: -self.MAX_FINISHED]
+
+    def issue(
+        self,
+        now_ns: int,
+        *,
+        slot: int,
+        node_id: str,
+        device_uuid: str,
+        cap_w: float,
+        reason: str,
+        kind: str = "set_power_cap",
+    ) -> tuple[Entry, list[events.Event]]:
+        """A new command (superseding the device's open one); returns it and the events."""
+        out = []
+        previous = self.open_by_slot.get(slot)
+        if previous is not None:
+            old = self.open[previous]
+            self._finish(old, SUPERSEDED, now_ns)
+            out.append(self._event(old, SUPERSEDED, now_ns, f"superseded by a newer command for {device_uuid}"))
+        self.counter += 1
+        e = Entry(
+            id=f"{self.prefix}-{self.counter}",
+            kind=kind,
+            slot=slot,
+            node_id=node_id,
+            device_uuid=device_uuid,
+            cap_w=cap_w,
+            reason=reason,
+            issued_at_ns=now_ns,
+            expires_at_ns=now_ns + self.ttl_ns,
+        )
+        self.open[e.id] = e
+        self.open_by_slot[slot] = e.id
+        what = f"cap {device_uuid} at {cap_w:.0f} W ({reason})" if kind == "set_power_cap" else f"restore the default cap of {device_uuid} ({reason})"
+        out.append(self._event(e, ISSUED, now_ns, what))
+        return e, out
+
+    def sent(self, e: Entry, now_ns: int) -> None:
+        """Note that `e` went out."""
+        e.attempts += 1
+        e.last_sent_ns = now_ns
+
+    def result(
+        self, now_ns: int, *, id: str, ok: bool, applied_cap_w: float | None, error: str  # noqa: A002
+    ) -> tuple[Entry | None, list[events.Event]]:
+        """An agent's answer. Answers to unknown or finished ids are counted and ignored."""
+        e = self.open.get(id)
+        if e is None:
+            self.unknown_results += 1
+            return None, []
+        e.applied_cap_w = math.nan if applied_cap_w is None else applied_cap_w
+        e.error = error
+        if ok:
+            self._finish(e, APPLIED, now_ns)
+            return e, [self._event(e, APPLIED, now_ns, f"{e.device_uuid} enforces {e.applied_cap_w:.0f} W")]
+        self._finish(e, FAILED, now_ns)
+        return e, [self._event(e, FAILED, now_ns, f"{e.device_uuid}: {error}", severity="warning")]
+
+    def due(self, now_ns: int) -> tuple[list[Entry], list[Entry], list[events.Event]]:
+        """(to send now: new or unanswered past the retry time, expired now, their events)."""
+        send, expired, out = [], [], []
+        for e in list(self.open.values()):
+            if now_ns >= e.expires_at_ns:
+                self._finish(e, EXPIRED, now_ns)
+                expired.append(e)
+                out.append(
+                    self._event(e, EXPIRED, now_ns, f"no answer from {e.node_id} after {e.attempts} attempt(s)", "warning")
+                )
+            elif e.attempts == 0 or now_ns - e.last_sent_ns >= self.retry_ns:
+                send.append(e)
+        return send, expired, out

@@ -1,0 +1,275 @@
+"""The cluster power allocator and the power loop's rules (DESIGN 8).
+
+Theory of operation. Every control period `PowerController.decide` gets, per device, whether its
+cap can be set now (`settable`: the vendor has a setter, the node is online, the device is
+healthy), its range, its weight, its recent power and its enforced limit. It then
+
+1. counts every other device as a fixed load at its highest recent power, and keeps
+   `reserve_frac` of the budget free; what is left is the budget of the settable devices;
+   the budget bounds power, not the sum of caps: a device draws at most min(cap, demand), so an
+   idle device under a high floor costs only what it draws (`allocate`). When such a device
+   starts work, the cluster can overshoot for one period, until the next decision;
+2. estimates each settable device's demand: its highest recent power plus a margin, or, for a
+   device drawing its whole cap (its real demand is hidden by the cap), its cap plus the margin;
+3. water-fills (`allocate`): every device gets its floor; the rest goes by weight up to each
+   device's demand; what is still left goes by weight up to each device's ceiling. The ceiling
+   is the device's maximum, lowered after a thermal event;
+4. moves each cap towards its target: a rise by at most `slew_frac` of the range per period, a
+   cut at once (the budget is the hard constraint); a change inside the deadband is skipped
+   unless skipping cuts would break the budget.
+
+A thermal anomaly does not wait for the period: `emergency` cuts the device's ceiling to
+(1 - emergency_step_frac) of its power at once, and each period while the anomaly stays open it
+is cut again; once it clears the ceiling recovers by `recovery_frac` of the range per period.
+With no budget set, only the thermal rules act. Pure: no clocks, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from controller import config
+from controller.errors import InfeasibleBudget
+
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
+
+
+def fill(base: F64, top: F64, weight: F64, amount: float) -> F64:
+    """Raise `base` towards `top` by weight, spending `amount` W in total (or all there is room for).
+
+    Every device gets min(top, base + weight x L) for the one level L that spends `amount`.
+    Exact: the level is found from the sorted points where devices reach their top.
+    """
+    room = np.maximum(top - base, 0.0)
+    if amount <= 0 or base.size == 0:
+        return base.copy()
+    if amount >= room.sum():
+        return base + room
+    w = np.maximum(weight, 1e-12)
+    reach = room / w  # level at which each device is full
+    order = np.argsort(reach)
+    reach_sorted, w_sorted, room_sorted = reach[order], w[order], room[order]
+    # spent(L) at L = reach_sorted[j]: the full devices before j give their room, the rest w x L
+    full_spent = np.concatenate([[0.0], np.cumsum(room_sorted)[:-1]])
+    w_rest = np.cumsum(w_sorted[::-1])[::-1]
+    spent_at = full_spent + w_rest * reach_sorted
+    j = int(np.searchsorted(spent_at, amount))
+    level = (amount - full_spent[j]) / w_rest[j]
+    return base + np.minimum(room, w * level)
+
+
+def allocate(budget_w: float, floor_w: F64, ceiling_w: F64, demand_w: F64, weight: F64) -> F64:
+    """Caps by weighted water-filling of the power each device is expected to draw.
+
+    A device draws at most min(cap, demand), so that is what the budget is spent on: every device
+    first gets min(floor, demand) (a device whose demand is under its floor costs only its
+    demand, though its cap cannot go below the floor), then the rest goes by weight up to each
+    device's demand, then what is still left raises caps by weight up to the ceilings.
+
+    Returns caps with floor <= cap <= ceiling and sum(min(cap, demand)) <= budget_w (to rounding).
+
+    Raises:
+        InfeasibleBudget: the devices' minimum draw, sum(min(floor, demand)), exceeds `budget_w`.
+    """
+    ceiling = np.maximum(ceiling_w, floor_w)
+    want = np.clip(demand_w, 0.0, ceiling)
+    low = np.minimum(floor_w, want)
+    need = float(low.sum())
+    if need > budget_w + 1e-9:
+        raise InfeasibleBudget(need, budget_w)
+    drawn = fill(low, want, weight, budget_w - need)
+    caps = np.maximum(drawn, floor_w)
+    left = budget_w - float(drawn.sum())
+    if left > 0:
+        caps = fill(caps, ceiling, weight, left)
+    return caps
+
+
+def expected_w(caps_w: F64, demand_w: F64) -> F64:
+    """What devices capped at `caps_w` are expected to draw: min(cap, demand), never below 0."""
+    return np.minimum(caps_w, np.maximum(demand_w, 0.0))
+
+
+class Inputs(msgspec.Struct, kw_only=True):
+    """Per device (index = slot), what one decision needs. NaN where unknown."""
+
+    settable: Mask
+    min_w: F64
+    max_w: F64
+    default_w: F64
+    weight: F64
+    power_w: F64
+    recent_max_w: F64
+    limit_w: F64
+    hot: Mask
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    """Set one device's cap."""
+
+    slot: int
+    cap_w: float
+    reason: str
+    emergency: bool = False
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What one period decided, and the numbers behind it."""
+
+    commands: list[Command]
+    feasible: bool
+    fixed_w: float
+    settable_budget_w: float
+    floors_w: float
+    problem: str = ""
+
+
+class PowerController:
+    """Holds the caps it has asked for and the thermal ceilings; decides each period."""
+
+    def __init__(self, cfg: config.Power | None = None) -> None:
+        """No device known yet; budget from config."""
+        self.cfg = cfg or config.Power()
+        self.budget_w: float | None = self.cfg.budget_w
+        self.target_w = np.zeros(0)  # last cap asked for, NaN = unknown (use the enforced limit)
+        self.thermal_ceiling_w = np.zeros(0)  # inf = none
+        self.cut_now = np.zeros(0, dtype=bool)  # cut by `emergency` since the last period
+
+    def grow(self, n: int) -> None:
+        """Make room for n devices."""
+        if n > self.target_w.size:
+            k = n - self.target_w.size
+            self.target_w = np.concatenate([self.target_w, np.full(k, np.nan)])
+            self.thermal_ceiling_w = np.concatenate([self.thermal_ceiling_w, np.full(k, np.inf)])
+            self.cut_now = np.concatenate([self.cut_now, np.zeros(k, dtype=bool)])
+
+    def forget(self, slot: int) -> None:
+        """The cap of `slot` is unknown again (its command failed or expired)."""
+        self.grow(slot + 1)
+        self.target_w[slot] = np.nan
+
+    # -- the emergency path ----------------------------------------------------------------------
+
+    def emergency(
+        self, slot: int, *, min_w: float, max_w: float, power_w: float, limit_w: float, why: str
+    ) -> Command | None:
+        """Cut a hot (settable) device's cap at once; None when it is already at or below the cut."""
+        self.grow(slot + 1)
+        target = float(self.target_w[slot])
+        current = target if math.isfinite(target) else limit_w
+        now = min((v for v in (power_w, current) if math.isfinite(v)), default=max_w)
+        ceiling = max(min_w, (1.0 - self.cfg.emergency_step_frac) * now)
+        self.thermal_ceiling_w[slot] = min(float(self.thermal_ceiling_w[slot]), ceiling)
+        self.cut_now[slot] = True
+        if math.isfinite(current) and current <= ceiling + 0.5:
+            return None
+        self.target_w[slot] = ceiling
+        return Command(slot=slot, cap_w=ceiling, reason=f"emergency: {why}", emergency=True)
+
+    # -- the period ------------------------------------------------------------------------------
+
+    def _current(self, inputs: Inputs) -> F64:
+        return np.where(np.isfinite(self.target_w), self.target_w, inputs.limit_w)
+
+    def _thermal_step(self, inputs: Inputs) -> None:
+        """Cut the ceilings of devices still hot (once per period); let the others recover."""
+        span = inputs.max_w - inputs.min_w
+        step = 1.0 - self.cfg.emergency_step_frac
+        capped = np.isfinite(self.thermal_ceiling_w)
+        hot = inputs.hot & inputs.settable & ~self.cut_now
+        start = np.fmin(inputs.power_w, self._current(inputs))
+        start = np.where(np.isfinite(start), start, inputs.max_w)
+        base = np.where(capped, self.thermal_ceiling_w, start)
+        cut = np.maximum(inputs.min_w, step * base)
+        recovering = ~inputs.hot & capped
+        grown = self.thermal_ceiling_w + self.cfg.recovery_frac * span
+        ceiling = np.where(hot, cut, np.where(recovering, grown, self.thermal_ceiling_w))
+        ceiling[recovering & (grown >= inputs.max_w)] = np.inf
+        self.thermal_ceiling_w = ceiling
+        self.cut_now[:] = False
+
+    def decide(self, inputs: Inputs) -> Decision:
+        """One control period: the commands that move caps towards the allocation."""
+        n = inputs.settable.size
+        self.grow(n)
+        with np.errstate(invalid="ignore"):
+            self._thermal_step(inputs)
+        s = inputs.settable & np.isfinite(inputs.min_w) & np.isfinite(inputs.max_w)
+        ceiling = np.minimum(inputs.max_w, self.thermal_ceiling_w)
+        current = self._current(inputs)
+        fixed_w = float(np.nansum(np.where(s, 0.0, inputs.recent_max_w)))
+        feasible, problem = True, ""
+        floors_w = float(inputs.min_w[s].sum())
+        if self.budget_w is None:
+            target = np.where(s, np.minimum(ceiling, inputs.default_w), np.nan)
+            settable_budget = math.inf
+        else:
+            settable_budget = self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w
+            demand = self._demand(inputs, current)
+            # equal priority = an equal share of each device's range, so a 150 W and a 700 W card
+            # give up the same fraction of their speed (their speed loss depends on that fraction)
+            span = inputs.max_w - inputs.min_w
+            weight = inputs.weight * np.where(span > 0, span, 1.0)
+            try:
+                caps = allocate(settable_budget, inputs.min_w[s], ceiling[s], demand[s], weight[s])
+            except InfeasibleBudget as exc:
+                caps = inputs.min_w[s].copy()
+                feasible, problem = False, str(exc)
+            target = np.full(n, np.nan)
+            target[s] = caps
+        demand_all = self._demand(inputs, current) if self.budget_w is not None else inputs.max_w
+        commands = self._moves(inputs, s, current, target, settable_budget, demand_all)
+        return Decision(
+            commands=commands,
+            feasible=feasible,
+            fixed_w=fixed_w,
+            settable_budget_w=settable_budget,
+            floors_w=floors_w,
+            problem=problem,
+        )
+
+    def _demand(self, inputs: Inputs, current: F64) -> F64:
+        """Highest recent power plus a margin; a device held at its enforced cap asks for more."""
+        margin = self.cfg.demand_margin_frac
+        span = inputs.max_w - inputs.min_w
+        recent = np.where(np.isfinite(inputs.recent_max_w), inputs.recent_max_w, inputs.max_w)
+        enforced = np.where(np.isfinite(inputs.limit_w), inputs.limit_w, current)
+        with np.errstate(invalid="ignore"):
+            limited = inputs.power_w >= 0.97 * enforced
+        return np.where(limited, np.fmax(current, enforced) + margin * span, recent * (1 + margin))
+
+    def _moves(
+        self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64
+    ) -> list[Command]:
+        span = inputs.max_w - inputs.min_w
+        slew = self.cfg.slew_frac * span
+        deadband = np.maximum(self.cfg.deadband_w, self.cfg.deadband_frac * span)
+        known = np.isfinite(current)
+        base = np.where(known, current, inputs.max_w)
+        new = np.where(target > base, np.minimum(target, base + slew), target)
+        new = np.where(known | ~np.isfinite(target), new, target)  # unknown cap: set it outright
+        with np.errstate(invalid="ignore"):
+            move = s & np.isfinite(new) & (~known | (np.abs(new - base) >= deadband))
+        kept = np.where(s & ~move, base, new)
+        if math.isfinite(budget_w):
+            over = float(np.nansum(np.where(s, expected_w(kept, demand), 0.0))) - budget_w
+            if over > 0:  # skipped cuts are needed after all: take them, largest first
+                skipped = np.flatnonzero(s & ~move & (new < base))
+                for i in skipped[np.argsort(new[skipped] - base[skipped])]:
+                    move[i] = True
+                    over -= float(expected_w(base[i : i + 1], demand[i : i + 1])[0] - expected_w(new[i : i + 1], demand[i : i + 1])[0])
+                    if over <= 0:
+                        break
+        out = []
+        for i in np.flatnonzero(move).tolist():
+            cap = float(np.clip(new[i], inputs.min_w[i], inputs.max_w[i]))
+            self.target_w[i] = cap
+            reason = "budget" if self.budget_w is not None else "restore after thermal"
+            out.append(Command(slot=i, cap_w=cap, reason=reason))
+        return out
