@@ -19,6 +19,7 @@ from agent.drivers import base
 from agent.drivers.sim import SimDriver, faults
 from agent.runtime import Agent
 from agent.sampler import Sampler
+from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
 
@@ -52,6 +53,13 @@ def _vendor(text: str) -> str:
         msg = f"unknown vendor {text!r}; use one of: {', '.join(model.VENDORS)}"
         raise argparse.ArgumentTypeError(msg)
     return text
+
+
+def _bus_url(text: str) -> bus.BusUrl:
+    try:
+        return bus.parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -90,7 +98,24 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="sample devices and stream them to the controller")
     run.add_argument("--node-id", default=socket.gethostname())
     run.add_argument("--controller", required=True, metavar="HOST:PORT")
-    run.add_argument("--mqtt", default=None, help="MQTT URL of the action bus (not used yet)")
+    run.add_argument(
+        "--mqtt",
+        type=_bus_url,
+        default=None,
+        help="action bus: mqtt://HOST[:PORT] or mqtts://...; without it the agent only reports",
+    )
+    run.add_argument(
+        "--failsafe-after-s",
+        type=_positive(float),
+        default=15.0,
+        help="restore default caps when the controller has been silent this long",
+    )
+    run.add_argument(
+        "--sim-workload",
+        choices=["mixed", "idle", "training", "inference"],
+        default="mixed",
+        help="workload of the simulated devices",
+    )
     run.add_argument("--interval-s", type=_positive(float), default=1.0)
     run.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
     run.add_argument("--buffer-batches", type=_positive(int), default=600)
@@ -144,6 +169,7 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
             devices=args.sim_devices,
             seed=args.sim_seed,
             fault_specs=args.sim_fault,
+            workload=getattr(args, "sim_workload", "mixed"),
         )
     ]
 
@@ -172,6 +198,8 @@ async def _run(args: argparse.Namespace) -> int:
         buffer_batches=args.buffer_batches,
         labels=dict(args.label),
         backoff_cap_s=args.reconnect_max_s,
+        bus_url=args.mqtt,
+        failsafe_after_s=args.failsafe_after_s,
     )
     await the_agent.run()
     return 0

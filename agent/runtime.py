@@ -15,9 +15,11 @@ import uuid
 import grpc.aio
 
 import agent
-from agent.adapters import codec, link
-from agent.core import buffer, model
+from agent.adapters import codec, link, mqtt
+from agent.core import actuator, buffer, model
+from agent.drivers.base import DriverError
 from agent.sampler import Sampler
+from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
 
@@ -37,8 +39,10 @@ class Agent:
         channel: grpc.aio.Channel | None = None,
         rng: random.Random | None = None,
         backoff_cap_s: float = 30.0,
+        bus_url: bus.BusUrl | None = None,
+        failsafe_after_s: float = 15.0,
     ) -> None:
-        """Create the agent; nothing runs until `run`."""
+        """Create the agent; nothing runs until `run`. Without `bus_url` there is no actuator."""
         self.node_id = node_id
         self.boot_id = str(uuid.uuid4())
         self.sampler = sampler
@@ -58,6 +62,9 @@ class Agent:
             backoff_cap_s=backoff_cap_s,
         )
         self.discovered = asyncio.Event()
+        self.bus_url = bus_url
+        self.failsafe_after_s = failsafe_after_s
+        self.bus: mqtt.AgentBus | None = None
 
     def _hello(self, acked_seq: int) -> bytes:
         return codec.hello(
@@ -75,12 +82,41 @@ class Agent:
         self.devices = await self.sampler.discover()
         log.info("node %s: %d device(s) discovered", self.node_id, len(self.devices))
         self.discovered.set()
+        if self.bus_url is not None:
+            self.bus = self._make_bus(self.bus_url)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.link.run(), name=f"agent[{self.node_id}].link")
                 tg.create_task(self._tick_loop(), name=f"agent[{self.node_id}].ticks")
+                if self.bus is not None:
+                    tg.create_task(self.bus.run(), name=f"agent[{self.node_id}].mqtt")
         finally:
+            if self.bus is not None:
+                await self.bus.say_offline()
             self.sampler.close()
+
+    def _make_bus(self, url: bus.BusUrl) -> mqtt.AgentBus:
+        ranges = [
+            actuator.DeviceRange(
+                uuid=d.uuid,
+                index=d.index,
+                min_w=d.power_limit_min_w,
+                max_w=d.power_limit_max_w,
+                default_w=d.power_limit_default_w,
+                settable=d.power_cap_settable,
+            )
+            for d in self.devices
+        ]
+        act = actuator.Actuator(self.node_id, ranges, failsafe_after_s=self.failsafe_after_s, now_ns=time.time_ns())
+        return mqtt.AgentBus(url=url, node_id=self.node_id, boot_id=self.boot_id, act=act, apply_cap=self._apply_cap)
+
+    async def _apply_cap(self, uuid: str, index: int, cap_w: float) -> float:
+        """Write one device's cap through its driver, off the loop; returns the enforced limit."""
+        for driver, devices in zip(self.sampler.drivers, self.sampler.devices, strict=True):
+            if any(d.uuid == uuid for d in devices):
+                return await self.sampler.call(driver.set_power_cap, index, cap_w)
+        msg = f"no driver has device {uuid}"
+        raise DriverError(msg)
 
     async def tick(self) -> None:
         """Sample every device once and queue the batch."""

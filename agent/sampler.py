@@ -11,11 +11,14 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from agent.core import model
 from agent.drivers import base
 
 log = logging.getLogger("xpu.agent.sampler")
+T = TypeVar("T")
 
 
 class Sampler:
@@ -120,6 +123,17 @@ class Sampler:
             self._failing.discard(i)
             log.info("%s driver: answering again", driver.vendor)
         return samples
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run one blocking driver call (a cap write) in the pool, with the sampling timeout.
+
+        Raises:
+            TimeoutError: it did not return in time (it may still complete in its thread).
+            DriverError: the driver refused or failed.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.timeout_s):
+            return await loop.run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
         """Close every driver (waking blocked calls) and the private pool without waiting."""

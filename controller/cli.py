@@ -11,8 +11,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from controller.adapters import grpc_api
+import msgspec
+
+from controller import config, service
 from controller.core import ingest, registry
+from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
 
@@ -32,6 +35,27 @@ def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _bus_url(text: str) -> str:
+    if text == "embedded":
+        return text
+    try:
+        bus.parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _config(args: argparse.Namespace) -> config.Config:
+    """The file's settings with the flags on top (flags win)."""
+    cfg = config.load(args.config)
+    power = msgspec.structs.replace(
+        cfg.power,
+        **{k: v for k, v in (("budget_w", args.budget_w), ("period_s", args.control_period_s)) if v is not None},
+    )
+    bus_cfg = msgspec.structs.replace(cfg.bus, url=args.mqtt) if args.mqtt else cfg.bus
+    return msgspec.structs.replace(cfg, power=power, bus=bus_cfg)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -39,8 +63,16 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="ingest telemetry and serve the Cluster API")
     serve.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
-    serve.add_argument("--mqtt", default=None, help="MQTT URL of the action bus (not used yet)")
-    serve.add_argument("--budget-w", type=_positive(float), default=None)
+    serve.add_argument(
+        "--mqtt",
+        type=_bus_url,
+        default=None,
+        help="action bus: mqtt://HOST[:PORT], mqtts://..., or `embedded` (an in-process broker)",
+    )
+    serve.add_argument("--embedded-port", type=_positive(int), default=1883, help="port of --mqtt embedded")
+    serve.add_argument("--budget-w", type=_positive(float), default=None, help="cluster power budget")
+    serve.add_argument("--control-period-s", type=_positive(float), default=None, help="default 1 s")
+    serve.add_argument("--config", default=None, metavar="FILE", help="TOML settings (see README)")
     serve.add_argument("--window", type=_positive(int), default=600, help="samples kept per device")
     serve.add_argument("--stale-after-s", type=_positive(float), default=5.0)
     serve.add_argument("--offline-after-s", type=_positive(float), default=30.0)
@@ -66,28 +98,30 @@ def _parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> int:
     """Run the controller until SIGINT/SIGTERM."""
-    state = grpc_api.State(
+    try:
+        cfg = _config(args)
+    except config.ConfigError as exc:
+        log.error("%s", exc)
+        return 78  # EX_CONFIG
+    svc = service.Service(
+        cfg,
+        listen=args.listen,
         window=args.window,
         liveness=registry.Liveness(stale_after_s=args.stale_after_s, offline_after_s=args.offline_after_s),
         limits=ingest.Limits(),
-        budget_w=args.budget_w,
+        reflection_on=not args.no_reflection,
+        embedded_port=args.embedded_port,
     )
-    try:
-        server, port = grpc_api.build_server(state, args.listen, reflection_on=not args.no_reflection)
-    except OSError as exc:
-        log.error("%s", exc)
-        return 1
-    await server.start()
-    await grpc_api.set_serving(server, serving=True)
-    log.info("xpu-controller serving on %s (port %d)", args.listen, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await grpc_api.set_serving(server, serving=False)
-    await server.stop(grace=2.0)
+    try:
+        await svc.run(stop)
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("shut down")
     return 0
 
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from controller.core import ingest, model, registry, views
+from controller.core import events, ingest, model, registry, views
 from controller.errors import ProtocolViolation
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import telemetry_pb2 as pb
@@ -226,6 +226,7 @@ def summary_pb(
     p99_ms: float,
     streams_open: int,
     budget_w: float | None,
+    anomalies_open: int = 0,
 ) -> cpb.Summary:
     """SummaryView + ingest counters -> Summary proto."""
     msg = cpb.Summary(
@@ -237,7 +238,7 @@ def summary_pb(
         devices_by_vendor=s.devices_by_vendor,
         devices_by_health=s.devices_by_health,
         power_w=s.power_w,
-        anomalies_open=0,
+        anomalies_open=anomalies_open,
         ingest=cpb.IngestStats(
             batches_total=counters.batches_total,
             samples_total=counters.samples_total,
@@ -252,3 +253,19 @@ def summary_pb(
     if budget_w is not None:
         msg.budget_w = budget_w
     return msg
+
+
+def event_pb(e: events.Event) -> cpb.Event:
+    """Event -> proto."""
+    return cpb.Event(
+        timestamp_ns=e.timestamp_ns,
+        kind=e.kind,
+        node_id=e.node_id,
+        device_uuid=e.device_uuid,
+        severity=e.severity,
+        message=e.message,
+        value=e.value,
+        threshold=e.threshold,
+        detector=e.detector,
+        action_id=e.action_id,
+    )

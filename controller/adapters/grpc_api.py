@@ -7,9 +7,12 @@ Every decision is in controller/core; this module only moves bytes and maps erro
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import grpc.aio
@@ -17,7 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.adapters import codec
-from controller.core import ingest, registry, ring, views
+from controller import config
+from controller.core import control, events, ingest, registry, ring, views
 from controller.errors import ProtocolViolation
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
@@ -47,15 +51,45 @@ class State:
         liveness: registry.Liveness | None = None,
         limits: ingest.Limits | None = None,
         budget_w: float | None = None,
+        cfg: config.Config | None = None,
+        prefix: str = "c",
     ) -> None:
-        """Empty registry and ring store."""
+        """Empty registry and ring store; the loop's rules with `cfg` (budget_w overrides it)."""
+        cfg = cfg or config.Config()
+        if budget_w is not None:
+            cfg = config.Config(detect=cfg.detect, power=config.Power(**{**_fields(cfg.power), "budget_w": budget_w}), bus=cfg.bus)
+        self.cfg = cfg
         self.registry = registry.Registry()
         self.store = ring.RingStore(n_metrics=ingest.model.N_STORED, window=window)
         self.ingest = ingest.Ingest(self.registry, self.store, limits=limits)
         self.liveness = liveness or registry.Liveness()
         self.views = views.Views(self.registry, self.store, self.liveness)
-        self.budget_w = budget_w
+        self.control = control.Control(self.registry, self.store, self.ingest, self.liveness, cfg, prefix=prefix)
         self.streams_open = 0
+        # set by the service: called after each stored batch, and for every event
+        self.after_batch: Callable[[int], None] | None = None
+        self.recent_events: collections.deque[events.Event] = collections.deque(maxlen=1000)
+        self.watchers: set[asyncio.Queue[events.Event]] = set()
+        self.events_dropped = 0
+
+    @property
+    def budget_w(self) -> float | None:
+        """The cluster power budget (None: no budget)."""
+        return self.control.power.budget_w
+
+    def publish(self, evs: list[events.Event]) -> None:
+        """Hand events to WatchEvents streams (a slow watcher loses events, counted)."""
+        for e in evs:
+            self.recent_events.append(e)
+            for q in self.watchers:
+                try:
+                    q.put_nowait(e)
+                except asyncio.QueueFull:
+                    self.events_dropped += 1
+
+
+def _fields(s: config.Power) -> dict[str, object]:
+    return {f: getattr(s, f) for f in s.__struct_fields__}
 
 
 class TelemetryService:
@@ -95,7 +129,10 @@ class TelemetryService:
         msg = codec.decode_agent_message(raw)
         if msg.WhichOneof("kind") == "hello":
             return self.state.ingest.hello(stream, codec.hello_facts(msg.hello), now_ns)
-        return self.state.ingest.batch(stream, codec.batch_columns(msg.batch), now_ns)
+        answer = self.state.ingest.batch(stream, codec.batch_columns(msg.batch), now_ns)
+        if self.state.after_batch is not None:
+            self.state.after_batch(now_ns)
+        return answer
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
@@ -112,7 +149,13 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         st = self.state
         p50, p99 = st.ingest.latency.quantiles()
         return codec.summary_pb(
-            st.views.summary(time.time_ns()), st.ingest.counters, p50, p99, st.streams_open, st.budget_w
+            st.views.summary(time.time_ns()),
+            st.ingest.counters,
+            p50,
+            p99,
+            st.streams_open,
+            st.budget_w,
+            st.control.anomalies_open(),
         )
 
     async def ListNodes(  # noqa: N802
@@ -143,21 +186,68 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     async def WatchEvents(  # noqa: N802
         self, request: cpb.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[cpb.Event]:
-        """Not implemented yet."""
-        await _unimplemented("WatchEvents", context)
-        yield cpb.Event()  # unreachable: abort raises; the yield makes this a stream handler
+        """Events as they happen, filtered by kind prefix and node."""
+        q: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10_000)
+        self.state.watchers.add(q)
+        kinds = tuple(request.kinds)
+        try:
+            while True:
+                e = await q.get()
+                if kinds and not e.kind.startswith(kinds):
+                    continue
+                if request.node_id and e.node_id != request.node_id:
+                    continue
+                yield codec.event_pb(e)
+        finally:
+            self.state.watchers.discard(q)
 
-    async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        """Not implemented yet."""
-        await _unimplemented("GetPowerBudget", context)
+    async def GetPowerBudget(  # noqa: N802
+        self, request: cpb.GetPowerBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.PowerBudget:
+        """The budget, the cluster's power now, and whether the budget is feasible."""
+        return self._budget_pb()
 
-    async def SetPowerBudget(self, request: cpb.SetPowerBudgetRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        """Not implemented yet."""
-        await _unimplemented("SetPowerBudget", context)
+    def _budget_pb(self) -> cpb.PowerBudget:
+        st = self.state
+        total = st.views.summary(time.time_ns()).power_w
+        out = cpb.PowerBudget(power_w=total, feasible=st.control.feasible)
+        if st.budget_w is not None:
+            out.budget_w = st.budget_w
+        return out
 
-    async def SetPriority(self, request: cpb.SetPriorityRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        """Not implemented yet."""
-        await _unimplemented("SetPriority", context)
+    async def SetPowerBudget(  # noqa: N802
+        self, request: cpb.SetPowerBudgetRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.PowerBudget:
+        """Set the budget in watts; 0 removes it."""
+        w = request.budget_w
+        if not math.isfinite(w) or w < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"budget_w {w!r} must be a finite number of watts >= 0 (0 = no budget)"
+            )
+        out = self.state.control.set_budget(w or None, time.time_ns())
+        self.state.publish(out.events)
+        return self._budget_pb()
+
+    async def SetPriority(  # noqa: N802
+        self, request: cpb.SetPriorityRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SetPriorityResponse:
+        """Weight of a device or of a node's devices in the power allocation (default 1)."""
+        w = request.weight
+        if not (math.isfinite(w) and 0 < w <= 1000):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"weight {w!r} must be in (0, 1000]; 1 is the default")
+        ctl = self.state.control
+        if request.device_uuid:
+            slot = self.state.registry.slot_of_uuid.get(request.device_uuid)
+            if slot is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_uuid!r}")
+            ctl.device_weight[slot] = w  # type: ignore[index]
+        elif request.node_id:
+            if request.node_id not in self.state.registry.nodes:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {request.node_id!r}")
+            ctl.node_weight[request.node_id] = w
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name a device_uuid or a node_id")
+        return cpb.SetPriorityResponse()
 
     async def Cordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         """Not implemented yet."""

@@ -236,7 +236,7 @@ class GetDeviceResponse(_message.Message):
     def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("timestamp_ns", "kind", "node_id", "device_uuid", "severity", "message", "value", "threshold")
+    __slots__ = ("timestamp_ns", "kind", "node_id", "device_uuid", "severity", "message", "value", "threshold", "detector", "action_id")
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +245,8 @@ class Event(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     timestamp_ns: int
     kind: str
     node_id: str
@@ -253,7 +255,9 @@ class Event(_message.Message):
     message: str
     value: float
     threshold: float
-    def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ...) -> None: ...
+    detector: str
+    action_id: str
+    def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., detector: _Optional[str] = ..., action_id: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("kinds", "node_id")

@@ -1,0 +1,226 @@
+"""The agent's side of the action bus (DESIGN 5): commands in, results and state out, the lease.
+
+Moves bytes between aiomqtt and the actuator rules (agent/core/actuator.py); decides nothing.
+aiomqtt 2.x does not reconnect by itself, so `run` is the reconnect loop (with jittered
+backoff), and the incoming queue is bounded. MQTT 5 is tried first; a broker that only speaks
+3.1.1 (the embedded amqtt) is then spoken to in 3.1.1, where every meaning is in the payload.
+Driver calls run off the loop through `apply_cap` (the runtime gives it the sampler's pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+import msgspec
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.core import actuator, backoff
+from agent.drivers import base
+from protos.xpu.v1 import bus
+
+log = logging.getLogger("xpu.agent.mqtt")
+
+ApplyCap = Callable[[str, int, float], Awaitable[float]]
+LEASE_CHECK_S = 0.2
+MAX_QUEUED_INCOMING = 1000
+
+
+def _first(url: bus.BusUrl) -> aiomqtt.ProtocolVersion:
+    return protocols(url)[0]
+
+
+def protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
+    """The protocol versions to try, in order."""
+    if url.protocol == "5":
+        return [aiomqtt.ProtocolVersion.V5]
+    if url.protocol == "3.1.1":
+        return [aiomqtt.ProtocolVersion.V311]
+    return [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
+
+
+def set_nodelay(client: aiomqtt.Client) -> None:
+    """TCP_NODELAY on the client's socket: paho leaves Nagle on, which adds tens of ms (DESIGN 10)."""
+    sock = client._client.socket()  # noqa: SLF001 - paho's socket is only reachable here
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class AgentBus:
+    """One node's MQTT session, kept up for as long as `run` runs."""
+
+    def __init__(
+        self,
+        *,
+        url: bus.BusUrl,
+        node_id: str,
+        boot_id: str,
+        act: actuator.Actuator,
+        apply_cap: ApplyCap,
+        topics: bus.Topics | None = None,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        """Nothing connects until `run`."""
+        self.url = url
+        self.node_id = node_id
+        self.boot_id = boot_id
+        self.act = act
+        self.apply_cap = apply_cap
+        self.topics = topics or bus.Topics()
+        self.reconnect_max_s = reconnect_max_s
+        self.client: aiomqtt.Client | None = None
+        self.protocol: aiomqtt.ProtocolVersion | None = None
+        self.connects = 0
+        self.controller_garbage = 0
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Keep the session up and check the lease, until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._session_loop(), name=f"mqtt[{self.node_id}].session")
+            tg.create_task(self._lease_loop(), name=f"mqtt[{self.node_id}].lease")
+
+    def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        lost = msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=self.boot_id))
+        return aiomqtt.Client(
+            self.url.host,
+            self.url.port,
+            identifier=f"xpu-agent-{self.node_id}",
+            protocol=protocol,
+            will=aiomqtt.Will(self.topics.status(self.node_id), lost, qos=1, retain=True),
+            keepalive=10,
+            max_queued_incoming_messages=MAX_QUEUED_INCOMING,
+            tls_params=aiomqtt.TLSParameters() if self.url.tls else None,
+            timeout=5,
+        )
+
+    async def _session_loop(self) -> None:
+        rng = random.Random()
+        attempt = 0
+        candidates = protocols(self.url)
+        while True:
+            protocol = self.protocol or candidates[0]
+            try:
+                async with self._client(protocol) as client:
+                    self.protocol = protocol
+                    attempt = 0
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                if self.protocol is None and len(candidates) > 1:
+                    # never connected yet: the broker may not speak this version (amqtt refuses
+                    # MQTT 5); try the next one at once, and keep rotating until one works
+                    candidates = [*candidates[1:], candidates[0]]
+                    log.info("broker %s:%d: %s with %s; trying %s", self.url.host, self.url.port, exc, protocol.name, candidates[0].name)
+                    if candidates[0] != _first(self.url):
+                        continue
+                self._lost(str(exc))
+            delay = backoff.delay_s(attempt, base_s=0.2, cap_s=self.reconnect_max_s, uniform01=rng.random())
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    def _lost(self, why: str) -> None:
+        if self.client is not None or self.connects == 0:
+            log.warning("MQTT broker %s:%d: %s; reconnecting", self.url.host, self.url.port, why)
+        self.client = None
+        self.connected.clear()
+        self.act.on_bus_lost()
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        set_nodelay(client)
+        self.client = client
+        self.connects += 1
+        online = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns())
+        await client.publish(self.topics.status(self.node_id), msgspec.json.encode(online), qos=1, retain=True)
+        await self._publish_state()
+        await client.subscribe(self.topics.cmd_req(self.node_id), qos=1)
+        await client.subscribe(self.topics.controller_status, qos=1)
+        self.connected.set()
+        log.info("MQTT session up (%s:%d, protocol %s)", self.url.host, self.url.port, client._client.protocol)  # noqa: SLF001
+        async for message in client.messages:
+            await self._on_message(message)
+
+    async def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        now_ns = time.time_ns()
+        if topic == self.topics.controller_status:
+            try:
+                status = msgspec.json.decode(payload, type=bus.Status)
+            except msgspec.DecodeError:
+                self.controller_garbage += 1
+                log.warning("unreadable controller status on %s: %r", topic, bytes(payload[:80]))
+                return
+            self.act.on_controller_status(status.state, now_ns)
+            return
+        decision = self.act.on_command(self.topics.node_of(topic), bytes(payload), now_ns)
+        correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None
+        match decision:
+            case actuator.Ignore(why=why):
+                log.info("command ignored: %s", why)
+            case actuator.Answer(result=result):
+                if not result.ok:
+                    log.warning("command %s refused: %s", result.id or "?", result.error)
+                await self._answer(result, correlation)
+            case actuator.Apply() as apply:
+                result = await self._apply(apply)
+                await self._answer(result, correlation)
+                await self._publish_state()
+
+    async def _apply(self, apply: actuator.Apply) -> bus.Result:
+        try:
+            enforced = await self.apply_cap(apply.uuid, apply.index, apply.cap_w)
+        except TimeoutError:
+            return self.act.failed(apply, f"driver did not answer the cap write for {apply.uuid} in time")
+        except base.DriverError as exc:
+            return self.act.failed(apply, f"driver refused the cap for {apply.uuid}: {exc}")
+        log.info("%s: cap %.0f W applied, %.0f W enforced (%s)", apply.uuid, apply.cap_w, enforced, apply.id or "fail-safe")
+        return self.act.applied(apply, enforced)
+
+    async def _answer(self, result: bus.Result, correlation: bytes | None) -> None:
+        client = self.client
+        if client is None:
+            return
+        props = None
+        if correlation and self.protocol == aiomqtt.ProtocolVersion.V5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        # always our own res topic, whatever a response-topic property says: the ACL allows no other
+        await client.publish(self.topics.cmd_res(self.node_id), msgspec.json.encode(result), qos=1, properties=props)
+
+    async def _publish_state(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        state = self.act.state(time.time_ns())
+        await client.publish(self.topics.state(self.node_id), msgspec.json.encode(state), qos=1, retain=True)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            restores = self.act.check_lease(time.time_ns())
+            if restores:
+                log.warning("controller lease lost: restoring default caps on %d device(s) (fail-safe)", len(restores))
+                for apply in restores:
+                    await self._apply(apply)
+                try:
+                    await self._publish_state()
+                except aiomqtt.MqttError as exc:
+                    log.warning("could not report fail-safe state: %s", exc)
+            await asyncio.sleep(LEASE_CHECK_S)
+
+    async def say_offline(self) -> None:
+        """A graceful goodbye: the retained status says `offline` (the will only covers crashes)."""
+        client = self.client
+        if client is None:
+            return
+        offline = msgspec.json.encode(bus.Status(state=bus.OFFLINE, boot_id=self.boot_id, at_ns=time.time_ns()))
+        try:
+            async with asyncio.timeout(1.0):
+                await client.publish(self.topics.status(self.node_id), offline, qos=1, retain=True)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            log.info("could not say offline: %s", exc)

@@ -1,0 +1,37 @@
+"""`--mqtt embedded`: an in-process MQTT broker (amqtt), so a demo needs no setup.
+
+amqtt speaks MQTT 3.1.1 only; the bus is built to work on it (DESIGN 5). For production use
+Mosquitto (deploy/mosquitto/). Loopback by default: the embedded broker has no authentication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from amqtt.broker import Broker
+
+log = logging.getLogger("xpu.controller.broker")
+
+
+@contextlib.asynccontextmanager
+async def embedded(host: str = "127.0.0.1", port: int = 1883) -> AsyncIterator[str]:
+    """Run a broker on host:port for the duration; yields its mqtt:// URL.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    url = f"mqtt://{host}:{port}?protocol=3.1.1"
+    log.info("embedded MQTT broker (amqtt, MQTT 3.1.1) on %s:%d", host, port)
+    try:
+        yield url
+    finally:
+        await broker.shutdown()

@@ -1,0 +1,245 @@
+"""The controller's side of the action bus (DESIGN 5): commands and events out, answers in.
+
+Moves bytes between aiomqtt and the service; decides nothing. `run` is the reconnect loop
+(aiomqtt 2.x has none) with jittered backoff. While connected, the controller's retained status
+says `online` and is republished every heartbeat: that is the agents' lease; the will says `lost`.
+Outgoing messages go through one bounded queue and one publisher task per session (no task per
+message: CPython's cyclic GC made those cost most of a tick, DESIGN 10). MQTT 5 is tried first;
+on a 3.1.1 broker the same JSON travels without properties.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import socket
+import time
+from collections.abc import Callable
+
+import aiomqtt
+import msgspec
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from controller.core import events, ledger
+from protos.xpu.v1 import bus
+
+log = logging.getLogger("xpu.controller.mqtt")
+
+OnResult = Callable[[str, bus.Result, int], None]
+OnState = Callable[[str, bus.NodeState], None]
+OnStatus = Callable[[str, bus.Status], None]
+_event_encoder = msgspec.json.Encoder()
+
+
+def _first(url: bus.BusUrl) -> aiomqtt.ProtocolVersion:
+    return _protocols(url)[0]
+
+
+def _protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
+    if url.protocol == "5":
+        return [aiomqtt.ProtocolVersion.V5]
+    if url.protocol == "3.1.1":
+        return [aiomqtt.ProtocolVersion.V311]
+    return [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
+
+
+class Counters(msgspec.Struct, kw_only=True):
+    """What the bus has done."""
+
+    commands_sent: int = 0
+    events_sent: int = 0
+    dropped_outgoing: int = 0
+    garbage_in: int = 0
+    results_in: int = 0
+    connects: int = 0
+
+
+class ControllerBus:
+    """The controller's MQTT session."""
+
+    def __init__(
+        self,
+        *,
+        url: bus.BusUrl,
+        boot_id: str,
+        on_result: OnResult,
+        on_state: OnState,
+        on_status: OnStatus,
+        topics: bus.Topics | None = None,
+        heartbeat_s: float = 1.0,
+        max_queued: int = 10_000,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        """Nothing connects until `run`."""
+        self.url = url
+        self.boot_id = boot_id
+        self.on_result, self.on_state, self.on_status = on_result, on_state, on_status
+        self.topics = topics or bus.Topics()
+        self.heartbeat_s = heartbeat_s
+        self.max_queued = max_queued
+        self.reconnect_max_s = reconnect_max_s
+        self.protocol: aiomqtt.ProtocolVersion | None = None
+        self.client: aiomqtt.Client | None = None
+        self.outgoing: asyncio.Queue[tuple[str, bytes, bool, Properties | None]] = asyncio.Queue(max_queued)
+        self.counters = Counters()
+        self.connected = asyncio.Event()
+
+    # -- outgoing --------------------------------------------------------------------------------
+
+    def _offer(self, topic: str, payload: bytes, retain: bool = False, props: Properties | None = None) -> bool:
+        try:
+            self.outgoing.put_nowait((topic, payload, retain, props))
+        except asyncio.QueueFull:
+            self.counters.dropped_outgoing += 1
+            return False
+        return True
+
+    def send_command(self, e: ledger.Entry, now_ns: int) -> bool:
+        """Queue a command; False when there is no session (the ledger will offer it again)."""
+        if self.client is None:
+            return False
+        common = {
+            "id": e.id,
+            "device_uuid": e.device_uuid,
+            "reason": e.reason[:1024],
+            "issued_at_ns": e.issued_at_ns,
+            "expires_at_ns": e.expires_at_ns,
+        }
+        cmd: bus.Command
+        if e.kind == "restore_default":
+            cmd = bus.RestoreDefault(**common)
+        else:
+            cmd = bus.SetPowerCap(power_cap_w=e.cap_w, **common)
+        props = None
+        if self.protocol == aiomqtt.ProtocolVersion.V5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, math.ceil((e.expires_at_ns - now_ns) / 1e9))
+            props.ResponseTopic = self.topics.cmd_res(e.node_id)
+            props.CorrelationData = e.id.encode()
+        sent = self._offer(self.topics.cmd_req(e.node_id), msgspec.json.encode(cmd), props=props)
+        if sent:
+            self.counters.commands_sent += 1
+        return sent
+
+    def send_event(self, event: events.Event) -> None:
+        """Queue an event for `xpu/v1/events` (dropped, and counted, when there is no room)."""
+        if self.client is not None and self._offer(self.topics.events, _event_encoder.encode(event)):
+            self.counters.events_sent += 1
+
+    # -- the session -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the session up until cancelled; say `offline` on the way out."""
+        try:
+            await self._session_loop()
+        finally:
+            await self._say_offline()
+
+    def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        lost = msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=self.boot_id))
+        return aiomqtt.Client(
+            self.url.host,
+            self.url.port,
+            identifier=f"xpu-controller-{self.boot_id[:8]}",
+            protocol=protocol,
+            will=aiomqtt.Will(self.topics.controller_status, lost, qos=1, retain=True),
+            keepalive=10,
+            max_queued_incoming_messages=self.max_queued,
+            tls_params=aiomqtt.TLSParameters() if self.url.tls else None,
+            timeout=5,
+        )
+
+    async def _session_loop(self) -> None:
+        rng = random.Random()
+        attempt = 0
+        candidates = _protocols(self.url)
+        while True:
+            protocol = self.protocol or candidates[0]
+            try:
+                async with self._client(protocol) as client:
+                    self.protocol = protocol
+                    attempt = 0
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                if self.protocol is None and len(candidates) > 1:
+                    # never connected yet: the broker may not speak this version (amqtt refuses
+                    # MQTT 5); try the next one at once, and keep rotating until one works
+                    candidates = [*candidates[1:], candidates[0]]
+                    log.info("broker %s:%d: %s with %s; trying %s", self.url.host, self.url.port, exc, protocol.name, candidates[0].name)
+                    if candidates[0] != _first(self.url):
+                        continue
+                self._lost(str(exc))
+            delay = min(self.reconnect_max_s, 0.2 * 2 ** min(attempt, 10)) * rng.random()
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    def _lost(self, why: str) -> None:
+        if self.client is not None or self.counters.connects == 0:
+            log.warning("MQTT broker %s:%d: %s; reconnecting", self.url.host, self.url.port, why)
+        self.client = None
+        self.connected.clear()
+        while not self.outgoing.empty():  # stale by the next session; the ledger re-sends commands
+            self.outgoing.get_nowait()
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        sock = client._client.socket()  # noqa: SLF001 - paho leaves Nagle on (DESIGN 10)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await client.subscribe(f"{self.topics.root}/cmd/+/res", qos=1)
+        await client.subscribe(f"{self.topics.root}/state/+", qos=1)
+        await client.subscribe(f"{self.topics.root}/status/+", qos=1)
+        await self._heartbeat_once(client)
+        self.client = client
+        self.counters.connects += 1
+        self.connected.set()
+        log.info("MQTT session up (%s:%d)", self.url.host, self.url.port)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._publisher(client), name="mqtt[controller].tx")
+            tg.create_task(self._heartbeat(client), name="mqtt[controller].lease")
+            async for message in client.messages:
+                self._on_message(message)
+
+    async def _heartbeat_once(self, client: aiomqtt.Client) -> None:
+        status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
+        await client.publish(self.topics.controller_status, msgspec.json.encode(status), qos=1, retain=True)
+
+    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await self._heartbeat_once(client)
+
+    async def _publisher(self, client: aiomqtt.Client) -> None:
+        while True:
+            topic, payload, retain, props = await self.outgoing.get()
+            await client.publish(topic, payload, qos=1, retain=retain, properties=props)
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        node = self.topics.node_of(topic)
+        try:
+            if topic.endswith("/res"):
+                self.counters.results_in += 1
+                self.on_result(node, msgspec.json.decode(payload, type=bus.Result), time.time_ns())
+            elif "/state/" in topic:
+                if payload:
+                    self.on_state(node, msgspec.json.decode(payload, type=bus.NodeState))
+            elif "/status/" in topic and node != "controller" and payload:
+                self.on_status(node, msgspec.json.decode(payload, type=bus.Status))
+        except msgspec.DecodeError as exc:
+            self.counters.garbage_in += 1
+            log.warning("unreadable message on %s: %s", topic, exc)
+
+    async def _say_offline(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        offline = msgspec.json.encode(bus.Status(state=bus.OFFLINE, boot_id=self.boot_id, at_ns=time.time_ns()))
+        try:
+            async with asyncio.timeout(1.0):
+                await client.publish(self.topics.controller_status, offline, qos=1, retain=True)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            log.info("could not say offline: %s", exc)

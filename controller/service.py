@@ -1,0 +1,142 @@
+"""The controller process: gRPC server, action bus, and the control loop, wired together.
+
+Plumbing only (STYLE 1): the decisions are in controller/core/control.py. One control tick per
+period; the critical path runs inside the ingest of each batch (`after_batch`), so a thermal
+event reaches the bus without waiting for the tick. Every event goes to WatchEvents streams and,
+with a bus, to `xpu/v1/events`; every command the core wants sent goes out on the bus, and the
+ledger hears when it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from controller import config
+from controller.adapters import broker, grpc_api, mqtt
+from controller.core import control, ingest, registry
+from protos.xpu.v1 import bus
+
+log = logging.getLogger("xpu.controller")
+
+
+class Service:
+    """A controller: state, servers, loops."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        listen: str = "127.0.0.1:50051",
+        window: int = 600,
+        liveness: registry.Liveness | None = None,
+        limits: ingest.Limits | None = None,
+        reflection_on: bool = True,
+        embedded_port: int = 1883,
+    ) -> None:
+        """Build the state; nothing listens until `run`."""
+        self.cfg = cfg
+        self.boot_id = str(uuid.uuid4())
+        self.state = grpc_api.State(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
+        self.state.after_batch = self._after_batch
+        self.listen = listen
+        self.reflection_on = reflection_on
+        self.embedded_port = embedded_port
+        self.bus: mqtt.ControllerBus | None = None
+        self.port = 0
+        self.bus_url: str | None = None
+        self.ready = asyncio.Event()
+        self.node_states: dict[str, bus.NodeState] = {}
+        self.node_bus_status: dict[str, str] = {}
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    def _handle(self, out: control.Output, now_ns: int) -> None:
+        self.state.publish(out.events)
+        for e in out.events:
+            if e.severity != "info":
+                log.warning("%s: %s", e.kind, e.message)
+            if self.bus is not None:
+                self.bus.send_event(e)
+        if self.bus is None:
+            return
+        for entry in out.send:
+            if self.bus.send_command(entry, now_ns):
+                self.state.control.ledger.sent(entry, now_ns)
+
+    def _after_batch(self, now_ns: int) -> None:
+        self._handle(self.state.control.on_batch(now_ns), now_ns)
+
+    def _on_result(self, node_id: str, result: bus.Result, now_ns: int) -> None:
+        applied = result.applied_cap_w
+        out = self.state.control.on_result(now_ns, id=result.id, ok=result.ok, applied_cap_w=applied, error=result.error)
+        self._handle(out, now_ns)
+        if not result.ok and not result.id:
+            log.warning("node %s could not read a command: %s", node_id, result.error)
+
+    def _on_state(self, node_id: str, state: bus.NodeState) -> None:
+        before = self.node_states.get(node_id)
+        self.node_states[node_id] = state
+        if state.fail_safe and not (before and before.fail_safe):
+            log.warning("node %s reports fail-safe: default caps restored", node_id)
+
+    def _on_status(self, node_id: str, status: bus.Status) -> None:
+        self.node_bus_status[node_id] = status.state
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def _ticks(self) -> None:
+        period = self.cfg.power.period_s
+        next_at = time.monotonic()
+        while True:
+            now_ns = time.time_ns()
+            self._handle(self.state.control.tick(now_ns), now_ns)
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay < 0:
+                next_at = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set.
+
+        Raises:
+            OSError: the gRPC address or the embedded broker's port cannot be bound.
+            ValueError: a bad MQTT URL.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            url = self.cfg.bus.url
+            if url == "embedded":
+                url = await stack.enter_async_context(broker.embedded(port=self.embedded_port))
+            self.bus_url = url
+            if url is not None:
+                self.bus = mqtt.ControllerBus(
+                    url=bus.parse_url(url),
+                    boot_id=self.boot_id,
+                    on_result=self._on_result,
+                    on_state=self._on_state,
+                    on_status=self._on_status,
+                    topics=bus.Topics(self.cfg.bus.root),
+                    heartbeat_s=self.cfg.bus.heartbeat_s,
+                    max_queued=self.cfg.bus.max_queued,
+                )
+            server, self.port = grpc_api.build_server(self.state, self.listen, reflection_on=self.reflection_on)
+            await server.start()
+            await grpc_api.set_serving(server, serving=True)
+            log.info("xpu-controller serving on port %d; bus %s; budget %s", self.port, url or "off", self.state.budget_w)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    ticks = tg.create_task(self._ticks(), name="controller.ticks")
+                    bus_task = tg.create_task(self.bus.run(), name="controller.mqtt") if self.bus else None
+                    self.ready.set()
+                    await stop.wait()
+                    ticks.cancel()
+                    if bus_task is not None:
+                        bus_task.cancel()
+            finally:
+                await grpc_api.set_serving(server, serving=False)
+                await server.stop(grace=1.0)
