@@ -140,6 +140,13 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated vendors, assigned to nodes in turn",
     )
     fleet.add_argument("--interval-s", type=_positive(float), default=1.0)
+    fleet.add_argument("--mqtt", type=_bus_url, default=None, help="action bus URL (see `run --help`)")
+    fleet.add_argument("--failsafe-after-s", type=_positive(float), default=15.0)
+    fleet.add_argument(
+        "--workloads",
+        default="mixed",
+        help="comma-separated workloads (mixed, idle, training, inference), assigned to nodes in turn",
+    )
     fleet.add_argument("--ramp-s", type=float, default=0.0, help="start the nodes over this time")
     fleet.add_argument("--seed", type=int, default=0)
     fleet.add_argument("--node-prefix", default="sim")
@@ -209,6 +216,10 @@ async def _fleet(args: argparse.Namespace) -> int:
     vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
     for v in vendors:
         _vendor_or_exit(v)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    for w in workloads:
+        if w not in ("mixed", "idle", "training", "inference"):
+            raise SystemExit(f"xpu-agent fleet: --workloads: unknown workload {w!r}; use mixed, idle, training or inference")
     hang = any(f.kind == "driver_hang" for f in args.sim_fault)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xpu-driver")
     agents = []
@@ -220,6 +231,7 @@ async def _fleet(args: argparse.Namespace) -> int:
             devices=args.devices_per_node,
             seed=args.seed,
             fault_specs=args.sim_fault if k == 0 else [],
+            workload=workloads[k % len(workloads)],
         )
         sampler = Sampler([driver], timeout_s=5.0, executor=executor, inline=not hang)
         agents.append(
@@ -230,6 +242,8 @@ async def _fleet(args: argparse.Namespace) -> int:
                 interval_s=args.interval_s,
                 buffer_batches=args.buffer_batches,
                 labels={"fleet": args.node_prefix},
+                bus_url=args.mqtt,
+                failsafe_after_s=args.failsafe_after_s,
             )
         )
     log.info(

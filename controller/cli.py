@@ -35,6 +35,18 @@ def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
     return parse
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"{text!r} is not a number"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 0 < value <= 1:
+        msg = f"{text!r} must be in (0, 1]"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _bus_url(text: str) -> str:
     if text == "embedded":
         return text
@@ -85,7 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=_positive(int), default=12, help="devices shown")
     demo.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this long")
 
-    bench = sub.add_parser("bench", help="measure ingest capacity against a simulated fleet")
+    bench = sub.add_parser(
+        "bench",
+        help="capacity (ingest: samples/s, latency, memory) or policy (power: xpuctl vs the static cap)",
+    )
+    bench.add_argument("--scenario", choices=["ingest", "power"], default="ingest")
+    bench.add_argument("--nodes", type=_positive(int), default=64, help="power scenario: simulated nodes")
+    bench.add_argument("--simulated-s", type=_positive(int), default=1800, help="power scenario: length")
+    bench.add_argument("--budget-frac", type=_fraction, default=0.7, help="power scenario: budget / demand")
+    bench.add_argument("--seed", type=int, default=0, help="power scenario: seed of the simulation")
     bench.add_argument("--devices", type=_positive(int), default=10_000)
     bench.add_argument("--devices-per-node", type=_positive(int), default=8)
     bench.add_argument("--interval-s", type=_positive(float), default=1.0)
@@ -138,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.command == "bench" and args.scenario == "power":
+        from controller import powerbench  # noqa: PLC0415 - only this bench needs the simulator
+
+        return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, args.json)
     if args.command == "bench":
         from controller import bench  # noqa: PLC0415 - only the bench needs it
 

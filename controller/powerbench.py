@@ -111,9 +111,12 @@ def simulate(policy: str, *, nodes: int, seconds: int, seed: int, budget_w: floa
 def run(nodes: int, seconds: int, budget_frac: float, seed: int, as_json: bool) -> int:
     """Three runs; print a table (or JSON); exit 0 when xpuctl did more work than the static cap."""
     t0 = time.process_time()
+    print(f"bench power: {nodes} nodes, {seconds} simulated s; run 1/3 uncapped ...", file=sys.stderr)
     ref = simulate("uncapped", nodes=nodes, seconds=seconds, seed=seed, budget_w=None)
     budget = budget_frac * ref.mean_power_w
+    print("bench power: run 2/3 static cap ...", file=sys.stderr)
     static = simulate("static", nodes=nodes, seconds=seconds, seed=seed, budget_w=budget)
+    print("bench power: run 3/3 xpuctl loop ...", file=sys.stderr)
     loop = simulate("xpuctl", nodes=nodes, seconds=seconds, seed=seed, budget_w=budget)
     gain = 100 * (loop.work_tdp_s / static.work_tdp_s - 1)
     gain_unweighted = 100 * (loop.work_device_s / static.work_device_s - 1)

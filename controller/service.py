@@ -134,6 +134,8 @@ class Service:
                     bus_task = tg.create_task(self.bus.run(), name="controller.mqtt") if self.bus else None
                     self.ready.set()
                     await stop.wait()
+                    if self.bus is not None:
+                        await self.bus.say_offline()  # while still connected; the will covers crashes
                     ticks.cancel()
                     if bus_task is not None:
                         bus_task.cancel()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,9 +14,11 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import aiomqtt
 import grpc.aio
 import pytest
 
+from controller import config, service
 from controller.adapters import grpc_api
 from controller.core import ingest, registry
 
@@ -118,3 +122,153 @@ def processes(tmp_path: pathlib.Path) -> Iterator[Processes]:
     p.stop_all()
     for log in p.logs:
         sys.stderr.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
+
+
+MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "test.conf"
+
+
+def mosquitto_binary() -> str | None:
+    """Where Mosquitto is (scripts/test installs it when it is missing)."""
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class Mosquitto:
+    """A real Mosquitto on a free loopback port, with the repo's test config; killable, restartable."""
+
+    def __init__(self, tmp: pathlib.Path) -> None:
+        """Not started."""
+        binary = mosquitto_binary()
+        if binary is None:
+            pytest.skip("mosquitto is not installed (scripts/test installs it with apt-get)")
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = tmp / "mosquitto.conf"
+        self.conf.write_text(MOSQUITTO_CONF.read_text() + f"\nlistener {self.port} 127.0.0.1\n")
+        self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start and wait until the port accepts connections."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None:
+                pytest.fail(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.02)  # noqa: ASYNC251 - startup poll of a child process, before any loop work
+        pytest.fail("mosquitto did not listen within 10 s")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean goodbye to anyone."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def stop(self) -> None:
+        """Terminate."""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
+    """A started Mosquitto for one test."""
+    m = Mosquitto(tmp_path)
+    m.start()
+    yield m
+    m.stop()
+
+
+class Watcher:
+    """An MQTT client that records every message under a filter, for assertions."""
+
+    def __init__(self, url: str, topic_filter: str) -> None:
+        """Not connected yet."""
+        self.url = url
+        self.filter = topic_filter
+        self.messages: list[tuple[float, str, bytes]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.subscribed = asyncio.Event()
+
+    async def _run(self) -> None:
+        host, port = self.url.removeprefix("mqtt://").split("?")[0].rsplit(":", 1)
+        while True:
+            try:
+                async with aiomqtt.Client(host, int(port), identifier=f"test-watch-{id(self)}") as client:
+                    await client.subscribe(self.filter, qos=1)
+                    self.subscribed.set()
+                    async for m in client.messages:
+                        payload = m.payload if isinstance(m.payload, bytes) else b""
+                        self.messages.append((time.monotonic(), m.topic.value, payload))
+            except aiomqtt.MqttError:
+                self.subscribed.clear()
+                await asyncio.sleep(0.2)
+
+    async def start(self) -> None:
+        """Connect and subscribe."""
+        self._task = asyncio.create_task(self._run(), name="test.watcher")
+        await asyncio.wait_for(self.subscribed.wait(), 10)
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def on(self, topic: str) -> list[tuple[float, bytes]]:
+        """Messages on one topic: (monotonic arrival, payload)."""
+        return [(t, p) for t, top, p in self.messages if top == topic]
+
+
+class RunningService:
+    """An in-process controller Service (gRPC + bus + loop) on 127.0.0.1."""
+
+    def __init__(self, svc: service.Service) -> None:
+        """Wrap a built service."""
+        self.svc = svc
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> str:
+        """Its gRPC address."""
+        return f"127.0.0.1:{self.svc.port}"
+
+    async def start(self) -> RunningService:
+        """Run until `stop`."""
+        self.task = asyncio.create_task(self.svc.run(self.stop_event), name="test.controller")
+        await asyncio.wait_for(self.svc.ready.wait(), 10)
+        return self
+
+    async def stop(self) -> None:
+        """Stop cleanly (says offline on the bus)."""
+        self.stop_event.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 15)
+            self.task = None
+
+
+def make_service(bus_url: str | None, *, budget_w: float | None = None, period_s: float = 1.0) -> service.Service:
+    """A controller with the loop on, fast liveness, and the given bus and budget."""
+    cfg = config.Config(
+        power=config.Power(budget_w=budget_w, period_s=period_s),
+        bus=config.Bus(url=bus_url, heartbeat_s=0.5),
+    )
+    return service.Service(
+        cfg, listen=f"127.0.0.1:{free_port()}", liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0)
+    )

@@ -132,11 +132,8 @@ class ControllerBus:
     # -- the session -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Keep the session up until cancelled; say `offline` on the way out."""
-        try:
-            await self._session_loop()
-        finally:
-            await self._say_offline()
+        """Keep the session up until cancelled (call `say_offline` first for a clean goodbye)."""
+        await self._session_loop()
 
     def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
         lost = msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=self.boot_id))
@@ -196,11 +193,14 @@ class ControllerBus:
         self.counters.connects += 1
         self.connected.set()
         log.info("MQTT session up (%s:%d)", self.url.host, self.url.port)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._publisher(client), name="mqtt[controller].tx")
-            tg.create_task(self._heartbeat(client), name="mqtt[controller].lease")
-            async for message in client.messages:
-                self._on_message(message)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._publisher(client), name="mqtt[controller].tx")
+                tg.create_task(self._heartbeat(client), name="mqtt[controller].lease")
+                async for message in client.messages:
+                    self._on_message(message)
+        except* aiomqtt.MqttError as group:  # the session is gone: one error is enough to say so
+            raise group.exceptions[0] from None
 
     async def _heartbeat_once(self, client: aiomqtt.Client) -> None:
         status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
@@ -233,7 +233,8 @@ class ControllerBus:
             self.counters.garbage_in += 1
             log.warning("unreadable message on %s: %s", topic, exc)
 
-    async def _say_offline(self) -> None:
+    async def say_offline(self) -> None:
+        """Retained status `offline`: the controller is leaving on purpose."""
         client = self.client
         if client is None:
             return

@@ -127,19 +127,44 @@ async def test_health_and_reflection_are_served(controller: Controller) -> None:
 async def test_unimplemented_rpcs_say_so(controller: Controller) -> None:
     async with grpc.aio.insecure_channel(controller.target) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await cluster_pb2_grpc.ClusterStub(ch).GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)
+            await cluster_pb2_grpc.ClusterStub(ch).Cordon(cpb.CordonRequest(node_id="x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "GetPowerBudget" in (err.value.details() or "")
+    assert "Cordon" in (err.value.details() or "")
+
+
+async def test_power_budget_api(controller: Controller) -> None:
+    async with grpc.aio.insecure_channel(controller.target) as ch:
+        stub = cluster_pb2_grpc.ClusterStub(ch)
+        got = await stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)
+        assert not got.HasField("budget_w") and got.feasible
+        got = await stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=5000), timeout=5)
+        assert got.budget_w == 5000
+        assert (await stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)).budget_w == 5000
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=bad), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert repr(bad) in (err.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SetPriority(cpb.SetPriorityRequest(device_uuid="nope", weight=2), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SetPriority(cpb.SetPriorityRequest(node_id="n", weight=0), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "weight 0.0" in (err.value.details() or "")
+        assert not (await stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=0), timeout=5)).HasField("budget_w")
+
+
+async def test_watch_events_streams_what_happens(controller: Controller) -> None:
+    async with grpc.aio.insecure_channel(controller.target) as ch:
+        stub = cluster_pb2_grpc.ClusterStub(ch)
+        call = stub.WatchEvents(cpb.WatchEventsRequest(kinds=["budget."]), timeout=10)
+        assert controller.state is not None
+        await wait_until(lambda: bool(controller.state and controller.state.watchers), timeout_s=5, what="the watcher")
+        await stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=1234), timeout=5)
+        event = await call.read()
+        assert event.kind == "budget.changed" and "1234 W" in event.message
+        call.cancel()
 
 
 def test_free_port_is_loopback() -> None:
     assert 0 < free_port() < 65536
-
-
-async def test_watch_events_says_unimplemented(controller: Controller) -> None:
-    async with grpc.aio.insecure_channel(controller.target) as ch:
-        call = cluster_pb2_grpc.ClusterStub(ch).WatchEvents(cpb.WatchEventsRequest(), timeout=5)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await call.read()
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "WatchEvents" in (err.value.details() or "")

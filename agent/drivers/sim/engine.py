@@ -104,6 +104,10 @@ class SimNode:
         self.intensity = 0.0
         self.burst_period_s = 10.0
         self._next_phase()
+        if workload != "mixed":  # a node that has been running its one job for a while is warm
+            typical = {IDLE: 0.02, TRAINING: 0.96, INFERENCE: 0.6}[self.phase]
+            busy_w = self.idle_w + np.maximum(self.tdp_w * self.intensity - self.idle_w, 0) * typical
+            self.temp_c = self.ambient_c + self.r_c_per_w * np.minimum(busy_w, self.cap_w)
         # outputs of the last step
         self.activity = np.zeros(n)
         self.power_w = self.idle_w.copy()
