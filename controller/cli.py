@@ -96,12 +96,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--devices-per-node", type=_positive(int), default=8)
     demo.add_argument("--rows", type=_positive(int), default=12, help="devices shown")
     demo.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this long")
+    demo.add_argument(
+        "--budget-w", type=_positive(float), default=None, help="default: 85%% of the fleet's draw after 15 s"
+    )
 
     bench = sub.add_parser(
         "bench",
         help="capacity (ingest: samples/s, latency, memory) or policy (power: xpuctl vs the static cap)",
     )
-    bench.add_argument("--scenario", choices=["ingest", "power"], default="ingest")
+    bench.add_argument("--scenario", choices=["ingest", "power", "detect"], default="ingest")
     bench.add_argument("--nodes", type=_positive(int), default=64, help="power scenario: simulated nodes")
     bench.add_argument("--simulated-s", type=_positive(int), default=1800, help="power scenario: length")
     bench.add_argument("--budget-frac", type=_fraction, default=0.7, help="power scenario: budget / demand")
@@ -158,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.command == "bench" and args.scenario == "detect":
+        from controller import detectbench  # noqa: PLC0415 - only this bench needs the simulator
+
+        return detectbench.run(args.nodes, args.simulated_s, args.devices, args.seed, args.json)
     if args.command == "bench" and args.scenario == "power":
         from controller import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 

@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from amqtt.broker import Broker
 
 log = logging.getLogger("xpu.controller.broker")
+# amqtt and its state machine library log every connection at INFO; keep their warnings only
+for _name in ("amqtt", "transitions"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 @contextlib.asynccontextmanager

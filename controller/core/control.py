@@ -122,6 +122,7 @@ class Control:
             recent_max_w=recent_max,
             limit_w=latest[:, model.M["power_limit_w"]],
             hot=hot,
+            measured_w=float(np.nansum(latest[:, model.M["power_w"]])),
         )
 
     # -- findings --------------------------------------------------------------------------------

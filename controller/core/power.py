@@ -9,6 +9,9 @@ healthy), its range, its weight, its recent power and its enforced limit. It the
    the budget bounds power, not the sum of caps: a device draws at most min(cap, demand), so an
    idle device under a high floor costs only what it draws (`allocate`). When such a device
    starts work, the cluster can overshoot for one period, until the next decision;
+   and since estimates are recent peaks, measured power runs below them: the measured slack is
+   handed out as well (`_reclaim`, an integrator bounded to `reclaim_max_frac` of the budget),
+   and taken back twice as fast when the measured power exceeds the budget;
 2. estimates each settable device's demand: its highest recent power plus a margin, or, for a
    device drawing its whole cap (its real demand is hidden by the cap), its cap plus the margin;
 3. water-fills (`allocate`): every device gets its floor; the rest goes by weight up to each
@@ -108,6 +111,7 @@ class Inputs(msgspec.Struct, kw_only=True):
     recent_max_w: F64
     limit_w: F64
     hot: Mask
+    measured_w: float = math.nan  # the cluster's power now (all devices), for the slack feedback
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,6 +144,7 @@ class PowerController:
         self.target_w = np.zeros(0)  # last cap asked for, NaN = unknown (use the enforced limit)
         self.thermal_ceiling_w = np.zeros(0)  # inf = none
         self.cut_now = np.zeros(0, dtype=bool)  # cut by `emergency` since the last period
+        self.reclaim_w = 0.0  # budget handed out beyond the estimates, learnt from measured power
 
     def grow(self, n: int) -> None:
         """Make room for n devices."""
@@ -210,7 +215,7 @@ class PowerController:
             target = np.where(s, np.minimum(ceiling, inputs.default_w), np.nan)
             settable_budget = math.inf
         else:
-            settable_budget = self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w
+            settable_budget = self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w + self._reclaim(inputs)
             demand = self._demand(inputs, current)
             # equal priority = an equal share of each device's range, so a 150 W and a 700 W card
             # give up the same fraction of their speed (their speed loss depends on that fraction)
@@ -233,6 +238,18 @@ class PowerController:
             floors_w=floors_w,
             problem=problem,
         )
+
+    def _reclaim(self, inputs: Inputs) -> float:
+        """Slack feedback: estimates are peaks, so measured power runs below the budget; hand the
+        measured slack out too, and take it back at once (and more) when power exceeds the budget."""
+        if self.budget_w is None or not math.isfinite(inputs.measured_w):
+            return self.reclaim_w
+        target = self.budget_w * (1 - self.cfg.reserve_frac)
+        slack = target - inputs.measured_w
+        gain = self.cfg.reclaim_gain if slack > 0 else 2 * self.cfg.reclaim_gain
+        limit = self.cfg.reclaim_max_frac * self.budget_w
+        self.reclaim_w = min(max(self.reclaim_w + gain * slack, 0.0), limit)
+        return self.reclaim_w
 
     def _demand(self, inputs: Inputs, current: F64) -> F64:
         """Highest recent power plus a margin; a device held at its enforced cap asks for more."""

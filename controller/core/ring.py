@@ -107,3 +107,17 @@ class RingStore:
         out = self.timestamps[slots[:, None], idx]
         out[(offsets[None, :] + self.count[slots, None]) < 0] = 0
         return out
+
+    def back(self, slots: I64, metric: int, n: int) -> tuple[I64, F64]:
+        """(timestamps, values) of one metric `n` samples before the newest (0 = the newest).
+
+        One gather per call: cheaper than a window when only two points of it are needed.
+        Devices with fewer than n + 1 samples give timestamp 0 and NaN.
+        """
+        pos = (self.head[slots] - 1 - n) % self.window
+        ts = self.timestamps[slots, pos]
+        vals = self.values[slots, metric, pos]
+        short = self.count[slots] <= n
+        ts[short] = 0
+        vals[short] = np.nan
+        return ts, vals

@@ -76,6 +76,9 @@ def test_group_median_matches_numpy() -> None:
     values[::17] = np.nan
     group = rng.integers(0, 9, size=200)
     got = detect.base.group_median(values, group)
+    layout = detect.base.Layout(group)
     for g in range(9):
         sel = (group == g)
         assert np.allclose(got[sel], np.nanmedian(values[sel]))
+    assert np.allclose(layout.median(values), got)
+    assert np.array_equal(layout.size(values), detect.base.group_size(values, group))

@@ -51,6 +51,7 @@ class Detectors:
         self._slowdown = np.zeros(0)
         self._max_w = np.zeros(0)
         self._group = np.zeros(0, dtype=np.int64)
+        self._layout: base.Layout | None = None
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class Detectors:
         self._group = np.array(
             [node_numbers.setdefault(n, len(node_numbers)) for n in reg.node_of_slot], dtype=np.int64
         )
+        self._layout = base.Layout(self._group)
         self._facts_version = reg.version
 
     # -- the passes ----------------------------------------------------------------------------
@@ -121,7 +123,8 @@ class Detectors:
             group=self._group[slots],
             fresh=latest_ts > self.prev_ts[slots],
             last_error_ns=self.last_error_ns[slots],
-            last_error_code=[self.last_error_code[s] for s in slots.tolist()],
+            last_error_code=self.last_error_code,
+            layout=self._layout if full else None,
         )
         findings: list[base.Finding] = []
         for det in self.detectors:

@@ -41,11 +41,29 @@ class Frame(msgspec.Struct, kw_only=True):
     group: I64
     fresh: Mask
     last_error_ns: I64
-    last_error_code: list[str]
+    last_error_code: list[str]  # per slot (index with slots[i]), not per frame row
+    layout: Layout | None = None  # set on full passes (slots = every device, in slot order)
+
+    def median_by_node(self, values: F64) -> F64:
+        """Per device, the median of `values` over its node's devices."""
+        if self.layout is not None:
+            return self.layout.median(values)
+        return group_median(values, self.group)
+
+    def size_by_node(self, values: F64) -> I64:
+        """Per device, how many of its node's devices have a finite value."""
+        if self.layout is not None:
+            return self.layout.size(values)
+        return group_size(values, self.group)
 
     def col(self, metric: str) -> F64:
         """The newest value of one metric per device (NaN = absent)."""
         return self.latest[:, model.M[metric]]
+
+    def back(self, metric: str, n: int) -> tuple[I64, F64]:
+        """(timestamps, values) of one metric n samples before the newest, per device."""
+        index = model.HEALTH if metric == "health" else model.M[metric]
+        return self.store.back(self.slots, index, n)
 
     def window(self, metric: str, last: int) -> F64:
         """The `last` newest values of one metric per device, oldest first (NaN = none)."""
@@ -90,6 +108,45 @@ class Detector:
         """Extra words for the finding of the frame's i-th device (e.g. an error code)."""
         del frame, i
         return ""
+
+
+class Layout:
+    """Devices arranged as a (groups x largest group) matrix, for per-node statistics in one sort.
+
+    Built once per registry version; `rows`/`cols` place each element of the per-device arrays.
+    """
+
+    def __init__(self, group: I64) -> None:
+        """Place every element by its group number."""
+        order = np.argsort(group, kind="stable")
+        sorted_g = group[order]
+        starts = np.flatnonzero(np.r_[True, sorted_g[1:] != sorted_g[:-1]]) if group.size else np.zeros(0, dtype=np.int64)
+        sizes = np.diff(np.r_[starts, group.size])
+        self.n_groups = starts.size
+        self.width = int(sizes.max()) if sizes.size else 0
+        row_of_sorted = np.repeat(np.arange(self.n_groups), sizes)
+        col_of_sorted = np.arange(group.size) - np.repeat(starts, sizes)
+        self.rows = np.empty(group.size, dtype=np.int64)
+        self.cols = np.empty(group.size, dtype=np.int64)
+        self.rows[order] = row_of_sorted
+        self.cols[order] = col_of_sorted
+
+    def median(self, values: F64) -> F64:
+        """Per element, the median of its group's finite values (NaN where the group has none)."""
+        m = np.full((self.n_groups, self.width), np.inf)
+        m[self.rows, self.cols] = np.where(np.isfinite(values), values, np.inf)
+        m.sort(axis=1)
+        n = np.isfinite(m).sum(axis=1)
+        lo = m[np.arange(self.n_groups), np.maximum((n - 1) // 2, 0)]
+        hi = m[np.arange(self.n_groups), np.maximum(n // 2, 0)]
+        with np.errstate(invalid="ignore"):
+            med = np.where(n > 0, (lo + hi) / 2, np.nan)
+        return med[self.rows]
+
+    def size(self, values: F64) -> I64:
+        """Per element, how many finite values its group has."""
+        counts = np.bincount(self.rows[np.isfinite(values)], minlength=self.n_groups)
+        return counts[self.rows]
 
 
 def group_median(values: F64, group: I64) -> F64:

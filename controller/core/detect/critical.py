@@ -37,4 +37,5 @@ class CriticalErrors(base.Detector):
 
     def detail(self, frame: base.Frame, i: int) -> str:
         """The last error code."""
-        return f"code {frame.last_error_code[i]}" if frame.last_error_code[i] else ""
+        code = frame.last_error_code[int(frame.slots[i])]
+        return f"code {code}" if code else ""

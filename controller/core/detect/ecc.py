@@ -64,11 +64,11 @@ class EccStorm(base.Detector):
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Rate = (newest - oldest) / their time apart."""
         n = max(2, self.cfg.ecc_window_samples)
-        totals = frame.window("ecc_corrected_total", n)
-        stamps = frame.store.window_timestamps(frame.slots, n)
-        dt_s = (stamps[:, -1] - stamps[:, 0]) / 1e9
+        total = frame.col("ecc_corrected_total")
+        then_ts, then = frame.back("ecc_corrected_total", n - 1)
+        dt_s = (frame.latest_ts - then_ts) / 1e9
         with np.errstate(invalid="ignore", divide="ignore"):
-            rate = np.where(dt_s > 0, np.maximum(totals[:, -1] - totals[:, 0], 0.0) / dt_s, np.nan)
+            rate = np.where((then_ts > 0) & (dt_s > 0), np.maximum(total - then, 0.0) / dt_s, np.nan)
             raise_ = rate >= self.cfg.ecc_storm_per_s
             clear = ~(rate >= self.cfg.ecc_storm_clear_per_s)
         threshold = np.full(rate.shape, self.cfg.ecc_storm_per_s)

@@ -19,18 +19,20 @@ class OverCap(base.Detector):
     kind = "power_over_cap"
     severity = base.CRITICAL
 
-    def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
+    def __init__(self, cfg: config.Detect) -> None:  # noqa: D107 - see the class
         self.cfg = cfg
+        self.run = np.zeros(0, dtype=np.int64)
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
-        """Raise when all of the last n samples are over; clear when the newest is not."""
-        n = self.cfg.overcap_samples
-        power = frame.window("power_w", n)
-        limit = frame.window("power_limit_w", n)
-        bound = limit * self.cfg.overcap_ratio + self.cfg.overcap_margin_w
+        """Count fresh samples over the bound in a row; raise at n, clear when the newest is not."""
+        need = int(frame.slots.max()) + 1 if frame.slots.size else 0
+        if need > self.run.size:
+            self.run = np.concatenate([self.run, np.zeros(need - self.run.size, dtype=np.int64)])
+        power = frame.col("power_w")
+        bound = frame.col("power_limit_w") * self.cfg.overcap_ratio + self.cfg.overcap_margin_w
         with np.errstate(invalid="ignore"):
             over = power > bound
-        raise_ = over.all(axis=1)
-        clear = ~over[:, -1]
-        return base.Verdict(value=power[:, -1], threshold=bound[:, -1], raise_=raise_, clear=clear)
+        fresh = frame.slots[frame.fresh]
+        self.run[fresh] = np.where(over[frame.fresh], self.run[fresh] + 1, 0)
+        run = self.run[frame.slots]
+        return base.Verdict(value=power, threshold=bound, raise_=run >= self.cfg.overcap_samples, clear=~over)

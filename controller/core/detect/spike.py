@@ -57,8 +57,8 @@ class Spike(base.Detector):
         self.seen[slots] += 1
         self.z[slots] = z
         zs = self.z[frame.slots]
-        peer_z = base.group_median(zs, frame.group)
-        peers = base.group_size(zs, frame.group)
+        peer_z = frame.median_by_node(zs)
+        peers = frame.size_by_node(zs)
         warm = self.seen[frame.slots] > WARMUP_SAMPLES
         judged = warm & (peers >= self.cfg.straggler_min_peers)
         # a device dropping to a cap it was just given is obeying, not spiking

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from controller import config
+from controller.core import model
 from controller.core.detect import base
 
 HEALTH_UNKNOWN = 4
@@ -27,9 +28,10 @@ class Stale(base.Detector):
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Age of the newest sample (s) against `stale_after_s`."""
         age_s = np.where(frame.latest_ts > 0, (frame.now_ns - frame.latest_ts) / 1e9, np.inf)
-        health = frame.window("health", self.cfg.unknown_samples)
-        unknown = (health == HEALTH_UNKNOWN).all(axis=1)
+        health = frame.latest[:, model.HEALTH]
+        _, first = frame.back("health", self.cfg.unknown_samples - 1)
+        unknown = (health == HEALTH_UNKNOWN) & (first == HEALTH_UNKNOWN)  # unknown since n samples
         old = age_s > self.cfg.stale_after_s
         threshold = np.full(age_s.shape, self.cfg.stale_after_s)
-        clear = ~old & (health[:, -1] != HEALTH_UNKNOWN)
+        clear = ~old & (health != HEALTH_UNKNOWN)
         return base.Verdict(value=age_s, threshold=threshold, raise_=old | unknown, clear=clear)

@@ -25,15 +25,31 @@ class Straggler(base.Detector):
     severity = base.WARNING
 
     def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
+        """Thresholds from config; no history yet."""
         self.cfg = cfg
+        self.mean = np.zeros(0)
+
+    def _smoothed(self, frame: base.Frame) -> base.F64:
+        """Per device an exponential moving mean of utilisation over ~straggler_samples samples."""
+        need = int(frame.slots.max()) + 1 if frame.slots.size else 0
+        if need > self.mean.size:
+            self.mean = np.concatenate([self.mean, np.full(need - self.mean.size, np.nan)])
+        util = frame.col("utilization")
+        upd = frame.fresh & np.isfinite(util)
+        slots = frame.slots[upd]
+        a = 2.0 / (self.cfg.straggler_samples + 1)
+        old = self.mean[slots]
+        self.mean[slots] = np.where(np.isfinite(old), old + a * (util[upd] - old), util[upd])
+        gone = frame.fresh & ~np.isfinite(util)
+        self.mean[frame.slots[gone]] = np.nan
+        return self.mean[frame.slots]
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Gap below the node median, in utilisation."""
-        util = _mean_utilization(frame, self.cfg.straggler_samples)
-        median = base.group_median(util, frame.group)
-        mad = base.group_median(np.abs(util - median), frame.group) * MAD_TO_SIGMA
-        peers = base.group_size(util, frame.group)
+        util = self._smoothed(frame)
+        median = frame.median_by_node(util)
+        mad = frame.median_by_node(np.abs(util - median)) * MAD_TO_SIGMA
+        peers = frame.size_by_node(util)
         band = np.maximum(self.cfg.straggler_mads * mad, self.cfg.straggler_min_gap)
         gap = median - util
         with np.errstate(invalid="ignore"):
@@ -41,12 +57,3 @@ class Straggler(base.Detector):
             raise_ = judged & (gap > band)
             clear = ~judged | ~(gap > band / 2)
         return base.Verdict(value=gap, threshold=band, raise_=raise_, clear=clear)
-
-
-def _mean_utilization(frame: base.Frame, n: int) -> base.F64:
-    """Mean of each device's last n utilisation samples; NaN for a device with none."""
-    window = frame.window("utilization", n)
-    ok = np.isfinite(window)
-    count = ok.sum(axis=1)
-    total = np.where(ok, window, 0.0).sum(axis=1)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)

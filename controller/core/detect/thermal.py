@@ -50,12 +50,12 @@ class ThermalRise(base.Detector):
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Slope over the last samples (C/s); raise above the rate when near the limit."""
         n = max(2, self.cfg.thermal_rise_samples)
-        temps = frame.window("temperature_c", n)
-        stamps = frame.store.window_timestamps(frame.slots, n)
-        dt_s = (stamps[:, -1] - stamps[:, 0]) / 1e9
+        temp = frame.col("temperature_c")
+        then_ts, then = frame.back("temperature_c", n - 1)
+        dt_s = (frame.latest_ts - then_ts) / 1e9
         with np.errstate(invalid="ignore", divide="ignore"):
-            slope = np.where(dt_s > 0, (temps[:, -1] - temps[:, 0]) / dt_s, np.nan)
-            near = temps[:, -1] >= frame.slowdown_c - self.cfg.thermal_rise_window_c
+            slope = np.where((then_ts > 0) & (dt_s > 0), (temp - then) / dt_s, np.nan)
+            near = temp >= frame.slowdown_c - self.cfg.thermal_rise_window_c
             rate = self.cfg.thermal_rise_c_per_s
             raise_ = near & (slope >= rate)
             clear = ~(slope > rate / 4)
