@@ -99,6 +99,8 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """... plus this margin; a device drawing its whole cap is offered this much more."""
     reclaim_gain: Fraction = 0.3
     """Share of the measured slack (budget - power) handed out per period beyond the estimates."""
+    reclaim_margin_frac: Fraction = 0.03
+    """The slack feedback aims the measured power at this far under the budget."""
     reclaim_max_frac: Fraction = 0.0
     """At most this fraction of the budget is handed out that way; 0 (the default) turns it off:
     it buys about 2% more work at 70% budget but overshoots the budget by up to ~6% (README)."""

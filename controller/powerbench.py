@@ -59,9 +59,13 @@ def vendors_for(nodes: int) -> list[str]:
     return [cycle[k % len(cycle)] for k in range(nodes)]
 
 
-def simulate(policy: str, *, nodes: int, seconds: int, seed: int, budget_w: float | None) -> Run:
-    """Run one policy; `budget_w` None for the uncapped reference."""
-    cfg = config.Config(power=config.Power(budget_w=budget_w if policy == "xpuctl" else None))
+def simulate(
+    policy: str, *, nodes: int, seconds: int, seed: int, budget_w: float | None, power: config.Power | None = None
+) -> Run:
+    """Run one policy; `budget_w` None for the uncapped reference; `power` the loop's settings."""
+    base = power or config.Power()
+    budget = budget_w if policy == "xpuctl" else None
+    cfg = config.Config(power=msgspec.structs.replace(base, budget_w=budget))
     cluster = SimCluster(vendors_for(nodes), seed=seed, cfg=cfg)
     if policy == "static" and budget_w is not None:
         per_device = budget_w / sum(n.n for n in cluster.nodes)

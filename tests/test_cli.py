@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -105,7 +106,47 @@ def test_bench_reports_the_contract_keys() -> None:
 
 
 def test_demo_runs_a_mixed_fleet_and_exits() -> None:
-    r = run("controller.cli", "--log-level", "WARNING", "demo", "--nodes", "13", "--duration-s", "4",
+    r = run("controller.cli", "--log-level", "WARNING", "demo", "--nodes", "16", "--duration-s", "4",
             timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "demo: 104 devices of 13 vendors on 13 nodes" in r.stdout
+    assert "demo: 128 devices of 13 vendors on 16 nodes" in r.stdout
+
+
+def test_bench_power_reports_each_policy() -> None:
+    r = run("controller.cli", "bench", "--scenario", "power", "--nodes", "4", "--simulated-s", "40", "--json",
+            timeout=120)
+    assert r.returncode in (0, 1), r.stderr  # 1 = the loop did not beat the static cap on this tiny run
+    out = json.loads(r.stdout)
+    assert [x["policy"] for x in out["runs"]] == ["uncapped", "static", "xpuctl"]
+    assert out["budget_w"] == pytest.approx(0.7 * out["demand_w"], rel=1e-3)
+    for key in ("work_tdp_s", "energy_kwh", "seconds_above_budget", "worst_overshoot_pct"):
+        assert all(key in x for x in out["runs"])
+    assert "run 3/3" in r.stderr  # progress on stderr
+
+
+def test_bench_detect_reports_false_alarms_and_delays() -> None:
+    r = run("controller.cli", "bench", "--scenario", "detect", "--nodes", "2", "--simulated-s", "60",
+            "--devices", "800", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["healthy"]["false_alarms"] == 0
+    assert set(out["faults"]) == {"thermal_runaway", "power_spike", "ecc_storm", "xid", "stuck", "straggler",
+                                  "fall_off_bus", "driver_hang"}
+    assert all(f["detector"] for f in out["faults"].values())
+    assert out["pass"]["devices"] == 800
+
+
+def test_serve_refuses_a_bad_config_with_78(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "x.toml"
+    bad.write_text("[power]\nbudget_w = 1000.0\nbudjet = 5\n")
+    r = run("controller.cli", "serve", "--listen", "127.0.0.1:0", "--config", str(bad), timeout=30)
+    assert r.returncode == 78
+    assert "budjet" in r.stderr and str(bad) in r.stderr
+    bad.write_text("[power]\nbudget_w = -5\n")
+    r = run("controller.cli", "serve", "--listen", "127.0.0.1:0", "--config", str(bad), timeout=30)
+    assert r.returncode == 78 and "$.power.budget_w" in r.stderr
+
+
+def test_bad_mqtt_url_is_refused() -> None:
+    r = run("agent.cli", "run", "--controller", "127.0.0.1:1", "--mqtt", "http://x", timeout=30)
+    assert r.returncode == 2 and "scheme must be mqtt or mqtts" in r.stderr

@@ -244,7 +244,7 @@ class PowerController:
         measured slack out too, and take it back at once (and more) when power exceeds the budget."""
         if self.budget_w is None or not math.isfinite(inputs.measured_w):
             return self.reclaim_w
-        target = self.budget_w * (1 - self.cfg.reserve_frac)
+        target = self.budget_w * (1 - self.cfg.reclaim_margin_frac)
         slack = target - inputs.measured_w
         gain = self.cfg.reclaim_gain if slack > 0 else 2 * self.cfg.reclaim_gain
         limit = self.cfg.reclaim_max_frac * self.budget_w

@@ -7,12 +7,15 @@ DESIGN section 7: only vendors with a public power-cap setter can be capped.
 
 The throughput-vs-power exponent `alpha` (see `engine.throughput_fraction`) rests on published
 power-capping measurements: McDonald et al., "Great Power, Great Responsibility: Recommendations
-for Reducing Energy for Training Language Models", Findings of NAACL 2022 (V100 capped to 60% of
-TDP: training takes roughly 5-10% longer), and Patel et al., "Characterizing Power Management
-Opportunities for LLMs in the Cloud", ASPLOS 2024 (A100/H100 training and inference lose far less
-throughput than power under caps; inference is the less sensitive). alpha=0.25 for training gives
-0.88 of full speed at 60% of TDP on a device idling at 15%; alpha=0.15 for inference gives 0.93.
-These points are read from the papers' text and figures, not from their raw data.
+for Reducing Energy for Training Language Models", Findings of NAACL 2022 (V100s capped to 60% of
+their 250 W TDP: training takes roughly 5-15% longer), and Patel et al., "Characterizing Power
+Management Opportunities for LLMs in the Cloud", ASPLOS 2024 (A100/H100 training and inference
+lose far less throughput than power under caps; inference is the less sensitive). With the H100
+profile below (idle 10% of TDP, steady training at 86% of TDP), alpha=0.25 gives 0.90 of full
+speed at a 60% cap; alpha=0.15 gives inference 0.97 at a cap 25% under its peak.
+tests/agent/test_sim.py checks both against the ranges above. These points are read from the
+papers' text and figures, not fitted to their raw data; a concave curve this flat is also why no
+capping policy can win much work back at a given budget (README, power benchmark).
 """
 
 from __future__ import annotations
