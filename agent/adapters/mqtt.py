@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,35 +19,15 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.core import actuator, backoff
+from agent.core import actuator
 from agent.drivers import base
-from protos.xpu.v1 import bus
+from protos.xpu.v1 import bus, bus_client
 
 log = logging.getLogger("xpu.agent.mqtt")
 
 ApplyCap = Callable[[str, int, float], Awaitable[float]]
 LEASE_CHECK_S = 0.2
 MAX_QUEUED_INCOMING = 1000
-
-
-def _first(url: bus.BusUrl) -> aiomqtt.ProtocolVersion:
-    return protocols(url)[0]
-
-
-def protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
-    """The protocol versions to try, in order."""
-    if url.protocol == "5":
-        return [aiomqtt.ProtocolVersion.V5]
-    if url.protocol == "3.1.1":
-        return [aiomqtt.ProtocolVersion.V311]
-    return [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
-
-
-def set_nodelay(client: aiomqtt.Client) -> None:
-    """TCP_NODELAY on the client's socket: paho leaves Nagle on, which adds tens of ms (DESIGN 10)."""
-    sock = client._client.socket()  # noqa: SLF001 - paho's socket is only reachable here
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class AgentBus:
@@ -75,7 +53,7 @@ class AgentBus:
         self.topics = topics or bus.Topics()
         self.reconnect_max_s = reconnect_max_s
         self.client: aiomqtt.Client | None = None
-        self.protocol: aiomqtt.ProtocolVersion | None = None
+        self.sessions: bus_client.Sessions | None = None
         self.connects = 0
         self.controller_garbage = 0
         self.connected = asyncio.Event()
@@ -83,7 +61,12 @@ class AgentBus:
     async def run(self) -> None:
         """Keep the session up and check the lease, until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._session_loop(), name=f"mqtt[{self.node_id}].session")
+            sessions = bus_client.Sessions(
+                self.url, make_client=self._client, session=self._session, lost=self._lost,
+                reconnect_max_s=self.reconnect_max_s,
+            )
+            self.sessions = sessions
+            tg.create_task(sessions.run(), name=f"mqtt[{self.node_id}].session")
             tg.create_task(self._lease_loop(), name=f"mqtt[{self.node_id}].lease")
 
     def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
@@ -100,30 +83,6 @@ class AgentBus:
             timeout=5,
         )
 
-    async def _session_loop(self) -> None:
-        rng = random.Random()
-        attempt = 0
-        candidates = protocols(self.url)
-        while True:
-            protocol = self.protocol or candidates[0]
-            try:
-                async with self._client(protocol) as client:
-                    self.protocol = protocol
-                    attempt = 0
-                    await self._session(client)
-            except aiomqtt.MqttError as exc:
-                if self.protocol is None and len(candidates) > 1:
-                    # never connected yet: the broker may not speak this version (amqtt refuses
-                    # MQTT 5); try the next one at once, and keep rotating until one works
-                    candidates = [*candidates[1:], candidates[0]]
-                    log.info("broker %s:%d: %s with %s; trying %s", self.url.host, self.url.port, exc, protocol.name, candidates[0].name)
-                    if candidates[0] != _first(self.url):
-                        continue
-                self._lost(str(exc))
-            delay = backoff.delay_s(attempt, base_s=0.2, cap_s=self.reconnect_max_s, uniform01=rng.random())
-            attempt += 1
-            await asyncio.sleep(delay)
-
     def _lost(self, why: str) -> None:
         if self.client is not None or self.connects == 0:
             log.warning("MQTT broker %s:%d: %s; reconnecting", self.url.host, self.url.port, why)
@@ -132,7 +91,6 @@ class AgentBus:
         self.act.on_bus_lost()
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        set_nodelay(client)
         self.client = client
         self.connects += 1
         online = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns())
@@ -187,7 +145,7 @@ class AgentBus:
         if client is None:
             return
         props = None
-        if correlation and self.protocol == aiomqtt.ProtocolVersion.V5:
+        if correlation and self.sessions and self.sessions.protocol == aiomqtt.ProtocolVersion.V5:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation
         # always our own res topic, whatever a response-topic property says: the ACL allows no other

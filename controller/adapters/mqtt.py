@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
-import socket
 import time
 from collections.abc import Callable
 
@@ -24,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from controller.core import events, ledger
-from protos.xpu.v1 import bus
+from protos.xpu.v1 import bus, bus_client
 
 log = logging.getLogger("xpu.controller.mqtt")
 
@@ -32,18 +30,6 @@ OnResult = Callable[[str, bus.Result, int], None]
 OnState = Callable[[str, bus.NodeState], None]
 OnStatus = Callable[[str, bus.Status], None]
 _event_encoder = msgspec.json.Encoder()
-
-
-def _first(url: bus.BusUrl) -> aiomqtt.ProtocolVersion:
-    return _protocols(url)[0]
-
-
-def _protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
-    if url.protocol == "5":
-        return [aiomqtt.ProtocolVersion.V5]
-    if url.protocol == "3.1.1":
-        return [aiomqtt.ProtocolVersion.V311]
-    return [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
 
 
 class Counters(msgspec.Struct, kw_only=True):
@@ -81,7 +67,7 @@ class ControllerBus:
         self.heartbeat_s = heartbeat_s
         self.max_queued = max_queued
         self.reconnect_max_s = reconnect_max_s
-        self.protocol: aiomqtt.ProtocolVersion | None = None
+        self.sessions: bus_client.Sessions | None = None
         self.client: aiomqtt.Client | None = None
         self.outgoing: asyncio.Queue[tuple[str, bytes, bool, Properties | None]] = asyncio.Queue(max_queued)
         self.counters = Counters()
@@ -114,7 +100,7 @@ class ControllerBus:
         else:
             cmd = bus.SetPowerCap(power_cap_w=e.cap_w, **common)
         props = None
-        if self.protocol == aiomqtt.ProtocolVersion.V5:
+        if self.sessions is not None and self.sessions.protocol == aiomqtt.ProtocolVersion.V5:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = max(1, math.ceil((e.expires_at_ns - now_ns) / 1e9))
             props.ResponseTopic = self.topics.cmd_res(e.node_id)
@@ -133,7 +119,11 @@ class ControllerBus:
 
     async def run(self) -> None:
         """Keep the session up until cancelled (call `say_offline` first for a clean goodbye)."""
-        await self._session_loop()
+        self.sessions = bus_client.Sessions(
+            self.url, make_client=self._client, session=self._session, lost=self._lost,
+            reconnect_max_s=self.reconnect_max_s,
+        )
+        await self.sessions.run()
 
     def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
         lost = msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=self.boot_id))
@@ -149,30 +139,6 @@ class ControllerBus:
             timeout=5,
         )
 
-    async def _session_loop(self) -> None:
-        rng = random.Random()
-        attempt = 0
-        candidates = _protocols(self.url)
-        while True:
-            protocol = self.protocol or candidates[0]
-            try:
-                async with self._client(protocol) as client:
-                    self.protocol = protocol
-                    attempt = 0
-                    await self._session(client)
-            except aiomqtt.MqttError as exc:
-                if self.protocol is None and len(candidates) > 1:
-                    # never connected yet: the broker may not speak this version (amqtt refuses
-                    # MQTT 5); try the next one at once, and keep rotating until one works
-                    candidates = [*candidates[1:], candidates[0]]
-                    log.info("broker %s:%d: %s with %s; trying %s", self.url.host, self.url.port, exc, protocol.name, candidates[0].name)
-                    if candidates[0] != _first(self.url):
-                        continue
-                self._lost(str(exc))
-            delay = min(self.reconnect_max_s, 0.2 * 2 ** min(attempt, 10)) * rng.random()
-            attempt += 1
-            await asyncio.sleep(delay)
-
     def _lost(self, why: str) -> None:
         if self.client is not None or self.counters.connects == 0:
             log.warning("MQTT broker %s:%d: %s; reconnecting", self.url.host, self.url.port, why)
@@ -182,9 +148,6 @@ class ControllerBus:
             self.outgoing.get_nowait()
 
     async def _session(self, client: aiomqtt.Client) -> None:
-        sock = client._client.socket()  # noqa: SLF001 - paho leaves Nagle on (DESIGN 10)
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await client.subscribe(f"{self.topics.root}/cmd/+/res", qos=1)
         await client.subscribe(f"{self.topics.root}/state/+", qos=1)
         await client.subscribe(f"{self.topics.root}/status/+", qos=1)

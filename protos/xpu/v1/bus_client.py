@@ -1,0 +1,85 @@
+"""The MQTT session loop that the agent and the controller both run (DESIGN 5).
+
+aiomqtt 2.x does not reconnect by itself: `keep_session` is the loop. It tries MQTT 5 first and,
+until a first connection succeeds, rotates to 3.1.1 (the embedded amqtt broker refuses MQTT 5),
+waits with full-jitter backoff between attempts, turns Nagle off on every new socket (paho leaves
+it on, DESIGN 10), and calls `session(client)` for each connection and `lost(why)` when one ends.
+Transport plumbing only; the callers decide what a session does. Lives beside the payloads
+because both sides need it and neither may import the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from protos.xpu.v1 import bus
+
+log = logging.getLogger("xpu.mqtt")
+
+
+def protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
+    """The protocol versions to try, in order."""
+    if url.protocol == "5":
+        return [aiomqtt.ProtocolVersion.V5]
+    if url.protocol == "3.1.1":
+        return [aiomqtt.ProtocolVersion.V311]
+    return [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
+
+
+def set_nodelay(client: aiomqtt.Client) -> None:
+    """TCP_NODELAY on the client's socket."""
+    sock = client._client.socket()  # noqa: SLF001 - paho's socket is only reachable here
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class Sessions:
+    """Keeps one MQTT session up, forever: `await Sessions(...).run()`."""
+
+    def __init__(
+        self,
+        url: bus.BusUrl,
+        *,
+        make_client: Callable[[aiomqtt.ProtocolVersion], aiomqtt.Client],
+        session: Callable[[aiomqtt.Client], Awaitable[None]],
+        lost: Callable[[str], None],
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        """`make_client` builds a client for a protocol; `session` runs one connection."""
+        self.url = url
+        self.make_client, self.session, self.lost = make_client, session, lost
+        self.reconnect_max_s = reconnect_max_s
+        self.protocol: aiomqtt.ProtocolVersion | None = None  # the one that worked
+
+    async def run(self) -> None:
+        """Connect, run the session, reconnect; until cancelled."""
+        rng = random.Random()
+        attempt = 0
+        candidates = protocols(self.url)
+        while True:
+            protocol = self.protocol or candidates[0]
+            try:
+                async with self.make_client(protocol) as client:
+                    self.protocol = protocol
+                    attempt = 0
+                    set_nodelay(client)
+                    await self.session(client)
+            except aiomqtt.MqttError as exc:
+                if self.protocol is None and len(candidates) > 1:
+                    # never connected yet: the broker may not speak this version; try the next
+                    # one at once, and keep rotating (with backoff per round) until one works
+                    candidates = [*candidates[1:], candidates[0]]
+                    log.info("broker %s:%d: %s with %s; trying %s", self.url.host, self.url.port, exc,
+                             protocol.name, candidates[0].name)
+                    if candidates[0] != protocols(self.url)[0]:
+                        continue
+                self.lost(str(exc))
+            ceiling = min(self.reconnect_max_s, 0.2 * 2.0 ** min(attempt, 16))
+            attempt += 1
+            await asyncio.sleep(ceiling * rng.random())
