@@ -57,8 +57,10 @@ class Service:
     def _handle(self, out: control.Output, now_ns: int) -> None:
         self.state.publish(out.events)
         for e in out.events:
-            if e.severity != "info":
+            if e.severity == "critical":
                 log.warning("%s: %s", e.kind, e.message)
+            elif e.severity == "warning":
+                log.info("%s: %s", e.kind, e.message)
             if self.bus is not None:
                 self.bus.send_event(e)
         if self.bus is None:

@@ -66,6 +66,7 @@ class Control:
         self._static: dict[str, F64] = {}
         self._group = np.zeros(0, dtype=np.int64)
         self._nodes: list[str] = []
+        self._slowdown = np.zeros(0)
 
     # -- per-device facts ------------------------------------------------------------------------
 
@@ -84,6 +85,7 @@ class Control:
             "default_w": col("power_limit_default_w"),
             "settable": np.array([i.power_cap_settable for i in infos], dtype=bool),
         }
+        self._slowdown = col("temp_slowdown_c")
         numbers: dict[str, int] = {}
         self._group = np.array([numbers.setdefault(n, len(numbers)) for n in reg.node_of_slot], dtype=np.int64)
         self._nodes = list(numbers)
@@ -104,10 +106,12 @@ class Control:
         window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples)
         recent_max = np.fmax.reduce(window, axis=1) if n else np.zeros(0)
         weight = np.ones(n)
-        for i, node in enumerate(self.registry.node_of_slot):
-            w = self.device_weight.get(i) or self.node_weight.get(node)
-            if w is not None:
-                weight[i] = w
+        if self.node_weight:
+            by_node = np.array([self.node_weight.get(name, 1.0) for name in self._nodes])
+            weight = by_node[self._group]
+        for slot, w in self.device_weight.items():
+            if slot < n:
+                weight[slot] = w
         hot = np.zeros(n, dtype=bool)
         for kind in HOT_KINDS:
             hot |= self.detectors.is_open(kind)[:n]
@@ -194,10 +198,25 @@ class Control:
         slots = self.ingest.stored_slots
         if slots.size == 0:
             return out
+        if not self._urgent(slots):
+            return out  # nothing near a limit and no error event: raises cannot happen, clears wait
         findings = self.detectors.run(self.registry, self.store, now_ns, slots=slots, critical_only=True)
         out.events.extend(self._finding_events(findings, now_ns))
         self._emergencies(findings, now_ns, out)
         return out
+
+    def _urgent(self, slots: npt.NDArray[np.int64]) -> bool:
+        """Whether a critical-path detector could raise on these devices now (a cheap precheck)."""
+        det = self.detectors
+        det.grow(len(self.registry))
+        if (det.last_error_ns[slots] > det.prev_ts[slots]).any():
+            return True
+        self._facts()
+        temps = self.store.latest(slots)[:, model.M["temperature_c"]]
+        slowdown = self._slowdown[slots]
+        margin = max(self.cfg.detect.thermal_rise_window_c, self.cfg.detect.thermal_margin_c)
+        with np.errstate(invalid="ignore"):
+            return bool((temps >= slowdown - margin).any())
 
     def tick(self, now_ns: int) -> Output:
         """One control period."""

@@ -58,12 +58,13 @@ class Detectors:
     def note_errors(self, errors: list[tuple[int, str, int, str, str]]) -> None:
         """Take error events (timestamp_ns, uuid, slot, code, text) from ingest."""
         for ts, _uuid, slot, code, _text in errors:
-            self._grow(slot + 1)
+            self.grow(slot + 1)
             if ts >= self.last_error_ns[slot]:
                 self.last_error_ns[slot] = ts
                 self.last_error_code[slot] = code
 
-    def _grow(self, n: int) -> None:
+    def grow(self, n: int) -> None:
+        """Make room for n devices."""
         have = self.prev_ts.size
         if n <= have:
             return
@@ -104,7 +105,7 @@ class Detectors:
         (EWMAs, run lengths); a critical-path pass only judges.
         """
         n = len(reg)
-        self._grow(n)
+        self.grow(n)
         self._facts(reg)
         full = slots is None
         if slots is None:

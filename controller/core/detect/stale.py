@@ -31,7 +31,8 @@ class Stale(base.Detector):
         health = frame.latest[:, model.HEALTH]
         _, first = frame.back("health", self.cfg.unknown_samples - 1)
         unknown = (health == HEALTH_UNKNOWN) & (first == HEALTH_UNKNOWN)  # unknown since n samples
-        old = age_s > self.cfg.stale_after_s
+        # a device that has never reported is not stale yet (node liveness covers silent nodes)
+        old = (frame.latest_ts > 0) & (age_s > self.cfg.stale_after_s)
         threshold = np.full(age_s.shape, self.cfg.stale_after_s)
         clear = ~old & (health != HEALTH_UNKNOWN)
         return base.Verdict(value=age_s, threshold=threshold, raise_=old | unknown, clear=clear)
