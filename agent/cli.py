@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import socket
 import sys
 import time
@@ -55,6 +56,16 @@ def _vendor(text: str) -> str:
     return text
 
 
+def _node_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
+        msg = f"node id {text!r} must be 1-128 of [A-Za-z0-9._-], starting with a letter or digit"
+        raise argparse.ArgumentTypeError(msg)
+    if text == "controller":
+        msg = "node id 'controller' is reserved: xpu/v1/status/controller is the controller's lease"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
 def _bus_url(text: str) -> bus.BusUrl:
     try:
         return bus.parse_url(text)
@@ -96,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="sample devices and stream them to the controller")
-    run.add_argument("--node-id", default=socket.gethostname())
+    run.add_argument("--node-id", type=_node_id, default=socket.gethostname())
     run.add_argument("--controller", required=True, metavar="HOST:PORT")
     run.add_argument(
         "--mqtt",

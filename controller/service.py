@@ -21,6 +21,7 @@ from controller.core import control, ingest, registry
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
+SHUTDOWN_BUS_S = 5.0
 
 
 class Service:
@@ -130,17 +131,30 @@ class Service:
             await server.start()
             await grpc_api.set_serving(server, serving=True)
             log.info("xpu-controller serving on port %d; bus %s; budget %s", self.port, url or "off", self.state.budget_w)
+            # the bus runs beside the TaskGroup: a broker that stopped answering must not hold
+            # the shutdown (the task is cancelled and given SHUTDOWN_BUS_S to close)
+            bus_task = asyncio.create_task(self.bus.run(), name="controller.mqtt") if self.bus else None
             try:
                 async with asyncio.TaskGroup() as tg:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
-                    bus_task = tg.create_task(self.bus.run(), name="controller.mqtt") if self.bus else None
                     self.ready.set()
-                    await stop.wait()
+                    stopped = tg.create_task(stop.wait(), name="controller.stop")
+                    waits: set[asyncio.Future[object]] = {stopped}
+                    if bus_task is not None:
+                        waits.add(bus_task)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    if bus_task is not None and bus_task.done():
+                        stopped.cancel()
+                        ticks.cancel()
+                        bus_task.result()  # the bus ended on its own: say why
                     if self.bus is not None:
                         await self.bus.say_offline()  # while still connected; the will covers crashes
                     ticks.cancel()
-                    if bus_task is not None:
-                        bus_task.cancel()
             finally:
+                if bus_task is not None and not bus_task.done():
+                    bus_task.cancel()
+                    done, _ = await asyncio.wait({bus_task}, timeout=SHUTDOWN_BUS_S)
+                    if not done:
+                        log.warning("MQTT session did not close within %gs; leaving it", SHUTDOWN_BUS_S)
                 await grpc_api.set_serving(server, serving=False)
                 await server.stop(grace=1.0)

@@ -150,3 +150,8 @@ def test_serve_refuses_a_bad_config_with_78(tmp_path: pathlib.Path) -> None:
 def test_bad_mqtt_url_is_refused() -> None:
     r = run("agent.cli", "run", "--controller", "127.0.0.1:1", "--mqtt", "http://x", timeout=30)
     assert r.returncode == 2 and "scheme must be mqtt or mqtts" in r.stderr
+
+
+def test_reserved_node_id_is_refused() -> None:
+    r = run("agent.cli", "run", "--controller", "127.0.0.1:1", "--node-id", "controller", timeout=30)
+    assert r.returncode == 2 and "reserved" in r.stderr

@@ -155,11 +155,11 @@ class ControllerBus:
         self.client = client
         self.counters.connects += 1
         self.connected.set()
-        log.info("MQTT session up (%s:%d)", self.url.host, self.url.port)
+        log.info("MQTT session up (%s:%d, session %d)", self.url.host, self.url.port, self.counters.connects)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._publisher(client), name="mqtt[controller].tx")
-                tg.create_task(self._heartbeat(client), name="mqtt[controller].lease")
+                tg.create_task(self._heartbeat(), name="mqtt[controller].lease")
                 async for message in client.messages:
                     self._on_message(message)
         except* aiomqtt.MqttError as group:  # the session is gone: one error is enough to say so
@@ -169,10 +169,12 @@ class ControllerBus:
         status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
         await client.publish(self.topics.controller_status, msgspec.json.encode(status), qos=1, retain=True)
 
-    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+    async def _heartbeat(self) -> None:
+        """Queue the lease every heartbeat: one publisher task does all publishing on a session."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            await self._heartbeat_once(client)
+            status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
+            self._offer(self.topics.controller_status, msgspec.json.encode(status), retain=True)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
         while True:

@@ -80,6 +80,9 @@ class Sessions:
                     if candidates[0] != protocols(self.url)[0]:
                         continue
                 self.lost(str(exc))
+            except Exception:  # a bug while handling one message must not end the bus for good
+                log.exception("MQTT session to %s:%d failed; reconnecting", self.url.host, self.url.port)
+                self.lost("internal error (logged above)")
             ceiling = min(self.reconnect_max_s, 0.2 * 2.0 ** min(attempt, 16))
             attempt += 1
             await asyncio.sleep(ceiling * rng.random())
