@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--budget-w", type=_positive(float), default=None, help="cluster power budget")
     serve.add_argument("--control-period-s", type=_positive(float), default=None, help="default 1 s")
     serve.add_argument("--config", default=None, metavar="FILE", help="TOML settings (see README)")
+    serve.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="serve /metrics for Prometheus")
     serve.add_argument("--window", type=_positive(int), default=600, help="samples kept per device")
     serve.add_argument("--stale-after-s", type=_positive(float), default=5.0)
     serve.add_argument("--offline-after-s", type=_positive(float), default=30.0)
@@ -94,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     demo.add_argument("--nodes", type=_positive(int), default=16)
     demo.add_argument("--devices-per-node", type=_positive(int), default=8)
-    demo.add_argument("--rows", type=_positive(int), default=12, help="devices shown")
     demo.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this long")
+    demo.add_argument("--headless", action="store_true", help="no dashboard; print a summary at the end")
+    demo.add_argument("--json", action="store_true", help="with --headless: the summary as one JSON object")
     demo.add_argument(
         "--budget-w", type=_positive(float), default=None, help="default: 85%% of the fleet's draw after 15 s"
     )
@@ -134,6 +136,7 @@ async def serve(args: argparse.Namespace) -> int:
         limits=ingest.Limits(),
         reflection_on=not args.no_reflection,
         embedded_port=args.embedded_port,
+        metrics_listen=args.metrics_listen,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """`xpuctl`: the operator's CLI against a controller's Cluster API.
 
 Human tables by default, `--json` for scripts. Exit codes: 0 ok, 2 usage, 3 controller
-unreachable, 4 the controller refused the request (the message says why).
+unreachable, 4 the controller refused the request (the message says why). `top` is the live
+dashboard (controller/top.py).
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 import grpc
 from rich.console import Console
 from rich.table import Table
 
+from controller.core import dashboard
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 
@@ -81,7 +84,30 @@ def device_json(d: cpb.Device) -> dict[str, object]:
         "headroom_ceiling_w": d.headroom_ceiling_w,
         "node_status": NODE_STATUS[d.node_status],
         "timestamp_ns": d.timestamp_ns,
+        "cordon_reason": d.cordon_reason or None,
+        "anomalies": list(d.anomalies),
     }
+
+
+def event_json(e: cpb.Event) -> dict[str, object]:
+    """One line of `xpuctl events --json` (JSON lines)."""
+    return {
+        "timestamp_ns": e.timestamp_ns,
+        "kind": e.kind,
+        "node_id": e.node_id or None,
+        "device_uuid": e.device_uuid or None,
+        "severity": e.severity,
+        "message": e.message,
+        "value": e.value,
+        "threshold": e.threshold,
+        "detector": e.detector or None,
+        "action_id": e.action_id or None,
+    }
+
+
+def budget_json(b: cpb.PowerBudget) -> dict[str, object]:
+    """`xpuctl budget --json`."""
+    return {"budget_w": _opt(b, "budget_w"), "power_w": b.power_w, "feasible": b.feasible}
 
 
 def node_json(n: cpb.Node) -> dict[str, object]:
@@ -197,36 +223,139 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--vendor", default="", help="only this vendor")
     d.add_argument("--health", default="", choices=["", "ok", "degraded", "failed", "unknown"])
     d.add_argument("--sort", default="node", choices=sorted(SORT_KEYS))
+    _add_commands(sub)
     return parser
+
+
+def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dv = sub.add_parser("device", help="one device with the recent history of a metric")
+    dv.add_argument("uuid")
+    dv.add_argument("--metric", default="power_w", choices=METRIC_NAMES)
+    dv.add_argument("--limit", type=int, default=60, help="newest samples of history")
+    dv.add_argument("--json", action="store_true")
+    ev = sub.add_parser("events", help="events (anomalies, actions, nodes, budget) as they happen")
+    ev.add_argument("--follow", action="store_true", help="keep printing (else: stop after --seconds)")
+    ev.add_argument("--seconds", type=float, default=5.0, help="without --follow: listen this long")
+    ev.add_argument("--kind", action="append", default=[], help="kind prefix, e.g. anomaly. (repeatable)")
+    ev.add_argument("--node", default="")
+    ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    b = sub.add_parser("budget", help="show the power budget, or set it (W; 0 removes it)")
+    b.add_argument("watts", nargs="?", type=float)
+    b.add_argument("--json", action="store_true")
+    pr = sub.add_parser("priority", help="weight of a device or a node in the power allocation")
+    target = pr.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", default="")
+    target.add_argument("--node", default="")
+    pr.add_argument("weight", type=float)
+    for name in ("cordon", "uncordon"):
+        c = sub.add_parser(name, help=f"{name} a device or every device of a node")
+        target = c.add_mutually_exclusive_group(required=True)
+        target.add_argument("--device", default="")
+        target.add_argument("--node", default="")
+        c.add_argument("--reason", default="", help="why (required to cordon)")
+        c.add_argument("--json", action="store_true")
+    top = sub.add_parser("top", help="live dashboard (Ctrl-C quits)")
+    top.add_argument("--interval-s", type=float, default=1.0)
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+
+
+METRIC_NAMES = [
+    "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c",
+    "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total",
+    "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "work_done",
+]
+
+
+def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: Console) -> int:
+    if args.command == "summary":
+        s = stub.GetSummary(cpb.GetSummaryRequest(), timeout=TIMEOUT_S)
+        print(json.dumps(summary_json(s))) if args.json else _print_summary(console, s)
+    elif args.command == "nodes":
+        nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes
+        print(json.dumps([node_json(x) for x in nodes])) if args.json else _print_nodes(console, nodes)
+    elif args.command == "devices":
+        health = {v: k for k, v in HEALTH.items() if k}.get(args.health, 0)
+        req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=health)
+        devices = sorted(stub.ListDevices(req, timeout=TIMEOUT_S).devices, key=SORT_KEYS[args.sort])
+        print(json.dumps([device_json(x) for x in devices])) if args.json else _print_devices(console, devices)
+    elif args.command == "device":
+        metric = METRIC_NAMES.index(args.metric) + 1
+        r = stub.GetDevice(cpb.GetDeviceRequest(uuid=args.uuid, metric=metric, limit=args.limit), timeout=TIMEOUT_S)
+        history = [{"timestamp_ns": p.timestamp_ns, "value": p.value} for p in r.history]
+        if args.json:
+            print(json.dumps({"device": device_json(r.device), "metric": args.metric, "history": history}))
+        else:
+            _print_devices(console, [r.device])
+            values = [p.value for p in r.history]
+            if values:
+                console.print(f"{args.metric}: last {len(values)} samples, min {min(values):,.4g}, "
+                              f"max {max(values):,.4g}, now {values[-1]:,.4g}")
+                console.print(dashboard.sparkline(tuple(values), 80))
+            else:
+                console.print(f"{args.metric}: no samples")
+            if r.device.anomalies:
+                console.print(f"anomalies open: {', '.join(r.device.anomalies)}")
+    elif args.command == "events":
+        return _events(args, stub)
+    elif args.command == "budget":
+        if args.watts is None:
+            b = stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=TIMEOUT_S)
+        else:
+            b = stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=args.watts), timeout=TIMEOUT_S)
+        if args.json:
+            print(json.dumps(budget_json(b)))
+        else:
+            budget = f"{b.budget_w:,.0f} W" if b.HasField("budget_w") else "none"
+            state = "feasible" if b.feasible else "INFEASIBLE: the cappable devices' floors exceed it"
+            console.print(f"budget {budget}; cluster power {b.power_w:,.0f} W; {state}")
+    elif args.command == "priority":
+        stub.SetPriority(cpb.SetPriorityRequest(device_uuid=args.device, node_id=args.node, weight=args.weight),
+                         timeout=TIMEOUT_S)
+        console.print(f"priority of {args.device or args.node} set to {args.weight:g}")
+    elif args.command in ("cordon", "uncordon"):
+        req = cpb.CordonRequest(device_uuid=args.device, node_id=args.node, reason=args.reason)
+        call = stub.Cordon if args.command == "cordon" else stub.Uncordon
+        r = call(req, timeout=TIMEOUT_S)
+        if args.json:
+            print(json.dumps({"devices": r.devices}))
+        else:
+            console.print(f"{args.command}ed {r.devices} device(s)")
+    return 0
+
+
+def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int:
+    req = cpb.WatchEventsRequest(kinds=args.kind, node_id=args.node)
+    call = stub.WatchEvents(req, timeout=None if args.follow else args.seconds)
+    try:
+        for e in call:
+            if args.json:
+                print(json.dumps(event_json(e)), flush=True)
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
+                print(f"{stamp} {e.severity:<8} {e.kind:<18} {e.message}", flush=True)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or args.follow:  # type: ignore[attr-defined]
+            raise
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpuctl`."""
     args = _parser().parse_args(argv)
+    if args.command == "top":
+        from controller import top  # noqa: PLC0415 - only top needs the async client
+
+        try:
+            return top.run(args.controller, interval_s=args.interval_s, once=args.once)
+        except KeyboardInterrupt:
+            return 0
     console = Console()
     with grpc.insecure_channel(args.controller) as channel:
         stub = cluster_pb2_grpc.ClusterStub(channel)
         try:
-            if args.command == "summary":
-                s = stub.GetSummary(cpb.GetSummaryRequest(), timeout=TIMEOUT_S)
-                if args.json:
-                    print(json.dumps(summary_json(s)))
-                else:
-                    _print_summary(console, s)
-            elif args.command == "nodes":
-                nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes
-                if args.json:
-                    print(json.dumps([node_json(x) for x in nodes]))
-                else:
-                    _print_nodes(console, nodes)
-            else:
-                health = {v: k for k, v in HEALTH.items() if k}.get(args.health, 0)
-                req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=health)
-                devices = sorted(stub.ListDevices(req, timeout=TIMEOUT_S).devices, key=SORT_KEYS[args.sort])
-                if args.json:
-                    print(json.dumps([device_json(x) for x in devices]))
-                else:
-                    _print_devices(console, devices)
+            return _run(args, stub, console)
+        except KeyboardInterrupt:
+            return 0
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
             details = exc.details()  # type: ignore[attr-defined]
@@ -236,7 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_UNREACHABLE
             print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
             return EXIT_REFUSED
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 An embedded MQTT broker (amqtt), the controller (gRPC ingest, detectors, power loop), and a
 simulated mixed fleet of every vendor (an `xpu-agent fleet` child process, so the controller and
-the agents stay separate programs). Two faults are injected (a thermal runaway at 20 s and XID
-errors at 40 s), and after 15 s the power budget is set to 85% of what the fleet draws (or to
-`--budget-w`), so the loop has work to do. Shown as a refreshed table until Ctrl-C or
-`--duration-s`.
+the agents stay separate programs). Faults are injected over time (a thermal runaway at 8 s, XID
+errors at 12 s, an ECC storm at 30 s, a straggler at 45 s), and after 15 s the power budget is set
+to 85% of what the fleet draws (or to `--budget-w`), so the loop has work to do. Shown in the
+`xpuctl top` dashboard until Ctrl-C or `--duration-s`; `--headless` runs the same without it and
+prints a summary (`--json`: one object).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -20,15 +22,23 @@ import socket
 import sys
 import time
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from controller import config, service
 from controller.adapters import grpc_api
+from controller.core import dashboard
+from controller.tui import view
 
 log = logging.getLogger("xpu.controller.demo")
 AUTO_BUDGET_AFTER_S = 15.0
+# faults over time, on the first node (NVIDIA, training) and beyond: what the detectors catch
+FAULTS = (
+    "--sim-fault", "thermal_runaway:dev=2:at=8",
+    "--sim-fault", "xid:dev=5:at=12",
+    "--sim-fault", "ecc_storm:dev=6:at=30:for=30",
+    "--sim-fault", "straggler:dev=1:at=45:for=30",
+)
 AUTO_BUDGET_FRAC = 0.85
 # every vendor, with NVIDIA on a quarter of the nodes as on most sites; half the nodes can be capped
 DEMO_VENDORS = (
@@ -37,35 +47,42 @@ DEMO_VENDORS = (
 )
 
 
-def render(state: grpc_api.State, now_ns: int, rows: int) -> Group:
-    """One frame: totals and budget, the hottest devices, the latest events."""
-    s = state.views.summary(now_ns)
-    devices = sorted(state.views.devices(now_ns), key=lambda d: -(d.values["temperature_c"] or -1e9))
-    budget = "none" if state.budget_w is None else f"{state.budget_w:,.0f} W"
-    head = Table.grid(padding=(0, 2))
-    head.add_row(
-        f"[b]xpuctl demo[/b]  nodes {sum(s.nodes_by_status.values())} "
-        f"({s.nodes_by_status.get('online', 0)} online)  devices {s.devices}",
-        f"power {s.power_w:,.0f} W / budget {budget}",
-        f"anomalies open {state.control.anomalies_open()}",
-        f"commands applied {state.control.ledger.totals.get('applied', 0)}",
-    )
-    table = Table(title=f"hottest {rows} of {len(devices)} devices", title_justify="left")
-    for col in ("node", "idx", "vendor", "model", "health", "util", "power W", "cap W", "temp C"):
-        table.add_column(col)
-    for d in devices[:rows]:
-        v = d.values
-        table.add_row(
-            d.node_id, str(d.info.index), d.info.vendor, d.info.model, d.health,
-            "-" if v["utilization"] is None else f"{v['utilization']:.0%}",
-            _num(v["power_w"]), _num(v["power_limit_w"]), _num(v["temperature_c"]),
+def snapshot(state: grpc_api.State, now_ns: int, history: list[float]) -> dashboard.Snapshot:
+    """A dashboard Snapshot straight from the controller's state (no gRPC in the demo)."""
+    rows = [
+        dashboard.DeviceRow(
+            node_id=d.node_id,
+            uuid=d.info.uuid,
+            index=d.info.index,
+            vendor=d.info.vendor,
+            model=d.info.model,
+            health=d.health,
+            utilization=d.values["utilization"],
+            power_w=d.values["power_w"],
+            power_limit_w=d.values["power_limit_w"],
+            temperature_c=d.values["temperature_c"],
+            temp_slowdown_c=d.info.temp_slowdown_c,
+            anomalies=d.anomalies,
+            cordoned=d.cordoned,
         )
-    events = Table(title="latest events", title_justify="left", show_header=False)
-    events.add_column("when")
-    events.add_column("event")
-    for e in list(state.recent_events)[-6:]:
-        events.add_row(time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9)), f"{e.kind}: {e.message}")
-    return Group(head, table, events)
+        for d in state.views.devices(now_ns)
+    ]
+    s = state.views.summary(now_ns)
+    events = [
+        dashboard.EventRow(timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message)
+        for e in list(state.recent_events)[-50:]
+    ]
+    return dashboard.build(
+        rows,
+        title="xpuctl demo",
+        timestamp_ns=now_ns,
+        budget_w=state.budget_w,
+        power_history_w=history,
+        nodes_total=sum(s.nodes_by_status.values()),
+        nodes_online=s.nodes_by_status.get("online", 0),
+        events=events,
+        problem="" if state.control.feasible else "budget infeasible: the cappable devices' floors exceed it",
+    )
 
 
 def _num(x: float | None) -> str:
@@ -99,32 +116,64 @@ async def run(args: argparse.Namespace) -> int:
         "--controller", f"127.0.0.1:{svc.port}", "--mqtt", str(svc.bus_url),
         "--nodes", str(args.nodes), "--devices-per-node", str(args.devices_per_node),
         "--vendors", DEMO_VENDORS, "--workloads", "training,inference,mixed",
-        "--sim-fault", "thermal_runaway:dev=2:at=20", "--sim-fault", "xid:dev=5:at=40",
+        *FAULTS,
     )
     state = svc.state
     console = Console()
     started = time.monotonic()
     deadline = started + args.duration_s if args.duration_s else math.inf
+    history: list[float] = []
+    max_power = 0.0
+    live = None if args.headless else Live(console=console, auto_refresh=False, screen=False)
     try:
-        with Live(console=console, auto_refresh=False) as live:
-            while not stop.is_set() and time.monotonic() < deadline:
-                if state.budget_w is None and args.budget_w is None and time.monotonic() - started > AUTO_BUDGET_AFTER_S:
-                    draw = state.views.summary(time.time_ns()).power_w
-                    state.publish(state.control.set_budget(round(AUTO_BUDGET_FRAC * draw), time.time_ns()).events)
-                live.update(render(state, time.time_ns(), args.rows), refresh=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if live is not None:
+            live.start()
+        while not stop.is_set() and time.monotonic() < deadline:
+            now_ns = time.time_ns()
+            power = state.views.summary(now_ns).power_w
+            history.append(power)
+            del history[:-300]
+            if time.monotonic() - started > AUTO_BUDGET_AFTER_S / 2:  # the fleet is up by then
+                max_power = max(max_power, power)
+            if state.budget_w is None and args.budget_w is None and time.monotonic() - started > AUTO_BUDGET_AFTER_S:
+                state.publish(state.control.set_budget(round(AUTO_BUDGET_FRAC * power), now_ns).events)
+            if live is not None:
+                frame = view.render(snapshot(state, now_ns, history), console.size.width, console.size.height - 1)
+                live.update(frame, refresh=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
+        if live is not None:
+            live.stop()
         fleet.terminate()
         await fleet.wait()
         svc_stop.set()
         await svc_task
-    s = state.views.summary(time.time_ns())
-    totals = state.control.ledger.totals
-    console.print(
-        f"demo: {s.devices} devices of {len(s.devices_by_vendor)} vendors on {sum(s.nodes_by_status.values())} nodes; "
-        f"{state.ingest.counters.samples_total:,} samples stored; "
-        f"{sum(1 for e in state.recent_events if e.kind == 'anomaly.raised')} anomalies raised; "
-        f"{totals.get('applied', 0)} commands applied, {totals.get('expired', 0)} expired"
-    )
+    now_ns = time.time_ns()
+    s = state.views.summary(now_ns)
+    counts = state.event_counts
+    summary = {
+        "devices": s.devices,
+        "vendors": len(s.devices_by_vendor),
+        "nodes": sum(s.nodes_by_status.values()),
+        "samples": state.ingest.counters.samples_total,
+        "anomalies_raised": counts.get("anomaly.raised", 0),
+        "anomalies_cleared": counts.get("anomaly.cleared", 0),
+        "actions_applied": counts.get("action.applied", 0),
+        "actions_expired": counts.get("action.expired", 0),
+        "max_power_w": round(max_power, 1),
+        "budget_w": state.budget_w,
+        "detectors_raised": sorted({e.detector for e in state.recent_events if e.kind == "anomaly.raised"}),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        budget = "none" if summary["budget_w"] is None else f"{summary['budget_w']:,.0f} W"
+        console.print(
+            f"demo: {summary['devices']} devices of {summary['vendors']} vendors on {summary['nodes']} nodes; "
+            f"{summary['samples']:,} samples stored; {summary['anomalies_raised']} anomalies raised "
+            f"({', '.join(summary['detectors_raised']) or 'none'}), {summary['anomalies_cleared']} cleared; "
+            f"{summary['actions_applied']} commands applied, {summary['actions_expired']} expired; "
+            f"max power {summary['max_power_w']:,.0f} W, budget {budget}"
+        )
     return 0

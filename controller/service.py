@@ -16,8 +16,8 @@ import time
 import uuid
 
 from controller import config
-from controller.adapters import broker, grpc_api, mqtt
-from controller.core import control, ingest, registry
+from controller.adapters import broker, grpc_api, metrics, mqtt
+from controller.core import control, events, ingest, registry
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -37,6 +37,7 @@ class Service:
         limits: ingest.Limits | None = None,
         reflection_on: bool = True,
         embedded_port: int = 1883,
+        metrics_listen: str | None = None,
     ) -> None:
         """Build the state; nothing listens until `run`."""
         self.cfg = cfg
@@ -46,6 +47,8 @@ class Service:
         self.listen = listen
         self.reflection_on = reflection_on
         self.embedded_port = embedded_port
+        self.metrics_listen = metrics_listen
+        self.metrics_port = 0
         self.bus: mqtt.ControllerBus | None = None
         self.port = 0
         self.bus_url: str | None = None
@@ -62,13 +65,15 @@ class Service:
                 log.warning("%s: %s", e.kind, e.message)
             elif e.severity == "warning":
                 log.info("%s: %s", e.kind, e.message)
-            if self.bus is not None:
-                self.bus.send_event(e)
         if self.bus is None:
             return
         for entry in out.send:
             if self.bus.send_command(entry, now_ns):
                 self.state.control.ledger.sent(entry, now_ns)
+
+    def _forward(self, e: events.Event) -> None:
+        if self.bus is not None:
+            self.bus.send_event(e)
 
     def _after_batch(self, now_ns: int) -> None:
         self._handle(self.state.control.on_batch(now_ns), now_ns)
@@ -117,6 +122,7 @@ class Service:
                 url = await stack.enter_async_context(broker.embedded(port=self.embedded_port))
             self.bus_url = url
             if url is not None:
+                self.state.forward = self._forward
                 self.bus = mqtt.ControllerBus(
                     url=bus.parse_url(url),
                     boot_id=self.boot_id,
@@ -127,6 +133,12 @@ class Service:
                     heartbeat_s=self.cfg.bus.heartbeat_s,
                     max_queued=self.cfg.bus.max_queued,
                 )
+            if self.metrics_listen:
+                msrv = await metrics.serve(self.state, self.metrics_listen)
+                self.metrics_port = int(msrv.sockets[0].getsockname()[1])
+                stack.push_async_callback(msrv.wait_closed)
+                stack.callback(msrv.close)
+                log.info("/metrics on port %d", self.metrics_port)
             server, self.port = grpc_api.build_server(self.state, self.listen, reflection_on=self.reflection_on)
             await server.start()
             await grpc_api.set_serving(server, serving=True)

@@ -272,3 +272,8 @@ def make_service(bus_url: str | None, *, budget_w: float | None = None, period_s
     return service.Service(
         cfg, listen=f"127.0.0.1:{free_port()}", liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0)
     )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--update-golden` rewrites golden files (TUI frames) instead of comparing with them."""
+    parser.addoption("--update-golden", action="store_true", help="rewrite tests/golden/* from the current output")

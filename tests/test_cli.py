@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -155,3 +158,39 @@ def test_bad_mqtt_url_is_refused() -> None:
 def test_reserved_node_id_is_refused() -> None:
     r = run("agent.cli", "run", "--controller", "127.0.0.1:1", "--node-id", "controller", timeout=30)
     assert r.returncode == 2 and "reserved" in r.stderr
+
+
+def test_demo_headless_reports_anomalies_and_actions() -> None:
+    r = run("controller.cli", "--log-level", "WARNING", "demo", "--headless", "--duration-s", "20", "--json",
+            timeout=90)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out) >= {"devices", "vendors", "anomalies_raised", "anomalies_cleared", "actions_applied",
+                        "max_power_w", "budget_w"}
+    assert out["devices"] == 128 and out["vendors"] >= 6
+    assert out["anomalies_raised"] >= 1 and out["actions_applied"] >= 1
+    assert out["budget_w"] is not None and out["max_power_w"] > 0
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test installs it)")
+def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pathlib.Path) -> None:
+    session = f"xpu-demo-{free_port()}"
+    cmd = f"cd {ROOT} && {sys.executable} -m controller.cli --log-level ERROR demo --duration-s 60 2>{tmp_path}/err.log"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", cmd], check=True)
+    subprocess.run(["tmux", "resize-window", "-t", session, "-x", "200", "-y", "50"], check=False)
+    try:
+        deadline = time.monotonic() + 45
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+            if re.search(r"anomalies open [1-9]", screen) and "budget" in screen and "no budget" not in screen:
+                break
+            time.sleep(0.5)  # polling another process's screen; there is nothing to wait on
+        assert "xpuctl demo" in screen, screen
+        for vendor in ("nvidia", "ascend", "cambricon", "amd", "hygon", "metax"):
+            assert vendor in screen, (vendor, screen)
+        assert "budget" in screen and "no budget" not in screen, screen
+        assert re.search(r"anomalies open [1-9]", screen), screen
+        assert re.search(r"thermal_rise|error_event|ecc_", screen), screen
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)

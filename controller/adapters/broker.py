@@ -37,4 +37,7 @@ async def embedded(host: str = "127.0.0.1", port: int = 1883) -> AsyncIterator[s
     try:
         yield url
     finally:
+        # amqtt logs tracebacks for clients that left before it did; at our own shutdown they are noise
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         await broker.shutdown()

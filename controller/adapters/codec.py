@@ -180,6 +180,8 @@ def device_pb(v: views.DeviceView) -> cpb.Device:
         headroom_cap_w=v.headroom_cap_w,
         headroom_ceiling_w=v.headroom_ceiling_w,
         node_status=int(v.node_status),
+        cordon_reason=v.cordon_reason,
+        anomalies=list(v.anomalies),
     )
     for name, value in v.values.items():
         if value is not None and name != "work_done":

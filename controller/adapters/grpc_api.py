@@ -65,12 +65,15 @@ class State:
         self.liveness = liveness or registry.Liveness()
         self.views = views.Views(self.registry, self.store, self.liveness)
         self.control = control.Control(self.registry, self.store, self.ingest, self.liveness, cfg, prefix=prefix)
+        self.views.anomalies_of = self.control.detectors.open_kinds
         self.streams_open = 0
         # set by the service: called after each stored batch, and for every event
         self.after_batch: Callable[[int], None] | None = None
         self.recent_events: collections.deque[events.Event] = collections.deque(maxlen=1000)
         self.watchers: set[asyncio.Queue[events.Event]] = set()
         self.events_dropped = 0
+        self.forward: Callable[[events.Event], None] | None = None  # e.g. to xpu/v1/events
+        self.event_counts: dict[str, int] = {}  # by kind, since start
 
     @property
     def budget_w(self) -> float | None:
@@ -81,6 +84,9 @@ class State:
         """Hand events to WatchEvents streams (a slow watcher loses events, counted)."""
         for e in evs:
             self.recent_events.append(e)
+            self.event_counts[e.kind] = self.event_counts.get(e.kind, 0) + 1
+            if self.forward is not None:
+                self.forward(e)
             for q in self.watchers:
                 try:
                     q.put_nowait(e)
@@ -179,9 +185,28 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
     # The rest of the API arrives with the operator surfaces; until then each says so clearly.
 
-    async def GetDevice(self, request: cpb.GetDeviceRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        """Not implemented yet."""
-        await _unimplemented("GetDevice", context)
+    async def GetDevice(  # noqa: N802
+        self, request: cpb.GetDeviceRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.GetDeviceResponse:
+        """One device with the recent history of one metric (default: power) from the ring store."""
+        st = self.state
+        slot = st.registry.slot_of_uuid.get(request.uuid)
+        if slot is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.uuid!r}; `xpuctl devices` lists them")
+        metric = request.metric or 3  # METRIC_POWER_W
+        if not 1 <= metric <= len(ingest.model.METRICS):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"metric {metric} is not one of 1..{len(ingest.model.METRICS)}"
+            )
+        limit = request.limit or st.store.window
+        now_ns = time.time_ns()
+        view = st.views.devices(now_ns, views.DeviceFilter(node_id=st.registry.node_of_slot[slot]))  # type: ignore[index]
+        device = next(v for v in view if v.info.uuid == request.uuid)
+        ts, values = st.store.history(slot, metric - 1, limit)  # type: ignore[arg-type]
+        return cpb.GetDeviceResponse(
+            device=codec.device_pb(device),
+            history=[cpb.Point(timestamp_ns=int(t), value=float(v)) for t, v in zip(ts, values, strict=True) if v == v],
+        )
 
     async def WatchEvents(  # noqa: N802
         self, request: cpb.WatchEventsRequest, context: grpc.aio.ServicerContext
@@ -249,20 +274,47 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name a device_uuid or a node_id")
         return cpb.SetPriorityResponse()
 
-    async def Cordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        """Not implemented yet."""
-        await _unimplemented("Cordon", context)
+    async def Cordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> cpb.CordonResponse:  # noqa: N802
+        """Mark a device, or every device of a node, as not for new work (with a reason)."""
+        return await self._cordon(request, context, cordoned=True)
 
-    async def Uncordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        """Not implemented yet."""
-        await _unimplemented("Uncordon", context)
+    async def Uncordon(self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext) -> cpb.CordonResponse:  # noqa: N802
+        """Undo Cordon."""
+        return await self._cordon(request, context, cordoned=False)
 
-
-async def _unimplemented(name: str, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"Cluster.{name} is not implemented in this version of xpu-controller",
-    )
+    async def _cordon(
+        self, request: cpb.CordonRequest, context: grpc.aio.ServicerContext, *, cordoned: bool
+    ) -> cpb.CordonResponse:
+        reg = self.state.registry
+        if request.device_uuid:
+            slot = reg.slot_of_uuid.get(request.device_uuid)
+            if slot is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_uuid!r}")
+            slots = [slot]
+        elif request.node_id:
+            if request.node_id not in reg.nodes:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {request.node_id!r}")
+            slots = reg.slots_of(request.node_id).tolist()
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name a device_uuid or a node_id")
+        if cordoned and not request.reason.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a cordon needs a reason (e.g. --reason 'ECC storm')")
+        evs = []
+        now_ns = time.time_ns()
+        for slot in slots:  # type: ignore[union-attr]
+            reg.cordoned[slot] = cordoned
+            reg.cordon_reason[slot] = request.reason if cordoned else ""
+            evs.append(
+                events.Event(
+                    timestamp_ns=now_ns,
+                    kind="device.cordoned" if cordoned else "device.uncordoned",
+                    node_id=reg.node_of_slot[slot],
+                    device_uuid=reg.infos[slot].uuid,
+                    message=(f"cordoned: {request.reason}" if cordoned else "uncordoned"),
+                )
+            )
+        self.state.publish(evs)
+        return cpb.CordonResponse(devices=len(slots))  # type: ignore[arg-type]
 
 
 def build_server(state: State, listen: str, *, reflection_on: bool = True) -> tuple[grpc.aio.Server, int]:

@@ -77,6 +77,7 @@ class Registry:
         self.node_of_slot: list[str] = []
         self.health_reason: list[str] = []  # per slot, latest non-ok reason
         self.cordoned: list[bool] = []
+        self.cordon_reason: list[str] = []
         self.version = 0  # bumped whenever a slot is added or moves to another node
 
     def __len__(self) -> int:
@@ -117,6 +118,7 @@ class Registry:
                 self.node_of_slot.append(node.node_id)
                 self.health_reason.append("")
                 self.cordoned.append(False)
+                self.cordon_reason.append("")
                 self.version += 1
             else:
                 if self.infos[slot] != info or self.node_of_slot[slot] != node.node_id:

@@ -6,6 +6,7 @@ Pure: time comes in as `now_ns`; absent values are None.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import msgspec
 import numpy as np
@@ -26,6 +27,8 @@ class DeviceView(msgspec.Struct, frozen=True, kw_only=True):
     headroom_cap_w: float
     headroom_ceiling_w: float
     node_status: registry.NodeStatus
+    cordon_reason: str = ""
+    anomalies: tuple[str, ...] = ()
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +83,8 @@ class Views:
         self.registry = reg
         self.store = store
         self.liveness = liveness
+        # set by the owner of the detectors: the open anomalies of a slot
+        self.anomalies_of: Callable[[int], list[str]] | None = None
 
     def _live_slots(self, now_ns: int) -> tuple[np.ndarray, dict[str, registry.NodeStatus]]:
         status = {n: s.status(now_ns, self.liveness) for n, s in self.registry.nodes.items()}
@@ -123,6 +128,8 @@ class Views:
                 headroom_cap_w=headroom_cap,
                 headroom_ceiling_w=headroom_ceiling,
                 node_status=node_status,
+                cordon_reason=reg.cordon_reason[slot],
+                anomalies=tuple(self.anomalies_of(slot)) if self.anomalies_of else (),
             )
             if _matches(view, flt):
                 out.append(view)

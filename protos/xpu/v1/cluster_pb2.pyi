@@ -142,7 +142,7 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("node_id", "info", "health", "health_reason", "timestamp_ns", "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total", "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "cordoned", "headroom_cap_w", "headroom_ceiling_w", "node_status")
+    __slots__ = ("node_id", "info", "health", "health_reason", "timestamp_ns", "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total", "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "cordoned", "headroom_cap_w", "headroom_ceiling_w", "node_status", "cordon_reason", "anomalies")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class Device(_message.Message):
     HEADROOM_CAP_W_FIELD_NUMBER: _ClassVar[int]
     HEADROOM_CEILING_W_FIELD_NUMBER: _ClassVar[int]
     NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    CORDON_REASON_FIELD_NUMBER: _ClassVar[int]
+    ANOMALIES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     info: _telemetry_pb2.DeviceInfo
     health: _telemetry_pb2.Health
@@ -187,7 +189,9 @@ class Device(_message.Message):
     headroom_cap_w: float
     headroom_ceiling_w: float
     node_status: NodeStatus
-    def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ...) -> None: ...
+    cordon_reason: str
+    anomalies: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ..., cordon_reason: _Optional[str] = ..., anomalies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("node_id", "vendor", "health", "cordoned", "min_headroom_w")

@@ -1,0 +1,172 @@
+"""`/metrics` for Prometheus: device metrics under OpenTelemetry names, and the controller's health.
+
+Names follow the OpenTelemetry `hw.*` semantic conventions and the standard OTel-to-Prometheus
+translation (DESIGN 3): `hw.power` (W) -> `hw_power_watts`, `hw.energy` (J, counter) ->
+`hw_energy_joules_total`, `hw.temperature` (Cel) -> `hw_temperature_celsius`,
+`hw.gpu.utilization` (1) -> `hw_gpu_utilization_ratio`, `hw.gpu.memory.usage` (By) ->
+`hw_gpu_memory_usage_bytes`, `hw.errors` -> `hw_errors_total{error_type}`, `hw.status` ->
+`hw_status{hw_state}`; attributes `hw.id`, `hw.vendor`, `hw.model` become labels `hw_id`,
+`hw_vendor`, `hw_model`. What OTel has no name for lives under `xpu_` (power limit, clocks, PCIe).
+A device with no value for a metric has no line for it (absent, not 0).
+
+The server is a minimal HTTP/1.1 responder on asyncio streams (GET /metrics only): it moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+
+import numpy as np
+
+from controller.adapters import grpc_api
+from controller.core import model
+
+log = logging.getLogger("xpu.controller.metrics")
+
+# (metric in the store, Prometheus name, type, help, extra labels)
+DEVICE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("power_w", "hw_power_watts", "gauge", "Instantaneous power drawn by the device (OTel hw.power).", ""),
+    ("energy_j", "hw_energy_joules_total", "counter", "Energy consumed by the device (OTel hw.energy).", ""),
+    ("temperature_c", "hw_temperature_celsius", "gauge", "Device temperatures (OTel hw.temperature).", 'sensor="core"'),
+    ("memory_temperature_c", "hw_temperature_celsius", "gauge", "", 'sensor="memory"'),
+    ("utilization", "hw_gpu_utilization_ratio", "gauge", "Fraction of time the device was busy (OTel hw.gpu.utilization).", ""),
+    ("memory_used_bytes", "hw_gpu_memory_usage_bytes", "gauge", "Device memory in use (OTel hw.gpu.memory.usage).", ""),
+    ("ecc_corrected_total", "hw_errors_total", "counter", "Errors reported by the device (OTel hw.errors).", 'error_type="ecc_corrected"'),
+    ("ecc_uncorrected_total", "hw_errors_total", "counter", "", 'error_type="ecc_uncorrected"'),
+    ("power_limit_w", "xpu_power_limit_watts", "gauge", "Power limit the device enforces now.", ""),
+    ("core_clock_hz", "xpu_core_clock_hertz", "gauge", "Core clock.", ""),
+    ("memory_clock_hz", "xpu_memory_clock_hertz", "gauge", "Memory clock.", ""),
+    ("pcie_rx_bytes_per_s", "xpu_pcie_receive_bytes_per_second", "gauge", "PCIe receive throughput.", ""),
+    ("pcie_tx_bytes_per_s", "xpu_pcie_transmit_bytes_per_second", "gauge", "PCIe transmit throughput.", ""),
+)
+HEALTH_STATES = ("ok", "degraded", "failed", "unknown")
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(x: float) -> str:
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    return repr(float(x))
+
+
+def render(state: grpc_api.State, now_ns: int) -> str:
+    """The whole exposition, text format 0.0.4."""
+    reg, store = state.registry, state.store
+    n = len(reg)
+    slots = np.arange(n, dtype=np.int64)
+    latest = store.latest(slots)
+    labels = [
+        f'hw_id="{_esc(i.uuid)}",hw_vendor="{i.vendor}",hw_model="{_esc(i.model)}",xpu_node="{_esc(node)}"'
+        for i, node in zip(reg.infos, reg.node_of_slot, strict=True)
+    ]
+    out: list[str] = []
+    declared: set[str] = set()
+    for metric, name, kind, text, extra in DEVICE_METRICS:
+        if name not in declared:
+            out.append(f"# HELP {name} {text}")
+            out.append(f"# TYPE {name} {kind}")
+            declared.add(name)
+        col = latest[:, model.M[metric]] if n else np.zeros(0)
+        sep = "," + extra if extra else ""
+        out.extend(f"{name}{{{labels[s]}{sep}}} {_num(v)}" for s, v in enumerate(col.tolist()) if v == v)
+    out.append("# HELP hw_status Operational status of the device (OTel hw.status): 1 for its state.")
+    out.append("# TYPE hw_status gauge")
+    health = latest[:, model.HEALTH] if n else np.zeros(0)
+    for s, code in enumerate(health.tolist()):
+        state_name = model.HEALTH_NAMES.get(int(code), "unknown") if code == code else "unknown"
+        for h in HEALTH_STATES:
+            out.append(f'hw_status{{{labels[s]},hw_state="{h}"}} {1 if h == state_name else 0}')
+    out.extend(_cluster(state, now_ns))
+    out.append("")
+    return "\n".join(out)
+
+
+def _cluster(state: grpc_api.State, now_ns: int) -> list[str]:
+    s = state.views.summary(now_ns)
+    c = state.ingest.counters
+    p50, p99 = state.ingest.latency.quantiles()
+    out = [
+        "# HELP xpu_cluster_power_watts Power drawn by every device, from the newest samples.",
+        "# TYPE xpu_cluster_power_watts gauge",
+        f"xpu_cluster_power_watts {_num(s.power_w)}",
+        "# HELP xpu_cluster_power_budget_watts The cluster power budget (absent when none is set).",
+        "# TYPE xpu_cluster_power_budget_watts gauge",
+    ]
+    if state.budget_w is not None:
+        out.append(f"xpu_cluster_power_budget_watts {_num(state.budget_w)}")
+    out += ["# HELP xpu_nodes Nodes by liveness.", "# TYPE xpu_nodes gauge"]
+    for status in ("online", "stale", "offline"):
+        out.append(f'xpu_nodes{{status="{status}"}} {s.nodes_by_status.get(status, 0)}')
+    out += ["# HELP xpu_devices Devices known to the controller.", "# TYPE xpu_devices gauge", f"xpu_devices {s.devices}"]
+    out += ["# HELP xpu_anomalies_open Open anomalies by detector.", "# TYPE xpu_anomalies_open gauge"]
+    for kind, mask in state.control.detectors.open.items():
+        out.append(f'xpu_anomalies_open{{detector="{kind}"}} {int(mask.sum())}')
+    counters = (
+        ("xpu_ingest_batches_total", "Telemetry batches received.", c.batches_total),
+        ("xpu_ingest_samples_total", "Device samples stored.", c.samples_total),
+        ("xpu_ingest_duplicate_batches_total", "Batches received twice (after a reconnect) and dropped.", c.duplicate_batches_total),
+        ("xpu_ingest_gap_batches_total", "Batches agents dropped before sending them.", c.gap_batches_total),
+        ("xpu_ingest_error_events_total", "Vendor error events (XID, ...) received.", c.error_events_total),
+        ("xpu_events_dropped_total", "Events a slow WatchEvents client did not take.", state.events_dropped),
+    )
+    for name, text, value in counters:
+        out += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
+    out += ["# HELP xpu_ingest_rejected_total Samples or messages rejected, by reason.",
+            "# TYPE xpu_ingest_rejected_total counter"]
+    for reason, value in sorted(c.rejected_by_reason.items()):
+        out.append(f'xpu_ingest_rejected_total{{reason="{reason}"}} {value}')
+    out += ["# HELP xpu_actions_total Power-cap commands by outcome.", "# TYPE xpu_actions_total counter"]
+    for outcome in ("issued", "applied", "failed", "expired", "superseded"):
+        out.append(f'xpu_actions_total{{state="{outcome}"}} {state.control.ledger.totals.get(outcome, 0)}')
+    out += [
+        "# HELP xpu_ingest_latency_p50_seconds Median sample age when stored, over the recent window.",
+        "# TYPE xpu_ingest_latency_p50_seconds gauge",
+        f"xpu_ingest_latency_p50_seconds {_num(p50 / 1e3)}",
+        "# HELP xpu_ingest_latency_p99_seconds 99th percentile of sample age when stored, recent window.",
+        "# TYPE xpu_ingest_latency_p99_seconds gauge",
+        f"xpu_ingest_latency_p99_seconds {_num(p99 / 1e3)}",
+    ]
+    return out
+
+
+async def _handle(state: grpc_api.State, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        async with asyncio.timeout(10):
+            request = await reader.readuntil(b"\r\n\r\n")
+        method, _, rest = request.partition(b" ")
+        path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        if method != b"GET" or path != b"/metrics":
+            body, status = b"only GET /metrics is served here\n", b"404 Not Found"
+            ctype = b"text/plain; charset=utf-8"
+        else:
+            body = render(state, time.time_ns()).encode()
+            status, ctype = b"200 OK", b"text/plain; version=0.0.4; charset=utf-8"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
+        log.info("metrics request dropped: %s", exc)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def serve(state: grpc_api.State, listen: str) -> asyncio.Server:
+    """Start the /metrics server on HOST:PORT.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    host, _, port = listen.rpartition(":")
+    server = await asyncio.start_server(lambda r, w: _handle(state, r, w), host or "127.0.0.1", int(port))
+    return server

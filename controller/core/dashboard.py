@@ -1,0 +1,160 @@
+"""The dashboard's view-model (`xpuctl top`, the demo): what to show, worst first. Pure.
+
+The TUI (controller/tui/) only draws a Snapshot; building one is the same whether the rows come
+from the controller's own state (the demo) or from the Cluster API (`xpuctl top`). At 10,000
+devices the snapshot aggregates (by vendor and health) and keeps only the worst devices and nodes
+it can show, so drawing stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+HEALTH_RANK = {"failed": 3, "unknown": 2, "degraded": 1, "ok": 0}
+
+
+class DeviceRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One device as the dashboard sees it."""
+
+    node_id: str
+    uuid: str
+    index: int
+    vendor: str
+    model: str
+    health: str
+    utilization: float | None
+    power_w: float | None
+    power_limit_w: float | None
+    temperature_c: float | None
+    temp_slowdown_c: float | None
+    anomalies: tuple[str, ...] = ()
+    cordoned: bool = False
+
+
+class NodeRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One node, aggregated."""
+
+    node_id: str
+    devices: int
+    power_w: float
+    worst_health: str
+    anomalies: int
+    hottest_c: float | None
+
+
+class EventRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the feed."""
+
+    timestamp_ns: int
+    kind: str
+    severity: str
+    message: str
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one frame shows."""
+
+    title: str
+    timestamp_ns: int
+    connected: bool
+    power_w: float
+    budget_w: float | None
+    power_history_w: tuple[float, ...]
+    nodes_total: int
+    nodes_online: int
+    devices_total: int
+    by_vendor: tuple[tuple[str, int], ...]
+    by_health: tuple[tuple[str, int], ...]
+    anomalies_open: int
+    worst_devices: tuple[DeviceRow, ...]
+    worst_nodes: tuple[NodeRow, ...]
+    events: tuple[EventRow, ...]
+    problem: str = ""
+
+
+def badness(d: DeviceRow) -> float:
+    """Sort key, larger = worse: anomalies, then health, then closeness to the slowdown temperature."""
+    score = 1000.0 * len(d.anomalies) + 100.0 * HEALTH_RANK.get(d.health, 2)
+    if d.temperature_c is not None:
+        limit = d.temp_slowdown_c if d.temp_slowdown_c is not None else 90.0
+        score += max(0.0, 50.0 - (limit - d.temperature_c))
+    return score
+
+
+def build(
+    rows: list[DeviceRow],
+    *,
+    title: str,
+    timestamp_ns: int,
+    budget_w: float | None,
+    power_history_w: list[float],
+    nodes_total: int,
+    nodes_online: int,
+    events: list[EventRow],
+    max_devices: int = 200,
+    max_nodes: int = 50,
+    max_events: int = 50,
+    connected: bool = True,
+    problem: str = "",
+) -> Snapshot:
+    """Aggregate the rows and keep the worst few of each kind."""
+    by_vendor: dict[str, int] = {}
+    by_health: dict[str, int] = {}
+    nodes: dict[str, list[DeviceRow]] = {}
+    power = 0.0
+    anomalies = 0
+    for d in rows:
+        by_vendor[d.vendor] = by_vendor.get(d.vendor, 0) + 1
+        by_health[d.health] = by_health.get(d.health, 0) + 1
+        nodes.setdefault(d.node_id, []).append(d)
+        if d.power_w is not None and math.isfinite(d.power_w):
+            power += d.power_w
+        anomalies += len(d.anomalies)
+    worst = sorted(rows, key=lambda d: (-badness(d), d.node_id, d.index))[:max_devices]
+    node_rows = [
+        NodeRow(
+            node_id=n,
+            devices=len(ds),
+            power_w=sum(d.power_w or 0.0 for d in ds),
+            worst_health=max((d.health for d in ds), key=lambda h: HEALTH_RANK.get(h, 2)),
+            anomalies=sum(len(d.anomalies) for d in ds),
+            hottest_c=max((d.temperature_c for d in ds if d.temperature_c is not None), default=None),
+        )
+        for n, ds in nodes.items()
+    ]
+    node_rows.sort(key=lambda n: (-n.anomalies, -HEALTH_RANK.get(n.worst_health, 2), -(n.hottest_c or 0.0), n.node_id))
+    return Snapshot(
+        title=title,
+        timestamp_ns=timestamp_ns,
+        connected=connected,
+        power_w=power,
+        budget_w=budget_w,
+        power_history_w=tuple(power_history_w),
+        nodes_total=nodes_total,
+        nodes_online=nodes_online,
+        devices_total=len(rows),
+        by_vendor=tuple(sorted(by_vendor.items(), key=lambda kv: (-kv[1], kv[0]))),
+        by_health=tuple(sorted(by_health.items(), key=lambda kv: -HEALTH_RANK.get(kv[0], 2))),
+        anomalies_open=anomalies,
+        worst_devices=tuple(worst),
+        worst_nodes=tuple(node_rows[:max_nodes]),
+        events=tuple(events[-max_events:]),
+        problem=problem,
+    )
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: tuple[float, ...], width: int, top: float | None = None) -> str:
+    """The last `width` values as block characters, scaled to max(values, top)."""
+    vals = [v for v in values if math.isfinite(v)][-width:]
+    if not vals:
+        return ""
+    hi = max(max(vals), top or 0.0)
+    lo = min(vals)
+    lo = min(lo, hi * 0.5)
+    span = hi - lo or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * (len(SPARKS) - 1) + 0.5))] for v in vals)

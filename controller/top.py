@@ -1,0 +1,140 @@
+"""`xpuctl top`: the live dashboard against a controller's Cluster API.
+
+Every interval: GetSummary, GetPowerBudget and ListDevices; a WatchEvents stream feeds the event
+list in between. A controller that goes away is shown as `reconnecting` and is retried every
+interval, by itself. Frames are drawn by controller/tui/view.py from a dashboard Snapshot, at most
+once per interval, from this loop (`Live(auto_refresh=False)`), so rich's thread never reads state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+
+import grpc
+import grpc.aio
+from rich.console import Console
+from rich.live import Live
+
+from controller.core import dashboard
+from controller.tui import view
+from protos.xpu.v1 import cluster_pb2 as cpb
+from protos.xpu.v1 import cluster_pb2_grpc
+
+HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
+HISTORY = 300  # samples of cluster power kept for the sparkline
+
+
+def row_of(d: cpb.Device) -> dashboard.DeviceRow:
+    """A Cluster API device as a dashboard row."""
+
+    def opt(msg: object, name: str) -> float | None:
+        return getattr(msg, name) if msg.HasField(name) else None  # type: ignore[attr-defined]
+
+    return dashboard.DeviceRow(
+        node_id=d.node_id,
+        uuid=d.info.uuid,
+        index=d.info.index,
+        vendor=d.info.vendor,
+        model=d.info.model,
+        health=HEALTH[d.health],
+        utilization=opt(d, "utilization"),
+        power_w=opt(d, "power_w"),
+        power_limit_w=opt(d, "power_limit_w"),
+        temperature_c=opt(d, "temperature_c"),
+        temp_slowdown_c=opt(d.info, "temp_slowdown_c"),
+        anomalies=tuple(d.anomalies),
+        cordoned=d.cordoned,
+    )
+
+
+class Top:
+    """The dashboard's state: the last answers, power history, events."""
+
+    def __init__(self, target: str) -> None:
+        """Nothing fetched yet."""
+        self.target = target
+        self.history: collections.deque[float] = collections.deque(maxlen=HISTORY)
+        self.events: collections.deque[dashboard.EventRow] = collections.deque(maxlen=200)
+        self.snapshot: dashboard.Snapshot | None = None
+        self.problem = ""
+
+    async def _watch(self, stub: cluster_pb2_grpc.ClusterStub) -> None:
+        while True:
+            try:
+                async for e in stub.WatchEvents(cpb.WatchEventsRequest()):
+                    self.events.append(
+                        dashboard.EventRow(timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message)
+                    )
+            except grpc.aio.AioRpcError:
+                pass  # the poll reports the problem; try again
+            await asyncio.sleep(1.0)
+
+    async def poll(self, stub: cluster_pb2_grpc.ClusterStub) -> None:
+        """One round of questions; on failure keep the last frame and say so."""
+        try:
+            summary = await stub.GetSummary(cpb.GetSummaryRequest(), timeout=5)
+            budget = await stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)
+            devices = (await stub.ListDevices(cpb.ListDevicesRequest(), timeout=10)).devices
+        except grpc.aio.AioRpcError as exc:
+            self.problem = f"controller {self.target}: {exc.code().name}: {exc.details()}"
+            if self.snapshot is not None:
+                self.snapshot = dashboard.Snapshot(**{
+                    **{f: getattr(self.snapshot, f) for f in self.snapshot.__struct_fields__},
+                    "connected": False, "problem": self.problem,
+                })
+            return
+        self.problem = ""
+        self.history.append(summary.power_w)
+        self.snapshot = dashboard.build(
+            [row_of(d) for d in devices],
+            title=f"xpuctl top - {self.target}",
+            timestamp_ns=time.time_ns(),
+            budget_w=budget.budget_w if budget.HasField("budget_w") else None,
+            power_history_w=list(self.history),
+            nodes_total=summary.nodes,
+            nodes_online=summary.nodes_online,
+            events=list(self.events),
+            problem="" if budget.feasible else "budget infeasible: the cappable devices' floors exceed it",
+        )
+
+
+def waiting(target: str, problem: str) -> dashboard.Snapshot:
+    """The frame before the first answer."""
+    return dashboard.build([], title=f"xpuctl top - {target}", timestamp_ns=time.time_ns(), budget_w=None,
+                           power_history_w=[], nodes_total=0, nodes_online=0, events=[], connected=False,
+                           problem=problem or "connecting ...")
+
+
+async def _main(target: str, interval_s: float, once: bool) -> int:
+    app = Top(target)
+    console = Console()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = cluster_pb2_grpc.ClusterStub(channel)
+        watcher = asyncio.create_task(app._watch(stub), name="top.events")  # noqa: SLF001
+        try:
+            if once:
+                await app.poll(stub)
+                snap = app.snapshot or waiting(target, app.problem)
+                console.print(view.render(snap, console.size.width, console.size.height))
+                return 0 if app.snapshot is not None else 3
+            with Live(console=console, auto_refresh=False, screen=False, transient=False) as live:
+                while True:
+                    await app.poll(stub)
+                    snap = app.snapshot or waiting(target, app.problem)
+                    live.update(view.render(snap, console.size.width, console.size.height - 1), refresh=True)
+                    await asyncio.sleep(interval_s)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+def run(target: str, *, interval_s: float = 1.0, once: bool = False) -> int:
+    """Run until Ctrl-C (or one frame with `once`)."""
+    try:
+        return asyncio.run(_main(target, max(interval_s, 0.2), once))
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,121 @@
+"""The Cluster API through real clients: every RPC and its errors, and xpuctl on top of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import grpc
+import grpc.aio
+import pytest
+
+from protos.xpu.v1 import cluster_pb2 as cpb
+from protos.xpu.v1 import cluster_pb2_grpc
+from tests.conftest import ROOT, Processes, RunningService, make_service, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:
+    """Run the CLI without blocking the loop that serves it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.ctl", "--controller", target, *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cluster_api_end_to_end(processes: Processes) -> None:
+    ctl = await RunningService(make_service(None)).start()
+    st = ctl.svc.state
+    async with grpc.aio.insecure_channel(ctl.target) as ch:
+        stub = cluster_pb2_grpc.ClusterStub(ch)
+        watch = stub.WatchEvents(cpb.WatchEventsRequest(kinds=["anomaly."]))
+        await wait_until(lambda: bool(st.watchers), timeout_s=5, what="the watcher")
+        processes.start("agent.cli", "run", "--node-id", "api", "--controller", ctl.target, "--sim-vendor", "nvidia",
+                        "--sim-workload", "training", "--sim-fault", "thermal_runaway:dev=2:at=4:for=60",
+                        "--reconnect-max-s", "0.5")
+        # WatchEvents delivers the fault's anomaly
+        event = await asyncio.wait_for(watch.read(), 30)
+        assert event.kind == "anomaly.raised" and event.device_uuid == "nvidia-api-2"
+        assert event.detector in ("thermal", "thermal_rise") and event.severity == "critical"
+        watch.cancel()
+
+        # ListDevices: headroom, anomalies
+        devices = {d.info.uuid: d for d in (await stub.ListDevices(cpb.ListDevicesRequest(node_id="api"))).devices}
+        assert len(devices) == 8
+        hot = devices["nvidia-api-2"]
+        assert "thermal_rise" in hot.anomalies or "thermal" in hot.anomalies
+        for d in devices.values():
+            assert d.headroom_cap_w == pytest.approx(max(d.power_limit_w - d.power_w, 0.0))
+            assert d.headroom_ceiling_w == pytest.approx(max(d.info.power_limit_max_w - d.power_limit_w, 0.0))
+
+        # GetDevice with history, and its errors
+        r = await stub.GetDevice(cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=6, limit=5))  # temperature_c
+        assert r.device.info.uuid == "nvidia-api-2" and 1 <= len(r.history) <= 5
+        stamps = [p.timestamp_ns for p in r.history]
+        assert stamps == sorted(stamps) and all(20 < p.value < 120 for p in r.history)
+        for bad, code in ((cpb.GetDeviceRequest(uuid="nope"), grpc.StatusCode.NOT_FOUND),
+                          (cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=99), grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetDevice(bad)
+            assert err.value.code() == code and err.value.details()
+
+        # Cordon / Uncordon
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Cordon(cpb.CordonRequest(device_uuid="nvidia-api-1"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Cordon(cpb.CordonRequest(node_id="ghost", reason="x"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (await stub.Cordon(cpb.CordonRequest(device_uuid="nvidia-api-1", reason="ECC storm"))).devices == 1
+        cordoned = (await stub.ListDevices(cpb.ListDevicesRequest(cordoned=True))).devices
+        assert [d.info.uuid for d in cordoned] == ["nvidia-api-1"]
+        assert cordoned[0].cordon_reason == "ECC storm" and cordoned[0].headroom_cap_w == 0
+        assert (await stub.Cordon(cpb.CordonRequest(node_id="api", reason="maintenance"))).devices == 8
+        assert (await stub.Uncordon(cpb.CordonRequest(node_id="api"))).devices == 8
+        assert not (await stub.ListDevices(cpb.ListDevicesRequest(cordoned=True))).devices
+
+        # SetPriority reaches the allocator
+        await stub.SetPriority(cpb.SetPriorityRequest(node_id="api", weight=3))
+        assert st.control.node_weight == {"api": 3.0}
+
+    # xpuctl on top of the same API: exit codes and --json
+    rc, out, _ = await xpuctl(ctl.target, "budget", "20000", "--json")
+    assert rc == 0 and json.loads(out)["budget_w"] == 20000
+    rc, out, _ = await xpuctl(ctl.target, "budget", "--json")
+    assert rc == 0 and json.loads(out)["budget_w"] == 20000
+    rc, _, err = await xpuctl(ctl.target, "budget", "-5")
+    assert rc == 4 and "INVALID_ARGUMENT" in err and "-5.0" in err
+    rc, out, _ = await xpuctl(ctl.target, "device", "nvidia-api-2", "--metric", "temperature_c", "--limit", "3", "--json")
+    body = json.loads(out)
+    assert rc == 0 and body["device"]["uuid"] == "nvidia-api-2" and len(body["history"]) <= 3
+    rc, _, err = await xpuctl(ctl.target, "device", "nope")
+    assert rc == 4 and "NOT_FOUND" in err
+    rc, out, _ = await xpuctl(ctl.target, "cordon", "--device", "nvidia-api-3", "--reason", "flaky", "--json")
+    assert rc == 0 and json.loads(out) == {"devices": 1}
+    rc, _, err = await xpuctl(ctl.target, "cordon", "--device", "nvidia-api-3")
+    assert rc == 4 and "reason" in err
+    rc, out, _ = await xpuctl(ctl.target, "devices", "--json")
+    rows = {d["uuid"]: d for d in json.loads(out)}
+    assert rows["nvidia-api-3"]["cordoned"] and rows["nvidia-api-3"]["cordon_reason"] == "flaky"
+    rc, out, _ = await xpuctl(ctl.target, "uncordon", "--device", "nvidia-api-3")
+    assert rc == 0 and "uncordoned 1" in out
+    rc, out, _ = await xpuctl(ctl.target, "priority", "--device", "nvidia-api-0", "2")
+    assert rc == 0
+    rc, out, _ = await xpuctl(ctl.target, "summary", "--json")
+    assert rc == 0 and {"nodes", "devices", "power_w", "budget_w", "anomalies_open"} <= set(json.loads(out))
+    # events: a budget change while listening
+    listen = asyncio.create_task(xpuctl(ctl.target, "events", "--seconds", "4", "--json", "--kind", "budget."))
+    await wait_until(lambda: bool(st.watchers), timeout_s=10, what="xpuctl events to subscribe")
+    st.publish(st.control.set_budget(21000.0, 0).events)
+    rc, out, _ = await listen
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and any(e["kind"] == "budget.changed" for e in lines)
+    rc, out, _ = await xpuctl(ctl.target, "top", "--once")
+    assert rc == 0 and "nvidia" in out and "budget" in out
+    await ctl.stop()
+    rc, _, err = await xpuctl(ctl.target, "summary")
+    assert rc == 3 and "cannot reach" in err
