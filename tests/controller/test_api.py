@@ -119,3 +119,42 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
     await ctl.stop()
     rc, _, err = await xpuctl(ctl.target, "summary")
     assert rc == 3 and "cannot reach" in err
+
+
+async def test_a_slow_watcher_never_slows_ingest() -> None:
+    from controller.adapters import grpc_api  # noqa: PLC0415
+    from controller.core import events  # noqa: PLC0415
+
+    st = grpc_api.State()
+    stuck: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10)  # a watcher that never reads
+    st.watchers.add(stuck)
+    evs = [events.Event(timestamp_ns=i, kind="anomaly.raised") for i in range(1000)]
+    st.publish(evs)  # returns at once: the queue is full after 10, the rest are counted
+    assert stuck.qsize() == 10 and st.events_dropped == 990
+    assert st.event_counts["anomaly.raised"] == 1000
+
+
+async def test_top_reconnects_by_itself() -> None:
+    from controller import top  # noqa: PLC0415
+    from tests.conftest import free_port  # noqa: PLC0415
+
+    port = free_port()
+    app = top.Top(f"127.0.0.1:{port}")
+    async with grpc.aio.insecure_channel(app.target) as ch:
+        stub = cluster_pb2_grpc.ClusterStub(ch)
+        await app.poll(stub)
+        assert app.snapshot is None and "UNAVAILABLE" in app.problem
+        svc = make_service(None)
+        svc.listen = app.target
+        ctl = await RunningService(svc).start()
+        try:
+            for _ in range(150):  # top polls once a second; here as fast as the channel reconnects
+                await app.poll(stub)
+                if app.snapshot is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert app.problem == "" and app.snapshot is not None and app.snapshot.connected
+        finally:
+            await ctl.stop()
+        await app.poll(stub)
+        assert app.snapshot is not None and not app.snapshot.connected and app.problem
