@@ -163,7 +163,7 @@ async def run(args: argparse.Namespace) -> int:
         "actions_expired": counts.get("action.expired", 0),
         "max_power_w": round(max_power, 1),
         "budget_w": state.budget_w,
-        "detectors_raised": sorted({e.detector for e in state.recent_events if e.kind == "anomaly.raised"}),
+        "detectors_raised": sorted(state.raised_by_detector),
     }
     if args.json:
         print(json.dumps(summary))

@@ -74,6 +74,7 @@ class State:
         self.events_dropped = 0
         self.forward: Callable[[events.Event], None] | None = None  # e.g. to xpu/v1/events
         self.event_counts: dict[str, int] = {}  # by kind, since start
+        self.raised_by_detector: dict[str, int] = {}  # anomaly.raised by detector, since start
 
     @property
     def budget_w(self) -> float | None:
@@ -85,6 +86,8 @@ class State:
         for e in evs:
             self.recent_events.append(e)
             self.event_counts[e.kind] = self.event_counts.get(e.kind, 0) + 1
+            if e.kind == "anomaly.raised":
+                self.raised_by_detector[e.detector] = self.raised_by_detector.get(e.detector, 0) + 1
             if self.forward is not None:
                 self.forward(e)
             for q in self.watchers:
