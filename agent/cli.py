@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import math
+import pathlib
 import re
 import socket
 import sys
@@ -140,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--node-id", default=socket.gethostname())
     once.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
     _add_driver_args(once)
+
+    parse = sub.add_parser("parse", help="a captured management-tool output to normalised JSON")
+    parse.add_argument("vendor", type=_vendor)
+    parse.add_argument("file", help="the capture; - for standard input")
 
     fleet = sub.add_parser("fleet", help="many simulated agents in one process (load generator)")
     fleet.add_argument("--controller", required=True, metavar="HOST:PORT")
@@ -277,6 +282,25 @@ async def _fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(args: argparse.Namespace) -> int:
+    """`xpu-agent parse VENDOR FILE`: exit 0 with the JSON array, 1 when the capture cannot be read."""
+    from agent.core import parse  # noqa: PLC0415 - only this command needs the parsers
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else pathlib.Path(args.file).read_text(errors="replace")
+    except OSError as exc:
+        print(f"xpu-agent parse: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        devices = parse.parse(args.vendor, text)
+    except (parse.ParseError, KeyError) as exc:
+        print(f"xpu-agent parse: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 1
+    json.dump([model.as_json_row(d.info, d.sample) for d in devices], sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
 def _vendor_or_exit(v: str) -> None:
     try:
         _vendor(v)
@@ -298,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     _install_uvloop()
+    if args.command == "parse":
+        return _parse(args)
     command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
     try:
         return asyncio.run(command(args))

@@ -194,3 +194,21 @@ def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pa
         assert re.search(r"thermal_rise|error_event|ecc_", screen), screen
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+
+
+def test_agent_parse_prints_normalised_json_or_a_clear_error(tmp_path: pathlib.Path) -> None:
+    capture = ROOT / "tests" / "fixtures" / "vendor-smi" / "ascend" / "npu-smi-info_310P3_v25.5.1.txt"
+    r = run("agent.cli", "parse", "ascend", str(capture), timeout=30)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [x["model"] for x in rows] == ["Ascend 310P3", "Ascend 310P3"]
+    assert rows[0]["power_w"] is None and rows[0]["temperature_c"] == 37.0  # NA is absent, not 0
+    for key in ("index", "uuid", "vendor", "bus_id", "memory_total_bytes", "power_limit_max_w", "power_cap_settable",
+                "power_limit_w", "utilization", "memory_used_bytes"):
+        assert key in rows[0]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("not an npu-smi table\n")
+    r = run("agent.cli", "parse", "ascend", str(bad), timeout=30)
+    assert r.returncode == 1 and "npu-smi output, line 1" in r.stderr
+    r = run("agent.cli", "parse", "nvidia", str(tmp_path / "missing.txt"), timeout=30)
+    assert r.returncode == 1 and "cannot read" in r.stderr

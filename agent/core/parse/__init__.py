@@ -1,0 +1,39 @@
+"""Parsers of vendor management-tool output (pure; the tools are run by the drivers' adapters).
+
+`parse(vendor, text)` picks the parser by vendor and by what the text looks like, and returns one
+Parsed (DeviceInfo + DeviceSample) per device. `xpu-agent parse VENDOR FILE` prints the result as
+`xpu-agent once` would. Vendors and formats covered so far: nvidia (`nvidia-smi --query-gpu` CSV),
+iluvatar (`ixsmi --query-gpu` CSV), ascend (`npu-smi info`).
+"""
+
+from __future__ import annotations
+
+from agent.core.parse import ascend, common, nvidia
+
+__all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
+
+ParseError = common.ParseError
+Parsed = common.Parsed
+
+FORMATS: dict[str, str] = {
+    "nvidia": "nvidia-smi --query-gpu=... --format=csv",
+    "iluvatar": "ixsmi --query-gpu=... --format=csv[,noheader]",
+    "ascend": "npu-smi info",
+}
+
+
+def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """Parse one capture of `vendor`'s tool.
+
+    Raises:
+        ParseError: a layout the parser does not know (the message names the tool and the line).
+        KeyError: a vendor with no parser yet (the message lists those there are).
+    """
+    if vendor == "nvidia":
+        return nvidia.parse_query_csv(text, timestamp_ns=timestamp_ns)
+    if vendor == "iluvatar":
+        return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
+    if vendor == "ascend":
+        return ascend.parse_info(text, timestamp_ns=timestamp_ns)
+    msg = f"no parser for {vendor!r} output yet; there are: {', '.join(f'{v} ({f})' for v, f in FORMATS.items())}"
+    raise KeyError(msg)

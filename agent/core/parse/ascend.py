@@ -1,0 +1,127 @@
+"""`npu-smi info` (Huawei Ascend): the device table, read by its header labels.
+
+Layout (every version in the fixtures, 20.2 to 25.5): a title row, then a two-line header whose
+`|`-separated cells each hold several labels (`Power(W)    Temp(C)    Hugepages-Usage(page)`),
+then one two-line record per chip, records separated by `+===...` or `+---...` rules, and an
+optional process table after an empty-header block. A value sits under its label: the parser
+splits each record cell at its labels' start columns (falling back to token order when a value
+overflows its column). `NA` and anonymised names (`xxx`) are absent. Health: OK -> ok, Warning ->
+degraded, Alarm/Critical -> failed (npu-smi's own severity words).
+"""
+
+from __future__ import annotations
+
+import re
+
+from agent.core import model
+from agent.core.parse import common
+
+TOOL = "npu-smi"
+HEALTH = {"ok": model.Health.OK, "warning": model.Health.DEGRADED, "alarm": model.Health.FAILED,
+          "critical": model.Health.FAILED}
+_TOKENS = re.compile(r"\S+\s*/\s*\S+|\S+")
+_LABEL = re.compile(r"\S+(?:\([^)]*\))?")
+
+
+def _cells(line: str) -> list[str]:
+    return line.strip().strip("|").split("|")
+
+
+def _labels(cell: str) -> list[tuple[int, str]]:
+    return [(m.start(), m.group(0)) for m in _LABEL.finditer(cell)]
+
+
+def _values(cell: str, labels: list[tuple[int, str]]) -> dict[str, str]:
+    """The values of one record cell, keyed by label."""
+    tokens = _TOKENS.findall(cell)
+    if len(tokens) == len(labels):
+        return {label: tok for (_, label), tok in zip(labels, tokens, strict=True)}
+    out = {}
+    for k, (start, label) in enumerate(labels):
+        end = labels[k + 1][0] if k + 1 < len(labels) else len(cell)
+        out[label] = cell[start:end].strip()
+    return out
+
+
+def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """Every chip of an `npu-smi info` table.
+
+    Raises:
+        ParseError: no device header, or a record that does not match it.
+    """
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if "NPU" in line and "Health" in line and "|" in line), None)
+    if head is None or head + 1 >= len(lines):
+        raise common.ParseError(TOOL, 1, lines[0] if lines else "", "no `NPU ... | Health | ...` header")
+    header = [[_labels(c) for c in _cells(lines[head])], [_labels(c) for c in _cells(lines[head + 1])]]
+    out: list[common.Parsed] = []
+    record: list[tuple[int, str]] = []
+    for i in range(head + 2, len(lines)):
+        line = lines[i]
+        if line.startswith("+"):
+            if record:
+                out.append(_chip(record, header, timestamp_ns, len(out)))
+                record = []
+            continue
+        if not line.startswith("|"):
+            continue
+        if "Process" in line and "NPU" in line:  # the process table follows: done
+            break
+        record.append((i + 1, line))
+    if record:
+        out.append(_chip(record, header, timestamp_ns, len(out)))
+    return out
+
+
+def _chip(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int, row: int) -> common.Parsed:
+    if len(record) != 2:
+        line_no, line = record[0]
+        raise common.ParseError(TOOL, line_no, line, f"a chip record has {len(record)} lines, expected 2")
+    v: dict[str, str] = {}
+    for (line_no, line), labels in zip(record, header, strict=True):
+        cells = _cells(line)
+        if len(cells) != len(labels):
+            raise common.ParseError(TOOL, line_no, line, f"{len(cells)} cells under a {len(labels)}-cell header")
+        for cell, cell_labels in zip(cells, labels, strict=True):
+            v.update(_values(cell, cell_labels))
+    line_no, line = record[0]
+    try:
+        return _device(v, ts, row)
+    except ValueError as exc:
+        raise common.ParseError(TOOL, line_no, line, str(exc)) from None
+
+
+def _device(v: dict[str, str], ts: int, row: int) -> common.Parsed:  # noqa: ARG001 - row kept for layouts without ids
+    npu = int(v["NPU"])
+    chip = int(v.get("Chip", "0"))
+    logical = v.get("Device")
+    index = int(logical) if logical and logical.isdigit() else npu  # npu-smi addresses 910s by NPU id
+    name = v.get("Name", "")
+    model_name = "Ascend" if common.absent(name) else (name if name.lower().startswith("ascend") else f"Ascend {name}")
+    mem_used, mem_total = common.used_total(v.get("Memory-Usage(MB)", ""), "MB")
+    hbm_used, hbm_total = common.used_total(v.get("HBM-Usage(MB)", ""), "MB")
+    if hbm_total:  # 910-class parts: HBM is the device memory, "Memory" the on-board DDR
+        mem_used, mem_total = hbm_used, hbm_total
+    health_word = v.get("Health", "").strip()
+    health = HEALTH.get(health_word.lower(), model.Health.UNKNOWN)
+    util = common.number(v.get("AICore(%)", ""), "%")
+    info = model.DeviceInfo(
+        uuid=f"ascend-npu{npu}-chip{chip}",
+        index=index,
+        vendor="ascend",
+        model=model_name,
+        bus_id=v.get("Bus-Id", ""),
+        memory_total_bytes=int(mem_total) if mem_total is not None else None,
+        power_cap_settable=False,  # DESIGN 7: no public power-cap setter
+    )
+    sample = model.DeviceSample(
+        index=index,
+        timestamp_ns=ts,
+        health=health,
+        health_reason="" if health == model.Health.OK else f"npu-smi health {health_word or '(blank)'}",
+        utilization=util,
+        memory_used_bytes=mem_used,
+        power_w=common.number(v.get("Power(W)", ""), "W"),
+        temperature_c=common.number(v.get("Temp(C)", ""), "C"),
+    )
+    return common.Parsed(info=info, sample=sample)

@@ -1,0 +1,81 @@
+"""What every vendor-tool parser shares: absent values, units, the parsed record, the error.
+
+Pure: text in, values out. Parsers read by header and label, never by fixed column; a value the
+tool marks as missing (`N/A`, `NA`, `-`, `[N/A]`, `[Not Supported]`, anonymised `xxx`) is absent
+(None), never 0; a layout a parser does not know raises ParseError naming the tool and the line.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from agent.core import model
+
+ABSENT: frozenset[str] = frozenset(
+    {"", "n/a", "na", "-", "--", "[n/a]", "[not supported]", "not supported", "unknown", "[unknown error]",
+     "xxx", "***", "[requested functionality has been deprecated]"}
+)
+MIB = 1 << 20
+# unit suffix -> factor to the base unit (W, J, bytes, Hz, Celsius, ratio)
+UNITS: dict[str, float] = {
+    "w": 1.0, "mw": 1e-3, "kw": 1e3,
+    "j": 1.0, "mj": 1e-3, "kj": 1e3,
+    "b": 1.0, "kib": 1 << 10, "mib": MIB, "gib": 1 << 30, "kb": 1e3, "mb": MIB, "gb": 1 << 30,
+    "hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9,
+    "c": 1.0, "%": 0.01, "us": 1e-6, "ms": 1e-3, "s": 1.0,
+}
+_NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%]*)\s*$")
+
+
+class ParseError(ValueError):
+    """A tool's output that does not have the layout the parser knows."""
+
+    def __init__(self, tool: str, line_no: int, line: str, problem: str) -> None:
+        """Keep the facts; build the message."""
+        super().__init__(
+            f"{tool} output, line {line_no}: {problem}: {line.strip()[:120]!r}; "
+            "run `xpu-agent parse` on the capture and report the layout"
+        )
+        self.tool, self.line_no, self.line, self.problem = tool, line_no, line, problem
+
+
+class Parsed(msgspec.Struct, frozen=True, kw_only=True):
+    """One device as a tool showed it: identity and capabilities, and one sample."""
+
+    info: model.DeviceInfo
+    sample: model.DeviceSample
+
+
+def absent(text: str) -> bool:
+    """Whether a cell means 'no value'."""
+    return text.strip().lower() in ABSENT
+
+
+def number(text: str, default_unit: str = "") -> float | None:
+    """A number with an optional unit suffix (`69.33 W`, `81559 MiB`, `45 %`), in base units.
+
+    Returns None for an absent marker. Raises ValueError for anything else that is not a number.
+    """
+    if absent(text):
+        return None
+    m = _NUMBER.match(text)
+    if m is None:
+        msg = f"not a number: {text!r}"
+        raise ValueError(msg)
+    unit = (m.group(2) or default_unit).lower()
+    if unit and unit not in UNITS:
+        msg = f"unknown unit {unit!r} in {text!r}"
+        raise ValueError(msg)
+    return float(m.group(1)) * UNITS.get(unit, 1.0)
+
+
+def used_total(text: str, unit: str) -> tuple[float | None, float | None]:
+    """`used / total` (e.g. `4252 / 15137` MB) in base units; absent parts are None."""
+    if absent(text):
+        return None, None
+    used, sep, total = text.partition("/")
+    if not sep:
+        return number(used, unit), None
+    return number(used, unit), number(total, unit)

@@ -1,0 +1,118 @@
+"""Vendor-tool parsers against real captures (tests/fixtures/vendor-smi, sources in SOURCES.md),
+value by value: device count, model, power, limit, temperature, memory, utilisation, health."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from agent.core import model, parse
+from agent.core.parse import common
+
+FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "vendor-smi"
+MIB = 1 << 20
+
+# file -> (devices, [(row, index, model, bus_id, power_w, temp_c, util, mem_used_MiB, mem_total_MiB, health)])
+ASCEND = {
+    "npu-smi-info_310P3_v25.5.1.txt": (2, [
+        (0, 0, "Ascend 310P3", "0000:81:00.0", None, 37.0, 0.0, 1848, 21525, "OK"),
+        (1, 1, "Ascend 310P3", "0000:85:00.0", None, 40.0, 0.0, 1849, 21525, "OK"),
+    ]),
+    "npu-smi-info_910A_v21.0.rc1.txt": (4, [
+        (0, 4, "Ascend 910A", "0000:C2:00.0", 67.2, 30.0, 0.0, 0, 32768, "OK"),
+        (3, 7, "Ascend 910A", "0000:02:00.0", 65.5, 30.0, 0.0, 0, 32768, "OK"),
+    ]),
+    "npu-smi-info_atlas800-3000_310_v20.2.0.txt": (4, [
+        (0, 0, "Ascend 310", "0000:DA:00.0", 12.8, 56.0, 0.0, 2703, 8192, "OK"),
+        (3, 3, "Ascend 310", None, 12.8, 55.0, 0.0, 2703, 8192, "OK"),
+    ]),
+    "npu-smi-info_atlas800-3000_310_v21.0.4.txt": (4, [
+        (0, 3, "Ascend 310", "0000:89:00.0", 12.8, 73.0, 0.0, 2703, 8192, "OK"),
+        (1, 4, "Ascend 310", "0000:8A:00.0", 12.8, 74.0, 0.0, 2867, 8192, "OK"),
+        (2, 5, "Ascend 310", "0000:8B:00.0", 12.8, 70.0, 0.0, 2867, 8192, "OK"),
+    ]),
+    "npu-smi-info_atlas800-9010_910_v24.1.RC2.txt": (8, [
+        (0, 0, "Ascend", "0000:C1:00.0", 70.5, 42.0, 0.0, 0, 32768, "OK"),
+        (3, 3, "Ascend", "0000:01:00.0", 206.9, 39.0, 0.0, 0, 32768, "DEGRADED"),
+        (7, 7, "Ascend", "0000:02:00.0", 203.2, 42.0, 0.0, 0, 32768, "DEGRADED"),
+    ]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ASCEND))
+def test_npu_smi_info(name: str) -> None:
+    devices, expected = ASCEND[name]
+    got = parse.parse("ascend", (FIX / "ascend" / name).read_text())
+    assert len(got) == devices
+    assert len({p.info.uuid for p in got}) == devices
+    for row, index, model_name, bus, power, temp, util, used, total, health in expected:
+        p = got[row]
+        assert p.info.index == index
+        assert p.info.model == model_name
+        if bus is not None:
+            assert p.info.bus_id == bus
+        assert p.info.vendor == "ascend" and not p.info.power_cap_settable
+        assert p.sample.power_w == power
+        assert p.sample.temperature_c == temp
+        assert p.sample.utilization == util
+        assert p.sample.memory_used_bytes == used * MIB
+        assert p.info.memory_total_bytes == total * MIB
+        assert p.sample.health == model.Health[health]
+        assert p.sample.power_limit_w is None  # npu-smi info shows no limit: absent, not 0
+
+
+def test_nvidia_smi_query_csv() -> None:
+    (p,) = parse.parse("nvidia", (FIX / "nvidia" / "nvidia-smi_query-gpu-all_H200_590.48.01_load.csv").read_text())
+    assert (p.info.model, p.info.bus_id, p.info.driver_version) == ("NVIDIA H200", "00000000:83:00.0", "590.48.01")
+    assert p.info.uuid == "nvidia-0"  # the capture's all-zero (anonymised) UUID is no identity
+    assert p.info.memory_total_bytes == 143771 * MIB
+    assert (p.info.power_limit_min_w, p.info.power_limit_max_w, p.info.power_limit_default_w) == (200.0, 700.0, 700.0)
+    s = p.sample
+    assert (s.power_w, s.power_limit_w, s.temperature_c, s.memory_temperature_c) == (627.40, 700.0, 52.0, 40.0)
+    assert s.utilization == 1.0 and s.memory_used_bytes == 32362 * MIB
+    assert (s.ecc_corrected_total, s.ecc_uncorrected_total) == (0.0, 0.0)
+    assert s.core_clock_hz == pytest.approx(1980e6)
+
+
+def test_ixsmi_noheader_csv() -> None:
+    got = parse.parse("iluvatar", (FIX / "iluvatar" / "ixsmi_query-gpu_csv-noheader_MR-V50_MR-V100.csv").read_text())
+    assert [(p.info.index, p.info.model, p.info.memory_total_bytes) for p in got] == [
+        (0, "Iluvatar MR-V50", 16384 * MIB), (1, "Iluvatar MR-V100", 32768 * MIB)]
+    assert [(p.sample.memory_used_bytes, p.sample.utilization, p.sample.temperature_c) for p in got] == [
+        (116 * MIB, 0.0, 30.0), (27996 * MIB, 0.0, 36.0)]
+    assert all(p.sample.power_w is None for p in got)
+
+
+@pytest.mark.parametrize("text", ["N/A", "NA", "-", "[N/A]", "[Not Supported]", "xxx", ""])
+def test_absent_markers(text: str) -> None:
+    assert common.number(text) is None
+
+
+@pytest.mark.parametrize(("text", "unit", "value"), [
+    ("69.33 W", "", 69.33), ("81559 MiB", "", 81559 * MIB), ("45 %", "", 0.45), ("1980 MHz", "", 1.98e9),
+    ("12", "W", 12.0), ("2500 mW", "", 2.5)])
+def test_units(text: str, unit: str, value: float) -> None:
+    assert common.number(text, unit) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(("vendor", "text", "fragment"), [
+    ("ascend", "garbage\n", "no `NPU"),
+    ("ascend", "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
+               "| 0 910B | OK | 70.5 42 |\n+===+\n", "record has 1 lines"),
+    ("ascend", "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
+               "| 0 910B | OK | hot 42 |\n| 0 | 0000:01:00.0 | 5 |\n+===+\n", "not a number"),
+    ("nvidia", "index, name, power.draw [W]\n0, H100, 70 W, extra\n", "4 values for 3 fields"),
+    ("nvidia", "0, H100, 70 W\n", "no header"),
+    ("nvidia", "index, power.draw [W]\n0, 70 furlongs\n", "unknown unit"),
+])
+def test_unknown_layouts_fail_loudly_naming_tool_and_line(vendor: str, text: str, fragment: str) -> None:
+    with pytest.raises(parse.ParseError) as err:
+        parse.parse(vendor, text)
+    assert fragment in str(err.value) and "line" in str(err.value)
+
+
+def test_vendor_without_parser_is_named() -> None:
+    with pytest.raises(KeyError) as err:
+        parse.parse("biren", "")
+    assert "no parser for 'biren'" in err.value.args[0]
