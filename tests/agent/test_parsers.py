@@ -116,3 +116,30 @@ def test_vendor_without_parser_is_named() -> None:
     with pytest.raises(KeyError) as err:
         parse.parse("biren", "")
     assert "no parser for 'biren'" in err.value.args[0]
+
+
+# file -> (vendor, model, power_w, junction temp, memory temp, util, used MiB, total MiB)
+ROCM = {
+    "amd/rocm-smi-6.2.4_showall-json.json": ("amd", "Navi 32 [Radeon RX 7700 XT / 7800 XT]", 53.0, 51.0, 54.0, 1.0,
+                                            11615076352 / MIB, 17163091968 / MIB),
+    "hygon/rocm-smi-hygon-24.04.3_json.json": ("hygon", "DCU xxxx", 80.0, 39.0, 44.0, 0.0, 2, 65520),
+    "hygon/rocm-smi-json_Z100L_docstring.json": ("hygon", "Z100L", 38.0, 41.0, 39.0, 0.0, 2, 32752),
+    "hygon/rocm-smi-json_K100_AI_dtk2504plus_docstring.json": ("hygon", "K100_AI", 77.0, 35.0, 38.0, 0.0, 2, 65520),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROCM))
+def test_rocm_smi_json(name: str) -> None:
+    vendor, model_name, power, temp, mem_temp, util, used, total = ROCM[name]
+    (p,) = parse.parse(vendor, (FIX / name).read_text())
+    assert (p.info.vendor, p.info.model, p.info.index) == (vendor, model_name, 0)
+    assert p.info.memory_total_bytes == total * MIB and p.sample.memory_used_bytes == used * MIB
+    assert (p.sample.power_w, p.sample.temperature_c, p.sample.memory_temperature_c) == (power, temp, mem_temp)
+    assert p.sample.utilization == util
+    assert p.sample.power_limit_w is None  # not in this capture: absent
+
+
+def test_rocm_smi_not_json_names_the_line() -> None:
+    with pytest.raises(parse.ParseError) as err:
+        parse.parse("amd", '{\n  "card0": {\n    "GPU use (%)": 1,,\n')
+    assert "rocm-smi output, line 3" in str(err.value)

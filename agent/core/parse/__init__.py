@@ -3,12 +3,12 @@
 `parse(vendor, text)` picks the parser by vendor and by what the text looks like, and returns one
 Parsed (DeviceInfo + DeviceSample) per device. `xpu-agent parse VENDOR FILE` prints the result as
 `xpu-agent once` would. Vendors and formats covered so far: nvidia (`nvidia-smi --query-gpu` CSV),
-iluvatar (`ixsmi --query-gpu` CSV), ascend (`npu-smi info`).
+iluvatar (`ixsmi --query-gpu` CSV), ascend (`npu-smi info`), amd and hygon (`rocm-smi --json`).
 """
 
 from __future__ import annotations
 
-from agent.core.parse import ascend, common, nvidia
+from agent.core.parse import ascend, common, nvidia, rocm
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
 
@@ -19,6 +19,8 @@ FORMATS: dict[str, str] = {
     "nvidia": "nvidia-smi --query-gpu=... --format=csv",
     "iluvatar": "ixsmi --query-gpu=... --format=csv[,noheader]",
     "ascend": "npu-smi info",
+    "amd": "rocm-smi ... --json",
+    "hygon": "rocm-smi ... --json (Hygon DCU build)",
 }
 
 
@@ -35,5 +37,7 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend":
         return ascend.parse_info(text, timestamp_ns=timestamp_ns)
+    if vendor in ("amd", "hygon"):
+        return rocm.parse_json(text, vendor, timestamp_ns=timestamp_ns)
     msg = f"no parser for {vendor!r} output yet; there are: {', '.join(f'{v} ({f})' for v, f in FORMATS.items())}"
     raise KeyError(msg)

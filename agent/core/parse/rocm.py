@@ -1,0 +1,99 @@
+"""`rocm-smi ... --json` (AMD, and Hygon's DCU build of it): one object per `cardN`.
+
+Keys are labels with their unit in the last parentheses (`Average Graphics Package Power (W)`,
+`VRAM Total Used Memory (B)`, Hygon: `vram Total Used Memory (MiB)`, `DCU use (%)`). The parser
+matches labels case-insensitively and takes the unit from the key, so both builds and every
+version in the fixtures read the same way. Temperature is the junction (hotspot) sensor when
+there is one, as the slowdown limits refer to it; else the edge sensor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from agent.core import model
+from agent.core.parse import common
+
+_KEY = re.compile(r"^(?P<label>.*?)\s*\((?P<unit>[^()]*)\)\s*$")
+POWER = ("average graphics package power", "current socket graphics package power")
+LIMIT = ("max graphics package power",)
+UTIL = ("gpu use", "dcu use", "hcu use")  # Hygon renamed DCU to HCU after dtk2504
+JUNCTION = ("temperature (sensor junction)",)
+EDGE = ("temperature (sensor edge)",)
+MEMORY_T = ("temperature (sensor memory)", "temperature (sensor mem)", "temperature (sensor hbm 0)")
+VRAM_TOTAL = ("vram total memory",)
+VRAM_USED = ("vram total used memory",)
+
+
+def _table(card: dict[str, object]) -> dict[str, tuple[str, str]]:
+    """label (lower case) -> (value, unit)."""
+    out = {}
+    for key, value in card.items():
+        m = _KEY.match(key)
+        label, unit = (m.group("label"), m.group("unit")) if m else (key, "")
+        out[label.strip().lower()] = (str(value), unit)
+    return out
+
+
+def _pick(t: dict[str, tuple[str, str]], labels: tuple[str, ...]) -> float | None:
+    for label in labels:
+        if label in t:
+            value, unit = t[label]
+            return common.number(value, unit if unit.lower() in common.UNITS else "")
+    return None
+
+
+def parse_json(text: str, vendor: str = "amd", timestamp_ns: int = 0) -> list[common.Parsed]:
+    """Every card of a `rocm-smi --json` capture.
+
+    Raises:
+        ParseError: not JSON, or no `cardN` objects.
+    """
+    tool = "rocm-smi" if vendor == "amd" else "rocm-smi (hy-smi)"
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise common.ParseError(tool, exc.lineno, text.splitlines()[exc.lineno - 1] if text else "", f"not JSON: {exc.msg}") from None
+    cards = {k: v for k, v in doc.items() if isinstance(v, dict) and re.fullmatch(r"card\d+", k)} if isinstance(doc, dict) else {}
+    if not cards:
+        raise common.ParseError(tool, 1, text.splitlines()[0] if text else "", "no `cardN` objects")
+    out = []
+    for key in sorted(cards, key=lambda k: int(k[4:])):
+        t = _table(cards[key])
+        index = int(key[4:])
+        try:
+            out.append(_device(t, vendor, index, timestamp_ns))
+        except ValueError as exc:
+            line_no = next((n for n, line in enumerate(text.splitlines(), 1) if f'"{key}"' in line), 1)
+            raise common.ParseError(tool, line_no, key, str(exc)) from None
+    return out
+
+
+def _device(t: dict[str, tuple[str, str]], vendor: str, index: int, ts: int) -> common.Parsed:
+    name = t.get("card series", t.get("device name", ("", "")))[0]
+    uid = t.get("unique id", ("", ""))[0]
+    total = _pick(t, VRAM_TOTAL)
+    temp = _pick(t, JUNCTION)
+    if temp is None:
+        temp = _pick(t, EDGE)
+    info = model.DeviceInfo(
+        uuid=f"{vendor}-{uid}" if uid and not common.absent(uid) else f"{vendor}-card{index}",
+        index=index,
+        vendor=vendor,
+        model=name,
+        memory_total_bytes=int(total) if total is not None else None,
+        power_limit_max_w=_pick(t, LIMIT),
+        power_cap_settable=True,  # DESIGN 7: amdsmi (AMD) and Hygon's rocm-smi library set caps
+    )
+    sample = model.DeviceSample(
+        index=index,
+        timestamp_ns=ts,
+        utilization=_pick(t, UTIL),
+        memory_used_bytes=_pick(t, VRAM_USED),
+        power_w=_pick(t, POWER),
+        power_limit_w=_pick(t, LIMIT),
+        temperature_c=temp,
+        memory_temperature_c=_pick(t, MEMORY_T),
+    )
+    return common.Parsed(info=info, sample=sample)
