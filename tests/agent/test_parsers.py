@@ -143,3 +143,59 @@ def test_rocm_smi_not_json_names_the_line() -> None:
     with pytest.raises(parse.ParseError) as err:
         parse.parse("amd", '{\n  "card0": {\n    "GPU use (%)": 1,,\n')
     assert "rocm-smi output, line 3" in str(err.value)
+
+
+# nvidia-smi-style tables: file -> (vendor, devices, [(row, index, model, bus, power, cap, temp, util, used MiB, total MiB, ecc)])
+TABLES = {
+    "nvidia/nvidia-smi_H100_590.48.01_load.txt": ("nvidia", 1, [
+        (0, 0, "NVIDIA H100 80GB HBM3", "00000000:00:09.0", 629.0, 700.0, 59.0, 1.0, 19818, 81559, 0.0)]),
+    "nvidia/nvidia-smi_H100_590.48.01_idle.txt": ("nvidia", 1, [
+        (0, 0, "NVIDIA H100 80GB HBM3", "00000000:00:09.0", 69.0, 700.0, 41.0, 0.0, 0, 81559, 0.0)]),
+    "nvidia/nvidia-smi_H200-MIG_590.48.01_idle.txt": ("nvidia", 1, [
+        (0, 0, "NVIDIA H200", "00000000:83:00.0", 78.0, 700.0, 28.0, None, 55, 143771, None)]),
+    "nvidia/nvidia-smi_RTX4080S_595.71.05_load.txt": ("nvidia", 1, [
+        (0, 0, "NVIDIA GeForce RTX 4080 ...", "00000000:01:00.0", 83.0, 320.0, 45.0, 0.07, 1474, 16376, None)]),
+    "cambricon/cnmon_8card_v5.10.31_anonymised.txt": ("cambricon", 8, [
+        (0, 0, "MLUXXX-XX", "0000:4F:00.0", 105.0, 550.0, 35.0, 0.0, 0, None, 0.0),
+        (1, 1, "MLUXXX-XX", "0000:53:00.0", 100.0, 550.0, 34.0, 0.0, 0, None, 0.0)]),
+    "cambricon/cnmon_MLU370-X4_v4.20.11.txt": ("cambricon", 3, [
+        (0, 0, "MLU370-X4", "", 30.0, 150.0, 32.0, 0.0, 0, 23308, None),
+        (2, 2, "MLU370-X4", "", 26.0, 150.0, 30.0, 0.0, 0, 23308, None)]),
+    "metax/mx-smi_C500x8_v2.2.9.txt": ("metax", 8, [
+        (0, 0, "MetaX C500", "0000:0e:00.0", 57.0, 350.0, 35.0, 0.0, 826, 65536, None),
+        (1, 1, "MetaX C500", "0000:0f:00.0", 58.0, 350.0, 37.0, 0.0, 826, 65536, None)]),
+    "iluvatar/ixsmi_BI-V150x16_v4.1.0.txt": ("iluvatar", 16, [
+        (0, 0, "Iluvatar BI-V150", "00000000:13:00.0", None, None, 32.0, 0.0, 116, 32768, None),
+        (1, 1, "Iluvatar BI-V150", "00000000:16:00.0", 93.0, 350.0, 30.0, 0.0, 116, 32768, None)]),
+    "kunlunxin/xpu-smi_P800-OAM_v5.19.0.0_trimmed.txt": ("kunlunxin", 3, [
+        (0, 0, "P800 OAM", "00000000:03:00.0", 87.0, 400.0, 35.0, 0.0, 0, 98304, 0.0),
+        (1, 1, "P800 OAM", "00000000:05:00.0", 84.0, 400.0, 37.0, 0.0, 0, 98304, 0.0)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_smi_tables(name: str) -> None:
+    vendor, devices, expected = TABLES[name]
+    got = parse.parse(vendor, (FIX / name).read_text())
+    assert len(got) == devices
+    for row, index, model_name, bus, power, cap, temp, util, used, total, ecc in expected:
+        p = got[row]
+        assert (p.info.index, p.info.model, p.info.bus_id, p.info.vendor) == (index, model_name, bus, vendor)
+        assert (p.sample.power_w, p.sample.power_limit_w, p.sample.temperature_c) == (power, cap, temp)
+        assert p.sample.utilization == (None if util is None else pytest.approx(util))
+        assert p.sample.memory_used_bytes == used * MIB
+        assert p.info.memory_total_bytes == (None if total is None else total * MIB)
+        assert p.sample.ecc_uncorrected_total == ecc
+        assert p.info.power_cap_settable == (vendor in ("nvidia", "cambricon"))  # DESIGN 7
+
+
+def test_ixsmi_table_reads_clocks() -> None:
+    p = parse.parse("iluvatar", (FIX / "iluvatar" / "ixsmi_BI-V150x16_v4.1.0.txt").read_text())[0]
+    assert (p.sample.core_clock_hz, p.sample.memory_clock_hz) == (1500e6, 1600e6)
+
+
+def test_a_table_record_that_does_not_match_its_header_is_refused() -> None:
+    text = (FIX / "metax" / "mx-smi_C500x8_v2.2.9.txt").read_text().replace("| 57W / 350W       |", "| 57W / 350W |x|", 1)
+    with pytest.raises(parse.ParseError) as err:
+        parse.parse("metax", text)
+    assert "mx-smi output, line" in str(err.value) and "cells under a 4-cell header" in str(err.value)

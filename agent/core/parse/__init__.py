@@ -2,13 +2,13 @@
 
 `parse(vendor, text)` picks the parser by vendor and by what the text looks like, and returns one
 Parsed (DeviceInfo + DeviceSample) per device. `xpu-agent parse VENDOR FILE` prints the result as
-`xpu-agent once` would. Vendors and formats covered so far: nvidia (`nvidia-smi --query-gpu` CSV),
-iluvatar (`ixsmi --query-gpu` CSV), ascend (`npu-smi info`), amd and hygon (`rocm-smi --json`).
+`xpu-agent once` would. Formats covered so far are FORMATS below; the nvidia-smi-style table
+(`table.py`) serves nvidia, cambricon, metax, iluvatar and kunlunxin.
 """
 
 from __future__ import annotations
 
-from agent.core.parse import ascend, common, nvidia, rocm
+from agent.core.parse import ascend, common, nvidia, rocm, table
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
 
@@ -16,8 +16,11 @@ ParseError = common.ParseError
 Parsed = common.Parsed
 
 FORMATS: dict[str, str] = {
-    "nvidia": "nvidia-smi --query-gpu=... --format=csv",
-    "iluvatar": "ixsmi --query-gpu=... --format=csv[,noheader]",
+    "nvidia": "nvidia-smi (the table) or nvidia-smi --query-gpu=... --format=csv",
+    "iluvatar": "ixsmi (the table) or ixsmi --query-gpu=... --format=csv[,noheader]",
+    "cambricon": "cnmon",
+    "metax": "mx-smi",
+    "kunlunxin": "xpu-smi",
     "ascend": "npu-smi info",
     "amd": "rocm-smi ... --json",
     "hygon": "rocm-smi ... --json (Hygon DCU build)",
@@ -31,6 +34,9 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         ParseError: a layout the parser does not know (the message names the tool and the line).
         KeyError: a vendor with no parser yet (the message lists those there are).
     """
+    is_table = any(line.lstrip().startswith("|=") for line in text.splitlines())
+    if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar")):
+        return table.parse(text, vendor, timestamp_ns=timestamp_ns)
     if vendor == "nvidia":
         return nvidia.parse_query_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "iluvatar":

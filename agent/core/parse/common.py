@@ -26,6 +26,7 @@ UNITS: dict[str, float] = {
     "hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9,
     "c": 1.0, "%": 0.01, "us": 1e-6, "ms": 1e-3, "s": 1.0,
 }
+_ANONYMISED = re.compile(r"^\s*[xX*]+\s*[A-Za-z%]*\s*$")  # `xxxxx MiB`: hidden by the capture's author
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%]*)\s*$")
 
 
@@ -58,7 +59,7 @@ def number(text: str, default_unit: str = "") -> float | None:
 
     Returns None for an absent marker. Raises ValueError for anything else that is not a number.
     """
-    if absent(text):
+    if absent(text) or _ANONYMISED.match(text):
         return None
     m = _NUMBER.match(text)
     if m is None:
@@ -75,7 +76,9 @@ def used_total(text: str, unit: str) -> tuple[float | None, float | None]:
     """`used / total` (e.g. `4252 / 15137` MB) in base units; absent parts are None."""
     if absent(text):
         return None, None
+    text = re.sub(r"(?i)\[?\bN/A\b\]?", "NA", text)  # `N/A / N/A`: the slash of N/A is not the separator
     used, sep, total = text.partition("/")
     if not sep:
         return number(used, unit), None
-    return number(used, unit), number(total, unit)
+    total_unit = re.sub(r"[\d.\s]", "", total) or unit  # `826/65536 MiB`: the used part takes the total's unit
+    return number(used, total_unit if not re.search(r"[A-Za-z%]", used) else unit), number(total, unit)
