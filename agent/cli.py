@@ -86,8 +86,8 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--driver",
         default="sim",
-        help="device driver: sim (simulated devices of --sim-vendor); vendor drivers arrive "
-        "with the real-driver work and are refused until then",
+        help="device driver: sim (simulated devices of --sim-vendor), auto (every vendor tool on "
+        "PATH), or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, amd, hygon)",
     )
     p.add_argument("--sim-vendor", type=_vendor, default="nvidia", help="vendor to simulate")
     p.add_argument("--sim-devices", type=_positive(int), default=8, help="simulated devices")
@@ -179,22 +179,34 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
-    if args.driver != "sim":
-        msg = (
-            f"--driver {args.driver!r} is not available yet: only 'sim' is implemented; "
-            "run with --driver sim --sim-vendor VENDOR"
-        )
+    if args.driver == "sim":
+        return [
+            SimDriver(
+                vendor=args.sim_vendor,
+                node_id=node_id,
+                devices=args.sim_devices,
+                seed=args.sim_seed,
+                fault_specs=args.sim_fault,
+                workload=getattr(args, "sim_workload", "mixed"),
+            )
+        ]
+    from agent.drivers import tool  # noqa: PLC0415 - only real hardware needs the tool drivers
+
+    if args.driver == "auto":
+        vendors = tool.available()
+        if not vendors:
+            msg = (
+                "--driver auto found no vendor tool on PATH (looked for "
+                + ", ".join(argv[0] for argv in tool.COMMANDS.values())
+                + "); install the vendor tools, or run with --driver sim --sim-vendor VENDOR"
+            )
+            raise SystemExit(msg)
+        log.info("--driver auto: %s", ", ".join(vendors))
+        return [tool.ToolDriver(v, timeout_s=args.driver_timeout_s) for v in vendors]
+    if args.driver not in tool.COMMANDS:
+        msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join(tool.COMMANDS)}"
         raise SystemExit(msg)
-    return [
-        SimDriver(
-            vendor=args.sim_vendor,
-            node_id=node_id,
-            devices=args.sim_devices,
-            seed=args.sim_seed,
-            fault_specs=args.sim_fault,
-            workload=getattr(args, "sim_workload", "mixed"),
-        )
-    ]
+    return [tool.ToolDriver(args.driver, timeout_s=args.driver_timeout_s)]
 
 
 async def _once(args: argparse.Namespace) -> int:

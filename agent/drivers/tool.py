@@ -1,0 +1,104 @@
+"""A read-only driver that runs a vendor's management tool and parses its output.
+
+The tool runs as a child process (argv list, never a shell) with a timeout that kills it, so a
+hung tool cannot pile up threads; the sampler adds its own per-call timeout on top (DESIGN 7).
+A tool that exits non-zero, hangs, or prints what the parser does not know raises DriverError
+naming the tool and the reason: the sampler marks the devices unknown and the agent goes on.
+Parsing is in agent/core/parse (pure). Caps: tool drivers never set them; vendors with a public
+setter get it through their library (power_cap_settable reflects DESIGN 7 either way).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from agent.core import model, parse
+from agent.drivers import base
+
+# vendor -> the command whose output agent/core/parse reads (sources: shared/notes/vendor-tools.md)
+COMMANDS: dict[str, list[str]] = {
+    "nvidia": ["nvidia-smi", "--format=csv", "--query-gpu=index,name,uuid,pci.bus_id,driver_version,memory.total,"
+               "memory.used,utilization.gpu,power.draw,enforced.power.limit,power.min_limit,power.max_limit,"
+               "power.default_limit,temperature.gpu,temperature.memory,clocks.sm,clocks.mem,"
+               "ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total"],
+    "ascend": ["npu-smi", "info"],
+    "cambricon": ["cnmon"],
+    "metax": ["mx-smi"],
+    "iluvatar": ["ixsmi"],
+    "kunlunxin": ["xpu-smi"],
+    "amd": ["rocm-smi", "--showid", "--showmeminfo", "vram", "--showpower", "--showuse", "--showtemp",
+            "--showproductname", "--showuniqueid", "--json"],
+    # Hygon's renamed rocm-smi takes the same flags (vendor-tools.md section 6)
+    "hygon": ["hy-smi", "--showid", "--showmeminfo", "vram", "--showpower", "--showuse", "--showtemp",
+              "--showproductname", "--showuniqueid", "--json"],
+}
+MAX_OUTPUT_BYTES = 4 << 20
+
+
+def available() -> list[str]:
+    """Vendors whose tool is on PATH (for `--driver auto`)."""
+    return [v for v, argv in COMMANDS.items() if shutil.which(argv[0])]
+
+
+class ToolDriver:
+    """Devices of one vendor, read through its tool."""
+
+    def __init__(self, vendor: str, *, timeout_s: float = 10.0, argv: list[str] | None = None) -> None:
+        """`argv` overrides the vendor's default command."""
+        self.vendor = vendor
+        self.argv = argv or COMMANDS[vendor]
+        self.timeout_s = timeout_s
+        self.tool = self.argv[0]
+        self._infos: dict[int, model.DeviceInfo] = {}
+
+    def _read(self, timestamp_ns: int) -> list[parse.Parsed]:
+        try:
+            done = subprocess.run(  # noqa: S603 - a fixed argv, never a shell
+                self.argv, capture_output=True, timeout=self.timeout_s, check=False
+            )
+        except FileNotFoundError:
+            msg = f"{self.tool} is not on PATH; install the {self.vendor} driver tools or pick another --driver"
+            raise base.DriverError(msg) from None
+        except subprocess.TimeoutExpired:
+            msg = f"{self.tool} did not finish within {self.timeout_s:g}s (killed)"
+            raise base.DriverError(msg) from None
+        except OSError as exc:
+            msg = f"{self.tool} could not run: {exc.strerror}"
+            raise base.DriverError(msg) from None
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip().splitlines()
+            msg = f"{self.tool} exited with status {done.returncode}: {err[-1][:200] if err else 'no message'}"
+            raise base.DriverError(msg)
+        text = done.stdout[:MAX_OUTPUT_BYTES].decode(errors="replace")
+        try:
+            return parse.parse(self.vendor, text, timestamp_ns)
+        except parse.ParseError as exc:
+            raise base.DriverError(str(exc)) from None
+
+    def discover(self) -> list[model.DeviceInfo]:
+        """Run the tool once; its devices."""
+        parsed = self._read(0)
+        self._infos = {p.info.index: p.info for p in parsed}
+        return [p.info for p in parsed]
+
+    def capabilities(self, index: int) -> model.DeviceInfo:
+        """What discover saw of one device."""
+        return self._infos[index]
+
+    def sample(self, timestamp_ns: int) -> list[model.DeviceSample]:
+        """Run the tool; one sample per device it shows."""
+        return [p.sample for p in self._read(timestamp_ns)]
+
+    def set_power_cap(self, index: int, power_w: float) -> float:
+        """Tool drivers are read-only.
+
+        Raises:
+            DriverError: always; the message says where caps are set.
+        """
+        del index, power_w
+        msg = f"the {self.tool} driver is read-only; power caps go through the vendor library (DESIGN 7)"
+        raise base.DriverError(msg)
+
+    def close(self) -> None:
+        """Nothing held between calls."""

@@ -1,0 +1,101 @@
+"""Tool drivers against fake vendor tools on PATH: real captures, a hang, a failure, garbage."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.core import model
+from agent.drivers import tool
+from agent.sampler import Sampler
+from tests.conftest import ROOT
+
+FIX = ROOT / "tests" / "fixtures" / "vendor-smi"
+
+
+def fake(bin_dir: pathlib.Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def bin_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    d = tmp_path / "bin"
+    d.mkdir()
+    monkeypatch.setenv("PATH", f"{d}{os.pathsep}{os.environ['PATH']}")
+    return d
+
+
+def test_tool_driver_reads_a_capture(bin_dir: pathlib.Path) -> None:
+    fake(bin_dir, "npu-smi", f"cat {FIX / 'ascend' / 'npu-smi-info_910A_v21.0.rc1.txt'}")
+    d = tool.ToolDriver("ascend", timeout_s=5)
+    infos = d.discover()
+    assert [i.index for i in infos] == [4, 5, 6, 7] and infos[0].model == "Ascend 910A"
+    samples = d.sample(123)
+    assert [s.power_w for s in samples] == [67.2, 63.8, 67.1, 65.5] and samples[0].timestamp_ns == 123
+    assert "ascend" in tool.available()
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("sleep 30", "did not answer within"),
+    ("echo 'NVML: driver not loaded' >&2; exit 9", "exited with status 9: NVML: driver not loaded"),
+    ("echo 'Segmentation fault, no table today'", "line 1"),
+])
+async def test_a_bad_tool_makes_its_devices_unknown_and_the_rest_goes_on(bin_dir: pathlib.Path, body: str, reason: str) -> None:
+    from agent.drivers.sim import SimDriver  # noqa: PLC0415
+
+    fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
+    cambricon = tool.ToolDriver("cambricon", timeout_s=5)
+    sim = SimDriver(vendor="nvidia", node_id="n", devices=2)
+    sampler = Sampler([cambricon, sim], timeout_s=1.0)
+    try:
+        devices = await sampler.discover()
+        assert [d.vendor for d in devices] == ["cambricon"] * 3 + ["nvidia"] * 2
+        fake(bin_dir, "cnmon", body)  # the tool breaks after discovery
+        started = time.monotonic()
+        samples, rows = await sampler.sample(1)
+        assert time.monotonic() - started < 3.0, "a hung tool held the sample"
+        assert rows == [0, 1, 2, 3, 4]
+        assert all(s.health == model.Health.UNKNOWN for s in samples[:3])
+        why = samples[0].health_reason
+        assert reason in why and ("cnmon" in why or "cambricon" in why), why
+        assert all(s.health == model.Health.OK and s.power_w is not None for s in samples[3:])
+    finally:
+        sampler.close()
+
+
+def test_tool_drivers_refuse_to_cap() -> None:
+    with pytest.raises(Exception, match="read-only"):
+        tool.ToolDriver("metax").set_power_cap(0, 100.0)
+
+
+def test_agent_once_with_driver_auto(bin_dir: pathlib.Path) -> None:
+    fake(bin_dir, "mx-smi", f"cat {FIX / 'metax' / 'mx-smi_C500x8_v2.2.9.txt'}")
+    fake(bin_dir, "xpu-smi", f"cat {FIX / 'kunlunxin' / 'xpu-smi_P800-OAM_v5.19.0.0_trimmed.txt'}")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "once", "--driver", "auto"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    vendors_present = set(tool.available())
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    by_vendor: dict[str, int] = {}
+    for row in rows:
+        by_vendor[row["vendor"]] = by_vendor.get(row["vendor"], 0) + 1
+    assert by_vendor.get("metax") == 8 and by_vendor.get("kunlunxin") == 3, (by_vendor, vendors_present)
+    metax = next(x for x in rows if x["vendor"] == "metax")
+    assert metax["power_w"] == 57.0 and metax["power_limit_w"] == 350.0 and metax["model"] == "MetaX C500"
+
+
+def test_driver_without_its_tool_says_what_to_install(bin_dir: pathlib.Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "once", "--driver", "kunlunxin"], cwd=ROOT,
+                       env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0  # the agent degrades: devices it cannot read are not invented
+    assert json.loads(r.stdout) == [] and "xpu-smi is not on PATH" in r.stderr
