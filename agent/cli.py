@@ -194,19 +194,42 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
 
     if args.driver == "auto":
         vendors = tool.available()
-        if not vendors:
+        nvml = _nvml_driver()
+        drivers: list[base.Driver] = [nvml] if nvml is not None else []
+        if nvml is not None:
+            vendors = [v for v in vendors if v != "nvidia"]  # NVML reads them better than nvidia-smi
+        if not vendors and not drivers:
             msg = (
                 "--driver auto found no vendor tool on PATH (looked for "
                 + ", ".join(argv[0] for argv in tool.COMMANDS.values())
                 + "); install the vendor tools, or run with --driver sim --sim-vendor VENDOR"
             )
             raise SystemExit(msg)
-        log.info("--driver auto: %s", ", ".join(vendors))
-        return [tool.ToolDriver(v, timeout_s=args.driver_timeout_s) for v in vendors]
+        log.info("--driver auto: %s", ", ".join((["nvidia (NVML)"] if drivers else []) + vendors))
+        return drivers + [tool.ToolDriver(v, timeout_s=args.driver_timeout_s) for v in vendors]
+    if args.driver == "nvidia" and (nvml := _nvml_driver()) is not None:
+        return [nvml]
     if args.driver not in tool.COMMANDS:
         msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join(tool.COMMANDS)}"
         raise SystemExit(msg)
     return [tool.ToolDriver(args.driver, timeout_s=args.driver_timeout_s)]
+
+
+def _nvml_driver() -> base.Driver | None:
+    """NVML when nvidia-ml-py and libnvidia-ml are both there, else None (nvidia-smi is the fallback)."""
+    from agent.drivers import nvidia  # noqa: PLC0415 - optional
+
+    try:
+        driver = nvidia.NvmlDriver()
+    except base.DriverError as exc:
+        log.info("NVML not used: %s", exc)
+        return None
+    try:
+        driver.nvml._LoadNvmlLibrary()  # noqa: SLF001 - the only way to ask pynvml whether NVML loads
+    except driver.nvml.NVMLError as exc:
+        log.info("NVML not used: %s", exc)
+        return None
+    return driver
 
 
 async def _once(args: argparse.Namespace) -> int:

@@ -1,0 +1,90 @@
+"""The NVML driver against a fake libnvidia-ml built here with gcc (the DCGM injection idea), so
+the ctypes signatures, units and error codes of nvidia-ml-py are exercised for real; and, where
+the machine has an NVIDIA GPU, a read-only pass over the real one."""
+
+from __future__ import annotations
+
+import ctypes.util
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from agent.drivers import base
+
+pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed (pip install 'xpuctl[nvidia]')")
+
+from agent.drivers import nvidia  # noqa: E402
+
+SRC = pathlib.Path(__file__).resolve().parent.parent / "fakes" / "fake_nvml.c"
+
+
+@pytest.fixture(scope="module")
+def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: the fake NVML library cannot be built")
+    out = tmp_path_factory.mktemp("nvml") / "libnvidia-ml.so.1"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(out), str(SRC)], check=True)
+    return str(out)
+
+
+@pytest.fixture
+def driver(fake_lib: str):  # type: ignore[no-untyped-def]
+    saved = pynvml.nvmlLib
+    d = nvidia.NvmlDriver(library=fake_lib)
+    yield d
+    d.close()
+    pynvml.nvmlLib = saved
+    pynvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001 - function pointers of the fake
+
+
+def test_discover_reads_capabilities_in_base_units(driver: nvidia.NvmlDriver) -> None:
+    infos = driver.discover()
+    assert [i.index for i in infos] == [0, 1]
+    i = infos[0]
+    assert (i.model, i.vendor, i.bus_id, i.driver_version) == ("NVIDIA H100 80GB HBM3", "nvidia", "00000000:18:00.0", "590.48.01")
+    assert i.uuid.startswith("GPU-fake")
+    assert (i.power_limit_min_w, i.power_limit_max_w, i.power_limit_default_w) == (200.0, 700.0, 700.0)
+    assert (i.temp_slowdown_c, i.temp_shutdown_c) == (87.0, 92.0)
+    assert i.memory_total_bytes == 85520809984 and i.power_cap_settable
+
+
+def test_sample_converts_units_and_absent_values(driver: nvidia.NvmlDriver) -> None:
+    driver.discover()
+    s0, s1 = driver.sample(42)
+    assert s0.timestamp_ns == 42
+    assert (s0.power_w, s0.power_limit_w, s0.energy_j) == (629.0, 700.0, pytest.approx(123456.789))
+    assert (s0.utilization, s0.temperature_c) == (0.97, 59.0)
+    assert (s0.core_clock_hz, s0.memory_clock_hz) == (1980e6, 2619e6)
+    assert (s0.ecc_corrected_total, s0.ecc_uncorrected_total) == (12.0, 0.0)
+    assert (s1.ecc_corrected_total, s1.ecc_uncorrected_total) == (None, None)  # NOT_SUPPORTED: absent
+
+
+def test_set_power_cap_clamps_and_reads_back(driver: nvidia.NvmlDriver) -> None:
+    driver.discover()
+    assert driver.set_power_cap(0, 350.0) == 350.0
+    assert driver.sample(1)[0].power_w == 350.0  # the fake draws at most its limit
+    assert driver.set_power_cap(0, 50.0) == 200.0  # clamped to the minimum
+    assert driver.set_power_cap(1, 9000.0) == 700.0
+
+
+def test_permission_failure_names_what_is_needed(driver: nvidia.NvmlDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver.discover()
+    monkeypatch.setenv("FAKE_NVML_DENY_SET", "1")
+    with pytest.raises(base.DriverError, match="needs root"):
+        driver.set_power_cap(0, 300.0)
+
+
+@pytest.mark.skipif(ctypes.util.find_library("nvidia-ml") is None and not pathlib.Path("/dev/nvidia0").exists(),
+                    reason="no NVIDIA GPU on this machine (no libnvidia-ml, no /dev/nvidia0)")
+def test_real_gpu_read_only() -> None:
+    d = nvidia.NvmlDriver()
+    try:
+        infos = d.discover()
+        assert infos and all(i.vendor == "nvidia" and i.model for i in infos)
+        for s in d.sample(1):
+            assert s.power_w is None or 0 < s.power_w < 2000
+            assert s.temperature_c is None or 0 < s.temperature_c < 120
+    finally:
+        d.close()
