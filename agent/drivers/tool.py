@@ -27,6 +27,7 @@ COMMANDS: dict[str, list[str]] = {
     "metax": ["mx-smi"],
     "iluvatar": ["ixsmi"],
     "kunlunxin": ["xpu-smi"],
+    "moorethreads": ["mthreads-gmi"],
     "amd": ["rocm-smi", "--showid", "--showmeminfo", "vram", "--showpower", "--showuse", "--showtemp",
             "--showproductname", "--showuniqueid", "--json"],
     # Hygon's renamed rocm-smi takes the same flags (vendor-tools.md section 6)

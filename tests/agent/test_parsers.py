@@ -199,3 +199,17 @@ def test_a_table_record_that_does_not_match_its_header_is_refused() -> None:
     with pytest.raises(parse.ParseError) as err:
         parse.parse("metax", text)
     assert "mx-smi output, line" in str(err.value) and "cells under a 4-cell header" in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    # the S4000 capture shows more memory used than there is: parsed as shown (the tool's numbers)
+    ("mthreads-gmi_S4000_v1.12.2_mem-anomaly.txt", (0, "MTT S4000", "00000000:08:00.0", 0.88, 44302, 32768, 65.0)),
+    ("mthreads-gmi_S5000_v2.3.3_truncated.txt", (0, "MTT S5000", "00000000:18:00.0", 0.0, 0, 81920, 47.0)),
+])
+def test_mthreads_gmi(name: str, expected: tuple[object, ...]) -> None:
+    (p,) = parse.parse("moorethreads", (FIX / "mthreads" / name).read_text())
+    index, model_name, bus, util, used, total, temp = expected
+    assert (p.info.index, p.info.model, p.info.bus_id, p.info.vendor) == (index, model_name, bus, "moorethreads")
+    assert (p.sample.utilization, p.sample.temperature_c) == (util, temp)
+    assert p.sample.memory_used_bytes == used * MIB and p.info.memory_total_bytes == total * MIB
+    assert p.sample.power_w is None and not p.info.power_cap_settable

@@ -1,0 +1,90 @@
+"""`mthreads-gmi` (Moore Threads): its device table, read by header labels.
+
+Layout (1.12 and 2.3 in the fixtures): a `----` banner, then a header of 3 lines whose cells are
+separated by `|` without outer borders (`ID   Name | PCIe | %GPU  Mem`, `Device Type [Perf] |
+Pcie Lane Width | Temp  MPC Capable`, `| ECC Mode` with the first cells blank), a `+----` rule,
+and 3-line records separated by `+----` rules. Memory reads `USEDMiB(TOTALMiB)`. The table shows
+no power: power is absent here (mthreads-gmi -q has it; not parsed yet).
+"""
+
+from __future__ import annotations
+
+import re
+
+from agent.core import model
+from agent.core.parse import common, table
+
+TOOL = "mthreads-gmi"
+_MEM = re.compile(r"^\s*(?P<used>[^()]+?)\s*\((?P<total>[^()]+)\)\s*$")
+
+
+def _cells(line: str, n: int) -> list[str]:
+    cells = line.split("|")
+    return cells + [""] * (n - len(cells))
+
+
+def parse(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """Every device of the table.
+
+    Raises:
+        ParseError: no `ID ... Name` header or a record that does not match it.
+    """
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith("ID") and "Name" in line and "|" in line), None)
+    if head is None:
+        raise common.ParseError(TOOL, 1, lines[0] if lines else "", "no `ID   Name | ...` header")
+    rule = next((i for i in range(head, len(lines)) if lines[i].startswith("+")), None)
+    if rule is None:
+        raise common.ParseError(TOOL, head + 1, lines[head], "no `+----` rule under the header")
+    width = len(lines[head].split("|"))
+    header = [[table._labels(c) for c in _cells(line, width)] for line in lines[head:rule]]  # noqa: SLF001
+    out: list[common.Parsed] = []
+    record: list[tuple[int, str]] = []
+    for i in range(rule + 1, len(lines)):
+        line = lines[i]
+        if line.startswith("+") or not line.strip() or line.strip() == "...":
+            if record:
+                out.append(_device(record, header, width, timestamp_ns))
+                record = []
+            if not line.startswith("+") and line.strip() != "...":
+                break
+            continue
+        record.append((i + 1, line))
+    if record:
+        out.append(_device(record, header, width, timestamp_ns))
+    return out
+
+
+def _device(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], width: int, ts: int) -> common.Parsed:
+    line_no, first = record[0]
+    if len(record) != len(header):
+        raise common.ParseError(TOOL, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}")
+    v: dict[str, str] = {}
+    for (_, line), labels in zip(record, header, strict=True):
+        for cell, cell_labels in zip(_cells(line, width), labels, strict=False):
+            v.update(table._values(cell, cell_labels))  # noqa: SLF001
+    try:
+        index = int(v["ID"])
+        used = total = None
+        m = _MEM.match(v.get("Mem", ""))
+        if m:
+            used, total = common.number(m.group("used"), "MiB"), common.number(m.group("total"), "MiB")
+        info = model.DeviceInfo(
+            uuid=f"moorethreads-{index}",
+            index=index,
+            vendor="moorethreads",
+            model=v.get("Name", ""),
+            bus_id=v.get("PCIe", ""),
+            memory_total_bytes=int(total) if total is not None else None,
+            power_cap_settable=False,  # DESIGN 7: no public setter
+        )
+        sample = model.DeviceSample(
+            index=index,
+            timestamp_ns=ts,
+            utilization=common.number(v.get("%GPU", ""), "%"),
+            memory_used_bytes=used,
+            temperature_c=common.number(v.get("Temp", ""), "C"),
+        )
+    except (KeyError, ValueError) as exc:
+        raise common.ParseError(TOOL, line_no, first, str(exc)) from None
+    return common.Parsed(info=info, sample=sample)
