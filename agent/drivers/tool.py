@@ -28,6 +28,7 @@ COMMANDS: dict[str, list[str]] = {
     "iluvatar": ["ixsmi"],
     "kunlunxin": ["xpu-smi"],
     "moorethreads": ["mthreads-gmi"],
+    "enflame": ["efsmi", "-q"],
     "amd": ["rocm-smi", "--showid", "--showmeminfo", "vram", "--showpower", "--showuse", "--showtemp",
             "--showproductname", "--showuniqueid", "--json"],
     # Hygon's renamed rocm-smi takes the same flags (vendor-tools.md section 6)

@@ -213,3 +213,18 @@ def test_mthreads_gmi(name: str, expected: tuple[object, ...]) -> None:
     assert (p.sample.utilization, p.sample.temperature_c) == (util, temp)
     assert p.sample.memory_used_bytes == used * MIB and p.info.memory_total_bytes == total * MIB
     assert p.sample.power_w is None and not p.info.power_cap_settable
+
+
+def test_efsmi_q() -> None:
+    (p,) = parse.parse("enflame", (FIX / "enflame" / "efsmi-q_S60_v1.4.3.4_partial.txt").read_text())
+    assert (p.info.index, p.info.model, p.info.uuid, p.info.bus_id) == (0, "S60", "TR6Y46010302", "0000:17:00.0")
+    assert p.info.memory_total_bytes == 42976 * MIB and p.info.driver_version == "1.4.3.4"
+    s = p.sample
+    assert (s.power_w, s.power_limit_w, s.temperature_c, s.utilization) == (96.0, 300.0, 35.0, 0.0)
+    assert s.memory_used_bytes == 0.0 and s.memory_clock_hz == 7000e6 and s.health == model.Health.OK
+
+
+def test_efsmi_default_table_is_refused_clearly() -> None:
+    with pytest.raises(parse.ParseError) as err:
+        parse.parse("enflame", (FIX / "enflame" / "efsmi_S60_v1.2.0.301.txt").read_text())
+    assert "efsmi -q output, line 1" in str(err.value) and "DEV ID" in str(err.value)

@@ -8,7 +8,7 @@ Parsed (DeviceInfo + DeviceSample) per device. `xpu-agent parse VENDOR FILE` pri
 
 from __future__ import annotations
 
-from agent.core.parse import ascend, common, mthreads, nvidia, rocm, table
+from agent.core.parse import ascend, common, enflame, mthreads, nvidia, rocm, table
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
 
@@ -22,6 +22,7 @@ FORMATS: dict[str, str] = {
     "metax": "mx-smi",
     "kunlunxin": "xpu-smi",
     "moorethreads": "mthreads-gmi",
+    "enflame": "efsmi -q",
     "ascend": "npu-smi info",
     "amd": "rocm-smi ... --json",
     "hygon": "rocm-smi ... --json (Hygon DCU build)",
@@ -44,6 +45,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend":
         return ascend.parse_info(text, timestamp_ns=timestamp_ns)
+    if vendor == "enflame":
+        return enflame.parse_q(text, timestamp_ns=timestamp_ns)
     if vendor == "moorethreads":
         return mthreads.parse(text, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon"):

@@ -1,0 +1,92 @@
+"""`efsmi -q` (Enflame GCU): `Key : value` blocks per `DEV ID n`, nested by indentation.
+
+Read by label inside its section (`Power Info / Cur Power`), so added or missing keys do not
+shift anything. Units are in the values (`96 W`, `42976 MiB`, `35 ℃`, `0.0 %`). `Power Capa` is
+the enforced power limit; Enflame has no public setter (DESIGN 7).
+"""
+
+from __future__ import annotations
+
+import re
+
+from agent.core import model
+from agent.core.parse import common
+
+TOOL = "efsmi -q"
+_KV = re.compile(r"^(?P<indent>\s*)(?P<key>[^:]+?)\s*:\s*(?P<value>.*)$")
+
+
+def _blocks(text: str) -> list[tuple[int, int, dict[str, str]]]:
+    """(device id, line number, {"Section/Key": value}) per `DEV ID` block."""
+    out: list[tuple[int, int, dict[str, str]]] = []
+    current: dict[str, str] | None = None
+    section = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("DEV ID"):
+            try:
+                dev = int(line.split()[-1])
+            except ValueError:
+                raise common.ParseError(TOOL, n, line, "a DEV ID that is not a number") from None
+            current = {}
+            out.append((dev, n, current))
+            continue
+        if current is None or not line.strip() or line.strip() == "...":
+            continue
+        m = _KV.match(line)
+        if m is None:
+            section = line.strip()
+            continue
+        current[f"{section}/{m.group('key').strip()}"] = m.group("value").strip()
+    return out
+
+
+def _num(v: dict[str, str], key: str, unit: str) -> float | None:
+    raw = v.get(key)
+    if raw is None:
+        return None
+    return common.number(raw.replace("℃", "C").replace("°C", "C"), unit)
+
+
+def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """Every `DEV ID` block.
+
+    Raises:
+        ParseError: no `DEV ID` block, or a value that is not a number where one is expected.
+    """
+    blocks = _blocks(text)
+    if not blocks:
+        lines = text.splitlines()
+        raise common.ParseError(TOOL, 1, lines[0] if lines else "", "no `DEV ID n` block")
+    out = []
+    for dev, line_no, v in blocks:
+        try:
+            total = _num(v, "Device Mem Info/Total Size", "MiB")
+            health = v.get("Device Info/Health", "").lower()
+            bus = v.get("PCIe Info/Bus")
+            info = model.DeviceInfo(
+                uuid=v.get("Device Info/Dev UUID") or f"enflame-{dev}",
+                index=dev,
+                vendor="enflame",
+                model=v.get("Device Info/Dev Name", ""),
+                bus_id=(f"{v.get('PCIe Info/Domain', '0000')}:{bus}:{v.get('PCIe Info/Dev', '00')}."
+                        f"{v.get('PCIe Info/Func', '0')}") if bus else "",
+                driver_version=v.get("Driver Info/Ver", ""),
+                memory_total_bytes=int(total) if total is not None else None,
+                power_cap_settable=False,
+            )
+            sample = model.DeviceSample(
+                index=dev,
+                timestamp_ns=timestamp_ns,
+                health=model.Health.OK if health == "true" else model.Health.DEGRADED if health == "false" else model.Health.UNKNOWN,
+                health_reason="" if health == "true" else f"efsmi health {health or '(absent)'}",
+                utilization=_num(v, "Device Usage Info/GCU Usage", "%"),
+                memory_used_bytes=_num(v, "Device Mem Info/Used Size", "MiB"),
+                power_w=_num(v, "Power Info/Cur Power", "W"),
+                power_limit_w=_num(v, "Power Info/Power Capa", "W"),
+                temperature_c=_num(v, "Temperature Info/GCU Temp", "C"),
+                memory_clock_hz=_num(v, "Clock Info/Mem CLK", "MHz"),
+            )
+        except ValueError as exc:
+            raise common.ParseError(TOOL, line_no, f"DEV ID {dev}", str(exc)) from None
+        out.append(common.Parsed(info=info, sample=sample))
+    return out
