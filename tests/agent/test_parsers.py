@@ -228,3 +228,12 @@ def test_efsmi_default_table_is_refused_clearly() -> None:
     with pytest.raises(parse.ParseError) as err:
         parse.parse("enflame", (FIX / "enflame" / "efsmi_S60_v1.2.0.301.txt").read_text())
     assert "efsmi -q output, line 1" in str(err.value) and "DEV ID" in str(err.value)
+
+
+def test_amd_smi_static_json() -> None:
+    (p,) = parse.parse("amd", (FIX / "amd" / "amd-smi-static-json_MI210.json").read_text())
+    i = p.info
+    assert (i.index, i.model, i.vendor) == (0, "AMD Instinct MI210", "amd")
+    assert (i.power_limit_min_w, i.power_limit_max_w) == (None, 300.0)  # min 0 W is "not reported"
+    assert (i.temp_slowdown_c, i.temp_shutdown_c) == (100.0, 105.0) and i.power_cap_settable
+    assert p.sample.power_limit_w == 300.0 and p.sample.power_w is None
