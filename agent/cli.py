@@ -206,13 +206,25 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
             )
             raise SystemExit(msg)
         log.info("--driver auto: %s", ", ".join((["nvidia (NVML)"] if drivers else []) + vendors))
-        return drivers + [tool.ToolDriver(v, timeout_s=args.driver_timeout_s) for v in vendors]
+        return drivers + [_tool_driver(v, args.driver_timeout_s) for v in vendors]
     if args.driver == "nvidia" and (nvml := _nvml_driver()) is not None:
         return [nvml]
     if args.driver not in tool.COMMANDS:
         msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join(tool.COMMANDS)}"
         raise SystemExit(msg)
-    return [tool.ToolDriver(args.driver, timeout_s=args.driver_timeout_s)]
+    return [_tool_driver(args.driver, args.driver_timeout_s)]
+
+
+def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
+    """The vendor's tool driver, with ROCm SMI caps for AMD and Hygon when the library loads."""
+    from agent.drivers import rsmi, tool  # noqa: PLC0415
+
+    if vendor in ("amd", "hygon"):
+        try:
+            return tool.CappedToolDriver(vendor, rsmi.RsmiCaps(), timeout_s=timeout_s)
+        except base.DriverError as exc:
+            log.info("%s: caps not available, read-only: %s", vendor, exc)
+    return tool.ToolDriver(vendor, timeout_s=timeout_s)
 
 
 def _nvml_driver() -> base.Driver | None:

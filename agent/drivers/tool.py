@@ -13,8 +13,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import msgspec
+
 from agent.core import model, parse
-from agent.drivers import base
+from agent.drivers import base, rsmi
 
 # vendor -> the command whose output agent/core/parse reads (sources: shared/notes/vendor-tools.md)
 COMMANDS: dict[str, list[str]] = {
@@ -93,7 +95,7 @@ class ToolDriver:
         return [p.sample for p in self._read(timestamp_ns)]
 
     def set_power_cap(self, index: int, power_w: float) -> float:
-        """Tool drivers are read-only.
+        """Tool drivers are read-only (CappedToolDriver adds a library setter).
 
         Raises:
             DriverError: always; the message says where caps are set.
@@ -104,3 +106,33 @@ class ToolDriver:
 
     def close(self) -> None:
         """Nothing held between calls."""
+
+
+class CappedToolDriver(ToolDriver):
+    """A tool driver whose vendor library sets caps: ROCm SMI for AMD and Hygon (DESIGN 7)."""
+
+    def __init__(self, vendor: str, caps: rsmi.RsmiCaps, *, timeout_s: float = 10.0, argv: list[str] | None = None) -> None:
+        """Read through the tool, cap through `caps`."""
+        super().__init__(vendor, timeout_s=timeout_s, argv=argv)
+        self.caps = caps
+
+    def discover(self) -> list[model.DeviceInfo]:
+        """The tool's devices, with the library's cap range and default."""
+        out = []
+        for info in super().discover():
+            try:
+                lo, hi = self.caps.range_w(info.index)
+                default = self.caps.default_w(info.index)
+            except base.DriverError:
+                out.append(info)  # no cap on this one: a fixed load
+                continue
+            info = msgspec.structs.replace(
+                info, power_limit_min_w=lo, power_limit_max_w=hi, power_limit_default_w=default, power_cap_settable=True
+            )
+            self._infos[info.index] = info
+            out.append(info)
+        return out
+
+    def set_power_cap(self, index: int, power_w: float) -> float:
+        """Set through the library; returns the cap read back."""
+        return self.caps.set_w(index, power_w)

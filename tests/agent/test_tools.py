@@ -99,3 +99,29 @@ def test_driver_without_its_tool_says_what_to_install(bin_dir: pathlib.Path) -> 
                        env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0  # the agent degrades: devices it cannot read are not invented
     assert json.loads(r.stdout) == [] and "xpu-smi is not on PATH" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def fake_rsmi(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import shutil  # noqa: PLC0415
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: the fake ROCm SMI library cannot be built")
+    out = tmp_path_factory.mktemp("rsmi") / "librocm_smi64.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(ROOT / "tests" / "fakes" / "fake_rsmi.c")], check=True)
+    return str(out)
+
+
+def test_amd_caps_through_rocm_smi(bin_dir: pathlib.Path, fake_rsmi: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.drivers import base, rsmi  # noqa: PLC0415
+
+    fake(bin_dir, "rocm-smi", f"cat {FIX / 'amd' / 'rocm-smi-6.2.4_showall-json.json'}")
+    d = tool.CappedToolDriver("amd", rsmi.RsmiCaps(fake_rsmi), timeout_s=5)
+    (info,) = d.discover()
+    assert (info.power_limit_min_w, info.power_limit_max_w, info.power_limit_default_w) == (100.0, 300.0, 300.0)
+    assert info.power_cap_settable
+    assert d.set_power_cap(0, 250.0) == 250.0
+    assert d.set_power_cap(0, 20.0) == 100.0  # clamped to the range
+    monkeypatch.setenv("FAKE_RSMI_DENY_SET", "1")
+    with pytest.raises(base.DriverError, match="needs root"):
+        d.set_power_cap(0, 200.0)
