@@ -237,3 +237,20 @@ def test_amd_smi_static_json() -> None:
     assert (i.power_limit_min_w, i.power_limit_max_w) == (None, 300.0)  # min 0 W is "not reported"
     assert (i.temp_slowdown_c, i.temp_shutdown_c) == (100.0, 105.0) and i.power_cap_settable
     assert p.sample.power_limit_w == 300.0 and p.sample.power_w is None
+
+
+def test_nvidia_smi_q() -> None:
+    (p,) = parse.parse("nvidia", (FIX / "nvidia" / "nvidia-smi-q_H100_590.48.01_load.txt").read_text())
+    i, s = p.info, p.sample
+    assert (i.model, i.bus_id, i.driver_version, i.uuid) == ("NVIDIA H100 80GB HBM3", "00000000:00:09.0", "590.48.01", "nvidia-0")
+    assert (i.power_limit_min_w, i.power_limit_max_w, i.power_limit_default_w) == (200.0, 700.0, 700.0)
+    assert i.memory_total_bytes == 81559 * MIB and s.memory_used_bytes == 19818 * MIB
+    assert (s.power_w, s.power_limit_w, s.temperature_c, s.memory_temperature_c) == (629.45, 700.0, 59.0, 55.0)
+    assert (s.utilization, s.core_clock_hz, s.memory_clock_hz) == (1.0, 1980e6, 2619e6)
+    assert (s.ecc_corrected_total, s.ecc_uncorrected_total) == (0.0, 0.0)
+
+
+def test_kv_tree_keeps_sections_and_colons_in_values() -> None:
+    text = "Top : 1\nGPU 0000:01:00.0\n    PCI\n        Bus Id : 0000:01:00.0\n    Name : x\n"
+    assert common.kv_tree(text) == [
+        (("Top",), "1", 1), (("GPU 0000:01:00.0", "PCI", "Bus Id"), "0000:01:00.0", 4), (("GPU 0000:01:00.0", "Name"), "x", 5)]

@@ -16,7 +16,7 @@ ParseError = common.ParseError
 Parsed = common.Parsed
 
 FORMATS: dict[str, str] = {
-    "nvidia": "nvidia-smi (the table) or nvidia-smi --query-gpu=... --format=csv",
+    "nvidia": "nvidia-smi (the table), nvidia-smi -q, or nvidia-smi --query-gpu=... --format=csv",
     "iluvatar": "ixsmi (the table) or ixsmi --query-gpu=... --format=csv[,noheader]",
     "cambricon": "cnmon",
     "metax": "mx-smi",
@@ -39,6 +39,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     is_table = any(line.lstrip().startswith("|=") for line in text.splitlines())
     if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar")):
         return table.parse(text, vendor, timestamp_ns=timestamp_ns)
+    if vendor == "nvidia" and "NVSMI LOG" in text:
+        return nvidia.parse_q(text, timestamp_ns=timestamp_ns)
     if vendor == "nvidia":
         return nvidia.parse_query_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "iluvatar":

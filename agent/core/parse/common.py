@@ -82,3 +82,29 @@ def used_total(text: str, unit: str) -> tuple[float | None, float | None]:
         return number(used, unit), None
     total_unit = re.sub(r"[\d.\s]", "", total) or unit  # `826/65536 MiB`: the used part takes the total's unit
     return number(used, total_unit if not re.search(r"[A-Za-z%]", used) else unit), number(total, unit)
+
+
+# `Key : value` (whitespace before the colon, so `GPU 00000000:00:09.0` stays a section title)
+_KV_LINE = re.compile(r"^(?P<indent>\s*)(?P<key>\S.*?)\s+:(?:\s+(?P<value>.*?))?\s*$")
+
+
+def kv_tree(text: str) -> list[tuple[tuple[str, ...], str, int]]:
+    """`Key : value` lines nested by indentation (nvidia-smi -q, xpu-smi -q, npu-smi -t ...).
+
+    Returns (path of section names and the key, value, line number) for every value line; a line
+    without a colon opens a section at its indentation.
+    """
+    out: list[tuple[tuple[str, ...], str, int]] = []
+    stack: list[tuple[int, str]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        m = _KV_LINE.match(line)
+        if m is None:
+            stack.append((indent, line.strip()))
+            continue
+        out.append(((*(s for _, s in stack), m.group("key")), m.group("value") or "", n))
+    return out

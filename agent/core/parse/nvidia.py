@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from agent.core import model
 from agent.core.parse import common
@@ -106,3 +107,70 @@ def parse_ixsmi_csv(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     first = text.lstrip().split("\n", 1)[0]
     fields = None if ("index" in first or "name" in first) else IXSMI_GPUSTACK_FIELDS
     return parse_query_csv(text, vendor="iluvatar", tool="ixsmi", fields=fields, timestamp_ns=timestamp_ns)
+
+
+_GPU_SECTION = re.compile(r"^GPU [0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
+
+
+def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`nvidia-smi -q`: one `GPU <bus id>` section per GPU, read by section and label.
+
+    Raises:
+        ParseError: no `GPU 0000...` section, or a value that is not a number where one is expected.
+    """
+    tree = common.kv_tree(text)
+    driver = next((v for path, v, _ in tree if path == ("Driver Version",)), "")
+    gpus: dict[str, dict[tuple[str, ...], tuple[str, int]]] = {}
+    for path, value, line_no in tree:
+        if len(path) > 1 and _GPU_SECTION.match(path[0]):
+            gpus.setdefault(path[0], {})[path[1:]] = (value, line_no)
+    if not gpus:
+        lines = text.splitlines()
+        raise common.ParseError("nvidia-smi -q", 1, lines[0] if lines else "", "no `GPU <bus id>` section")
+    out = []
+    for index, (section, v) in enumerate(gpus.items()):
+        first_line = min(n for _, n in v.values()) - 1
+
+        def num(*path: str, unit: str = "", v: dict[tuple[str, ...], tuple[str, int]] = v) -> float | None:
+            cell = v.get(path)
+            return None if cell is None else common.number(cell[0], unit)
+
+        try:
+            uuid = v.get(("GPU UUID",), ("", 0))[0]
+            if set(uuid) <= set("GPU-0"):  # all-zero: anonymised by the capture's author
+                uuid = ""
+            total = num("FB Memory Usage", "Total", unit="MiB")
+            power = num("GPU Power Readings", "Average Power Draw", unit="W")
+            if power is None:
+                power = num("GPU Power Readings", "Power Draw", unit="W")
+            info = model.DeviceInfo(
+                uuid=uuid or f"nvidia-{index}",
+                index=index,
+                vendor="nvidia",
+                model=v.get(("Product Name",), ("", 0))[0],
+                bus_id=v.get(("PCI", "Bus Id"), (section.split(" ", 1)[1], 0))[0],
+                driver_version=driver,
+                memory_total_bytes=int(total) if total is not None else None,
+                power_limit_min_w=num("GPU Power Readings", "Min Power Limit", unit="W"),
+                power_limit_max_w=num("GPU Power Readings", "Max Power Limit", unit="W"),
+                power_limit_default_w=num("GPU Power Readings", "Default Power Limit", unit="W"),
+                power_cap_settable=True,
+            )
+            sample = model.DeviceSample(
+                index=index,
+                timestamp_ns=timestamp_ns,
+                utilization=num("Utilization", "GPU", unit="%"),
+                memory_used_bytes=num("FB Memory Usage", "Used", unit="MiB"),
+                power_w=power,
+                power_limit_w=num("GPU Power Readings", "Current Power Limit", unit="W"),
+                temperature_c=num("Temperature", "GPU Current Temp", unit="C"),
+                memory_temperature_c=num("Temperature", "Memory Current Temp", unit="C"),
+                core_clock_hz=num("Clocks", "SM", unit="MHz"),
+                memory_clock_hz=num("Clocks", "Memory", unit="MHz"),
+                ecc_corrected_total=num("ECC Errors", "Aggregate", "DRAM Correctable"),
+                ecc_uncorrected_total=num("ECC Errors", "Aggregate", "DRAM Uncorrectable"),
+            )
+        except ValueError as exc:
+            raise common.ParseError("nvidia-smi -q", first_line, section, str(exc)) from None
+        out.append(common.Parsed(info=info, sample=sample))
+    return out
