@@ -254,3 +254,14 @@ def test_kv_tree_keeps_sections_and_colons_in_values() -> None:
     text = "Top : 1\nGPU 0000:01:00.0\n    PCI\n        Bus Id : 0000:01:00.0\n    Name : x\n"
     assert common.kv_tree(text) == [
         (("Top",), "1", 1), (("GPU 0000:01:00.0", "PCI", "Bus Id"), "0000:01:00.0", 4), (("GPU 0000:01:00.0", "Name"), "x", 5)]
+
+
+def test_xpu_smi_q() -> None:
+    (p,) = parse.parse("kunlunxin", (FIX / "kunlunxin" / "xpu-smi-q-id_P800-PCIe_v5.0.21.26.txt").read_text())
+    i, s = p.info, p.sample
+    assert (i.model, i.uuid, i.bus_id, i.vendor) == ("P800 PCIe", "GPU-420716f2-9928-5108-a5b2-e6b7cf36b37c",
+                                                    "00000000:01:00.0", "kunlunxin")
+    assert i.memory_total_bytes == 98304 * MIB and s.memory_used_bytes == 0
+    assert (s.power_w, s.power_limit_w, s.temperature_c, s.utilization) == (76.0, 350.0, 46.0, 0.0)
+    assert s.core_clock_hz == 1450e6 and (s.ecc_corrected_total, s.ecc_uncorrected_total) == (0.0, 0.0)
+    assert not i.power_cap_settable  # DESIGN 7

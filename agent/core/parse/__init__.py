@@ -20,7 +20,7 @@ FORMATS: dict[str, str] = {
     "iluvatar": "ixsmi (the table) or ixsmi --query-gpu=... --format=csv[,noheader]",
     "cambricon": "cnmon",
     "metax": "mx-smi",
-    "kunlunxin": "xpu-smi",
+    "kunlunxin": "xpu-smi, or xpu-smi -q",
     "moorethreads": "mthreads-gmi",
     "enflame": "efsmi -q",
     "ascend": "npu-smi info",
@@ -36,6 +36,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         ParseError: a layout the parser does not know (the message names the tool and the line).
         KeyError: a vendor with no parser yet (the message lists those there are).
     """
+    if vendor == "kunlunxin" and "XPUSMI LOG" in text:
+        return nvidia.parse_q(text, timestamp_ns=timestamp_ns, vendor="kunlunxin")
     is_table = any(line.lstrip().startswith("|=") for line in text.splitlines())
     if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar")):
         return table.parse(text, vendor, timestamp_ns=timestamp_ns)

@@ -109,68 +109,95 @@ def parse_ixsmi_csv(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     return parse_query_csv(text, vendor="iluvatar", tool="ixsmi", fields=fields, timestamp_ns=timestamp_ns)
 
 
-_GPU_SECTION = re.compile(r"^GPU [0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
+_GPU_SECTION = re.compile(r"^(GPU|XPU) [0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]$")
+
+# field -> alternative paths under a device section: nvidia-smi -q first, then Kunlunxin's xpu-smi -q
+Q_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "model": (("Product Name",),),
+    "uuid": (("GPU UUID",), ("XPU UUID",)),
+    "bus": (("PCI", "Bus Id"),),
+    "mem_total": (("FB Memory Usage", "Total"), ("Memory Usage", "Total")),
+    "mem_used": (("FB Memory Usage", "Used"), ("Memory Usage", "Used")),
+    "util": (("Utilization", "GPU"), ("Utilization", "Xpu")),
+    "power": (("GPU Power Readings", "Average Power Draw"), ("GPU Power Readings", "Power Draw"),
+              ("Power Readings", "Average Power Draw"), ("Power Readings", "Power Draw")),
+    "limit": (("GPU Power Readings", "Current Power Limit"), ("Power Readings", "Enforced Power Limit"),
+              ("Power Readings", "Current Power Limit")),
+    "min": (("GPU Power Readings", "Min Power Limit"), ("Power Readings", "Min Power Limit")),
+    "max": (("GPU Power Readings", "Max Power Limit"), ("Power Readings", "Max Power Limit")),
+    "default": (("GPU Power Readings", "Default Power Limit"), ("Power Readings", "Default Power Limit")),
+    "temp": (("Temperature", "GPU Current Temp"), ("Temperature", "XPU Current Temp")),
+    "mem_temp": (("Temperature", "Memory Current Temp"),),
+    "clock": (("Clocks", "SM"), ("Clocks", "Cluster")),
+    "mem_clock": (("Clocks", "Memory"),),
+    "ecc_c": (("ECC Errors", "Aggregate", "DRAM Correctable"),),
+    "ecc_u": (("ECC Errors", "Aggregate", "DRAM Uncorrectable"),),
+}
 
 
-def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
-    """`nvidia-smi -q`: one `GPU <bus id>` section per GPU, read by section and label.
+def parse_q(text: str, timestamp_ns: int = 0, *, vendor: str = "nvidia") -> list[common.Parsed]:
+    """`nvidia-smi -q` (and Kunlunxin's look-alike `xpu-smi -q`): one `GPU|XPU <bus id>` section
+    per device, read by section and label.
 
     Raises:
-        ParseError: no `GPU 0000...` section, or a value that is not a number where one is expected.
+        ParseError: no device section, or a value that is not a number where one is expected.
     """
+    tool = "nvidia-smi -q" if vendor == "nvidia" else "xpu-smi -q"
     tree = common.kv_tree(text)
     driver = next((v for path, v, _ in tree if path == ("Driver Version",)), "")
-    gpus: dict[str, dict[tuple[str, ...], tuple[str, int]]] = {}
+    devices: dict[str, dict[tuple[str, ...], tuple[str, int]]] = {}
     for path, value, line_no in tree:
         if len(path) > 1 and _GPU_SECTION.match(path[0]):
-            gpus.setdefault(path[0], {})[path[1:]] = (value, line_no)
-    if not gpus:
+            devices.setdefault(path[0], {})[path[1:]] = (value, line_no)
+    if not devices:
         lines = text.splitlines()
-        raise common.ParseError("nvidia-smi -q", 1, lines[0] if lines else "", "no `GPU <bus id>` section")
-    out = []
-    for index, (section, v) in enumerate(gpus.items()):
+        raise common.ParseError(tool, 1, lines[0] if lines else "", "no `GPU <bus id>` or `XPU <bus id>` section")
+    return [_q_device(section, v, index, vendor, tool, driver, timestamp_ns)
+            for index, (section, v) in enumerate(devices.items())]
+
+
+def _q_device(section: str, v: dict[tuple[str, ...], tuple[str, int]], index: int, vendor: str, tool: str,
+              driver: str, ts: int) -> common.Parsed:
+    def raw(field: str) -> str | None:
+        return next((v[p][0] for p in Q_PATHS[field] if p in v), None)
+
+    def num(field: str, unit: str = "") -> float | None:
+        text = raw(field)
+        return None if text is None else common.number(text, unit)
+
+    try:
+        uuid = raw("uuid") or ""
+        if set(uuid) <= set("GPU-0"):  # all-zero: anonymised by the capture's author
+            uuid = ""
+        total = num("mem_total", "MiB")
+        info = model.DeviceInfo(
+            uuid=uuid or f"{vendor}-{index}",
+            index=index,
+            vendor=vendor,
+            model=raw("model") or "",
+            bus_id=raw("bus") or section.split(" ", 1)[1],
+            driver_version=driver,
+            memory_total_bytes=int(total) if total is not None else None,
+            power_limit_min_w=num("min", "W"),
+            power_limit_max_w=num("max", "W"),
+            power_limit_default_w=num("default", "W"),
+            power_cap_settable=vendor == "nvidia",
+        )
+        sample = model.DeviceSample(
+            index=index,
+            timestamp_ns=ts,
+            utilization=num("util", "%"),
+            memory_used_bytes=num("mem_used", "MiB"),
+            power_w=num("power", "W"),
+            power_limit_w=num("limit", "W"),
+            temperature_c=num("temp", "C"),
+            memory_temperature_c=num("mem_temp", "C"),
+            core_clock_hz=num("clock", "MHz"),
+            memory_clock_hz=num("mem_clock", "MHz"),
+            ecc_corrected_total=num("ecc_c"),
+            ecc_uncorrected_total=num("ecc_u"),
+        )
+    except ValueError as exc:
         first_line = min(n for _, n in v.values()) - 1
-
-        def num(*path: str, unit: str = "", v: dict[tuple[str, ...], tuple[str, int]] = v) -> float | None:
-            cell = v.get(path)
-            return None if cell is None else common.number(cell[0], unit)
-
-        try:
-            uuid = v.get(("GPU UUID",), ("", 0))[0]
-            if set(uuid) <= set("GPU-0"):  # all-zero: anonymised by the capture's author
-                uuid = ""
-            total = num("FB Memory Usage", "Total", unit="MiB")
-            power = num("GPU Power Readings", "Average Power Draw", unit="W")
-            if power is None:
-                power = num("GPU Power Readings", "Power Draw", unit="W")
-            info = model.DeviceInfo(
-                uuid=uuid or f"nvidia-{index}",
-                index=index,
-                vendor="nvidia",
-                model=v.get(("Product Name",), ("", 0))[0],
-                bus_id=v.get(("PCI", "Bus Id"), (section.split(" ", 1)[1], 0))[0],
-                driver_version=driver,
-                memory_total_bytes=int(total) if total is not None else None,
-                power_limit_min_w=num("GPU Power Readings", "Min Power Limit", unit="W"),
-                power_limit_max_w=num("GPU Power Readings", "Max Power Limit", unit="W"),
-                power_limit_default_w=num("GPU Power Readings", "Default Power Limit", unit="W"),
-                power_cap_settable=True,
-            )
-            sample = model.DeviceSample(
-                index=index,
-                timestamp_ns=timestamp_ns,
-                utilization=num("Utilization", "GPU", unit="%"),
-                memory_used_bytes=num("FB Memory Usage", "Used", unit="MiB"),
-                power_w=power,
-                power_limit_w=num("GPU Power Readings", "Current Power Limit", unit="W"),
-                temperature_c=num("Temperature", "GPU Current Temp", unit="C"),
-                memory_temperature_c=num("Temperature", "Memory Current Temp", unit="C"),
-                core_clock_hz=num("Clocks", "SM", unit="MHz"),
-                memory_clock_hz=num("Clocks", "Memory", unit="MHz"),
-                ecc_corrected_total=num("ECC Errors", "Aggregate", "DRAM Correctable"),
-                ecc_uncorrected_total=num("ECC Errors", "Aggregate", "DRAM Uncorrectable"),
-            )
-        except ValueError as exc:
-            raise common.ParseError("nvidia-smi -q", first_line, section, str(exc)) from None
-        out.append(common.Parsed(info=info, sample=sample))
-    return out
+        raise common.ParseError(tool, first_line, section, str(exc)) from None
+    return common.Parsed(info=info, sample=sample)
