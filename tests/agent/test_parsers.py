@@ -265,3 +265,22 @@ def test_xpu_smi_q() -> None:
     assert (s.power_w, s.power_limit_w, s.temperature_c, s.utilization) == (76.0, 350.0, 46.0, 0.0)
     assert s.core_clock_hz == 1450e6 and (s.ecc_corrected_total, s.ecc_uncorrected_total) == (0.0, 0.0)
     assert not i.power_cap_settable  # DESIGN 7
+
+
+# concise tables: file -> (vendor, devices, first row: (temp, power, cap, util, sclk MHz))
+CONCISE = {
+    "amd/rocm-smi_concise_4gpu_rocm4.txt": ("amd", 4, (50.0, 23.0, 300.0, 0.0, 1319)),
+    "hygon/rocm-smi_dcu_dtk23.10_concise.txt": ("hygon", 4, (30.0, 38.0, 280.0, 0.0, None)),
+    "hygon/hy-smi_HCU-table_fragment.txt": ("hygon", 2, (61.0, 108.0, 400.0, 0.0, None)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONCISE))
+def test_rocm_smi_concise(name: str) -> None:
+    vendor, devices, (temp, power, cap, util, sclk) = CONCISE[name]
+    got = parse.parse(vendor, (FIX / name).read_text())
+    assert [p.info.index for p in got] == list(range(devices))
+    s = got[0].sample
+    assert (s.temperature_c, s.power_w, s.power_limit_w, s.utilization) == (temp, power, cap, util)
+    assert s.core_clock_hz == (None if sclk is None else sclk * 1e6)
+    assert s.memory_used_bytes is None  # VRAM% has no byte counts: absent

@@ -8,7 +8,7 @@ Parsed (DeviceInfo + DeviceSample) per device. `xpu-agent parse VENDOR FILE` pri
 
 from __future__ import annotations
 
-from agent.core.parse import amdsmi, ascend, common, enflame, mthreads, nvidia, rocm, table
+from agent.core.parse import amdsmi, ascend, common, concise, enflame, mthreads, nvidia, rocm, table
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
 
@@ -24,8 +24,8 @@ FORMATS: dict[str, str] = {
     "moorethreads": "mthreads-gmi",
     "enflame": "efsmi -q",
     "ascend": "npu-smi info",
-    "amd": "rocm-smi ... --json, or amd-smi static --json",
-    "hygon": "rocm-smi ... --json (Hygon DCU build)",
+    "amd": "rocm-smi ... --json, rocm-smi (concise), or amd-smi static --json",
+    "hygon": "hy-smi / rocm-smi ... --json, or their concise table",
 }
 
 
@@ -55,6 +55,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return mthreads.parse(text, timestamp_ns=timestamp_ns)
     if vendor == "amd" and '"gpu_data"' in text:
         return amdsmi.parse_static(text, timestamp_ns=timestamp_ns)
+    if vendor in ("amd", "hygon") and not text.lstrip().startswith(("{", "[")):
+        return concise.parse(text, vendor, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon"):
         return rocm.parse_json(text, vendor, timestamp_ns=timestamp_ns)
     msg = f"no parser for {vendor!r} output yet; there are: {', '.join(f'{v} ({f})' for v, f in FORMATS.items())}"
