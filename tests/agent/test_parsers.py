@@ -284,3 +284,21 @@ def test_rocm_smi_concise(name: str) -> None:
     assert (s.temperature_c, s.power_w, s.power_limit_w, s.utilization) == (temp, power, cap, util)
     assert s.core_clock_hz == (None if sclk is None else sclk * 1e6)
     assert s.memory_used_bytes is None  # VRAM% has no byte counts: absent
+
+
+def test_rocm_smi_label_lines() -> None:
+    got = parse.parse("amd", (FIX / "amd" / "rocm-smi-u-showmeminfo-vram_8xMI3xx_rocm7.2.txt").read_text())
+    assert [p.info.index for p in got] == list(range(8))
+    assert got[0].info.memory_total_bytes == 206141652992 and got[0].sample.memory_used_bytes == 297611264
+    assert all(p.sample.utilization == 0.0 for p in got)
+    hcu = parse.parse("hygon", (FIX / "hygon" / "hy-smi_showmeminfo-vram_HCU_fragment.txt").read_text())
+    assert [p.info.index for p in hcu] == [0, 1, 7]  # the fragment's devices, as shown
+    assert hcu[0].info.memory_total_bytes == 65520 * MIB and hcu[0].sample.memory_used_bytes == 2 * MIB
+    assert hcu[1].sample.memory_used_bytes is None  # the fragment shows no used line for HCU[1]
+
+
+def test_nvidia_smi_dmon_takes_the_newest_row() -> None:
+    (p,) = parse.parse("nvidia", (FIX / "nvidia" / "nvidia-smi-dmon_H100_590.48.01_load.txt").read_text())
+    s = p.sample
+    assert (s.power_w, s.temperature_c, s.memory_temperature_c, s.utilization) == (636.0, 65.0, 59.0, 1.0)
+    assert (s.core_clock_hz, s.memory_clock_hz) == (1980e6, 2619e6)

@@ -8,6 +8,8 @@ Parsed (DeviceInfo + DeviceSample) per device. `xpu-agent parse VENDOR FILE` pri
 
 from __future__ import annotations
 
+import re
+
 from agent.core.parse import amdsmi, ascend, common, concise, enflame, mthreads, nvidia, rocm, table
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
@@ -41,6 +43,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     is_table = any(line.lstrip().startswith("|=") for line in text.splitlines())
     if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar")):
         return table.parse(text, vendor, timestamp_ns=timestamp_ns)
+    if vendor == "nvidia" and text.lstrip().startswith("# gpu"):
+        return nvidia.parse_dmon(text, timestamp_ns=timestamp_ns)
     if vendor == "nvidia" and "NVSMI LOG" in text:
         return nvidia.parse_q(text, timestamp_ns=timestamp_ns)
     if vendor == "nvidia":
@@ -55,6 +59,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return mthreads.parse(text, timestamp_ns=timestamp_ns)
     if vendor == "amd" and '"gpu_data"' in text:
         return amdsmi.parse_static(text, timestamp_ns=timestamp_ns)
+    if vendor in ("amd", "hygon") and re.search(r"^\s*(GPU|DCU|HCU)\[\d+\]\s*:", text, re.MULTILINE):
+        return rocm.parse_lines(text, vendor, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon") and not text.lstrip().startswith(("{", "[")):
         return concise.parse(text, vendor, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon"):

@@ -201,3 +201,40 @@ def _q_device(section: str, v: dict[tuple[str, ...], tuple[str, int]], index: in
         first_line = min(n for _, n in v.values()) - 1
         raise common.ParseError(tool, first_line, section, str(exc)) from None
     return common.Parsed(info=info, sample=sample)
+
+
+# dmon column -> (DeviceSample field, unit)
+DMON: dict[str, tuple[str, str]] = {
+    "pwr": ("power_w", "W"), "gtemp": ("temperature_c", "C"), "mtemp": ("memory_temperature_c", "C"),
+    "sm": ("utilization", "%"), "mclk": ("memory_clock_hz", "MHz"), "pclk": ("core_clock_hz", "MHz"),
+}
+
+
+def parse_dmon(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`nvidia-smi dmon`: a `# gpu pwr gtemp ...` header and rows over time; the newest row per GPU.
+
+    Raises:
+        ParseError: no `# gpu` header, or a row of the wrong width.
+    """
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.lstrip("# ").startswith("gpu ")), None)
+    if head is None:
+        raise common.ParseError("nvidia-smi dmon", 1, lines[0] if lines else "", "no `# gpu ...` header")
+    labels = lines[head].lstrip("#").split()
+    newest: dict[int, tuple[int, dict[str, str]]] = {}
+    for n in range(head + 1, len(lines)):
+        if lines[n].lstrip().startswith("#") or not lines[n].strip():
+            continue
+        cells = lines[n].split()
+        if len(cells) != len(labels):
+            raise common.ParseError("nvidia-smi dmon", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels")
+        newest[int(cells[0])] = (n + 1, dict(zip(labels, cells, strict=True)))
+    out = []
+    for index, (line_no, v) in sorted(newest.items()):
+        try:
+            values = {field: common.number(v[col], unit) for col, (field, unit) in DMON.items() if col in v}
+        except ValueError as exc:
+            raise common.ParseError("nvidia-smi dmon", line_no, lines[line_no - 1], str(exc)) from None
+        info = model.DeviceInfo(uuid=f"nvidia-{index}", index=index, vendor="nvidia", model="", power_cap_settable=True)
+        out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns, **values)))
+    return out

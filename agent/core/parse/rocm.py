@@ -97,3 +97,28 @@ def _device(t: dict[str, tuple[str, str]], vendor: str, index: int, ts: int) -> 
         memory_temperature_c=_pick(t, MEMORY_T),
     )
     return common.Parsed(info=info, sample=sample)
+
+
+_LINE = re.compile(r"^(?P<kind>GPU|DCU|HCU)\[(?P<index>\d+)\]\s*:\s*(?P<rest>.*)$")
+
+
+def parse_lines(text: str, vendor: str = "amd", timestamp_ns: int = 0) -> list[common.Parsed]:
+    """The `GPU[n] : Label (unit): value` lines of `rocm-smi -u --showmeminfo vram` (Hygon:
+    `HCU[n]`/`DCU[n]`), read into the same label table as the JSON output.
+
+    Raises:
+        ParseError: no `GPU[n] : ...` line.
+    """
+    cards: dict[int, dict[str, object]] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m is None:
+            continue
+        key, sep, value = m.group("rest").rpartition(":")
+        if sep:
+            cards.setdefault(int(m.group("index")), {})[key.strip()] = value.strip()
+    if not cards:
+        lines = text.splitlines()
+        tool = "rocm-smi" if vendor == "amd" else "hy-smi"
+        raise common.ParseError(tool, 1, lines[0] if lines else "", "no `GPU[n] : label: value` lines")
+    return [_device(_table(cards[i]), vendor, i, timestamp_ns) for i in sorted(cards)]
