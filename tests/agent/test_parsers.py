@@ -224,10 +224,18 @@ def test_efsmi_q() -> None:
     assert s.memory_used_bytes == 0.0 and s.memory_clock_hz == 7000e6 and s.health == model.Health.OK
 
 
-def test_efsmi_default_table_is_refused_clearly() -> None:
+def test_efsmi_default_table() -> None:
+    got = parse.parse("enflame", (FIX / "enflame" / "efsmi_S60_v1.2.0.301.txt").read_text())
+    assert [(p.info.index, p.info.model, p.info.bus_id) for p in got] == [(0, "S60", "00:01:00.0"), (1, "S60", "00:09:00.0")]
+    assert [(p.sample.temperature_c, p.sample.power_w, p.sample.power_limit_w) for p in got] == [
+        (39.0, 105.0, 300.0), (46.0, 128.0, 300.0)]
+    assert got[0].info.memory_total_bytes == 49120 * MIB and got[0].sample.memory_used_bytes == 0
+
+
+def test_enflame_garbage_is_refused_clearly() -> None:
     with pytest.raises(parse.ParseError) as err:
-        parse.parse("enflame", (FIX / "enflame" / "efsmi_S60_v1.2.0.301.txt").read_text())
-    assert "efsmi -q output, line 1" in str(err.value) and "DEV ID" in str(err.value)
+        parse.parse("enflame", "efsmi: command failed\n")
+    assert "efsmi output, line 1" in str(err.value)
 
 
 def test_amd_smi_static_json() -> None:

@@ -24,7 +24,7 @@ FORMATS: dict[str, str] = {
     "metax": "mx-smi",
     "kunlunxin": "xpu-smi, or xpu-smi -q",
     "moorethreads": "mthreads-gmi",
-    "enflame": "efsmi -q",
+    "enflame": "efsmi, or efsmi -q",
     "ascend": "npu-smi info",
     "amd": "rocm-smi ... --json, rocm-smi (concise), or amd-smi static --json",
     "hygon": "hy-smi / rocm-smi ... --json, or their concise table",
@@ -53,6 +53,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend":
         return ascend.parse_info(text, timestamp_ns=timestamp_ns)
+    if vendor == "enflame" and "DEV ID" not in text:
+        return enflame.parse_table(text, timestamp_ns=timestamp_ns)
     if vendor == "enflame":
         return enflame.parse_q(text, timestamp_ns=timestamp_ns)
     if vendor == "moorethreads":

@@ -90,3 +90,76 @@ def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             raise common.ParseError(TOOL, line_no, f"DEV ID {dev}", str(exc)) from None
         out.append(common.Parsed(info=info, sample=sample))
     return out
+
+
+TABLE_TOOL = "efsmi"
+
+
+def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`efsmi`'s default table (v1.2): a 2-line header framed by `|----` rules, 2-line records.
+
+    Labels: `DEV NAME | FW VER | BUS-ID ECC` / `TEMP Dpm Pwr(Usage/Cap) | Mem GCU Virt | DUsed SN`.
+    `Mem` is the device memory size and `DUsed` the share in use (to the tool's 0.1 %), so the
+    used bytes are derived from it. `Pwr(Usage/Cap)` prints the two values without a slash.
+
+    Raises:
+        ParseError: no `DEV ... NAME` header, or a record that does not match it.
+    """
+    from agent.core.parse import table  # noqa: PLC0415 - shares the label helpers
+
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith("|") and "DEV" in line and "NAME" in line), None)
+    if head is None:
+        raise common.ParseError(TABLE_TOOL, 1, lines[0] if lines else "", "no `| DEV  NAME | ...` header")
+    header = [[table._labels(c) for c in table._cells(line)] for line in lines[head:head + 2]]  # noqa: SLF001
+    out: list[common.Parsed] = []
+    record: list[tuple[int, str]] = []
+    for n in range(head + 3, len(lines)):
+        line = lines[n]
+        if line.startswith(("+", "|-")):
+            if record:
+                out.append(_table_device(record, header, timestamp_ns))
+                record = []
+            continue
+        if not line.startswith("|"):
+            break
+        record.append((n + 1, line))
+    if record:
+        out.append(_table_device(record, header, timestamp_ns))
+    return out
+
+
+def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int) -> common.Parsed:
+    from agent.core.parse import table  # noqa: PLC0415
+
+    line_no, first = record[0]
+    if len(record) != 2:
+        raise common.ParseError(TABLE_TOOL, line_no, first, f"a device record has {len(record)} lines, expected 2")
+    v: dict[str, str] = {}
+    for (n, line), labels in zip(record, header, strict=True):
+        cells = table._cells(line)  # noqa: SLF001
+        if len(cells) != len(labels):
+            raise common.ParseError(TABLE_TOOL, n, line, f"{len(cells)} cells under a {len(labels)}-cell header")
+        for cell, cell_labels in zip(cells, labels, strict=True):
+            v.update(table._values(cell, cell_labels))  # noqa: SLF001
+    try:
+        index = int(v["DEV"])
+        pwr = v.get("Pwr(Usage/Cap)", "").split()
+        total = common.number(v.get("Mem", ""), "MiB")
+        share = common.number(v.get("DUsed", ""), "%")
+        info = model.DeviceInfo(
+            uuid=f"enflame-{index}", index=index, vendor="enflame", model=v.get("NAME", ""),
+            bus_id=v.get("BUS-ID", ""), memory_total_bytes=int(total) if total is not None else None,
+            power_cap_settable=False,
+        )
+        sample = model.DeviceSample(
+            index=index,
+            timestamp_ns=ts,
+            temperature_c=common.number(v.get("TEMP", ""), "C"),
+            power_w=common.number(pwr[0], "W") if len(pwr) == 2 else None,
+            power_limit_w=common.number(pwr[1], "W") if len(pwr) == 2 else None,
+            memory_used_bytes=round(total * share) if total is not None and share is not None else None,
+        )
+    except (KeyError, ValueError) as exc:
+        raise common.ParseError(TABLE_TOOL, line_no, first, str(exc)) from None
+    return common.Parsed(info=info, sample=sample)
