@@ -310,3 +310,27 @@ def test_nvidia_smi_dmon_takes_the_newest_row() -> None:
     s = p.sample
     assert (s.power_w, s.temperature_c, s.memory_temperature_c, s.utilization) == (636.0, 65.0, 59.0, 1.0)
     assert (s.core_clock_hz, s.memory_clock_hz) == (1980e6, 2619e6)
+
+
+# npu-smi info -m: file -> (chips with a logic id, model of logic id 0)
+MAPPING = {
+    "npu-smi-info-m_4x310P_anonymised.txt": (8, "Ascend"),
+    "npu-smi-info-m_8x910B_anonymised.txt": (8, "Ascend"),
+    "npu-smi-info-m_atlas800-3000_310_v20.2.txt": (4, "Ascend MiniD"),
+    "npu-smi-info-m_atlas800-3000_310_v21.0.4.txt": (None, "Ascend MiniD"),
+    "npu-smi-info-m_atlas800-9010_910A_v22.0.3.1.txt": (8, "Ascend 910A"),
+    "npu-smi-info-m_atlas800-9010_910A_v24.1.RC2.txt": (8, "Ascend 910A"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAPPING))
+def test_npu_smi_mapping(name: str) -> None:
+    text = (FIX / "ascend" / name).read_text()
+    expected, model_name = MAPPING[name]
+    got = parse.parse("ascend", text)
+    rows = [line for line in text.splitlines()[1:] if line.strip()]
+    mcu = sum(1 for line in rows if line.rstrip().endswith("Mcu"))
+    assert len(got) == (expected if expected is not None else len(rows) - mcu) == len(rows) - mcu
+    assert got[0].info.index == 0 and got[0].info.model == model_name
+    assert all(p.sample.power_w is None and p.sample.temperature_c is None for p in got)  # identity only
+    assert len({p.info.uuid for p in got}) == len(got)

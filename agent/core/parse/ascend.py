@@ -125,3 +125,35 @@ def _device(v: dict[str, str], ts: int, row: int) -> common.Parsed:  # noqa: ARG
         temperature_c=common.number(v.get("Temp(C)", ""), "C"),
     )
     return common.Parsed(info=info, sample=sample)
+
+
+def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`npu-smi info -m`: the NPU / chip / logic-id map. Devices are the chips with a logic id
+    (the `Mcu` board controller has `-`); it shows identity only, so every reading is absent.
+
+    Raises:
+        ParseError: no `NPU ID  Chip ID  Chip Logic ID  Chip Name` header, or a short row.
+    """
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.startswith("NPU ID") and "Chip Logic ID" in line), None)
+    if head is None:
+        raise common.ParseError("npu-smi info -m", 1, lines[0] if lines else "", "no `NPU ID  Chip ID  Chip Logic ID` header")
+    labels = [x.strip() for x in re.split(r"\s{2,}", lines[head].strip())]
+    out = []
+    for n in range(head + 1, len(lines)):
+        if not lines[n].strip():
+            continue
+        cells = [x.strip() for x in re.split(r"\s{2,}", lines[n].strip())]
+        if len(cells) != len(labels):
+            raise common.ParseError("npu-smi info -m", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels")
+        v = dict(zip(labels, cells, strict=True))
+        logic = v.get("Chip Logic ID", "-")
+        if not logic.isdigit():
+            continue  # the board's MCU, not a compute chip
+        name = v.get("Chip Name", "")
+        model_name = "Ascend" if name.lower().endswith("xxx") else (name if name.lower().startswith("ascend") else f"Ascend {name}")
+        index = int(logic)
+        info = model.DeviceInfo(uuid=f"ascend-npu{v['NPU ID']}-chip{v['Chip ID']}", index=index, vendor="ascend",
+                                model=model_name, power_cap_settable=False)
+        out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
+    return out
