@@ -334,3 +334,30 @@ def test_npu_smi_mapping(name: str) -> None:
     assert got[0].info.index == 0 and got[0].info.model == model_name
     assert all(p.sample.power_w is None and p.sample.temperature_c is None for p in got)  # identity only
     assert len({p.info.uuid for p in got}) == len(got)
+
+
+# npu-smi info -t: file -> [(uuid, total MiB, util, temp, power, cur freq MHz, used share)]
+T_VIEWS = {
+    "npu-smi-info-t-common_310P_2chip.txt": [("ascend-npu1-chip0", None, 0.0, 60.0, None, 960, None),
+                                              ("ascend-npu1-chip1", None, 0.0, 59.0, None, 960, None)],
+    "npu-smi-info-t-common_910B.txt": [("ascend-npu0-chip0", None, 0.0, 46.0, 69.0, 1000, None)],
+    "npu-smi-info-t-usages_310P_2chip.txt": [("ascend-npu1-chip0", 44280, 0.0, None, None, None, 0.03),
+                                              ("ascend-npu1-chip1", 43693, 0.0, None, None, None, 0.03)],
+    "npu-smi-info-t-usages_910B.txt": [("ascend-npu0-chip0", 32768, 0.0, None, None, None, 0.0)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(T_VIEWS))
+def test_npu_smi_t_views(name: str) -> None:
+    got = parse.parse("ascend", (FIX / "ascend" / name).read_text())
+    assert len(got) == len(T_VIEWS[name])
+    for p, (uuid, total, util, temp, power, freq, share) in zip(got, T_VIEWS[name], strict=True):
+        assert p.info.uuid == uuid
+        assert p.info.memory_total_bytes == (None if total is None else total * MIB)
+        assert (p.sample.utilization, p.sample.temperature_c, p.sample.power_w) == (util, temp, power)
+        assert p.sample.core_clock_hz == (None if freq is None else freq * 1e6)
+        if share is not None:  # used bytes come from a 1 % usage rate: within one percent
+            assert p.sample.memory_used_bytes == pytest.approx(share * total * MIB, abs=0.005 * total * MIB)
+    # a 2-chip board's power is shared: absent per chip, never split by guesswork
+    if "310P" in name and "common" in name:
+        assert all(p.sample.power_w is None for p in got)

@@ -25,7 +25,7 @@ FORMATS: dict[str, str] = {
     "kunlunxin": "xpu-smi, or xpu-smi -q",
     "moorethreads": "mthreads-gmi",
     "enflame": "efsmi, or efsmi -q",
-    "ascend": "npu-smi info, or npu-smi info -m",
+    "ascend": "npu-smi info, npu-smi info -m, or npu-smi info -t usages|common -i N",
     "amd": "rocm-smi ... --json, rocm-smi (concise), or amd-smi static --json",
     "hygon": "hy-smi / rocm-smi ... --json, or their concise table",
 }
@@ -53,6 +53,8 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend" and text.lstrip().startswith("NPU ID") and "Chip Logic ID" in text:
         return ascend.parse_mapping(text, timestamp_ns=timestamp_ns)
+    if vendor == "ascend" and re.match(r"\s*NPU ID\s+:", text):
+        return ascend.parse_t(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend":
         return ascend.parse_info(text, timestamp_ns=timestamp_ns)
     if vendor == "enflame" and "DEV ID" not in text:

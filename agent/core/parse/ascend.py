@@ -157,3 +157,69 @@ def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
                                 model=model_name, power_cap_settable=False)
         out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
     return out
+
+
+def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`npu-smi info -t usages|common -i N`: `Key : value` blocks for one NPU, one per chip.
+
+    A block belongs to the chip whose `Chip ID` it holds (usages prints it last, common first);
+    a block with `Chip Name : mcu` is the board controller. Power is the chip's own
+    `NPU Real-time Power(W)`, else the board's when the NPU has one chip (shared otherwise:
+    absent). Memory comes from a capacity and a usage rate, to the tool's 1 % resolution.
+
+    Raises:
+        ParseError: no `NPU ID` line, or a value that is not a number where one is expected.
+    """
+    blocks: list[dict[str, tuple[str, int]]] = [{}]
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            if blocks[-1]:
+                blocks.append({})
+            continue
+        key, sep, value = line.partition(" : ")
+        if not sep:
+            key, sep, value = line.partition(":")
+        if sep:
+            blocks[-1][key.strip()] = (value.strip(), n)
+    npu = next((b["NPU ID"][0] for b in blocks if "NPU ID" in b), None)
+    if npu is None:
+        lines = text.splitlines()
+        raise common.ParseError("npu-smi info -t", 1, lines[0] if lines else "", "no `NPU ID : n` line")
+    chips: dict[int, dict[str, tuple[str, int]]] = {}
+    board: dict[str, tuple[str, int]] = {}
+    count = 1
+    for b in blocks:
+        if "Chip Count" in b:
+            count = int(b["Chip Count"][0])
+        if b.get("Chip Name", ("", 0))[0].lower() == "mcu":
+            board = b
+        elif "Chip ID" in b and any(k.startswith(("Aicore", "DDR", "HBM", "Memory", "Temperature")) for k in b):
+            chips.setdefault(int(b["Chip ID"][0]), {}).update(b)
+    out = []
+    for chip, v in sorted(chips.items()):
+        line_no = min(n for _, n in v.values())
+
+        def num(key: str, unit: str, v: dict[str, tuple[str, int]] = v) -> float | None:
+            return common.number(v[key][0], unit) if key in v else None
+
+        try:
+            power = num("NPU Real-time Power(W)", "W")
+            if power is None and count == 1 and "NPU Real-time Power(W)" in board:
+                power = common.number(board["NPU Real-time Power(W)"][0], "W")
+            hbm = num("HBM Capacity(MB)", "MB")
+            cap, rate = (hbm, num("HBM Usage Rate(%)", "%")) if hbm else (num("DDR Capacity(MB)", "MB"), num("DDR Usage Rate(%)", "%"))
+            info = model.DeviceInfo(uuid=f"ascend-npu{npu}-chip{chip}", index=chip, vendor="ascend", model="Ascend",
+                                    memory_total_bytes=int(cap) if cap else None, power_cap_settable=False)
+            sample = model.DeviceSample(
+                index=chip,
+                timestamp_ns=timestamp_ns,
+                utilization=num("Aicore Usage Rate(%)", "%"),
+                temperature_c=num("Temperature(C)", "C"),
+                power_w=power,
+                core_clock_hz=num("Aicore curFreq(MHZ)", "MHz"),
+                memory_used_bytes=round(cap * rate) if cap and rate is not None else None,
+            )
+        except ValueError as exc:
+            raise common.ParseError("npu-smi info -t", line_no, f"chip {chip}", str(exc)) from None
+        out.append(common.Parsed(info=info, sample=sample))
+    return out
