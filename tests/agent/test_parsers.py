@@ -361,3 +361,21 @@ def test_npu_smi_t_views(name: str) -> None:
     # a 2-chip board's power is shared: absent per chip, never split by guesswork
     if "310P" in name and "common" in name:
         assert all(p.sample.power_w is None for p in got)
+
+
+def test_identity_only_views() -> None:
+    topo = parse.parse("metax", (FIX / "metax" / "mx-smi-topo-m_C500x8_v2.2.9.txt").read_text())
+    assert [p.info.index for p in topo] == list(range(8)) and all(p.sample.power_w is None for p in topo)
+    virt = parse.parse("hygon", (FIX / "hygon" / "hy-smi_virtual-show-device-info.txt").read_text())
+    assert [(p.info.index, p.info.memory_total_bytes, p.info.model) for p in virt] == [
+        (0, 4294967296, "virtual on DCU 0"), (1, 8589934592, "virtual on DCU 0")]
+
+
+def test_every_shared_fixture_has_a_parser() -> None:
+    """Each capture in shared/fixtures (copied here) parses without error, by its vendor."""
+    folder_vendor = {"mthreads": "moorethreads"}
+    files = [f for f in FIX.rglob("*") if f.is_file() and f.name != "SOURCES.md"]
+    assert len(files) == 46  # every capture of shared/fixtures/vendor-smi as of 2026-11-22
+    for f in files:
+        vendor = folder_vendor.get(f.parent.name, f.parent.name)
+        assert parse.parse(vendor, f.read_text()), f

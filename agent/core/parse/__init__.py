@@ -21,13 +21,13 @@ FORMATS: dict[str, str] = {
     "nvidia": "nvidia-smi (the table), nvidia-smi -q, or nvidia-smi --query-gpu=... --format=csv",
     "iluvatar": "ixsmi (the table) or ixsmi --query-gpu=... --format=csv[,noheader]",
     "cambricon": "cnmon",
-    "metax": "mx-smi",
+    "metax": "mx-smi, or mx-smi topo -m",
     "kunlunxin": "xpu-smi, or xpu-smi -q",
     "moorethreads": "mthreads-gmi",
     "enflame": "efsmi, or efsmi -q",
     "ascend": "npu-smi info, npu-smi info -m, or npu-smi info -t usages|common -i N",
     "amd": "rocm-smi ... --json, rocm-smi (concise), or amd-smi static --json",
-    "hygon": "hy-smi / rocm-smi ... --json, or their concise table",
+    "hygon": "hy-smi / rocm-smi ... --json, their concise table, or hy-smi virtual -show-device-info",
 }
 
 
@@ -40,6 +40,10 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     """
     if vendor == "kunlunxin" and "XPUSMI LOG" in text:
         return nvidia.parse_q(text, timestamp_ns=timestamp_ns, vendor="kunlunxin")
+    if vendor == "metax" and "Device link type matrix" in text:
+        return table.parse_topology(text, "metax", timestamp_ns=timestamp_ns)
+    if vendor == "hygon" and re.search(r"^Virtual Device \d+:", text, re.MULTILINE):
+        return rocm.parse_virtual(text, timestamp_ns=timestamp_ns)
     is_table = any(line.lstrip().startswith("|=") for line in text.splitlines())
     if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar")):
         return table.parse(text, vendor, timestamp_ns=timestamp_ns)

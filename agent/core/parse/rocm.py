@@ -122,3 +122,41 @@ def parse_lines(text: str, vendor: str = "amd", timestamp_ns: int = 0) -> list[c
         tool = "rocm-smi" if vendor == "amd" else "hy-smi"
         raise common.ParseError(tool, 1, lines[0] if lines else "", "no `GPU[n] : label: value` lines")
     return [_device(_table(cards[i]), vendor, i, timestamp_ns) for i in sorted(cards)]
+
+
+_VIRTUAL = re.compile(r"^Virtual Device (?P<index>\d+):\s*$")
+
+
+def parse_virtual(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`hy-smi virtual -show-device-info` (Hygon): the virtual devices carved from the DCUs, with
+    their global memory; identity and size only (readings are absent).
+
+    Raises:
+        ParseError: no `Virtual Device n:` block, or a memory size that is not a number.
+    """
+    out: list[common.Parsed] = []
+    current: int | None = None
+    values: dict[int, dict[str, tuple[str, int]]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _VIRTUAL.match(line.strip())
+        if m:
+            current = int(m.group("index"))
+            values[current] = {}
+            continue
+        key, sep, value = line.partition(":")
+        if current is not None and sep:
+            values[current][key.strip()] = (value.strip(), n)
+    if not values:
+        lines = text.splitlines()
+        raise common.ParseError("hy-smi virtual", 1, lines[0] if lines else "", "no `Virtual Device n:` block")
+    for index, v in sorted(values.items()):
+        raw, line_no = v.get("Global memory", ("", 0))
+        try:
+            size = common.number(raw.replace("bytes", "B"), "B")
+        except ValueError as exc:
+            raise common.ParseError("hy-smi virtual", line_no, raw, str(exc)) from None
+        actual = v.get("Actual Device", ("?", 0))[0]
+        info = model.DeviceInfo(uuid=f"hygon-vdev{index}", index=index, vendor="hygon", model=f"virtual on DCU {actual}",
+                                memory_total_bytes=int(size) if size is not None else None)
+        out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
+    return out

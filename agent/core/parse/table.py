@@ -173,3 +173,26 @@ def _device(v: dict[str, str], vendor: str, settable: bool, ts: int) -> common.P
         ecc_uncorrected_total=float(ecc) if ecc is not None and ecc.isdigit() else None,
     )
     return common.Parsed(info=info, sample=sample)
+
+
+def parse_topology(text: str, vendor: str = "metax", timestamp_ns: int = 0) -> list[common.Parsed]:
+    """A `... topo -m` link matrix (MetaX `mx-smi topo -m`, nvidia-smi alike): the devices are the
+    `GPUn` rows; identity only (links and affinities are not in the device model).
+
+    Raises:
+        ParseError: no matrix header of `GPU0 GPU1 ...` columns.
+    """
+    lines = text.splitlines()
+    head = next((i for i, line in enumerate(lines) if line.split()[:1] == ["GPU0"] and line.startswith((" ", "\t"))), None)
+    if head is None:
+        raise common.ParseError(f"{TOOLS.get(vendor, (vendor,))[0]} topo", 1, lines[0] if lines else "", "no `GPU0 GPU1 ...` header")
+    out = []
+    for line in lines[head + 1:]:
+        first = line.split()[:1]
+        if not first or not re.fullmatch(r"GPU\d+", first[0]):
+            break
+        index = int(first[0][3:])
+        info = model.DeviceInfo(uuid=f"{vendor}-{index}", index=index, vendor=vendor, model="",
+                                power_cap_settable=TOOLS.get(vendor, ("", False))[1])
+        out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
+    return out
