@@ -6,7 +6,8 @@ Capabilities come from the limit constraints, the default limit and the slowdown
 thresholds. `set_power_cap` clamps to the constraints, calls nvmlDeviceSetPowerManagementLimit
 (mW; needs root) and reads the enforced limit back (NVML's effective limit after every limiter).
 A query the device does not support (NVML_ERROR_NOT_SUPPORTED) is an absent value, not an error.
-XID events (nvmlEventSetWait) are not read yet.
+Critical XID events are registered at discovery and drained (wait 0 ms) at every sample; each
+becomes an ErrorEvent on its GPU's sample (code = the XID number).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class NvmlDriver:
         self._infos: list[model.DeviceInfo] = []
         self._lock = threading.Lock()
         self._started = False
+        self._events: Any = None
 
     def _call(self, what: str, fn: Callable[..., T], *args: object) -> T:
         try:
@@ -77,7 +79,38 @@ class NvmlDriver:
             self._handles = [self._call("device handle", n.nvmlDeviceGetHandleByIndex, i) for i in range(count)]
             driver = _text(self._opt(n.nvmlSystemGetDriverVersion))
             self._infos = [self._info(i, h, driver) for i, h in enumerate(self._handles)]
+            self._register_events()
         return list(self._infos)
+
+    def _register_events(self) -> None:
+        """Ask for critical XID events on every GPU; a driver without events goes on without them."""
+        n = self.nvml
+        try:
+            self._events = n.nvmlEventSetCreate()
+            for h in self._handles:
+                n.nvmlDeviceRegisterEvents(h, n.nvmlEventTypeXidCriticalError, self._events)
+        except n.NVMLError:
+            self._events = None
+
+    def _drain_events(self) -> dict[int, list[model.ErrorEvent]]:
+        """XIDs that arrived since the last sample, by GPU index."""
+        n = self.nvml
+        out: dict[int, list[model.ErrorEvent]] = {}
+        if self._events is None:
+            return out
+        addresses = [ctypes.cast(h, ctypes.c_void_p).value for h in self._handles]
+        for _ in range(64):  # a bound: a storm must not hold the sample
+            try:
+                data = n.nvmlEventSetWait(self._events, 0)
+            except n.NVMLError_Timeout:
+                break
+            except n.NVMLError:
+                break
+            where = ctypes.cast(data.device, ctypes.c_void_p).value
+            index = addresses.index(where) if where in addresses else -1
+            if index >= 0:
+                out.setdefault(index, []).append(model.ErrorEvent(code=str(data.eventData), text=f"XID {data.eventData}"))
+        return out
 
     def _info(self, index: int, h: Any, driver: str) -> model.DeviceInfo:
         n = self.nvml
@@ -111,6 +144,7 @@ class NvmlDriver:
         n = self.nvml
         out = []
         with self._lock:
+            xids = self._drain_events()
             for i, h in enumerate(self._handles):
                 util = self._opt(n.nvmlDeviceGetUtilizationRates, h)
                 memory = self._opt(n.nvmlDeviceGetMemoryInfo, h)
@@ -135,6 +169,7 @@ class NvmlDriver:
                         memory_clock_hz=mem_clock * MHZ if mem_clock is not None else None,
                         ecc_corrected_total=_f(corrected),
                         ecc_uncorrected_total=_f(uncorrected),
+                        error_events=tuple(xids.get(i, ())),
                     )
                 )
         return out

@@ -5,7 +5,8 @@ hung tool cannot pile up threads; the sampler adds its own per-call timeout on t
 A tool that exits non-zero, hangs, or prints what the parser does not know raises DriverError
 naming the tool and the reason: the sampler marks the devices unknown and the agent goes on.
 Parsing is in agent/core/parse (pure). Caps: tool drivers never set them; vendors with a public
-setter get it through their library (power_cap_settable reflects DESIGN 7 either way).
+setter get it through their library (CappedToolDriver); a plain tool driver reports every device
+as not settable, so the controller counts it as a fixed load instead of sending caps that fail.
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ class ToolDriver:
             raise base.DriverError(str(exc)) from None
 
     def discover(self) -> list[model.DeviceInfo]:
-        """Run the tool once; its devices."""
-        parsed = self._read(0)
-        self._infos = {p.info.index: p.info for p in parsed}
-        return [p.info for p in parsed]
+        """Run the tool once; its devices, not settable through this driver (it only reads)."""
+        infos = [msgspec.structs.replace(p.info, power_cap_settable=False) for p in self._read(0)]
+        self._infos = {i.index: i for i in infos}
+        return infos
 
     def capabilities(self, index: int) -> model.DeviceInfo:
         """What discover saw of one device."""

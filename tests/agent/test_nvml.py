@@ -88,3 +88,19 @@ def test_real_gpu_read_only() -> None:
             assert s.temperature_c is None or 0 < s.temperature_c < 120
     finally:
         d.close()
+
+
+def test_xid_events_reach_the_sample_of_their_gpu(fake_lib: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_NVML_XID", "1:79")
+    saved = pynvml.nvmlLib
+    d = nvidia.NvmlDriver(library=fake_lib)
+    try:
+        d.discover()
+        first = d.sample(1)
+        assert first[0].error_events == ()
+        assert [(e.code, e.text) for e in first[1].error_events] == [("79", "XID 79")]
+        assert d.sample(2)[1].error_events == ()  # drained: each event once
+    finally:
+        d.close()
+        pynvml.nvmlLib = saved
+        pynvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001

@@ -125,3 +125,9 @@ def test_amd_caps_through_rocm_smi(bin_dir: pathlib.Path, fake_rsmi: str, monkey
     monkeypatch.setenv("FAKE_RSMI_DENY_SET", "1")
     with pytest.raises(base.DriverError, match="needs root"):
         d.set_power_cap(0, 200.0)
+
+
+def test_a_read_only_tool_driver_reports_devices_as_not_settable(bin_dir: pathlib.Path) -> None:
+    fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
+    infos = tool.ToolDriver("cambricon", timeout_s=5).discover()
+    assert infos and not any(i.power_cap_settable for i in infos)  # CNDev setter not wired: a fixed load

@@ -66,3 +66,20 @@ int nvmlDeviceSetPowerManagementLimit(nvmlDevice_t d, unsigned int mw) {
     if (mw < 200000 || mw > 700000) return 2;
     limit_mw[d->index] = mw; return 0;
 }
+
+/* XID events: FAKE_NVML_XID=<device>:<xid> makes one critical-XID event pending per init. */
+typedef struct { nvmlDevice_t device; unsigned long long eventType, eventData; unsigned int gi, ci; } nvmlEventData_t;
+static int event_set_token = 1;
+static int xid_delivered = 0;
+int nvmlEventSetCreate(void **set) { *set = &event_set_token; xid_delivered = 0; return 0; }
+int nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types, void *set) { (void)d; (void)types; (void)set; return 0; }
+int nvmlEventSetFree(void *set) { (void)set; return 0; }
+int nvmlEventSetWait_v2(void *set, nvmlEventData_t *data, unsigned int timeout_ms) {
+    const char *spec = getenv("FAKE_NVML_XID");
+    int dev = 0, xid = 0;
+    (void)set; (void)timeout_ms;
+    if (!spec || xid_delivered || sscanf(spec, "%d:%d", &dev, &xid) != 2 || dev < 0 || dev > 1) return 10; /* timeout */
+    xid_delivered = 1;
+    data->device = &devices[dev]; data->eventType = 8; data->eventData = (unsigned long long)xid; data->gi = data->ci = 0;
+    return 0;
+}
