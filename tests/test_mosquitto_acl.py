@@ -1,0 +1,100 @@
+"""The shipped Mosquitto ACL (deploy/mosquitto/xpuctl.acl) on a real broker.
+
+Users are node ids and `controller` (in production the certificate CN via
+use_identity_as_username; here a password file made by mosquitto_passwd). A denied publish is
+dropped by the broker, so each "cannot" is checked against a fence: a message the observer must
+receive, published after the denied one was acknowledged (Mosquitto handles messages in order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+
+from tests.conftest import ROOT, Mosquitto
+
+ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
+USERS = ("node-a", "node-b", "controller")
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
+                                reason="mosquitto_passwd is not installed (package mosquitto)")
+
+
+@pytest.fixture
+def broker(tmp_path: pathlib.Path) -> Mosquitto:
+    passwords = tmp_path / "passwd"
+    passwords.write_text("")
+    for user in USERS:
+        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, f"pw-{user}"], check=True)
+    m = Mosquitto(tmp_path)
+    text = m.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    # run as root, Mosquitto drops to the `mosquitto` user, which cannot read pytest's private tmp
+    run_as = "user root\n" if os.geteuid() == 0 else ""
+    m.conf.write_text(text + f"{run_as}password_file {passwords}\nacl_file {ACL}\n")
+    m.start()
+    yield m
+    m.stop()
+
+
+@contextlib.asynccontextmanager
+async def client(m: Mosquitto, user: str, *subscriptions: str) -> AsyncIterator[tuple[aiomqtt.Client, asyncio.Queue[tuple[str, bytes]]]]:
+    inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    async with aiomqtt.Client("127.0.0.1", m.port, username=user, password=f"pw-{user}", identifier=f"t-{user}",
+                              protocol=aiomqtt.ProtocolVersion.V311) as c:
+        for s in subscriptions:
+            await c.subscribe(s, qos=1)
+
+        async def pump() -> None:
+            async for msg in c.messages:
+                await inbox.put((msg.topic.value, bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""))
+
+        task = asyncio.create_task(pump(), name=f"test.acl[{user}]")
+        try:
+            yield c, inbox
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def received_until_fence(inbox: asyncio.Queue[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Everything delivered before the b"fence" payload."""
+    got = []
+    while True:
+        topic, payload = await asyncio.wait_for(inbox.get(), 10)
+        if payload == b"fence":
+            return got
+        got.append((topic, payload))
+
+
+async def test_nodes_are_confined_to_their_own_topics(broker: Mosquitto) -> None:
+    async with client(broker, "controller", "xpu/v1/state/+", "xpu/v1/cmd/+/res") as (ctl, ctl_in), \
+            client(broker, "node-b", "xpu/v1/cmd/node-b/req") as (b, b_in), \
+            client(broker, "node-a", "xpu/v1/cmd/node-b/req", "#") as (a, a_in):
+        # the controller may command B; B gets it, A (subscribed to B's topic and to #) does not
+        await ctl.publish("xpu/v1/cmd/node-b/req", b"cap", qos=1)
+        assert await asyncio.wait_for(b_in.get(), 10) == ("xpu/v1/cmd/node-b/req", b"cap")
+        # A may not publish commands: B never sees A's, only the controller's fence after it
+        await a.publish("xpu/v1/cmd/node-b/req", b"forged", qos=1)
+        await ctl.publish("xpu/v1/cmd/node-b/req", b"fence", qos=1)
+        assert await received_until_fence(b_in) == []
+        # A may not write B's state or answers; A's own state reaches the controller
+        await a.publish("xpu/v1/state/node-b", b"forged", qos=1)
+        await a.publish("xpu/v1/cmd/node-b/res", b"forged", qos=1)
+        await a.publish("xpu/v1/state/node-a", b"fence", qos=1)
+        assert await received_until_fence(ctl_in) == []
+        # B's answer reaches the controller
+        await b.publish("xpu/v1/cmd/node-b/res", b"ok", qos=1)
+        assert await asyncio.wait_for(ctl_in.get(), 10) == ("xpu/v1/cmd/node-b/res", b"ok")
+        # A's `#` and B-topic subscriptions delivered nothing of B's traffic: only what A may read
+        await ctl.publish("xpu/v1/cmd/node-a/req", b"fence", qos=1)
+        leaked = [(t, p) for t, p in await received_until_fence(a_in) if not t.startswith("xpu/v1/cmd/node-a/")]
+        assert leaked == []
