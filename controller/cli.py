@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import json
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -59,7 +61,7 @@ def _bus_url(text: str) -> str:
 
 def _config(args: argparse.Namespace) -> config.Config:
     """The file's settings with the flags on top (flags win)."""
-    cfg = config.load(args.config)
+    cfg = config.load(args.config, os.environ)
     power = msgspec.structs.replace(
         cfg.power,
         **{k: v for k, v in (("budget_w", args.budget_w), ("period_s", args.control_period_s)) if v is not None},
@@ -101,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--budget-w", type=_positive(float), default=None, help="default: 85%% of the fleet's draw after 15 s"
     )
+
+    validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
+    validate.add_argument("--config", default=None, metavar="FILE")
 
     bench = sub.add_parser(
         "bench",
@@ -164,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.command == "validate":
+        try:
+            cfg = config.load(args.config, os.environ)
+        except config.ConfigError as exc:
+            print(f"xpu-controller validate: {exc}", file=sys.stderr)
+            return 78  # EX_CONFIG
+        print(json.dumps(msgspec.to_builtins(cfg), indent=2))
+        return 0
     if args.command == "bench" and args.scenario == "detect":
         from controller import detectbench  # noqa: PLC0415 - only this bench needs the simulator
 

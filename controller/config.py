@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import tomllib
+from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
@@ -144,21 +145,43 @@ class ConfigError(XpuError):
         self.path, self.problem = path, problem
 
 
-def load(path: str | pathlib.Path | None) -> Config:
-    """Read a TOML file into a Config (defaults when `path` is None).
+GROUPS = ("detect", "power", "bus")
+
+
+def _env_value(text: str) -> object:
+    """An environment value as TOML would give it: a number or boolean when it reads as one."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Settings from a TOML file (optional) with `XPU_<GROUP>_<KEY>` environment variables on top.
+
+    Precedence (DESIGN 6): flags (applied by the CLI) > environment > file > defaults.
 
     Raises:
         ConfigError: unreadable file, bad TOML, an unknown key or a bad value (msgspec's path kept).
     """
-    if path is None:
-        return Config()
-    try:
-        raw = tomllib.loads(pathlib.Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read it: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    raw: dict[str, dict[str, object]] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(pathlib.Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(where, f"cannot read it: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(where, f"not valid TOML: {exc}") from exc
+    for key, value in sorted((environ or {}).items()):
+        group, _, field = key.removeprefix("XPU_").lower().partition("_")
+        if key.startswith("XPU_") and group in GROUPS and field:
+            group_table = raw.setdefault(group, {})
+            if isinstance(group_table, dict):
+                group_table[field] = _env_value(value)
+                where = f"{where} + environment ({key})"
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(str(path), str(exc)) from exc
+        raise ConfigError(where, f"{exc}; see deploy/xpu-controller.example.toml for every key") from exc

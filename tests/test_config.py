@@ -1,0 +1,64 @@
+"""Controller settings: the example file, precedence (flags > XPU_* environment > file > defaults),
+and bad input named by its path."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+
+import pytest
+
+from controller import cli, config
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "deploy" / "xpu-controller.example.toml"
+
+
+def test_example_config_is_fresh_and_valid() -> None:
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_example_config.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert EXAMPLE.read_text() == gen.render(), "stale: run scripts/gen_example_config.py"
+    assert config.load(EXAMPLE) == config.Config()  # the example spells out the defaults
+
+
+def test_precedence_flags_over_environment_over_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[power]\nbudget_w = 1000.0\nperiod_s = 2.0\n[bus]\nroot = \"site/v1\"\n")
+    cfg = config.load(f, {"XPU_POWER_BUDGET_W": "2000", "XPU_DETECT_SPIKE_Z": "7.5", "HOME": "/root"})
+    assert (cfg.power.budget_w, cfg.power.period_s, cfg.detect.spike_z, cfg.bus.root) == (2000.0, 2.0, 7.5, "site/v1")
+    args = argparse.Namespace(config=str(f), budget_w=3000.0, control_period_s=None, mqtt=None)
+    monkeypatch.setenv("XPU_POWER_BUDGET_W", "2000")
+    assert cli._config(args).power.budget_w == 3000.0  # noqa: SLF001 - the flag wins
+    args.budget_w = None
+    assert cli._config(args).power.budget_w == 2000.0  # noqa: SLF001 - then the environment
+
+
+@pytest.mark.parametrize(("text", "env", "fragment"), [
+    ("[power]\nbudjet = 5\n", {}, "unknown field `budjet` - at `$.power`"),
+    ("[power]\nbudget_w = -1.0\n", {}, "$.power.budget_w"),
+    ("[power\n", {}, "not valid TOML"),
+    ("", {"XPU_DETECT_STUCK_SAMPLES": "zero"}, "$.detect.stuck_samples"),
+])
+def test_bad_settings_name_the_key(tmp_path: pathlib.Path, text: str, env: dict[str, str], fragment: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f, env)
+    assert fragment in str(err.value) and str(f) in str(err.value)
+
+
+def test_validate_exits_78_naming_the_key(tmp_path: pathlib.Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[detect]\nthermal_margin_c = \"hot\"\n")
+    r = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--config", str(bad)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78 and "$.detect.thermal_margin_c" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--config", str(EXAMPLE)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and '"budget_w": null' in r.stdout
