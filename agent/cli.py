@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import pathlib
 import re
 import socket
@@ -16,6 +17,9 @@ import sys
 import time
 from collections.abc import Sequence
 
+import msgspec
+
+from agent import config as agent_config
 from agent.core import model
 from agent.drivers import base
 from agent.drivers.sim import SimDriver, faults
@@ -109,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="sample devices and stream them to the controller")
     run.add_argument("--node-id", type=_node_id, default=socket.gethostname())
-    run.add_argument("--controller", required=True, metavar="HOST:PORT")
+    run.add_argument("--controller", default=None, metavar="HOST:PORT", help="required here or in --config")
+    run.add_argument("--config", default=None, metavar="FILE", help="TOML settings, [agent] table")
     run.add_argument(
         "--mqtt",
         type=_bus_url,
@@ -141,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     once.add_argument("--node-id", default=socket.gethostname())
     once.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
     _add_driver_args(once)
+
+    validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
+    validate.add_argument("--config", default=None, metavar="FILE")
 
     parse = sub.add_parser("parse", help="a captured management-tool output to normalised JSON")
     parse.add_argument("vendor", type=_vendor)
@@ -362,9 +370,47 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; for `run`, settings from --config and XPU_AGENT_* fill what the flags leave unset."""
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        return args
+    cfg = agent_config.load(args.config, os.environ).agent
+    given = {a.split("=", 1)[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    for field in cfg.__struct_fields__:
+        value = getattr(cfg, field)
+        flag = "--" + field.replace("_", "-")
+        if flag in given or value is None:
+            continue
+        if field == "mqtt":
+            value = _bus_url(value)
+        setattr(args, field, value)
+    if args.controller is None:
+        parser.error("run: the controller address is needed: --controller HOST:PORT or `controller` in [agent]")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-agent`."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if argv is None and sys.argv[1:2] == ["validate"] or (argv is not None and list(argv)[:1] == ["validate"]):
+        args = parser.parse_args(argv)
+        try:
+            cfg = agent_config.load(args.config, os.environ)
+        except agent_config.ConfigError as exc:
+            print(f"xpu-agent validate: {exc}", file=sys.stderr)
+            return 78  # EX_CONFIG
+        json.dump(msgspec.to_builtins(cfg), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    try:
+        args = _with_config(parser, argv)
+    except agent_config.ConfigError as exc:
+        print(f"xpu-agent: {exc}", file=sys.stderr)
+        return 78
+    except argparse.ArgumentTypeError as exc:
+        print(f"xpu-agent: config: {exc}", file=sys.stderr)
+        return 78
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

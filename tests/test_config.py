@@ -62,3 +62,20 @@ def test_validate_exits_78_naming_the_key(tmp_path: pathlib.Path) -> None:
     r = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--config", str(EXAMPLE)], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and '"budget_w": null' in r.stdout
+
+
+def test_agent_config_precedence_and_validate(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import cli as agent_cli  # noqa: PLC0415
+    from agent import config as agent_config  # noqa: PLC0415
+
+    f = tmp_path / "agent.toml"
+    f.write_text('[agent]\ncontroller = "10.0.0.1:50051"\ninterval_s = 2.0\nbuffer_batches = 50\n')
+    monkeypatch.setenv("XPU_AGENT_BUFFER_BATCHES", "70")
+    parser = agent_cli._parser()  # noqa: SLF001
+    args = agent_cli._with_config(parser, ["run", "--config", str(f), "--interval-s", "0.5"])  # noqa: SLF001
+    assert (args.controller, args.interval_s, args.buffer_batches) == ("10.0.0.1:50051", 0.5, 70)
+    f.write_text("[agent]\nbuffer_batches = 0\n")
+    monkeypatch.delenv("XPU_AGENT_BUFFER_BATCHES")  # (it would override the file's bad value)
+    with pytest.raises(agent_config.ConfigError, match=r"\$\.agent\.buffer_batches"):
+        agent_config.load(f, {})
+    assert agent_cli.main(["validate", "--config", str(f)]) == 78

@@ -1,0 +1,88 @@
+"""Agent settings from TOML (`[agent]`), with `XPU_AGENT_<KEY>` environment variables on top;
+flags on the command line win over both (DESIGN 6). Unknown keys are errors naming the key.
+Nothing else in the agent reads files or the environment for settings."""
+
+from __future__ import annotations
+
+import pathlib
+import tomllib
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`xpu-agent run` settings; each is also a flag of the same name."""
+
+    node_id: str | None = None
+    """Node identity (default: the host name); with mTLS it must match the certificate."""
+    controller: str | None = None
+    """Controller address HOST:PORT."""
+    mqtt: str | None = None
+    """Action bus URL (mqtt://HOST:PORT or mqtts://...); without it the agent only reports."""
+    driver: str = "sim"
+    """auto, sim, or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, amd, hygon, ...)."""
+    interval_s: Positive = 1.0
+    """Sampling interval."""
+    driver_timeout_s: Positive = 5.0
+    """A driver call longer than this makes its devices unknown."""
+    buffer_batches: Count = 600
+    """Batches kept while the controller is unreachable (then the oldest are dropped, counted)."""
+    reconnect_max_s: Positive = 30.0
+    """Cap of the reconnect backoff."""
+    failsafe_after_s: Positive = 15.0
+    """Restore default caps when the controller has been silent this long."""
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every agent setting."""
+
+    agent: Agent = msgspec.field(default_factory=Agent)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; names the file (or variable), the key and the problem."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        """Keep the facts; build the message."""
+        super().__init__(f"config {where}: {problem}")
+        self.where, self.problem = where, problem
+
+
+def _env_value(text: str) -> object:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """The file (optional) with `XPU_AGENT_<KEY>` on top.
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, an unknown key or a bad value (with its path).
+    """
+    raw: dict[str, dict[str, object]] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            raw = tomllib.loads(pathlib.Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(where, f"cannot read it: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(where, f"not valid TOML: {exc}") from exc
+    for key, value in sorted((environ or {}).items()):
+        if key.startswith("XPU_AGENT_"):
+            table = raw.setdefault("agent", {})
+            if isinstance(table, dict):
+                table[key.removeprefix("XPU_AGENT_").lower()] = _env_value(value)
+                where = f"{where} + environment ({key})"
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(where, str(exc)) from exc
