@@ -79,3 +79,13 @@ def test_agent_config_precedence_and_validate(tmp_path: pathlib.Path, monkeypatc
     with pytest.raises(agent_config.ConfigError, match=r"\$\.agent\.buffer_batches"):
         agent_config.load(f, {})
     assert agent_cli.main(["validate", "--config", str(f)]) == 78
+
+
+def test_agent_example_config_is_valid() -> None:
+    from agent import config as agent_config  # noqa: PLC0415
+
+    cfg = agent_config.load(ROOT / "deploy" / "xpu-agent.example.toml", {}).agent
+    assert cfg.driver == "auto" and cfg.controller and cfg.failsafe_after_s == 15.0
+    documented = {line.split("=")[0].strip("# ").strip() for line in
+                  (ROOT / "deploy" / "xpu-agent.example.toml").read_text().splitlines() if "=" in line}
+    assert documented == set(agent_config.Agent.__struct_fields__)  # every key is in the example
