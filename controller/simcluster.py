@@ -9,9 +9,10 @@ agents. This module and the demo are the only places where the controller import
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 
-from agent.drivers.sim import engine, faults, profiles
+from agent.drivers.sim import SimDriver, engine, faults
 from controller import config
 from controller.core import control, ingest, model, registry, ring
 
@@ -52,18 +53,13 @@ class SimCluster:
         node_faults = node_faults or {}
         for k, vendor in enumerate(vendors):
             node_id = f"sim-{k:04d}"
-            prof = profiles.profile_for(vendor)
-            node = engine.SimNode(
-                [prof] * devices_per_node,
-                node_id=node_id,
-                seed=seed,
-                faults=node_faults.get(k, []),
-                workload=workloads[k],
-            )
-            self.nodes.append(node)
+            # the simulated driver describes its devices as an agent would; its node is stepped here
+            driver = SimDriver(vendor=vendor, node_id=node_id, devices=devices_per_node, seed=seed,
+                               fault_specs=node_faults.get(k, []), workload=workloads[k])
+            self.nodes.append(driver.node)
             self.node_ids.append(node_id)
             stream = ingest.StreamState()
-            infos = [_info(vendor, node_id, i, prof) for i in range(devices_per_node)]
+            infos = [model.DeviceInfo(**msgspec.structs.asdict(i)) for i in driver.discover()]
             facts = ingest.HelloFacts(
                 node_id=node_id, boot_id="b", agent_version="sim", devices=infos, labels={}, interval_s=1.0, acked_seq=0
             )
@@ -106,23 +102,6 @@ class SimCluster:
     def slot(self, node: int, device: int) -> int:
         """The controller's slot of a simulated device."""
         return self.registry.slot_of_uuid[f"{self.nodes[node].profiles[0].vendor}-{self.node_ids[node]}-{device}"]
-
-
-def _info(vendor: str, node_id: str, index: int, p: profiles.Profile) -> model.DeviceInfo:
-    return model.DeviceInfo(
-        uuid=f"{vendor}-{node_id}-{index}",
-        index=index,
-        vendor=vendor,
-        model=p.model,
-        memory_total_bytes=p.memory_total_bytes,
-        power_limit_min_w=p.power_limit_min_w,
-        power_limit_max_w=p.power_limit_max_w,
-        power_limit_default_w=p.power_limit_default_w,
-        power_cap_settable=p.power_cap_settable,
-        temp_slowdown_c=p.temp_slowdown_c,
-        temp_shutdown_c=p.temp_shutdown_c,
-        simulated=True,
-    )
 
 
 def _columns(node: engine.SimNode, seq: int, now_ns: int) -> ingest.BatchColumns:

@@ -70,13 +70,12 @@ class AgentBus:
             tg.create_task(self._lease_loop(), name=f"mqtt[{self.node_id}].lease")
 
     def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
-        lost = msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=self.boot_id))
         return aiomqtt.Client(
             self.url.host,
             self.url.port,
             identifier=f"xpu-agent-{self.node_id}",
             protocol=protocol,
-            will=aiomqtt.Will(self.topics.status(self.node_id), lost, qos=1, retain=True),
+            will=bus_client.will(self.topics.status(self.node_id), self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=MAX_QUEUED_INCOMING,
             tls_params=aiomqtt.TLSParameters() if self.url.tls else None,
@@ -173,12 +172,4 @@ class AgentBus:
 
     async def say_offline(self) -> None:
         """A graceful goodbye: the retained status says `offline` (the will only covers crashes)."""
-        client = self.client
-        if client is None:
-            return
-        offline = msgspec.json.encode(bus.Status(state=bus.OFFLINE, boot_id=self.boot_id, at_ns=time.time_ns()))
-        try:
-            async with asyncio.timeout(1.0):
-                await client.publish(self.topics.status(self.node_id), offline, qos=1, retain=True)
-        except (TimeoutError, aiomqtt.MqttError) as exc:
-            log.info("could not say offline: %s", exc)
+        await bus_client.say_offline(self.client, self.topics.status(self.node_id), self.boot_id)

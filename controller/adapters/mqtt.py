@@ -126,13 +126,12 @@ class ControllerBus:
         await self.sessions.run()
 
     def _client(self, protocol: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
-        lost = msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=self.boot_id))
         return aiomqtt.Client(
             self.url.host,
             self.url.port,
             identifier=f"xpu-controller-{self.boot_id[:8]}",
             protocol=protocol,
-            will=aiomqtt.Will(self.topics.controller_status, lost, qos=1, retain=True),
+            will=bus_client.will(self.topics.controller_status, self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=self.max_queued,
             tls_params=aiomqtt.TLSParameters() if self.url.tls else None,
@@ -200,12 +199,4 @@ class ControllerBus:
 
     async def say_offline(self) -> None:
         """Retained status `offline`: the controller is leaving on purpose."""
-        client = self.client
-        if client is None:
-            return
-        offline = msgspec.json.encode(bus.Status(state=bus.OFFLINE, boot_id=self.boot_id, at_ns=time.time_ns()))
-        try:
-            async with asyncio.timeout(1.0):
-                await client.publish(self.topics.controller_status, offline, qos=1, retain=True)
-        except (TimeoutError, aiomqtt.MqttError) as exc:
-            log.info("could not say offline: %s", exc)
+        await bus_client.say_offline(self.client, self.topics.controller_status, self.boot_id)

@@ -214,6 +214,7 @@ class PowerController:
         if self.budget_w is None:
             target = np.where(s, np.minimum(ceiling, inputs.default_w), np.nan)
             settable_budget = math.inf
+            demand = inputs.max_w
         else:
             settable_budget = self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w + self._reclaim(inputs)
             demand = self._demand(inputs, current)
@@ -228,8 +229,7 @@ class PowerController:
                 feasible, problem = False, str(exc)
             target = np.full(n, np.nan)
             target[s] = caps
-        demand_all = self._demand(inputs, current) if self.budget_w is not None else inputs.max_w
-        commands = self._moves(inputs, s, current, target, settable_budget, demand_all)
+        commands = self._moves(inputs, s, current, target, settable_budget, demand)
         return Decision(
             commands=commands,
             feasible=feasible,

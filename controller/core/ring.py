@@ -100,14 +100,6 @@ class RingStore:
         out[(offsets[None, :] + self.count[slots, None]) < 0] = np.nan
         return out
 
-    def window_timestamps(self, slots: I64, last: int) -> I64:
-        """The `last` newest timestamps of many devices, shaped (k, last), oldest first (0 = none)."""
-        offsets = np.arange(-last, 0)
-        idx = (self.head[slots, None] + offsets[None, :]) % self.window
-        out = self.timestamps[slots[:, None], idx]
-        out[(offsets[None, :] + self.count[slots, None]) < 0] = 0
-        return out
-
     def back(self, slots: I64, metric: int, n: int) -> tuple[I64, F64]:
         """(timestamps, values) of one metric `n` samples before the newest (0 = the newest).
 

@@ -60,7 +60,7 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         line = lines[i]
         if line.startswith("+"):
             if record:
-                out.append(_chip(record, header, timestamp_ns, len(out)))
+                out.append(_chip(record, header, timestamp_ns))
                 record = []
             continue
         if not line.startswith("|"):
@@ -69,11 +69,11 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             break
         record.append((i + 1, line))
     if record:
-        out.append(_chip(record, header, timestamp_ns, len(out)))
+        out.append(_chip(record, header, timestamp_ns))
     return out
 
 
-def _chip(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int, row: int) -> common.Parsed:
+def _chip(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int) -> common.Parsed:
     if len(record) != 2:
         line_no, line = record[0]
         raise common.ParseError(TOOL, line_no, line, f"a chip record has {len(record)} lines, expected 2")
@@ -86,12 +86,12 @@ def _chip(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]
             v.update(_values(cell, cell_labels))
     line_no, line = record[0]
     try:
-        return _device(v, ts, row)
+        return _device(v, ts)
     except ValueError as exc:
         raise common.ParseError(TOOL, line_no, line, str(exc)) from None
 
 
-def _device(v: dict[str, str], ts: int, row: int) -> common.Parsed:  # noqa: ARG001 - row kept for layouts without ids
+def _device(v: dict[str, str], ts: int) -> common.Parsed:
     npu = int(v["NPU"])
     chip = int(v.get("Chip", "0"))
     logical = v.get("Device")

@@ -65,11 +65,6 @@ class Frame(msgspec.Struct, kw_only=True):
         index = model.HEALTH if metric == "health" else model.M[metric]
         return self.store.back(self.slots, index, n)
 
-    def window(self, metric: str, last: int) -> F64:
-        """The `last` newest values of one metric per device, oldest first (NaN = none)."""
-        index = model.HEALTH if metric == "health" else model.M[metric]
-        return self.store.window_view(self.slots, index, last)
-
 
 class Verdict(msgspec.Struct, kw_only=True):
     """A detector's judgement of each device in the frame (arrays aligned with `frame.slots`)."""

@@ -14,9 +14,11 @@ import asyncio
 import logging
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
+import msgspec
 
 from protos.xpu.v1 import bus
 
@@ -37,6 +39,26 @@ def set_nodelay(client: aiomqtt.Client) -> None:
     sock = client._client.socket()  # noqa: SLF001 - paho's socket is only reachable here
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def will(topic: str, boot_id: str) -> aiomqtt.Will:
+    """The last will on a retained status topic: `lost`, sent by the broker if we vanish."""
+    return aiomqtt.Will(topic, msgspec.json.encode(bus.Status(state=bus.LOST, boot_id=boot_id)), qos=1, retain=True)
+
+
+async def say_offline(client: aiomqtt.Client | None, topic: str, boot_id: str) -> None:
+    """A graceful goodbye: the retained status says `offline` (the will only covers crashes).
+
+    Best effort within 1 s: a broker that is gone must not hold a shutdown.
+    """
+    if client is None:
+        return
+    offline = msgspec.json.encode(bus.Status(state=bus.OFFLINE, boot_id=boot_id, at_ns=time.time_ns()))
+    try:
+        async with asyncio.timeout(1.0):
+            await client.publish(topic, offline, qos=1, retain=True)
+    except (TimeoutError, aiomqtt.MqttError) as exc:
+        log.info("could not say offline on %s: %s", topic, exc)
 
 
 class Sessions:
