@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import re
+import signal
 import socket
 import sys
 import time
@@ -25,6 +26,7 @@ from agent.drivers import base
 from agent.drivers.sim import SimDriver, faults
 from agent.runtime import Agent
 from agent.sampler import Sampler
+from protos.xpu import logs, systemd, tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
@@ -108,7 +110,10 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpu-agent", description="xpuctl node agent")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_argument(
+        "--log-format", default="json", choices=logs.FORMATS, help="JSON lines (default) or text for people"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="sample devices and stream them to the controller")
@@ -140,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
         "--reconnect-max-s", type=_positive(float), default=30.0, help="cap of the reconnect backoff"
     )
     run.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
+    run.add_argument("--tls-cert-file", default=None, metavar="PEM", help="this node's certificate (mTLS)")
+    run.add_argument("--tls-key-file", default=None, metavar="PEM", help="its key")
+    run.add_argument("--tls-server-name", default=None, help="name in the controller's certificate, if not its host")
     _add_driver_args(run)
 
     once = sub.add_parser("once", help="print one normalised sample per device as JSON")
@@ -267,6 +276,13 @@ async def _once(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    """Run one agent until SIGTERM/SIGINT, telling systemd (when it is there) how it goes.
+
+    READY once the devices are discovered and the controller has acknowledged the stream's
+    Hello; WATCHDOG from the event loop; STOPPING when the signal arrives.
+    """
+    notifier = systemd.Notifier(os.environ)
+    tls_files = _agent_tls(args)
     sampler = Sampler(_drivers(args, args.node_id), timeout_s=args.driver_timeout_s)
     the_agent = Agent(
         node_id=args.node_id,
@@ -278,9 +294,47 @@ async def _run(args: argparse.Namespace) -> int:
         backoff_cap_s=args.reconnect_max_s,
         bus_url=args.mqtt,
         failsafe_after_s=args.failsafe_after_s,
+        tls_files=tls_files,
     )
-    await the_agent.run()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def announce() -> None:
+        await the_agent.link.up.wait()
+        notifier.ready(f"streaming {len(the_agent.devices)} device(s) to {args.controller}")
+
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(the_agent.run(), name=f"agent[{args.node_id}]")
+        side = [
+            tg.create_task(announce(), name="agent.sd_ready"),
+            tg.create_task(notifier.watchdog_loop(), name="agent.sd_watchdog"),
+        ]
+        stopped = tg.create_task(stop.wait(), name="agent.stop")
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            log.info("node %s: stopping on signal", args.node_id)
+            notifier.stopping()
+        for task in (running, stopped, *side):
+            task.cancel()
     return 0
+
+
+def _agent_tls(args: argparse.Namespace) -> tls.ClientFiles | None:
+    """The stream's TLS files, loaded once here so that a bad file stops the start (exit 78)."""
+    if args.tls_ca_file is None:
+        if args.tls_cert_file or args.tls_key_file:
+            raise tls.TlsError("client certificate", args.tls_cert_file or args.tls_key_file, "set tls_ca_file too")
+        return None
+    files = tls.ClientFiles(
+        ca_file=args.tls_ca_file,
+        cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file,
+        server_name=args.tls_server_name,
+    )
+    tls.channel_credentials(files)
+    return files
 
 
 async def _fleet(args: argparse.Namespace) -> int:
@@ -411,15 +465,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"xpu-agent: config: {exc}", file=sys.stderr)
         return 78
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.setup(args.log_level, args.log_format, os.environ)
     _install_uvloop()
     if args.command == "parse":
         return _parse(args)
     command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
     try:
         return asyncio.run(command(args))
+    except tls.TlsError as exc:
+        log.error("%s", exc)
+        return 78  # EX_CONFIG: the fix is in the config, a restart will not help
     except KeyboardInterrupt:
         return 130
 

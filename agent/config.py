@@ -36,6 +36,14 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Cap of the reconnect backoff."""
     failsafe_after_s: Positive = 15.0
     """Restore default caps when the controller has been silent this long."""
+    tls_ca_file: str | None = None
+    """CA of the controller's certificate (PEM); setting it turns TLS on for the gRPC stream."""
+    tls_cert_file: str | None = None
+    """This node's certificate (PEM) for mTLS; its SAN or CN must be the node id."""
+    tls_key_file: str | None = None
+    """The key of tls_cert_file (PEM)."""
+    tls_server_name: str | None = None
+    """Name expected in the controller's certificate when it differs from the host in `controller`."""
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

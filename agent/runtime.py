@@ -19,6 +19,7 @@ from agent.adapters import codec, link, mqtt
 from agent.core import actuator, buffer, model
 from agent.drivers.base import DriverError
 from agent.sampler import Sampler
+from protos.xpu import tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
@@ -41,6 +42,7 @@ class Agent:
         backoff_cap_s: float = 30.0,
         bus_url: bus.BusUrl | None = None,
         failsafe_after_s: float = 15.0,
+        tls_files: tls.ClientFiles | None = None,
     ) -> None:
         """Create the agent; nothing runs until `run`. Without `bus_url` there is no actuator."""
         self.node_id = node_id
@@ -60,6 +62,7 @@ class Agent:
             channel=channel,
             rng=rng,
             backoff_cap_s=backoff_cap_s,
+            tls_files=tls_files,
         )
         self.discovered = asyncio.Event()
         self.bus_url = bus_url

@@ -17,6 +17,7 @@ import msgspec
 
 from controller import config, service
 from controller.core import ingest, registry
+from protos.xpu import logs, systemd, tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -72,7 +73,10 @@ def _config(args: argparse.Namespace) -> config.Config:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_argument(
+        "--log-format", default="json", choices=logs.FORMATS, help="JSON lines (default) or text for people"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="ingest telemetry and serve the Cluster API")
@@ -127,31 +131,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    """Run the controller until SIGINT/SIGTERM."""
+    """Run the controller until SIGINT/SIGTERM, telling systemd (when it is there) how it goes.
+
+    READY once the gRPC port serves (health SERVING) and the loops run; WATCHDOG from the event
+    loop; STOPPING when the signal arrives.
+    """
+    notifier = systemd.Notifier(os.environ)
     try:
         cfg = _config(args)
+        svc = service.Service(
+            cfg,
+            listen=args.listen,
+            window=args.window,
+            liveness=registry.Liveness(stale_after_s=args.stale_after_s, offline_after_s=args.offline_after_s),
+            limits=ingest.Limits(),
+            reflection_on=not args.no_reflection,
+            embedded_port=args.embedded_port,
+            metrics_listen=args.metrics_listen,
+        )
     except config.ConfigError as exc:
         log.error("%s", exc)
         return 78  # EX_CONFIG
-    svc = service.Service(
-        cfg,
-        listen=args.listen,
-        window=args.window,
-        liveness=registry.Liveness(stale_after_s=args.stale_after_s, offline_after_s=args.offline_after_s),
-        limits=ingest.Limits(),
-        reflection_on=not args.no_reflection,
-        embedded_port=args.embedded_port,
-        metrics_listen=args.metrics_listen,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    async def announce() -> None:
+        await svc.ready.wait()
+        notifier.ready(f"serving on port {svc.port}; bus {svc.bus_url or 'off'}")
+        await stop.wait()
+        notifier.stopping()
+
+    side: list[asyncio.Task[None]] = []
     try:
+        side = [
+            asyncio.create_task(announce(), name="controller.sd_ready"),
+            asyncio.create_task(notifier.watchdog_loop(), name="controller.sd_watchdog"),
+        ]
         await svc.run(stop)
+    except tls.TlsError as exc:
+        log.error("%s", exc)
+        return 78
     except OSError as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
     log.info("shut down")
     return 0
 
@@ -166,9 +194,7 @@ def _install_uvloop() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-controller`."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.setup(args.log_level, args.log_format, os.environ)
     if args.command == "validate":
         try:
             cfg = config.load(args.config, os.environ)

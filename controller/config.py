@@ -128,12 +128,41 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """Bound of the incoming and outgoing queues; beyond it messages are dropped and counted."""
 
 
+class Tls(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """mTLS on the gRPC listener (agents' streams and the Cluster API). All three files, or none."""
+
+    cert_file: str | None = None
+    """The controller's certificate chain (PEM)."""
+    key_file: str | None = None
+    """Its private key (PEM)."""
+    client_ca_file: str | None = None
+    """CA of the agents' and operators' client certificates (PEM); every client must present one."""
+
+    @property
+    def on(self) -> bool:
+        """Whether TLS is configured."""
+        return self.cert_file is not None
+
+
+class Auth(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Who may call what (controller/core/access.py), enforced when [tls] is on."""
+
+    operator_identities: tuple[str, ...] = ()
+    """Client-certificate identities (SAN or CN) allowed to change things: budget, priority, cordon."""
+    operator_tokens_file: str | None = None
+    """File of `NAME TOKEN` lines; a call with metadata `authorization: Bearer TOKEN` acts as NAME."""
+    open_reads: bool = False
+    """Let any client certificate from the CA make read-only calls (summary, lists, events)."""
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every controller setting."""
 
     detect: Detect = msgspec.field(default_factory=Detect)
     power: Power = msgspec.field(default_factory=Power)
     bus: Bus = msgspec.field(default_factory=Bus)
+    tls: Tls = msgspec.field(default_factory=Tls)
+    auth: Auth = msgspec.field(default_factory=Auth)
 
 
 class ConfigError(XpuError):
@@ -145,7 +174,7 @@ class ConfigError(XpuError):
         self.path, self.problem = path, problem
 
 
-GROUPS = ("detect", "power", "bus")
+GROUPS = ("detect", "power", "bus", "tls", "auth")
 
 
 def _env_value(text: str) -> object:
@@ -182,6 +211,22 @@ def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = No
                 group_table[field] = _env_value(value)
                 where = f"{where} + environment ({key})"
     try:
-        return msgspec.convert(raw, Config)
+        cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
         raise ConfigError(where, f"{exc}; see deploy/xpu-controller.example.toml for every key") from exc
+    _check_tls(cfg, where)
+    return cfg
+
+
+def _check_tls(cfg: Config, where: str) -> None:
+    """Rules across keys: TLS files all or none; credentials only over TLS."""
+    t = cfg.tls
+    given = [k for k in ("cert_file", "key_file", "client_ca_file") if getattr(t, k) is not None]
+    if given and len(given) != 3:  # noqa: PLR2004 - the three files
+        missing = sorted({"cert_file", "key_file", "client_ca_file"} - set(given))
+        raise ConfigError(where, f"[tls] needs cert_file, key_file and client_ca_file together; missing {', '.join(missing)} - at $.tls")
+    if not t.on and (cfg.auth.operator_identities or cfg.auth.operator_tokens_file):
+        raise ConfigError(
+            where,
+            "operator credentials need [tls] (tokens over plaintext can be read by anyone on the path) - at $.auth",
+        )

@@ -1,7 +1,8 @@
 """`xpuctl`: the operator's CLI against a controller's Cluster API.
 
 Human tables by default, `--json` for scripts. Exit codes: 0 ok, 2 usage, 3 controller
-unreachable, 4 the controller refused the request (the message says why). `top` is the live
+unreachable, 4 the controller refused the request (the message says why), 5 not allowed (no or
+a wrong operator credential). `top` is the live
 dashboard (controller/top.py).
 """
 
@@ -18,11 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.core import dashboard
+from protos.xpu import tls
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
+EXIT_DENIED = 5
 TIMEOUT_S = 10.0
 
 HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
@@ -212,6 +215,13 @@ SORT_KEYS = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpuctl", description="xpuctl operator CLI")
     parser.add_argument("--controller", default="127.0.0.1:50051", metavar="HOST:PORT")
+    parser.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
+    parser.add_argument("--tls-cert-file", default=None, metavar="PEM", help="client certificate (mTLS)")
+    parser.add_argument("--tls-key-file", default=None, metavar="PEM", help="its key")
+    parser.add_argument("--tls-server-name", default=None, help="name in the controller's certificate, if not its host")
+    parser.add_argument(
+        "--token-file", default=None, metavar="FILE", help="operator bearer token (first line), sent over TLS only"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summary", help="cluster totals")
     s.add_argument("--json", action="store_true")
@@ -339,18 +349,44 @@ def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int
     return 0
 
 
+def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
+    """Channel credentials and options from the TLS flags (None: plaintext).
+
+    Raises:
+        tls.TlsError: a file cannot be used, or a token or certificate without --tls-ca-file.
+    """
+    if args.tls_ca_file is None:
+        if args.token_file or args.tls_cert_file:
+            what = "--token-file" if args.token_file else "--tls-cert-file"
+            raise tls.TlsError(what, args.token_file or args.tls_cert_file, "needs --tls-ca-file (credentials go over TLS only)")
+        return None, []
+    files = tls.ClientFiles(
+        ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file, server_name=args.tls_server_name
+    )
+    token = tls.read_token(args.token_file) if args.token_file else None
+    return tls.operator_credentials(files, token), tls.channel_options(files)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpuctl`."""
     args = _parser().parse_args(argv)
+    try:
+        creds, options = credentials(args)
+    except tls.TlsError as exc:
+        print(f"xpuctl: {exc}", file=sys.stderr)
+        return 2
     if args.command == "top":
         from controller import top  # noqa: PLC0415 - only top needs the async client
 
         try:
-            return top.run(args.controller, interval_s=args.interval_s, once=args.once)
+            return top.run(args.controller, interval_s=args.interval_s, once=args.once, credentials=creds, options=options)
         except KeyboardInterrupt:
             return 0
     console = Console()
-    with grpc.insecure_channel(args.controller) as channel:
+    channel_cm = (
+        grpc.secure_channel(args.controller, creds, options=options) if creds else grpc.insecure_channel(args.controller)
+    )
+    with channel_cm as channel:
         stub = cluster_pb2_grpc.ClusterStub(channel)
         try:
             return _run(args, stub, console)
@@ -359,6 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except grpc.RpcError as exc:
             code = exc.code()  # type: ignore[attr-defined]
             details = exc.details()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
+                print("xpuctl: pass an operator credential: --token-file, or --tls-cert-file/--tls-key-file", file=sys.stderr)
+                return EXIT_DENIED
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 print(f"xpuctl: cannot reach the controller at {args.controller}: {details}", file=sys.stderr)
                 print("xpuctl: is `xpu-controller serve` running there? (--controller HOST:PORT)", file=sys.stderr)

@@ -12,16 +12,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import time
 import uuid
 
 from controller import config
 from controller.adapters import broker, grpc_api, metrics, mqtt
-from controller.core import control, events, ingest, registry
+from controller.core import access, control, events, ingest, registry
+from protos.xpu import tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
 SHUTDOWN_BUS_S = 5.0
+
+
+def server_files(cfg: config.Config) -> tls.ServerFiles | None:
+    """The listener's TLS files, when [tls] is on."""
+    t = cfg.tls
+    if t.cert_file is None or t.key_file is None or t.client_ca_file is None:
+        return None
+    return tls.ServerFiles(cert_file=t.cert_file, key_file=t.key_file, client_ca_file=t.client_ca_file)
+
+
+def policy(cfg: config.Config) -> access.Policy:
+    """The access rules of `cfg` (reads the operator token file).
+
+    Raises:
+        config.ConfigError: the token file cannot be read or has a bad line.
+    """
+    tokens: dict[bytes, str] = {}
+    path = cfg.auth.operator_tokens_file
+    if path is not None:
+        try:
+            tokens = access.parse_tokens(pathlib.Path(path).read_text(), path)
+        except OSError as exc:
+            raise config.ConfigError(path, f"auth.operator_tokens_file: cannot read it: {exc.strerror}") from exc
+        except access.TokenFileError as exc:
+            raise config.ConfigError(
+                path, f"auth.operator_tokens_file, line {exc.line_no}: {exc.problem}; each line is `NAME TOKEN`"
+            ) from exc
+    return access.Policy(
+        enforced=cfg.tls.on,
+        operator_identities=frozenset(cfg.auth.operator_identities),
+        operator_tokens=tokens,
+        open_reads=cfg.auth.open_reads,
+    )
 
 
 class Service:
@@ -44,6 +79,7 @@ class Service:
         self.boot_id = str(uuid.uuid4())
         self.state = grpc_api.State(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
         self.state.after_batch = self._after_batch
+        self.state.policy = policy(cfg)
         self.listen = listen
         self.reflection_on = reflection_on
         self.embedded_port = embedded_port
@@ -139,10 +175,18 @@ class Service:
                 stack.push_async_callback(msrv.wait_closed)
                 stack.callback(msrv.close)
                 log.info("/metrics on port %d", self.metrics_port)
-            server, self.port = grpc_api.build_server(self.state, self.listen, reflection_on=self.reflection_on)
+            server, self.port = grpc_api.build_server(
+                self.state, self.listen, reflection_on=self.reflection_on, tls_files=server_files(self.cfg)
+            )
             await server.start()
             await grpc_api.set_serving(server, serving=True)
-            log.info("xpu-controller serving on port %d; bus %s; budget %s", self.port, url or "off", self.state.budget_w)
+            log.info(
+                "xpu-controller serving on port %d (%s); bus %s; budget %s",
+                self.port,
+                "mTLS, access rules enforced" if self.cfg.tls.on else "plaintext, no access control",
+                url or "off",
+                self.state.budget_w,
+            )
             # the bus runs beside the TaskGroup: a broker that stopped answering must not hold
             # the shutdown (the task is cancelled and given SHUTDOWN_BUS_S to close)
             bus_task = asyncio.create_task(self.bus.run(), name="controller.mqtt") if self.bus else None

@@ -108,10 +108,15 @@ def waiting(target: str, problem: str) -> dashboard.Snapshot:
                            problem=problem or "connecting ...")
 
 
-async def _main(target: str, interval_s: float, once: bool) -> int:
+async def _main(
+    target: str, interval_s: float, once: bool, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, str]]
+) -> int:
     app = Top(target)
     console = Console()
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel_cm = (
+        grpc.aio.secure_channel(target, credentials, options=options) if credentials else grpc.aio.insecure_channel(target)
+    )
+    async with channel_cm as channel:
         stub = cluster_pb2_grpc.ClusterStub(channel)
         watcher = asyncio.create_task(app._watch(stub), name="top.events")  # noqa: SLF001
         try:
@@ -132,9 +137,16 @@ async def _main(target: str, interval_s: float, once: bool) -> int:
                 await watcher
 
 
-def run(target: str, *, interval_s: float = 1.0, once: bool = False) -> int:
-    """Run until Ctrl-C (or one frame with `once`)."""
+def run(
+    target: str,
+    *,
+    interval_s: float = 1.0,
+    once: bool = False,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: list[tuple[str, str]] | None = None,
+) -> int:
+    """Run until Ctrl-C (or one frame with `once`); TLS with `credentials`."""
     try:
-        return asyncio.run(_main(target, max(interval_s, 0.2), once))
+        return asyncio.run(_main(target, max(interval_s, 0.2), once, credentials, options or []))
     except KeyboardInterrupt:
         return 0

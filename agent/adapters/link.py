@@ -19,6 +19,7 @@ import grpc
 import grpc.aio
 
 from agent.core import backoff, buffer
+from protos.xpu import tls
 from protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.agent.link")
@@ -55,8 +56,9 @@ class Link:
         backoff_cap_s: float = 30.0,
         rng: random.Random | None = None,
         channel: grpc.aio.Channel | None = None,
+        tls_files: tls.ClientFiles | None = None,
     ) -> None:
-        """`make_hello(acked_seq)` builds the encoded Hello for a new session."""
+        """`make_hello(acked_seq)` builds the encoded Hello for a new session; `tls_files` turn on (m)TLS."""
         self.target = target
         self.node_id = node_id
         self.boot_id = boot_id
@@ -66,9 +68,11 @@ class Link:
         self.backoff_cap_s = backoff_cap_s
         self.rng = rng or random.Random()
         self._channel = channel
+        self.tls_files = tls_files
         self._wake = asyncio.Event()
         self._resume_at = 0.0
         self.connected = False
+        self.up = asyncio.Event()  # set at the first session's first Ack, never cleared
         self.sessions_total = 0
         self.rejected_samples_total = 0
         self.last_error = ""
@@ -79,7 +83,7 @@ class Link:
 
     async def run(self) -> None:
         """Keep a session up until cancelled."""
-        channel = self._channel or grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        channel = self._channel or tls.secure_channel(self.target, self.tls_files, CHANNEL_OPTIONS)
         stream = channel.stream_stream(
             STREAM_METHOD,
             request_serializer=None,  # batches are encoded once, when sampled
@@ -129,6 +133,7 @@ class Link:
             if not self.connected:
                 log.info("node %s: streaming to %s", self.node_id, self.target)
             self.connected = True
+            self.up.set()
             self.last_error = ""
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._send(call), name=f"link[{self.node_id}].tx")

@@ -12,7 +12,7 @@ import collections
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import grpc.aio
@@ -21,8 +21,9 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.adapters import codec
 from controller import config
-from controller.core import control, events, ingest, registry, ring, views
+from controller.core import access, control, events, ingest, registry, ring, views
 from controller.errors import ProtocolViolation
+from protos.xpu import tls
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 from protos.xpu.v1 import telemetry_pb2 as pb
@@ -75,6 +76,8 @@ class State:
         self.forward: Callable[[events.Event], None] | None = None  # e.g. to xpu/v1/events
         self.event_counts: dict[str, int] = {}  # by kind, since start
         self.raised_by_detector: dict[str, int] = {}  # anomaly.raised by detector, since start
+        self.policy = access.Policy()  # who may do what; set by the service when TLS is on
+        self.denied: dict[str, int] = {}  # refused Cluster calls, by status code name
 
     @property
     def budget_w(self) -> float | None:
@@ -114,12 +117,13 @@ class TelemetryService:
         """One agent's stream: Hello, then Batches; an Ack for each."""
         st = self.state
         stream = ingest.StreamState()
+        identities = tls.peer_identities(context) if st.policy.enforced else frozenset()
         st.streams_open += 1
         try:
             async for raw in requests:
                 now_ns = time.time_ns()
                 try:
-                    answer = self._handle(stream, raw, now_ns)
+                    answer = self._handle(stream, raw, now_ns, identities)
                 except ProtocolViolation as v:
                     st.ingest.counters.reject(v.reason)
                     node = stream.node.node_id if stream.node else "?"
@@ -130,14 +134,17 @@ class TelemetryService:
             st.streams_open -= 1
             st.ingest.stream_closed(stream)
 
-    def _handle(self, stream: ingest.StreamState, raw: bytes, now_ns: int) -> ingest.Answer:
+    def _handle(self, stream: ingest.StreamState, raw: bytes, now_ns: int, identities: frozenset[str]) -> ingest.Answer:
         limit = self.state.ingest.limits.max_message_bytes
         if len(raw) > limit:
             msg = f"message of {len(raw)} bytes exceeds the limit of {limit} bytes"
             raise ProtocolViolation("RESOURCE_EXHAUSTED", "oversize", msg)
         msg = codec.decode_agent_message(raw)
         if msg.WhichOneof("kind") == "hello":
-            return self.state.ingest.hello(stream, codec.hello_facts(msg.hello), now_ns)
+            facts = codec.hello_facts(msg.hello)
+            if (denial := access.check_node(self.state.policy, facts.node_id, identities)) is not None:
+                raise ProtocolViolation(denial.code, "identity_mismatch", denial.message)
+            return self.state.ingest.hello(stream, facts, now_ns)
         answer = self.state.ingest.batch(stream, codec.batch_columns(msg.batch), now_ns)
         if self.state.after_batch is not None:
             self.state.after_batch(now_ns)
@@ -320,14 +327,86 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         return cpb.CordonResponse(devices=len(slots))  # type: ignore[arg-type]
 
 
-def build_server(state: State, listen: str, *, reflection_on: bool = True) -> tuple[grpc.aio.Server, int]:
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Applies controller/core/access.py to every Cluster call before its handler runs.
+
+    An interceptor sees the method and the metadata but not the peer's certificate, so it wraps
+    the handler: the wrapper reads the auth context, asks the rules, and aborts or goes on.
+    """
+
+    def __init__(self, state: State) -> None:
+        """Check calls against `state.policy`."""
+        self.state = state
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """The handler, wrapped when the call is a Cluster call and access is enforced."""
+        handler = await continuation(details)
+        method_path: str = details.method  # type: ignore[attr-defined]
+        if handler is None or not self.state.policy.enforced or not method_path.startswith(f"/{CLUSTER}/"):
+            return handler
+        method = method_path.rsplit("/", 1)[1]
+        token = _bearer(details.invocation_metadata)  # type: ignore[attr-defined]
+
+        async def refused(context: grpc.aio.ServicerContext) -> bool:
+            denial = access.check_call(self.state.policy, method, tls.peer_identities(context), token)
+            if denial is None:
+                return False
+            self.state.denied[denial.code] = self.state.denied.get(denial.code, 0) + 1
+            log.warning("refused %s from %s: %s", method, context.peer(), denial.message)
+            await context.abort(getattr(grpc.StatusCode, denial.code), denial.message)
+            return True  # not reached: abort raises
+
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def streaming(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+                if not await refused(context):
+                    async for item in inner_stream(request, context):
+                        yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                streaming, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        inner = handler.unary_unary
+
+        async def unary(request: object, context: grpc.aio.ServicerContext) -> object:
+            await refused(context)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+def _bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    """The token of an `authorization: Bearer TOKEN` header, if any."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
+
+
+def build_server(
+    state: State, listen: str, *, reflection_on: bool = True, tls_files: tls.ServerFiles | None = None
+) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server with every service added, bound to `listen`; returns it and its port.
+
+    With `tls_files` the port is mTLS and `state.policy` is enforced.
 
     Raises:
         OSError: the address cannot be bound.
+        tls.TlsError: a TLS file cannot be used.
     """
     limit = state.ingest.limits.max_message_bytes
+    credentials = tls.server_credentials(tls_files) if tls_files is not None else None
     server = grpc.aio.server(
+        interceptors=[AccessInterceptor(state)],
         options=[
             *SERVER_OPTIONS,
             # gRPC's own limit sits above ours, so that oversize messages reach our check and counter
@@ -350,7 +429,7 @@ def build_server(state: State, listen: str, *, reflection_on: bool = True) -> tu
     if reflection_on:
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(listen)
+    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     if port == 0:
         msg = f"cannot listen on {listen!r}: address in use or not valid (expected HOST:PORT)"
         raise OSError(msg)

@@ -1,0 +1,154 @@
+"""TLS material for gRPC and MQTT: PEM files in, credentials out, with errors that name the file.
+
+Agents, xpuctl and the controller all load certificates the same way, so it is here (the one
+package they may all import). Identity rules (notes A2, B4): a peer's identity is what its
+certificate says (subject alternative names, else the common name) as gRPC's auth context
+reports it, never what the peer writes in a message.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import ssl
+
+import grpc
+import grpc.aio
+import msgspec
+
+
+class TlsError(ValueError):
+    """A certificate, key or CA file that cannot be used; names the file and the problem."""
+
+    def __init__(self, what: str, path: str, problem: str) -> None:
+        """Keep the facts; build the message."""
+        super().__init__(f"{what} {path!r}: {problem}")
+        self.what, self.path, self.problem = what, path, problem
+
+
+class ClientFiles(msgspec.Struct, frozen=True, kw_only=True):
+    """A client's TLS files: the CA that signed the server, and our certificate and key (mTLS)."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    """Expected name in the server's certificate when it differs from the address's host."""
+
+
+class ServerFiles(msgspec.Struct, frozen=True, kw_only=True):
+    """A server's TLS files: its certificate chain and key, and the CA its clients' certificates chain to."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+
+
+def read_pem(what: str, path: str) -> bytes:
+    """The bytes of a PEM file.
+
+    Raises:
+        TlsError: unreadable, or not PEM.
+    """
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsError(what, path, f"cannot read it: {exc.strerror}") from exc
+    if b"-----BEGIN " not in data:
+        raise TlsError(what, path, "not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def channel_credentials(files: ClientFiles) -> grpc.ChannelCredentials:
+    """gRPC channel credentials: the CA, plus our certificate and key when both are given.
+
+    Raises:
+        TlsError: a file is missing or not PEM, or only one of certificate and key is given.
+    """
+    if (files.cert_file is None) != (files.key_file is None):
+        raise TlsError("client certificate", files.cert_file or files.key_file or "", "give both the certificate and its key")
+    ca = read_pem("CA file", files.ca_file)
+    cert = read_pem("client certificate", files.cert_file) if files.cert_file else None
+    key = read_pem("client key", files.key_file) if files.key_file else None
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def read_token(path: str) -> str:
+    """An operator token from a file (its first line, trimmed): never from a flag, where `ps` would show it.
+
+    Raises:
+        TlsError: unreadable or empty.
+    """
+    try:
+        lines = pathlib.Path(path).read_text().split("\n")
+    except OSError as exc:
+        raise TlsError("token file", path, f"cannot read it: {exc.strerror}") from exc
+    token = lines[0].strip()
+    if not token:
+        raise TlsError("token file", path, "the first line is empty; put the token there")
+    return token
+
+
+def operator_credentials(files: ClientFiles, token: str | None) -> grpc.ChannelCredentials:
+    """Channel credentials for xpuctl and schedulers: TLS (and mTLS), plus the bearer token on every call.
+
+    gRPC sends call credentials only over TLS, so a token never travels in the clear.
+    """
+    creds = channel_credentials(files)
+    if token is None:
+        return creds
+    return grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+
+
+def channel_options(files: ClientFiles | None) -> list[tuple[str, str]]:
+    """Channel options that TLS needs (the expected server name, if overridden)."""
+    if files is None or not files.server_name:
+        return []
+    return [("grpc.ssl_target_name_override", files.server_name)]
+
+
+def secure_channel(target: str, files: ClientFiles | None, options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+    """A grpc.aio channel: TLS with `files`, plaintext without."""
+    opts: list[tuple[str, int | str]] = [*(options or []), *channel_options(files)]
+    if files is None:
+        return grpc.aio.insecure_channel(target, options=opts)
+    return grpc.aio.secure_channel(target, channel_credentials(files), options=opts)
+
+
+def server_credentials(files: ServerFiles) -> grpc.ServerCredentials:
+    """mTLS server credentials: every client must present a certificate that chains to the CA.
+
+    Raises:
+        TlsError: a file is missing or not PEM.
+    """
+    chain = read_pem("server certificate", files.cert_file)
+    key = read_pem("server key", files.key_file)
+    ca = read_pem("client CA file", files.client_ca_file)
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
+
+
+def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
+    """The names in the peer's verified certificate (SANs and CN); empty without TLS."""
+    auth = context.auth_context()
+    names: set[str] = set()
+    for key in ("x509_subject_alternative_name", "x509_common_name"):
+        names.update(v.decode(errors="replace") for v in auth.get(key, []))
+    return frozenset(names)
+
+
+def ssl_context(files: ClientFiles) -> ssl.SSLContext:
+    """A client SSLContext (for MQTT over TLS): verify the server with the CA, present our certificate.
+
+    Raises:
+        TlsError: a file is missing or not PEM, or the key does not match the certificate.
+    """
+    read_pem("CA file", files.ca_file)
+    ctx = ssl.create_default_context(cafile=files.ca_file)
+    if files.cert_file or files.key_file:
+        if not (files.cert_file and files.key_file):
+            raise TlsError("client certificate", files.cert_file or files.key_file or "", "give both the certificate and its key")
+        read_pem("client certificate", files.cert_file)
+        try:
+            ctx.load_cert_chain(files.cert_file, files.key_file)
+        except ssl.SSLError as exc:
+            raise TlsError("client key", files.key_file, f"does not match the certificate: {exc.reason}") from exc
+    return ctx
