@@ -302,7 +302,14 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     async def announce() -> None:
-        await the_agent.link.up.wait()
+        while True:  # `systemctl status` shows why a start takes long
+            try:
+                async with asyncio.timeout(5.0):
+                    await the_agent.link.up.wait()
+                break
+            except TimeoutError:
+                why = the_agent.link.last_error or ("discovering devices" if not the_agent.devices else "connecting")
+                notifier.status(f"waiting for the controller at {args.controller}: {why}")
         notifier.ready(f"streaming {len(the_agent.devices)} device(s) to {args.controller}")
 
     async with asyncio.TaskGroup() as tg:

@@ -85,9 +85,9 @@ class Processes:
         self.log_dir = log_dir
         self.logs: list[pathlib.Path] = []
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        """Run `python -m <args>` from the repository root."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Run `python -m <args>` from the repository root (with `env` added to the environment)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         log = self.log_dir / f"proc-{len(self.procs)}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env,

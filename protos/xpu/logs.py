@@ -81,18 +81,30 @@ def under_journald(environ: Mapping[str, str], stream: TextIO) -> bool:
     return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
-def setup(level: str, fmt: str, environ: Mapping[str, str], stream: TextIO | None = None) -> None:
-    """Configure the root logger once, at start-up (only the CLI entry points call this)."""
-    stream = stream or sys.stderr
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of the record (as logging's last resort does)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        """The current standard error."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
+
+
+def setup(level: str, fmt: str, environ: Mapping[str, str]) -> None:
+    """Configure the root logger at start-up (only the CLI entry points call this; again replaces ours)."""
     formatter: logging.Formatter = (
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    if under_journald(environ, stream):
+    if under_journald(environ, sys.stderr):
         formatter = JournalPrefix(formatter)
-    handler = logging.StreamHandler(stream)
+    handler = StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

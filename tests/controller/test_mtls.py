@@ -1,0 +1,244 @@
+"""mTLS and the access rules on a real gRPC server on 127.0.0.1, with certificates minted by trustme.
+
+One site CA signs the controller (127.0.0.1), two nodes and an operator; a second CA plays the
+stranger. Refusals are checked by status code and by the counters the controller keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import pathlib
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+import trustme
+
+from agent.adapters import codec
+from agent.core import model
+from controller import config, service
+from controller.core import registry
+from protos.xpu import tls
+from protos.xpu.v1 import cluster_pb2 as cpb
+from protos.xpu.v1 import cluster_pb2_grpc
+from protos.xpu.v1 import telemetry_pb2 as pb
+from tests.conftest import ROOT, Processes, RunningService, free_port, wait_until
+
+TOKEN = "tok-" + "0123456789abcdef" * 2
+
+
+class Pki:
+    """PEM files of a test site in a directory."""
+
+    def __init__(self, d: pathlib.Path) -> None:
+        """Mint everything."""
+        self.d = d
+        self.ca = trustme.CA(organization_name="xpuctl test site")
+        self.ca_file = self._write("ca.pem", self.ca.cert_pem.bytes())
+        self._leaf("controller", self.ca.issue_cert("127.0.0.1", "localhost"))
+        for name in ("node-a", "node-b", "alice"):
+            self._leaf(name, self.ca.issue_cert(name, common_name=name))
+        stranger = trustme.CA(organization_name="somebody else")
+        self._leaf("stranger-node-a", stranger.issue_cert("node-a", common_name="node-a"))
+        past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+        self._leaf("expired-node-a", self.ca.issue_cert("node-a", not_before=past, not_after=past + datetime.timedelta(days=1)))
+        self.tokens = self._write("tokens", f"# operators\nalice-token {TOKEN}\n".encode())
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = self.d / name
+        path.write_bytes(data)
+        return str(path)
+
+    def _leaf(self, name: str, cert: trustme.LeafCert) -> None:
+        self._write(f"{name}.pem", cert.cert_chain_pems[0].bytes())
+        self._write(f"{name}.key", cert.private_key_pem.bytes())
+
+    def cert(self, name: str) -> str:
+        return str(self.d / f"{name}.pem")
+
+    def key(self, name: str) -> str:
+        return str(self.d / f"{name}.key")
+
+    def client(self, name: str | None) -> tls.ClientFiles:
+        """A client that trusts the site CA and presents `name`'s certificate (None: none)."""
+        if name is None:
+            return tls.ClientFiles(ca_file=self.ca_file)
+        return tls.ClientFiles(ca_file=self.ca_file, cert_file=self.cert(name), key_file=self.key(name))
+
+
+@pytest.fixture
+def pki(tmp_path: pathlib.Path) -> Pki:
+    return Pki(tmp_path)
+
+
+def tls_config(p: Pki, *, open_reads: bool = False) -> config.Config:
+    return config.Config(
+        tls=config.Tls(cert_file=p.cert("controller"), key_file=p.key("controller"), client_ca_file=p.ca_file),
+        auth=config.Auth(operator_identities=("alice",), operator_tokens_file=p.tokens, open_reads=open_reads),
+    )
+
+
+@pytest.fixture
+async def running(pki: Pki) -> AsyncIterator[RunningService]:
+    svc = service.Service(tls_config(pki), listen=f"127.0.0.1:{free_port()}",
+                          liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0))
+    r = await RunningService(svc).start()
+    yield r
+    await r.stop()
+
+
+def hello(node_id: str) -> bytes:
+    info = model.DeviceInfo(uuid=f"{node_id}-0", index=0, vendor="nvidia", model="H100")
+    return codec.hello(node_id=node_id, boot_id=str(uuid.uuid4()), agent_version="t", devices=[info],
+                       labels={}, interval_s=1.0, acked_seq=0)
+
+
+async def stream_hello(target: str, files: tls.ClientFiles, node_id: str) -> pb.ControllerMessage:
+    """Open Telemetry.Stream with `files`, say Hello as `node_id`, return the first answer (or raise)."""
+    async with tls.secure_channel(target, files) as ch:
+        call = ch.stream_stream("/xpu.v1.Telemetry/Stream", request_serializer=None,
+                                response_deserializer=pb.ControllerMessage.FromString)()
+        await call.write(hello(node_id))
+        first = await asyncio.wait_for(call.read(), 10)
+        call.cancel()
+        assert first is not grpc.aio.EOF
+        return first
+
+
+async def test_a_node_streams_as_itself_over_mtls(running: RunningService, pki: Pki) -> None:
+    first = await stream_hello(running.target, pki.client("node-a"), "node-a")
+    assert first.WhichOneof("kind") == "ack"
+    assert "node-a" in running.svc.state.registry.nodes
+
+
+@pytest.mark.parametrize(
+    ("who", "why"),
+    [(None, "no client certificate"), ("stranger-node-a", "a certificate from another CA"),
+     ("expired-node-a", "an expired certificate")],
+)
+async def test_the_handshake_refuses(running: RunningService, pki: Pki, who: str | None, why: str) -> None:
+    files = pki.client(who)
+    if who == "stranger-node-a":  # it still trusts our controller; only its own certificate is foreign
+        files = tls.ClientFiles(ca_file=pki.ca_file, cert_file=pki.cert(who), key_file=pki.key(who))
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stream_hello(running.target, files, "node-a")
+    assert exc.value.code() == grpc.StatusCode.UNAVAILABLE, why
+    assert "node-a" not in running.svc.state.registry.nodes
+
+
+async def test_node_a_cannot_stream_as_node_b(running: RunningService, pki: Pki) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stream_hello(running.target, pki.client("node-a"), "node-b")
+    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "'node-b' is not in this stream's certificate (node-a)" in (exc.value.details() or "")
+    st = running.svc.state
+    assert "node-b" not in st.registry.nodes
+    assert st.ingest.counters.rejected_by_reason.get("identity_mismatch") == 1
+    # the server keeps serving: the honest node still gets in
+    assert (await stream_hello(running.target, pki.client("node-b"), "node-b")).WhichOneof("kind") == "ack"
+
+
+async def cluster_call(target: str, files: tls.ClientFiles, token: str | None, call: str) -> grpc.StatusCode:
+    creds = tls.operator_credentials(files, token)
+    async with grpc.aio.secure_channel(target, creds) as ch:
+        stub = cluster_pb2_grpc.ClusterStub(ch)
+        try:
+            if call == "set_budget":
+                await stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=5000.0), timeout=10)
+            elif call == "cordon":
+                await stub.Cordon(cpb.CordonRequest(node_id="node-a", reason="t"), timeout=10)
+            elif call == "summary":
+                await stub.GetSummary(cpb.GetSummaryRequest(), timeout=10)
+            else:
+                watch = stub.WatchEvents(cpb.WatchEventsRequest())
+                await asyncio.wait_for(watch.read(), 0.5)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        except TimeoutError:  # the watch is open and simply has nothing to say yet
+            return grpc.StatusCode.OK
+        return grpc.StatusCode.OK
+
+
+OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    ("cert", "token", "call", "expected"),
+    [
+        ("alice", None, "set_budget", OK),  # operator certificate
+        ("node-a", TOKEN, "set_budget", OK),  # operator token, from any certificate
+        ("node-a", None, "set_budget", DENIED),  # a node is not an operator
+        ("node-a", "tok-wrong-0123456789abcdef", "cordon", UNAUTH),  # a token that matches nobody
+        ("node-a", None, "cordon", DENIED),
+        ("node-a", None, "summary", DENIED),  # reads are closed unless auth.open_reads
+        ("node-a", None, "watch", DENIED),
+        ("alice", None, "summary", OK),
+        ("alice", None, "watch", OK),
+    ],
+)
+async def test_cluster_calls_need_an_operator(
+    running: RunningService, pki: Pki, cert: str, token: str | None, call: str, expected: grpc.StatusCode
+) -> None:
+    assert await cluster_call(running.target, pki.client(cert), token, call) == expected
+    st = running.svc.state
+    assert sum(st.denied.values()) == (0 if expected == OK else 1)
+    if call == "set_budget":
+        assert (st.budget_w == 5000.0) == (expected == OK)
+
+
+async def test_open_reads(pki: Pki) -> None:
+    svc = service.Service(tls_config(pki, open_reads=True), listen=f"127.0.0.1:{free_port()}")
+    r = await RunningService(svc).start()
+    try:
+        assert await cluster_call(r.target, pki.client("node-a"), None, "summary") == OK
+        assert await cluster_call(r.target, pki.client("node-a"), None, "set_budget") == DENIED
+    finally:
+        await r.stop()
+
+
+async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Pki, tmp_path: pathlib.Path,
+                                                               processes: Processes) -> None:
+    """The programs as an operator runs them: config file, agent flags, xpuctl with a token file."""
+    port = free_port()
+    conf = tmp_path / "controller.toml"
+    conf.write_text(
+        f'[tls]\ncert_file = "{pki.cert("controller")}"\nkey_file = "{pki.key("controller")}"\n'
+        f'client_ca_file = "{pki.ca_file}"\n[auth]\noperator_tokens_file = "{pki.tokens}"\n'
+    )
+    target = f"127.0.0.1:{port}"
+    processes.start("controller.cli", "serve", "--listen", target, "--config", str(conf))
+    processes.start("agent.cli", "run", "--node-id", "node-a", "--controller", target, "--sim-devices", "2",
+                    "--reconnect-max-s", "0.5", "--tls-ca-file", pki.ca_file,
+                    "--tls-cert-file", pki.cert("node-a"), "--tls-key-file", pki.key("node-a"))
+    token_file = tmp_path / "alice.token"
+    token_file.write_text(TOKEN + "\n")
+    tls_flags = ["--tls-ca-file", pki.ca_file, "--tls-cert-file", pki.cert("node-b"), "--tls-key-file", pki.key("node-b")]
+
+    async def xpuctl(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "controller.ctl", "--controller", target, *args, cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    async def node_a_listed() -> bool:
+        rc, out, _ = await xpuctl(*tls_flags, "--token-file", str(token_file), "nodes")
+        return rc == 0 and "node-a" in out
+
+    for _ in range(100):
+        if await node_a_listed():
+            break
+        await asyncio.sleep(0.2)
+    else:
+        pytest.fail("node-a never appeared in `xpuctl nodes` over mTLS")
+    rc, _, err = await xpuctl(*tls_flags, "budget", "4000")  # node-b's certificate, no token
+    assert rc == 5 and "PERMISSION_DENIED" in err and "operator" in err
+    rc, out, err = await xpuctl(*tls_flags, "--token-file", str(token_file), "budget", "4000")
+    assert rc == 0, err
+    assert "4,000" in out or "4000" in out
+    rc, _, err = await xpuctl("--token-file", str(token_file), "summary")  # a token in the clear: refused here
+    assert rc == 2 and "needs --tls-ca-file" in err
