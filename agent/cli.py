@@ -27,7 +27,7 @@ from agent.drivers.sim import SimDriver, faults
 from agent.runtime import Agent
 from agent.sampler import Sampler
 from protos.xpu import logs, systemd, tls
-from protos.xpu.v1 import bus
+from protos.xpu.v1 import bus, bus_client
 
 log = logging.getLogger("xpu.agent")
 
@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         "--mqtt",
         type=_bus_url,
         default=None,
-        help="action bus: mqtt://HOST[:PORT] or mqtts://...; without it the agent only reports",
+        help="action bus: mqtt://HOST[:PORT] or mqtts://[USER@]HOST[:PORT]?ca=PEM&cert=PEM&key=PEM "
+        "(also password_file=FILE, protocol=5|3.1.1); without it the agent only reports",
     )
     run.add_argument(
         "--failsafe-after-s",
@@ -215,6 +216,9 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
         drivers: list[base.Driver] = [nvml] if nvml is not None else []
         if nvml is not None:
             vendors = [v for v in vendors if v != "nvidia"]  # NVML reads them better than nvidia-smi
+        if (ixml := _ixml_driver()) is not None:
+            drivers.append(ixml)
+            vendors = [v for v in vendors if v != "iluvatar"]  # IXML reads them and can set caps
         if not vendors and not drivers:
             msg = (
                 "--driver auto found no vendor tool on PATH (looked for "
@@ -222,10 +226,12 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
                 + "); install the vendor tools, or run with --driver sim --sim-vendor VENDOR"
             )
             raise SystemExit(msg)
-        log.info("--driver auto: %s", ", ".join((["nvidia (NVML)"] if drivers else []) + vendors))
+        log.info("--driver auto: %s", ", ".join([f"{d.vendor} (library)" for d in drivers] + vendors))
         return drivers + [_tool_driver(v, args.driver_timeout_s) for v in vendors]
     if args.driver == "nvidia" and (nvml := _nvml_driver()) is not None:
         return [nvml]
+    if args.driver == "iluvatar" and (ixml := _ixml_driver()) is not None:
+        return [ixml]
     if args.driver not in tool.COMMANDS:
         msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join(tool.COMMANDS)}"
         raise SystemExit(msg)
@@ -242,6 +248,20 @@ def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
         except base.DriverError as exc:
             log.info("%s: caps not available, read-only: %s", vendor, exc)
     return tool.ToolDriver(vendor, timeout_s=timeout_s)
+
+
+def _ixml_driver() -> base.Driver | None:
+    """IXML (Iluvatar) when libixml.so and nvidia-ml-py are both there, else None (ixsmi is the fallback)."""
+    from agent.drivers import ixml  # noqa: PLC0415 - optional
+
+    library = ixml.find_library(os.environ)
+    if library is None:
+        return None
+    try:
+        return ixml.IxmlDriver(library=library)
+    except base.DriverError as exc:
+        log.info("IXML not used: %s", exc)
+        return None
 
 
 def _nvml_driver() -> base.Driver | None:
@@ -283,6 +303,8 @@ async def _run(args: argparse.Namespace) -> int:
     """
     notifier = systemd.Notifier(os.environ)
     tls_files = _agent_tls(args)
+    if args.mqtt is not None:
+        bus_client.connect_kwargs(args.mqtt)  # a bad CA, certificate or password file stops the start
     sampler = Sampler(_drivers(args, args.node_id), timeout_s=args.driver_timeout_s)
     the_agent = Agent(
         node_id=args.node_id,

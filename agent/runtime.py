@@ -83,7 +83,7 @@ class Agent:
     async def run(self) -> None:
         """Discover, then sample and stream until cancelled."""
         self.devices = await self.sampler.discover()
-        log.info("node %s: %d device(s) discovered", self.node_id, len(self.devices))
+        log.info("node %s: %d device(s) discovered", self.node_id, len(self.devices), extra={"node_id": self.node_id})
         self.discovered.set()
         if self.bus_url is not None:
             self.bus = self._make_bus(self.bus_url)

@@ -363,7 +363,7 @@ def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | Non
     files = tls.ClientFiles(
         ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file, server_name=args.tls_server_name
     )
-    token = tls.read_token(args.token_file) if args.token_file else None
+    token = tls.read_secret("token file", args.token_file) if args.token_file else None
     return tls.operator_credentials(files, token), tls.channel_options(files)
 
 

@@ -97,10 +97,9 @@ class Service:
     def _handle(self, out: control.Output, now_ns: int) -> None:
         self.state.publish(out.events)
         for e in out.events:
-            if e.severity == "critical":
-                log.warning("%s: %s", e.kind, e.message)
-            elif e.severity == "warning":
-                log.info("%s: %s", e.kind, e.message)
+            if e.severity in ("critical", "warning"):
+                extra = {"node_id": e.node_id, "hw.id": e.device_uuid} if e.device_uuid else {"node_id": e.node_id}
+                log.log(logging.WARNING if e.severity == "critical" else logging.INFO, "%s: %s", e.kind, e.message, extra=extra)
         if self.bus is None:
             return
         for entry in out.send:
@@ -119,13 +118,13 @@ class Service:
         out = self.state.control.on_result(now_ns, id=result.id, ok=result.ok, applied_cap_w=applied, error=result.error)
         self._handle(out, now_ns)
         if not result.ok and not result.id:
-            log.warning("node %s could not read a command: %s", node_id, result.error)
+            log.warning("node %s could not read a command: %s", node_id, result.error, extra={"node_id": node_id})
 
     def _on_state(self, node_id: str, state: bus.NodeState) -> None:
         before = self.node_states.get(node_id)
         self.node_states[node_id] = state
         if state.fail_safe and not (before and before.fail_safe):
-            log.warning("node %s reports fail-safe: default caps restored", node_id)
+            log.warning("node %s reports fail-safe: default caps restored", node_id, extra={"node_id": node_id})
 
     def _on_status(self, node_id: str, status: bus.Status) -> None:
         self.node_bus_status[node_id] = status.state

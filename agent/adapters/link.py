@@ -118,7 +118,7 @@ class Link:
 
     def _lost(self, reason: str) -> None:
         if reason != self.last_error or self.connected:
-            log.warning("node %s: stream to %s lost: %s", self.node_id, self.target, reason)
+            log.warning("node %s: stream to %s lost: %s", self.node_id, self.target, reason, extra={"node_id": self.node_id})
         self.last_error = reason
 
     async def _session(self, stream: grpc.aio.StreamStreamMultiCallable) -> None:
@@ -131,7 +131,7 @@ class Link:
             self._handle(first)
             self.sessions_total += 1
             if not self.connected:
-                log.info("node %s: streaming to %s", self.node_id, self.target)
+                log.info("node %s: streaming to %s", self.node_id, self.target, extra={"node_id": self.node_id})
             self.connected = True
             self.up.set()
             self.last_error = ""
@@ -155,10 +155,11 @@ class Link:
                     ack.rejected_samples,
                     ack.batch_seq,
                     ack.rejection,
+                    extra={"node_id": self.node_id, "seq": ack.batch_seq},
                 )
         elif kind == "throttle":
             self._resume_at = time.monotonic() + msg.throttle.retry_after_ms / 1000.0
-            log.info("node %s: throttled for %d ms", self.node_id, msg.throttle.retry_after_ms)
+            log.info("node %s: throttled for %d ms", self.node_id, msg.throttle.retry_after_ms, extra={"node_id": self.node_id})
 
     async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:

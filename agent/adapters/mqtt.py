@@ -46,6 +46,7 @@ class AgentBus:
     ) -> None:
         """Nothing connects until `run`."""
         self.url = url
+        self.connect_kwargs = bus_client.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.node_id = node_id
         self.boot_id = boot_id
         self.act = act
@@ -78,7 +79,7 @@ class AgentBus:
             will=bus_client.will(self.topics.status(self.node_id), self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=MAX_QUEUED_INCOMING,
-            tls_params=aiomqtt.TLSParameters() if self.url.tls else None,
+            **self.connect_kwargs,
             timeout=5,
         )
 
@@ -136,7 +137,14 @@ class AgentBus:
             return self.act.failed(apply, f"driver did not answer the cap write for {apply.uuid} in time")
         except base.DriverError as exc:
             return self.act.failed(apply, f"driver refused the cap for {apply.uuid}: {exc}")
-        log.info("%s: cap %.0f W applied, %.0f W enforced (%s)", apply.uuid, apply.cap_w, enforced, apply.id or "fail-safe")
+        log.info(
+            "%s: cap %.0f W applied, %.0f W enforced (%s)",
+            apply.uuid,
+            apply.cap_w,
+            enforced,
+            apply.id or "fail-safe",
+            extra={"node_id": self.node_id, "hw.id": apply.uuid},
+        )
         return self.act.applied(apply, enforced)
 
     async def _answer(self, result: bus.Result, correlation: bytes | None) -> None:

@@ -121,7 +121,7 @@ class NvmlDriver:
         return model.DeviceInfo(
             uuid=_text(self._call("uuid", n.nvmlDeviceGetUUID, h)),
             index=index,
-            vendor="nvidia",
+            vendor=self.vendor,
             model=_text(self._call("name", n.nvmlDeviceGetName, h)),
             bus_id=_text(pci.busId) if pci is not None else "",
             driver_version=driver,
@@ -129,10 +129,14 @@ class NvmlDriver:
             power_limit_min_w=limits[0] * MW if limits else None,
             power_limit_max_w=limits[1] * MW if limits else None,
             power_limit_default_w=default * MW if default is not None else None,
-            power_cap_settable=limits is not None,
+            power_cap_settable=limits is not None and self._can_set(),
             temp_slowdown_c=_f(self._opt(n.nvmlDeviceGetTemperatureThreshold, h, n.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)),
             temp_shutdown_c=_f(self._opt(n.nvmlDeviceGetTemperatureThreshold, h, n.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN)),
         )
+
+    def _can_set(self) -> bool:
+        """Whether the library exports the limit setter (NVML always does)."""
+        return True
 
     def capabilities(self, index: int) -> model.DeviceInfo:
         """Fresh capabilities of one GPU (limits can change after a driver reload)."""

@@ -61,6 +61,7 @@ class ControllerBus:
     ) -> None:
         """Nothing connects until `run`."""
         self.url = url
+        self.connect_kwargs = bus_client.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.boot_id = boot_id
         self.on_result, self.on_state, self.on_status = on_result, on_state, on_status
         self.topics = topics or bus.Topics()
@@ -134,7 +135,7 @@ class ControllerBus:
             will=bus_client.will(self.topics.controller_status, self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=self.max_queued,
-            tls_params=aiomqtt.TLSParameters() if self.url.tls else None,
+            **self.connect_kwargs,
             timeout=5,
         )
 

@@ -72,8 +72,8 @@ def channel_credentials(files: ClientFiles) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def read_token(path: str) -> str:
-    """An operator token from a file (its first line, trimmed): never from a flag, where `ps` would show it.
+def read_secret(what: str, path: str) -> str:
+    """A secret (token, password) from a file's first line, trimmed: never from a flag, which `ps` shows.
 
     Raises:
         TlsError: unreadable or empty.
@@ -81,11 +81,11 @@ def read_token(path: str) -> str:
     try:
         lines = pathlib.Path(path).read_text().split("\n")
     except OSError as exc:
-        raise TlsError("token file", path, f"cannot read it: {exc.strerror}") from exc
-    token = lines[0].strip()
-    if not token:
-        raise TlsError("token file", path, "the first line is empty; put the token there")
-    return token
+        raise TlsError(what, path, f"cannot read it: {exc.strerror}") from exc
+    secret = lines[0].strip()
+    if not secret:
+        raise TlsError(what, path, "the first line is empty; put the secret there")
+    return secret
 
 
 def operator_credentials(files: ClientFiles, token: str | None) -> grpc.ChannelCredentials:
@@ -135,20 +135,23 @@ def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
     return frozenset(names)
 
 
-def ssl_context(files: ClientFiles) -> ssl.SSLContext:
-    """A client SSLContext (for MQTT over TLS): verify the server with the CA, present our certificate.
+def ssl_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """A client SSLContext (MQTT over TLS): verify the server with `ca_file` (None: the system's
+    CAs) and present our certificate when given.
 
     Raises:
         TlsError: a file is missing or not PEM, or the key does not match the certificate.
     """
-    read_pem("CA file", files.ca_file)
-    ctx = ssl.create_default_context(cafile=files.ca_file)
-    if files.cert_file or files.key_file:
-        if not (files.cert_file and files.key_file):
-            raise TlsError("client certificate", files.cert_file or files.key_file or "", "give both the certificate and its key")
-        read_pem("client certificate", files.cert_file)
+    if ca_file is not None:
+        read_pem("CA file", ca_file)
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if cert_file or key_file:
+        if not (cert_file and key_file):
+            raise TlsError("client certificate", cert_file or key_file or "", "give both the certificate and its key")
+        read_pem("client certificate", cert_file)
+        read_pem("client key", key_file)
         try:
-            ctx.load_cert_chain(files.cert_file, files.key_file)
+            ctx.load_cert_chain(cert_file, key_file)
         except ssl.SSLError as exc:
-            raise TlsError("client key", files.key_file, f"does not match the certificate: {exc.reason}") from exc
+            raise TlsError("client key", key_file, f"does not match the certificate: {exc.reason}") from exc
     return ctx

@@ -104,3 +104,54 @@ def test_xid_events_reach_the_sample_of_their_gpu(fake_lib: str, monkeypatch: py
         d.close()
         pynvml.nvmlLib = saved
         pynvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001
+
+
+# -- Iluvatar IXML: the same C API under NVML's names in libixml.so ----------------------------------
+
+from agent.drivers import ixml  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fake_ixml(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The fake built twice as libixml.so: with the limit setter, and without it."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: the fake IXML library cannot be built")
+    out = {}
+    for variant, flags in (("with", []), ("without", ["-DNO_SETTER"])):
+        lib = tmp_path_factory.mktemp(f"corex-{variant}") / "lib64" / "libixml.so"
+        lib.parent.mkdir()
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", *flags, "-o", str(lib), str(SRC)], check=True)
+        out[variant] = str(lib)
+    return out
+
+
+def test_ixml_reads_iluvatar_devices_and_sets_caps(fake_ixml: dict[str, str]) -> None:
+    home = str(pathlib.Path(fake_ixml["with"]).parent.parent)
+    assert ixml.find_library({"COREX_HOME": home}) == fake_ixml["with"]
+    d = ixml.IxmlDriver(library=fake_ixml["with"])
+    try:
+        infos = d.discover()
+        assert [i.vendor for i in infos] == ["iluvatar", "iluvatar"]
+        assert infos[0].power_cap_settable and infos[0].power_limit_max_w == 700.0
+        assert d.sample(1)[0].power_w == 629.0  # mW -> W as for NVML
+        assert d.set_power_cap(0, 50.0) == 200.0  # clamped, read back
+        # its own copy of pynvml: the NVIDIA driver's module is untouched
+        assert d.nvml is not pynvml and d.nvml.nvmlLib is not pynvml.nvmlLib
+    finally:
+        d.close()
+
+
+def test_ixml_without_the_setter_is_read_only(fake_ixml: dict[str, str]) -> None:
+    d = ixml.IxmlDriver(library=fake_ixml["without"])
+    try:
+        assert [i.power_cap_settable for i in d.discover()] == [False, False]
+        assert d.sample(1)[1].power_w is not None
+    finally:
+        d.close()
+
+
+def test_ixml_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    if not pathlib.Path("/usr/local/corex/lib64/libixml.so").exists():  # the default place, on a machine without CoreX
+        assert ixml.find_library({"COREX_HOME": str(tmp_path)}) is None
+    with pytest.raises(base.DriverError, match="cannot load IXML from"):
+        ixml.IxmlDriver(library=str(tmp_path / "libixml.so"))

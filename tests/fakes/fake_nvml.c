@@ -60,12 +60,14 @@ int nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int err, int counter, unsigned l
     (void)counter; if (d->index == 1) return 3; /* device 1: ECC not supported */
     *n = err == 0 ? 12ULL : 0ULL; return 0;
 }
+#ifndef NO_SETTER /* -DNO_SETTER: a library that reads but does not export the setter (IXML variant) */
 int nvmlDeviceSetPowerManagementLimit(nvmlDevice_t d, unsigned int mw) {
     const char *deny = getenv("FAKE_NVML_DENY_SET");
     if (deny && deny[0] == '1') return 4;
     if (mw < 200000 || mw > 700000) return 2;
     limit_mw[d->index] = mw; return 0;
 }
+#endif
 
 /* XID events: FAKE_NVML_XID=<device>:<xid> makes one critical-XID event pending per init. */
 typedef struct { nvmlDevice_t device; unsigned long long eventType, eventData; unsigned int gi, ci; } nvmlEventData_t;

@@ -129,27 +129,48 @@ class BusUrl(msgspec.Struct, frozen=True, kw_only=True):
     port: int
     tls: bool = False
     protocol: str = "auto"  # auto (MQTT 5, else 3.1.1) | 5 | 3.1.1
+    ca_file: str | None = None  # mqtts: the broker's CA (default: the system's CAs)
+    cert_file: str | None = None  # mqtts: our client certificate (its CN is our MQTT username)
+    key_file: str | None = None
+    username: str | None = None
+    password_file: str | None = None  # first line is the password (never in the URL: `ps` shows it)
+
+
+URL_OPTIONS = ("protocol", "ca", "cert", "key", "password_file")
 
 
 def parse_url(text: str) -> BusUrl:
-    """Parse `mqtt://host[:port][?protocol=5|3.1.1]` or `mqtts://...` (DESIGN 6).
+    """Parse `mqtt[s]://[USER@]HOST[:PORT][?OPTION=VALUE&...]` (DESIGN 6).
+
+    Options: `protocol=5|3.1.1`; for mqtts `ca=`, `cert=`, `key=` (PEM files); `password_file=`.
 
     Raises:
         ValueError: the message names the bad part and the expected form.
     """
-    expected = "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], optionally ?protocol=5|3.1.1"
+    expected = (
+        "expected mqtt[s]://[USER@]HOST[:PORT][?OPTION=VALUE&...] with options protocol=5|3.1.1, "
+        "ca=, cert=, key= (PEM files, mqtts only), password_file="
+    )
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts"):
         msg = f"bad MQTT URL {text!r}: scheme must be mqtt or mqtts; {expected}"
         raise ValueError(msg)
     rest, _, query = rest.partition("?")
-    protocol = "auto"
-    if query:
-        key, _, value = query.partition("=")
-        if key != "protocol" or value not in ("5", "3.1.1"):
-            msg = f"bad MQTT URL {text!r}: unknown option {query!r}; {expected}"
+    options: dict[str, str] = {}
+    for item in query.split("&") if query else []:
+        key, eq, value = item.partition("=")
+        if key not in URL_OPTIONS or not eq or not value:
+            msg = f"bad MQTT URL {text!r}: unknown or empty option {item!r}; {expected}"
             raise ValueError(msg)
-        protocol = value
+        options[key] = value
+    protocol = options.get("protocol", "auto")
+    if protocol not in ("auto", "5", "3.1.1"):
+        msg = f"bad MQTT URL {text!r}: protocol={protocol!r}; {expected}"
+        raise ValueError(msg)
+    user, at, rest = rest.rpartition("@")
+    if at and (not user or ":" in user):
+        msg = f"bad MQTT URL {text!r}: give the user as USER@ and the password with password_file=; {expected}"
+        raise ValueError(msg)
     host, colon, port_text = rest.rstrip("/").rpartition(":")
     if not colon:
         host, port_text = rest.rstrip("/"), ""
@@ -157,6 +178,12 @@ def parse_url(text: str) -> BusUrl:
         msg = f"bad MQTT URL {text!r}: no host; {expected}"
         raise ValueError(msg)
     tls = scheme == "mqtts"
+    if not tls and any(k in options for k in ("ca", "cert", "key")):
+        msg = f"bad MQTT URL {text!r}: ca=, cert= and key= need mqtts://; {expected}"
+        raise ValueError(msg)
+    if ("cert" in options) != ("key" in options):
+        msg = f"bad MQTT URL {text!r}: give cert= and key= together; {expected}"
+        raise ValueError(msg)
     try:
         port = int(port_text) if port_text else (8883 if tls else 1883)
     except ValueError:
@@ -165,4 +192,14 @@ def parse_url(text: str) -> BusUrl:
     if not 0 < port < 65536:
         msg = f"bad MQTT URL {text!r}: port {port} is out of range; {expected}"
         raise ValueError(msg)
-    return BusUrl(host=host.strip("[]"), port=port, tls=tls, protocol=protocol)
+    return BusUrl(
+        host=host.strip("[]"),
+        port=port,
+        tls=tls,
+        protocol=protocol,
+        ca_file=options.get("ca"),
+        cert_file=options.get("cert"),
+        key_file=options.get("key"),
+        username=user or None,
+        password_file=options.get("password_file"),
+    )

@@ -16,10 +16,12 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 import msgspec
 
+from protos.xpu import tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.mqtt")
@@ -32,6 +34,24 @@ def protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
     if url.protocol == "3.1.1":
         return [aiomqtt.ProtocolVersion.V311]
     return [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
+
+
+def connect_kwargs(url: bus.BusUrl) -> dict[str, Any]:
+    """`tls_context`, `username` and `password` for aiomqtt.Client, from the URL and its files.
+
+    Call it once at start-up too, so that a bad file stops the program instead of every reconnect.
+
+    Raises:
+        tls.TlsError: a CA, certificate, key or password file cannot be used.
+    """
+    out: dict[str, Any] = {}
+    if url.tls:
+        out["tls_context"] = tls.ssl_context(url.ca_file, url.cert_file, url.key_file)
+    if url.username:
+        out["username"] = url.username
+    if url.password_file:
+        out["password"] = tls.read_secret("MQTT password file", url.password_file)
+    return out
 
 
 def set_nodelay(client: aiomqtt.Client) -> None:
