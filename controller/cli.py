@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     parser.add_argument(
-        "--log-format", default="json", choices=logs.FORMATS, help="JSON lines (default) or text for people"
+        "--log-format",
+        default=None,
+        choices=logs.FORMATS,
+        help="JSON lines (default for serve) or text for people (default for demo and bench)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -194,7 +197,8 @@ def _install_uvloop() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-controller`."""
     args = _parser().parse_args(argv)
-    logs.setup(args.log_level, args.log_format, os.environ)
+    fmt = args.log_format or ("json" if args.command == "serve" else "text")
+    logs.setup(args.log_level, fmt, os.environ)
     if args.command == "validate":
         try:
             cfg = config.load(args.config, os.environ)

@@ -22,6 +22,7 @@ from controller.core import registry
 from protos.xpu import tls
 from protos.xpu.v1 import bus, bus_client
 from tests.conftest import ROOT, Processes, RunningService, free_port, mosquitto_binary, wait_until
+from tests.pki import Pki
 
 ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
 
@@ -34,12 +35,12 @@ class TlsBroker:
         if binary is None:
             pytest.skip("mosquitto is not installed (scripts/test installs it with apt-get)")
         self.d = d
-        ca = trustme.CA(organization_name="xpuctl test site")
-        self.ca_file = self._write("ca.pem", ca.cert_pem.bytes())
-        self._leaf("broker", ca.issue_cert("127.0.0.1"))
+        pki = Pki(d)
+        self.ca_file = pki.ca_file
+        pki.issue("broker", "127.0.0.1")
         for name in ("controller", "node-a", "node-b"):
-            self._leaf(name, ca.issue_cert(name, common_name=name))
-        self._leaf("stranger", trustme.CA().issue_cert("node-a", common_name="node-a"))
+            pki.issue(name, name, common_name=name)
+        pki.issue("stranger", "node-a", common_name="node-a", ca=trustme.CA())
         self.port = free_port()
         run_as = "user root\n" if os.geteuid() == 0 else ""  # mosquitto drops to `mosquitto`, which cannot read tmp
         conf = d / "mosquitto.conf"
@@ -57,14 +58,6 @@ class TlsBroker:
                 self.stop()
                 pytest.fail(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.02)  # startup poll of a child process, before any loop work
-
-    def _write(self, name: str, data: bytes) -> str:
-        (self.d / name).write_bytes(data)
-        return str(self.d / name)
-
-    def _leaf(self, name: str, cert: trustme.LeafCert) -> None:
-        self._write(f"{name}.pem", cert.cert_chain_pems[0].bytes())
-        self._write(f"{name}.key", cert.private_key_pem.bytes())
 
     def url(self, who: str | None) -> str:
         base = f"mqtts://127.0.0.1:{self.port}?ca={self.ca_file}&protocol=5"

@@ -83,7 +83,15 @@ class Link:
 
     async def run(self) -> None:
         """Keep a session up until cancelled."""
-        channel = self._channel or tls.secure_channel(self.target, self.tls_files, CHANNEL_OPTIONS)
+        # gRPC's own connection backoff (1 s growing to 120 s) would hold new sessions back long
+        # after the controller is back: keep it within ours
+        cap_ms = int(self.backoff_cap_s * 1000)
+        options = [
+            *CHANNEL_OPTIONS,
+            ("grpc.initial_reconnect_backoff_ms", min(1000, cap_ms)),
+            ("grpc.max_reconnect_backoff_ms", cap_ms),
+        ]
+        channel = self._channel or tls.secure_channel(self.target, self.tls_files, options)
         stream = channel.stream_stream(
             STREAM_METHOD,
             request_serializer=None,  # batches are encoded once, when sampled

@@ -124,6 +124,10 @@ def _cluster(state: grpc_api.State, now_ns: int) -> list[str]:
             "# TYPE xpu_ingest_rejected_total counter"]
     for reason, value in sorted(c.rejected_by_reason.items()):
         out.append(f'xpu_ingest_rejected_total{{reason="{reason}"}} {value}')
+    out += ["# HELP xpu_api_denied_total Cluster API calls refused by the access rules, by gRPC status.",
+            "# TYPE xpu_api_denied_total counter"]
+    for code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        out.append(f'xpu_api_denied_total{{code="{code}"}} {state.denied.get(code, 0)}')
     out += ["# HELP xpu_actions_total Power-cap commands by outcome.", "# TYPE xpu_actions_total counter"]
     for outcome in ("issued", "applied", "failed", "expired", "superseded"):
         out.append(f'xpu_actions_total{{state="{outcome}"}} {state.control.ledger.totals.get(outcome, 0)}')

@@ -21,47 +21,31 @@ import trustme
 from agent.adapters import codec
 from agent.core import model
 from controller import config, service
+from controller.adapters import metrics
 from controller.core import registry
 from protos.xpu import tls
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 from protos.xpu.v1 import telemetry_pb2 as pb
-from tests.conftest import ROOT, Processes, RunningService, free_port, wait_until
+from tests.conftest import ROOT, Processes, RunningService, free_port
+from tests.pki import Pki
 
 TOKEN = "tok-" + "0123456789abcdef" * 2
 
 
-class Pki:
-    """PEM files of a test site in a directory."""
+class Site(Pki):
+    """The controller (127.0.0.1), two nodes, an operator, a foreign and an expired certificate, a token file."""
 
     def __init__(self, d: pathlib.Path) -> None:
         """Mint everything."""
-        self.d = d
-        self.ca = trustme.CA(organization_name="xpuctl test site")
-        self.ca_file = self._write("ca.pem", self.ca.cert_pem.bytes())
-        self._leaf("controller", self.ca.issue_cert("127.0.0.1", "localhost"))
+        super().__init__(d)
+        self.issue("controller", "127.0.0.1", "localhost")
         for name in ("node-a", "node-b", "alice"):
-            self._leaf(name, self.ca.issue_cert(name, common_name=name))
-        stranger = trustme.CA(organization_name="somebody else")
-        self._leaf("stranger-node-a", stranger.issue_cert("node-a", common_name="node-a"))
+            self.issue(name, name, common_name=name)
+        self.issue("stranger-node-a", "node-a", common_name="node-a", ca=trustme.CA(organization_name="somebody else"))
         past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-        self._leaf("expired-node-a", self.ca.issue_cert("node-a", not_before=past, not_after=past + datetime.timedelta(days=1)))
-        self.tokens = self._write("tokens", f"# operators\nalice-token {TOKEN}\n".encode())
-
-    def _write(self, name: str, data: bytes) -> str:
-        path = self.d / name
-        path.write_bytes(data)
-        return str(path)
-
-    def _leaf(self, name: str, cert: trustme.LeafCert) -> None:
-        self._write(f"{name}.pem", cert.cert_chain_pems[0].bytes())
-        self._write(f"{name}.key", cert.private_key_pem.bytes())
-
-    def cert(self, name: str) -> str:
-        return str(self.d / f"{name}.pem")
-
-    def key(self, name: str) -> str:
-        return str(self.d / f"{name}.key")
+        self.issue("expired-node-a", "node-a", not_before=past, not_after=past + datetime.timedelta(days=1))
+        self.tokens = self.write("tokens", f"# operators\nalice-token {TOKEN}\n".encode())
 
     def client(self, name: str | None) -> tls.ClientFiles:
         """A client that trusts the site CA and presents `name`'s certificate (None: none)."""
@@ -71,11 +55,11 @@ class Pki:
 
 
 @pytest.fixture
-def pki(tmp_path: pathlib.Path) -> Pki:
-    return Pki(tmp_path)
+def pki(tmp_path: pathlib.Path) -> Site:
+    return Site(tmp_path)
 
 
-def tls_config(p: Pki, *, open_reads: bool = False) -> config.Config:
+def tls_config(p: Site, *, open_reads: bool = False) -> config.Config:
     return config.Config(
         tls=config.Tls(cert_file=p.cert("controller"), key_file=p.key("controller"), client_ca_file=p.ca_file),
         auth=config.Auth(operator_identities=("alice",), operator_tokens_file=p.tokens, open_reads=open_reads),
@@ -83,7 +67,7 @@ def tls_config(p: Pki, *, open_reads: bool = False) -> config.Config:
 
 
 @pytest.fixture
-async def running(pki: Pki) -> AsyncIterator[RunningService]:
+async def running(pki: Site) -> AsyncIterator[RunningService]:
     svc = service.Service(tls_config(pki), listen=f"127.0.0.1:{free_port()}",
                           liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0))
     r = await RunningService(svc).start()
@@ -109,7 +93,7 @@ async def stream_hello(target: str, files: tls.ClientFiles, node_id: str) -> pb.
         return first
 
 
-async def test_a_node_streams_as_itself_over_mtls(running: RunningService, pki: Pki) -> None:
+async def test_a_node_streams_as_itself_over_mtls(running: RunningService, pki: Site) -> None:
     first = await stream_hello(running.target, pki.client("node-a"), "node-a")
     assert first.WhichOneof("kind") == "ack"
     assert "node-a" in running.svc.state.registry.nodes
@@ -120,7 +104,7 @@ async def test_a_node_streams_as_itself_over_mtls(running: RunningService, pki: 
     [(None, "no client certificate"), ("stranger-node-a", "a certificate from another CA"),
      ("expired-node-a", "an expired certificate")],
 )
-async def test_the_handshake_refuses(running: RunningService, pki: Pki, who: str | None, why: str) -> None:
+async def test_the_handshake_refuses(running: RunningService, pki: Site, who: str | None, why: str) -> None:
     files = pki.client(who)
     if who == "stranger-node-a":  # it still trusts our controller; only its own certificate is foreign
         files = tls.ClientFiles(ca_file=pki.ca_file, cert_file=pki.cert(who), key_file=pki.key(who))
@@ -130,7 +114,7 @@ async def test_the_handshake_refuses(running: RunningService, pki: Pki, who: str
     assert "node-a" not in running.svc.state.registry.nodes
 
 
-async def test_node_a_cannot_stream_as_node_b(running: RunningService, pki: Pki) -> None:
+async def test_node_a_cannot_stream_as_node_b(running: RunningService, pki: Site) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stream_hello(running.target, pki.client("node-a"), "node-b")
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -181,16 +165,18 @@ OK, UNAUTH, DENIED = grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.S
     ],
 )
 async def test_cluster_calls_need_an_operator(
-    running: RunningService, pki: Pki, cert: str, token: str | None, call: str, expected: grpc.StatusCode
+    running: RunningService, pki: Site, cert: str, token: str | None, call: str, expected: grpc.StatusCode
 ) -> None:
     assert await cluster_call(running.target, pki.client(cert), token, call) == expected
     st = running.svc.state
     assert sum(st.denied.values()) == (0 if expected == OK else 1)
+    if expected != OK:  # counted where Prometheus sees it
+        assert f'xpu_api_denied_total{{code="{expected.name}"}} 1' in metrics.render(st, 0)
     if call == "set_budget":
         assert (st.budget_w == 5000.0) == (expected == OK)
 
 
-async def test_open_reads(pki: Pki) -> None:
+async def test_open_reads(pki: Site) -> None:
     svc = service.Service(tls_config(pki, open_reads=True), listen=f"127.0.0.1:{free_port()}")
     r = await RunningService(svc).start()
     try:
@@ -200,7 +186,7 @@ async def test_open_reads(pki: Pki) -> None:
         await r.stop()
 
 
-async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Pki, tmp_path: pathlib.Path,
+async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Site, tmp_path: pathlib.Path,
                                                                processes: Processes) -> None:
     """The programs as an operator runs them: config file, agent flags, xpuctl with a token file."""
     port = free_port()
