@@ -239,14 +239,17 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
 
 
 def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
-    """The vendor's tool driver, with ROCm SMI caps for AMD and Hygon when the library loads."""
-    from agent.drivers import rsmi, tool  # noqa: PLC0415
+    """The vendor's tool driver, with caps through the vendor library when it loads: ROCm SMI for
+    AMD and Hygon, CNDev for Cambricon."""
+    from agent.drivers import cndev, rsmi, tool  # noqa: PLC0415
 
-    if vendor in ("amd", "hygon"):
-        try:
+    try:
+        if vendor in ("amd", "hygon"):
             return tool.CappedToolDriver(vendor, rsmi.RsmiCaps(), timeout_s=timeout_s)
-        except base.DriverError as exc:
-            log.info("%s: caps not available, read-only: %s", vendor, exc)
+        if vendor == "cambricon" and (library := cndev.find_library(os.environ)) is not None:
+            return tool.CappedToolDriver(vendor, cndev.CndevCaps(library), timeout_s=timeout_s)
+    except base.DriverError as exc:
+        log.info("%s: caps not available, read-only: %s", vendor, exc)
     return tool.ToolDriver(vendor, timeout_s=timeout_s)
 
 

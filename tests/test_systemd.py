@@ -7,6 +7,7 @@ datagram socket that NOTIFY_SOCKET names and reads what the programs send.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import re
@@ -146,7 +147,7 @@ def test_notify_protocol_of_agent_and_controller(processes: Processes) -> None:
             while len(mgr.times("WATCHDOG=1")) < 8:
                 mgr.wait_for("WATCHDOG=1", 5)
             stamps = mgr.times("WATCHDOG=1")[-6:]
-            gap = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+            gap = statistics.median(b - a for a, b in itertools.pairwise(stamps))
             assert 0.3 <= gap <= 0.8, f"median watchdog gap {gap:.2f}s; expected about 0.5s"
 
         for proc, mgr in ((agent, agent_mgr), (controller, ctl_mgr)):

@@ -43,3 +43,19 @@ class Driver(Protocol):
     def close(self) -> None:
         """Release the vendor library or tool and wake any call blocked inside it."""
         ...
+
+
+class Caps(Protocol):
+    """A vendor library that sets power caps beside a tool that reads (ROCm SMI, CNDev)."""
+
+    def range_w(self, device: int) -> tuple[float, float]:
+        """(minimum, maximum) cap in W."""
+        ...
+
+    def default_w(self, device: int) -> float:
+        """The default cap in W."""
+        ...
+
+    def set_w(self, device: int, power_w: float) -> float:
+        """Clamp, set, read back; returns the cap in force (W)."""
+        ...

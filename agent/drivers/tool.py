@@ -11,13 +11,16 @@ as not settable, so the controller counts it as a fixed load instead of sending 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 
 import msgspec
 
 from agent.core import model, parse
-from agent.drivers import base, rsmi
+from agent.drivers import base
+
+log = logging.getLogger("xpu.agent.tool")
 
 # vendor -> the command whose output agent/core/parse reads (sources: shared/notes/vendor-tools.md)
 COMMANDS: dict[str, list[str]] = {
@@ -110,9 +113,9 @@ class ToolDriver:
 
 
 class CappedToolDriver(ToolDriver):
-    """A tool driver whose vendor library sets caps: ROCm SMI for AMD and Hygon (DESIGN 7)."""
+    """A tool driver whose vendor library sets caps: ROCm SMI for AMD and Hygon, CNDev for Cambricon (DESIGN 7)."""
 
-    def __init__(self, vendor: str, caps: rsmi.RsmiCaps, *, timeout_s: float = 10.0, argv: list[str] | None = None) -> None:
+    def __init__(self, vendor: str, caps: base.Caps, *, timeout_s: float = 10.0, argv: list[str] | None = None) -> None:
         """Read through the tool, cap through `caps`."""
         super().__init__(vendor, timeout_s=timeout_s, argv=argv)
         self.caps = caps
@@ -124,8 +127,14 @@ class CappedToolDriver(ToolDriver):
             try:
                 lo, hi = self.caps.range_w(info.index)
                 default = self.caps.default_w(info.index)
-            except base.DriverError:
+            except base.DriverError as exc:
+                log.info("%s device %d: caps not available, a fixed load: %s", self.vendor, info.index, exc)
                 out.append(info)  # no cap on this one: a fixed load
+                continue
+            if not lo <= default <= hi:
+                log.warning("%s device %d: default cap %g W outside %g..%g W; read-only", self.vendor, info.index,
+                            default, lo, hi)
+                out.append(info)
                 continue
             info = msgspec.structs.replace(
                 info, power_limit_min_w=lo, power_limit_max_w=hi, power_limit_default_w=default, power_cap_settable=True

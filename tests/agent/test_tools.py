@@ -130,4 +130,59 @@ def test_amd_caps_through_rocm_smi(bin_dir: pathlib.Path, fake_rsmi: str, monkey
 def test_a_read_only_tool_driver_reports_devices_as_not_settable(bin_dir: pathlib.Path) -> None:
     fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
     infos = tool.ToolDriver("cambricon", timeout_s=5).discover()
-    assert infos and not any(i.power_cap_settable for i in infos)  # CNDev setter not wired: a fixed load
+    assert infos and not any(i.power_cap_settable for i in infos)  # no library for caps: a fixed load
+
+
+@pytest.fixture(scope="module")
+def fake_cndev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The fake libcndev.so as the header lays it out, and one with 32-bit range fields."""
+    import shutil  # noqa: PLC0415
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: the fake CNDev library cannot be built")
+    out = {}
+    for variant, flags in (("header", []), ("wide", ["-DWIDE_RANGE"])):
+        lib = tmp_path_factory.mktemp(f"neuware-{variant}") / "lib64" / "libcndev.so"
+        lib.parent.mkdir()
+        subprocess.run(["gcc", "-shared", "-fPIC", *flags, "-o", str(lib), str(ROOT / "tests" / "fakes" / "fake_cndev.c")],
+                       check=True)
+        out[variant] = str(lib)
+    return out
+
+
+def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[str, str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.drivers import base, cndev  # noqa: PLC0415
+
+    home = str(pathlib.Path(fake_cndev["header"]).parent.parent)
+    assert cndev.find_library({"NEUWARE_HOME": home}) == fake_cndev["header"]
+    fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
+    d = tool.CappedToolDriver("cambricon", cndev.CndevCaps(fake_cndev["header"]), timeout_s=5)
+    infos = d.discover()
+    # cards 0 and 1 are the library's; the others it does not know stay read-only (a fixed load)
+    assert [i.power_cap_settable for i in infos[:3]] == [True, True, False]
+    assert (infos[0].power_limit_min_w, infos[0].power_limit_max_w, infos[0].power_limit_default_w) == (75.0, 150.0, 150.0)
+    assert d.set_power_cap(1, 100.4) == 100.0  # whole watts, read back
+    assert d.set_power_cap(0, 10.0) == 75.0  # clamped to the range
+    assert d.set_power_cap(0, 900.0) == 150.0
+    monkeypatch.setenv("FAKE_CNDEV_DENY_SET", "1")
+    with pytest.raises(base.DriverError, match=r"No permission \(status 11\).*needs root"):
+        d.set_power_cap(0, 120.0)
+
+
+def test_a_cndev_with_another_range_layout_is_left_read_only(bin_dir: pathlib.Path, fake_cndev: dict[str, str]) -> None:
+    from agent.drivers import base, cndev  # noqa: PLC0415
+
+    caps = cndev.CndevCaps(fake_cndev["wide"])
+    with pytest.raises(base.DriverError, match="lays the range out differently"):
+        caps.range_w(0)
+    fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
+    infos = tool.CappedToolDriver("cambricon", caps, timeout_s=5).discover()
+    assert infos and not any(i.power_cap_settable for i in infos)  # never a cap from a misread range
+
+
+def test_cndev_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    from agent.drivers import base, cndev  # noqa: PLC0415
+
+    with pytest.raises(base.DriverError, match="cannot load CNDev"):
+        cndev.CndevCaps(str(tmp_path / "libcndev.so"))
