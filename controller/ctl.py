@@ -402,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 print(f"xpuctl: cannot reach the controller at {args.controller}: {details}", file=sys.stderr)
                 print("xpuctl: is `xpu-controller serve` running there? (--controller HOST:PORT)", file=sys.stderr)
+                if creds is None:
+                    print("xpuctl: if it serves TLS ([tls] in its config), pass --tls-ca-file", file=sys.stderr)
                 return EXIT_UNREACHABLE
             print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
             return EXIT_REFUSED
