@@ -92,7 +92,7 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--driver",
         default="sim",
-        help="device driver: sim (simulated devices of --sim-vendor), auto (every vendor tool on "
+        help="device driver: sim (simulated devices of --sim-vendor), auto (every vendor library and tool on "
         "PATH), or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, amd, hygon)",
     )
     p.add_argument("--sim-vendor", type=_vendor, default="nvidia", help="vendor to simulate")
