@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import sys
@@ -93,7 +94,8 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
         "--driver",
         default="sim",
         help="device driver: sim (simulated devices of --sim-vendor), auto (every vendor library and tool on "
-        "PATH), or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, amd, hygon)",
+        "PATH), or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, moorethreads, enflame, amd, "
+        "hygon, thead)",
     )
     p.add_argument("--sim-vendor", type=_vendor, default="nvidia", help="vendor to simulate")
     p.add_argument("--sim-devices", type=_positive(int), default=8, help="simulated devices")
@@ -219,6 +221,11 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
         if (ixml := _ixml_driver()) is not None:
             drivers.append(ixml)
             vendors = [v for v in vendors if v != "iluvatar"]  # IXML reads them and can set caps
+        if (hgml := _hgml_driver()) is not None:
+            drivers.append(hgml)  # T-Head has no tool we read: HGML is the only way in
+        if shutil.which("brsmi"):
+            log.warning("brsmi (Biren) is on PATH, but xpuctl cannot read it yet: no sample of its output has been "
+                        "published; its devices are not reported. A capture of `brsmi gpu list` lets us add it.")
         if not vendors and not drivers:
             msg = (
                 "--driver auto found no vendor tool on PATH (looked for "
@@ -232,8 +239,13 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
         return [nvml]
     if args.driver == "iluvatar" and (ixml := _ixml_driver()) is not None:
         return [ixml]
+    if args.driver == "thead":
+        if (hgml := _hgml_driver()) is None:
+            msg = "--driver thead: libhgml.so (T-Head HGML) is not installed where the dynamic loader finds it"
+            raise SystemExit(msg)
+        return [hgml]
     if args.driver not in tool.COMMANDS:
-        msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join(tool.COMMANDS)}"
+        msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join([*tool.COMMANDS, 'thead'])}"
         raise SystemExit(msg)
     return [_tool_driver(args.driver, args.driver_timeout_s)]
 
@@ -255,15 +267,29 @@ def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
 
 def _ixml_driver() -> base.Driver | None:
     """IXML (Iluvatar) when libixml.so and nvidia-ml-py are both there, else None (ixsmi is the fallback)."""
-    from agent.drivers import ixml  # noqa: PLC0415 - optional
+    from agent.drivers import nvml_clones  # noqa: PLC0415 - optional
 
-    library = ixml.find_library(os.environ)
+    library = nvml_clones.find_ixml(os.environ)
     if library is None:
         return None
     try:
-        return ixml.IxmlDriver(library=library)
+        return nvml_clones.IxmlDriver(library=library)
     except base.DriverError as exc:
         log.info("IXML not used: %s", exc)
+        return None
+
+
+def _hgml_driver() -> base.Driver | None:
+    """HGML (T-Head PPU) when libhgml.so and nvidia-ml-py are both there, else None."""
+    from agent.drivers import nvml_clones  # noqa: PLC0415 - optional
+
+    library = nvml_clones.find_hgml()
+    if library is None:
+        return None
+    try:
+        return nvml_clones.HgmlDriver(library=library)
+    except base.DriverError as exc:
+        log.info("HGML not used: %s", exc)
         return None
 
 

@@ -1,22 +1,23 @@
 """Power caps of Cambricon MLUs through CNDev (`libcndev.so`; DESIGN 7), by ctypes.
 
-Facts (shared/notes/vendor-tools.md section 5, from the public header in Cambricon/mlu-exporter
-`pkg/cndev/include/cndev.h`): caps are whole watts ("decimals unsupported");
-`cndevGetPowerManagementLimitationRange` gives `minPowerLimit`/`maxPowerLimit`,
-`cndevGetPowerManagementDefaultLimitation` and `cndevGetPowerManagementLimitation` give one
-`powerLimit`, `cndevSetPowerManagementLimitation` takes one; every struct starts with an `int
-version` that the caller sets; devices are addressed by the handle of
-`cndevGetDeviceHandleByIndex`, numbered as cnmon numbers its cards.
+Facts, with sources:
+- shared/notes/vendor-tools.md section 5, from the public header in Cambricon/mlu-exporter
+  `pkg/cndev/include/cndev.h`: caps are whole watts ("decimals unsupported");
+  `cndevGetPowerManagementLimitationRange` gives `minPowerLimit`/`maxPowerLimit`,
+  `cndevGetPowerManagementDefaultLimitation` and `cndevGetPowerManagementLimitation` give one
+  `powerLimit`, `cndevSetPowerManagementLimitation` takes one; structs start with `int version`.
+- gpustack-runtime 0.2.6 (PyPI) `detector/pycndev/__init__.py`: `cndevInit(0)`;
+  `cndevDevice_t` is an int32 handle from `cndevGetDeviceHandleByIndex(int, cndevDevice_t *)`;
+  CNDEV_VERSION_5 = 5; `cndevGetDevicePowerInfo(cndevDevicePowerInfo_t *, cndevDevice_t)` fills
+  int32 `usage, cap, machine, tdp, maxPower` and 16 reserved int32, in W, with no version field.
 
-What the notes do not pin down, and how this module stays safe anyway:
-- the width of the limit fields (16-bit in the header as we read it): a limitation is passed in
-  a zeroed 32-bit slot, which reads the same either way on little-endian hosts; the range
-  struct is read as two 16-bit fields, and a range that is not plausible (0 < min <= default
-  <= max <= 2000 W) makes the device read-only, which is what a different layout produces;
-- the handle's width: it is received into, and passed as, a 64-bit slot;
-- CNDEV_VERSION: 5, the version mlu-exporter sets; a library that refuses it leaves the device
-  read-only.
-Every write is clamped to the range, rounded to whole watts, and read back.
+What neither pins down is the width of the limitation fields (16-bit as we read the header).
+So this module never trusts them alone: a limitation is passed in a zeroed 32-bit slot (the same
+bytes either way on little-endian hosts); the range must be plausible (0 < min <= max <= 2000 W)
+and the limit read through the limitation struct must equal the `cap` of the power-info struct,
+whose layout is known; and the cap is read back through the power-info struct after a write.
+Any mismatch leaves the card read-only (a fixed load), so a different layout can never set or
+report a wrong number. Writes are clamped to the range and rounded to whole watts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class Limitation(ctypes.Structure):
     """cndevPowerManagementLimitation_t: version, powerLimit (W), in a zeroed 32-bit slot."""
 
     _fields_ = [("version", ctypes.c_int), ("power_limit_w", ctypes.c_uint16), ("_pad", ctypes.c_uint16)]
+
+
+class PowerInfo(ctypes.Structure):
+    """cndevDevicePowerInfo_t (W, no version field; layout from gpustack-runtime's pycndev)."""
+
+    _fields_ = [("usage", ctypes.c_int32), ("cap", ctypes.c_int32), ("machine", ctypes.c_int32),
+                ("tdp", ctypes.c_int32), ("max_power", ctypes.c_int32), ("reserved", ctypes.c_int32 * 16)]
 
 
 class LimitationRange(ctypes.Structure):
@@ -75,10 +83,11 @@ class CndevCaps:
             ("cndevGetPowerManagementDefaultLimitation", Limitation),
             ("cndevSetPowerManagementLimitation", Limitation),
         ):
-            getattr(lib, name).argtypes = [ctypes.POINTER(struct), ctypes.c_int64]
+            getattr(lib, name).argtypes = [ctypes.POINTER(struct), ctypes.c_int32]
+        lib.cndevGetDevicePowerInfo.argtypes = [ctypes.POINTER(PowerInfo), ctypes.c_int32]
         self._has_handles = hasattr(lib, "cndevGetDeviceHandleByIndex")
         if self._has_handles:
-            lib.cndevGetDeviceHandleByIndex.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
+            lib.cndevGetDeviceHandleByIndex.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int32)]
         if hasattr(lib, "cndevGetErrorString"):
             lib.cndevGetErrorString.argtypes = [ctypes.c_int]
             lib.cndevGetErrorString.restype = ctypes.c_char_p
@@ -103,7 +112,7 @@ class CndevCaps:
             if not self._has_handles:
                 self._handles[device] = device
             else:
-                handle = ctypes.c_int64(0)
+                handle = ctypes.c_int32(0)
                 self._check(f"handle of card {device}", self.lib.cndevGetDeviceHandleByIndex(device, ctypes.byref(handle)))
                 self._handles[device] = handle.value
         return self._handles[device]
@@ -114,21 +123,32 @@ class CndevCaps:
         return float(out.power_limit_w)
 
     def range_w(self, device: int) -> tuple[float, float]:
-        """(minimum, maximum) cap in W.
+        """(minimum, maximum) cap in W, after checking that the limitation structs read right.
 
         Raises:
-            DriverError: the library failed, or the range is implausible (a layout we do not know).
+            DriverError: the library failed, or its structs do not read as we lay them out.
         """
         out = LimitationRange(version=VERSION)
         with self._lock:
             self._check(f"cap range of card {device}",
                         self.lib.cndevGetPowerManagementLimitationRange(ctypes.byref(out), self._handle(device)))
+            current = self._limitation("cndevGetPowerManagementLimitation", device)
+            enforced = self._power_info(device).cap
         lo, hi = float(out.min_w), float(out.max_w)
         if not 0 < lo <= hi <= MAX_PLAUSIBLE_W:
             msg = (f"CNDev cap range of card {device} reads {lo:g}..{hi:g} W, which no MLU has: this libcndev "
                    "lays the range out differently from the header we know; leaving the card read-only")
             raise base.DriverError(msg)
+        if abs(current - enforced) > 1:
+            msg = (f"CNDev limit of card {device} reads {current:g} W but its power info says {enforced} W: this "
+                   "libcndev lays the limitation out differently from the header we know; leaving the card read-only")
+            raise base.DriverError(msg)
         return lo, hi
+
+    def _power_info(self, device: int) -> PowerInfo:
+        out = PowerInfo()
+        self._check(f"power info of card {device}", self.lib.cndevGetDevicePowerInfo(ctypes.byref(out), self._handle(device)))
+        return out
 
     def default_w(self, device: int) -> float:
         """The default cap in W."""
@@ -136,9 +156,9 @@ class CndevCaps:
             return self._limitation("cndevGetPowerManagementDefaultLimitation", device)
 
     def cap_w(self, device: int) -> float:
-        """The cap in force, in W."""
+        """The cap in force, in W (from the power-info struct, whose layout is known)."""
         with self._lock:
-            return self._limitation("cndevGetPowerManagementLimitation", device)
+            return float(self._power_info(device).cap)
 
     def set_w(self, device: int, power_w: float) -> float:
         """Clamp to the range, round to whole watts, set, read back; returns the cap in force.

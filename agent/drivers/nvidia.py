@@ -30,6 +30,7 @@ class NvmlDriver:
     """Every NVIDIA GPU NVML sees."""
 
     vendor = "nvidia"
+    api = "NVML"  # the library's name in messages (libraries with NVML's API say theirs)
 
     def __init__(self, *, library: str | None = None) -> None:
         """Load pynvml; `library` loads a specific libnvidia-ml (tests, unusual installs).
@@ -59,7 +60,7 @@ class NvmlDriver:
         try:
             return fn(*args)
         except self.nvml.NVMLError as exc:
-            msg = f"NVML {what}: {exc}"
+            msg = f"{self.api} {what}: {exc}"
             raise base.DriverError(msg) from None
 
     def _opt(self, fn: Callable[..., T], *args: object) -> T | None:
@@ -189,17 +190,17 @@ class NvmlDriver:
             h = self._handles[index]
             limits = self._opt(n.nvmlDeviceGetPowerManagementLimitConstraints, h)
             if limits is None:
-                msg = f"GPU {index} has no settable power limit (NVML: not supported)"
+                msg = f"{self.vendor} device {index} has no settable power limit ({self.api}: not supported)"
                 raise base.DriverError(msg)
             mw = int(round(min(max(power_w * 1000, limits[0]), limits[1])))
             try:
                 n.nvmlDeviceSetPowerManagementLimit(h, mw)
             except n.NVMLError_NoPermission:
-                msg = (f"setting GPU {index}'s power limit needs root (or CAP_SYS_ADMIN): run the agent's actuator "
+                msg = (f"setting {self.vendor} device {index}'s power limit needs root (or CAP_SYS_ADMIN): run the agent "
                        "as root (deploy/ has the unit)")
                 raise base.DriverError(msg) from None
             except n.NVMLError as exc:
-                msg = f"NVML refused a {mw / 1000:.0f} W limit on GPU {index}: {exc}"
+                msg = f"{self.api} refused a {mw / 1000:.0f} W limit on {self.vendor} device {index}: {exc}"
                 raise base.DriverError(msg) from None
             return self._call("enforced limit", n.nvmlDeviceGetEnforcedPowerLimit, h) * MW
 

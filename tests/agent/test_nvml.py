@@ -106,29 +106,37 @@ def test_xid_events_reach_the_sample_of_their_gpu(fake_lib: str, monkeypatch: py
         pynvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001
 
 
-# -- Iluvatar IXML: the same C API under NVML's names in libixml.so ----------------------------------
+# -- NVML's API in other vendors' libraries: Iluvatar IXML (NVML's names), T-Head HGML (prefix hgml) --
 
-from agent.drivers import ixml  # noqa: E402
+from agent.drivers import nvml_clones  # noqa: E402
+
+
+def build(tmp: pathlib.Path, *flags: str, source: str | None = None) -> str:
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: the fake library cannot be built")
+    src = tmp / "fake.c"
+    src.write_text(source if source is not None else SRC.read_text())
+    lib = tmp / "lib.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", *flags, "-o", str(lib), str(src)], check=True)
+    return str(lib)
 
 
 @pytest.fixture(scope="module")
 def fake_ixml(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The fake built twice as libixml.so: with the limit setter, and without it."""
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed: the fake IXML library cannot be built")
+    """The fake as libixml.so in a CoreX layout: with the limit setter, and without it."""
     out = {}
     for variant, flags in (("with", []), ("without", ["-DNO_SETTER"])):
-        lib = tmp_path_factory.mktemp(f"corex-{variant}") / "lib64" / "libixml.so"
-        lib.parent.mkdir()
-        subprocess.run(["gcc", "-shared", "-fPIC", "-O1", *flags, "-o", str(lib), str(SRC)], check=True)
-        out[variant] = str(lib)
+        home = tmp_path_factory.mktemp(f"corex-{variant}")
+        (home / "lib64").mkdir()
+        lib = pathlib.Path(build(home, *flags))
+        out[variant] = str(lib.rename(home / "lib64" / "libixml.so"))
     return out
 
 
 def test_ixml_reads_iluvatar_devices_and_sets_caps(fake_ixml: dict[str, str]) -> None:
     home = str(pathlib.Path(fake_ixml["with"]).parent.parent)
-    assert ixml.find_library({"COREX_HOME": home}) == fake_ixml["with"]
-    d = ixml.IxmlDriver(library=fake_ixml["with"])
+    assert nvml_clones.find_ixml({"COREX_HOME": home}) == fake_ixml["with"]
+    d = nvml_clones.IxmlDriver(library=fake_ixml["with"])
     try:
         infos = d.discover()
         assert [i.vendor for i in infos] == ["iluvatar", "iluvatar"]
@@ -142,7 +150,7 @@ def test_ixml_reads_iluvatar_devices_and_sets_caps(fake_ixml: dict[str, str]) ->
 
 
 def test_ixml_without_the_setter_is_read_only(fake_ixml: dict[str, str]) -> None:
-    d = ixml.IxmlDriver(library=fake_ixml["without"])
+    d = nvml_clones.IxmlDriver(library=fake_ixml["without"])
     try:
         assert [i.power_cap_settable for i in d.discover()] == [False, False]
         assert d.sample(1)[1].power_w is not None
@@ -150,8 +158,29 @@ def test_ixml_without_the_setter_is_read_only(fake_ixml: dict[str, str]) -> None
         d.close()
 
 
-def test_ixml_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+def test_hgml_reads_thead_devices_through_the_hgml_prefix(tmp_path: pathlib.Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake with every nvml symbol renamed hgml, as libhgml.so exports them."""
+    lib = build(tmp_path, source=SRC.read_text().replace("nvml", "hgml"))
+    assert not hasattr(ctypes.CDLL(lib), "nvmlInitWithFlags") and hasattr(ctypes.CDLL(lib), "hgmlInitWithFlags")
+    d = nvml_clones.HgmlDriver(library=lib)
+    try:
+        infos = d.discover()
+        assert [(i.vendor, i.power_limit_min_w, i.power_cap_settable) for i in infos] == [("thead", 200.0, True)] * 2
+        s0 = d.sample(5)[0]
+        assert (s0.power_w, s0.energy_j, s0.temperature_c) == (629.0, pytest.approx(123456.789), 59.0)
+        assert d.set_power_cap(1, 9000.0) == 700.0
+        monkeypatch.setenv("FAKE_NVML_DENY_SET", "1")
+        with pytest.raises(base.DriverError, match="thead device 0's power limit needs root"):
+            d.set_power_cap(0, 300.0)
+    finally:
+        d.close()
+
+
+def test_missing_libraries_are_clear_errors(tmp_path: pathlib.Path) -> None:
     if not pathlib.Path("/usr/local/corex/lib64/libixml.so").exists():  # the default place, on a machine without CoreX
-        assert ixml.find_library({"COREX_HOME": str(tmp_path)}) is None
+        assert nvml_clones.find_ixml({"COREX_HOME": str(tmp_path)}) is None
     with pytest.raises(base.DriverError, match="cannot load IXML from"):
-        ixml.IxmlDriver(library=str(tmp_path / "libixml.so"))
+        nvml_clones.IxmlDriver(library=str(tmp_path / "libixml.so"))
+    with pytest.raises(base.DriverError, match="cannot load HGML from"):
+        nvml_clones.HgmlDriver(library=str(tmp_path / "libhgml.so"))

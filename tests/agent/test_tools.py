@@ -135,13 +135,13 @@ def test_a_read_only_tool_driver_reports_devices_as_not_settable(bin_dir: pathli
 
 @pytest.fixture(scope="module")
 def fake_cndev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The fake libcndev.so as the header lays it out, and one with 32-bit range fields."""
+    """The fake libcndev.so as the header lays it out, and two libraries laid out otherwise."""
     import shutil  # noqa: PLC0415
 
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed: the fake CNDev library cannot be built")
     out = {}
-    for variant, flags in (("header", []), ("wide", ["-DWIDE_RANGE"])):
+    for variant, flags in (("header", []), ("wide_range", ["-DWIDE_RANGE"]), ("wide_limit", ["-DWIDE_LIMIT"])):
         lib = tmp_path_factory.mktemp(f"neuware-{variant}") / "lib64" / "libcndev.so"
         lib.parent.mkdir()
         subprocess.run(["gcc", "-shared", "-fPIC", *flags, "-o", str(lib), str(ROOT / "tests" / "fakes" / "fake_cndev.c")],
@@ -170,15 +170,20 @@ def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[st
         d.set_power_cap(0, 120.0)
 
 
-def test_a_cndev_with_another_range_layout_is_left_read_only(bin_dir: pathlib.Path, fake_cndev: dict[str, str]) -> None:
+@pytest.mark.parametrize(("variant", "why"), [("wide_range", "lays the range out differently"),
+                                             ("wide_limit", "lays the limitation out differently")])
+def test_a_cndev_with_another_layout_is_left_read_only(bin_dir: pathlib.Path, fake_cndev: dict[str, str],
+                                                       variant: str, why: str) -> None:
     from agent.drivers import base, cndev  # noqa: PLC0415
 
-    caps = cndev.CndevCaps(fake_cndev["wide"])
-    with pytest.raises(base.DriverError, match="lays the range out differently"):
+    caps = cndev.CndevCaps(fake_cndev[variant])
+    with pytest.raises(base.DriverError, match=why):
         caps.range_w(0)
+    with pytest.raises(base.DriverError, match=why):
+        caps.set_w(0, 100.0)  # never a write through a struct we cannot read
     fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
     infos = tool.CappedToolDriver("cambricon", caps, timeout_s=5).discover()
-    assert infos and not any(i.power_cap_settable for i in infos)  # never a cap from a misread range
+    assert infos and not any(i.power_cap_settable for i in infos)  # a fixed load, never a misread cap
 
 
 def test_cndev_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:

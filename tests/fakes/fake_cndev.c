@@ -1,14 +1,21 @@
 /* A fake libcndev.so with the power-limit entry points agent/drivers/cndev.py binds, laid out as
  * the public cndev.h (Cambricon/mlu-exporter pkg/cndev/include/cndev.h) declares them as we read
- * it: int version first, limits in whole watts as 16-bit fields, devices by handle.
+ * it: int version first, limits in whole watts as 16-bit fields, devices by an int32 handle;
+ * cndevGetDevicePowerInfo as gpustack-runtime 0.2.6's pycndev lays it out.
  * Two cards (0, 1), range 75..150 W, default 150 W (an MLU370-X4). Built by tests/agent/test_tools.py with gcc.
  * -DWIDE_RANGE builds a library whose range fields are 32-bit ints (a layout the driver must
- * detect and refuse). FAKE_CNDEV_DENY_SET=1 makes a set fail as without root. */
+ * detect and refuse); -DWIDE_LIMIT one whose limitation carries an int before the limit (the
+ * same). FAKE_CNDEV_DENY_SET=1 makes a set fail as without root. */
 #include <stdlib.h>
 #include <string.h>
 
-typedef unsigned long cndevDevice_t;
+typedef int cndevDevice_t;
+#ifdef WIDE_LIMIT
+typedef struct { int version; int flags; unsigned short powerLimit; } cndevPowerManagementLimitation_t;
+#else
 typedef struct { int version; unsigned short powerLimit; } cndevPowerManagementLimitation_t;
+#endif
+typedef struct { int usage, cap, machine, tdp, maxPower; int reserved[16]; } cndevDevicePowerInfo_t;
 #ifdef WIDE_RANGE
 typedef struct { int version; int minPowerLimit; int maxPowerLimit; } cndevPowerManagementLimitationRange_t;
 #else
@@ -28,11 +35,11 @@ const char *cndevGetErrorString(int code) {
     }
 }
 int cndevInit(int reserved) { (void)reserved; inited = 1; return OK; }
-static int card(cndevDevice_t h) { return h == 0x1000UL ? 0 : h == 0x1001UL ? 1 : -1; }
+static int card(cndevDevice_t h) { return h == 0x1000 ? 0 : h == 0x1001 ? 1 : -1; }
 int cndevGetDeviceHandleByIndex(int index, cndevDevice_t *handle) {
     if (!inited) return NOT_INITED;
     if (index < 0 || index > 1) return INVALID_ARGUMENT;
-    *handle = 0x1000UL + (unsigned long)index; return OK;
+    *handle = 0x1000 + index; return OK;
 }
 int cndevGetPowerManagementLimitationRange(cndevPowerManagementLimitationRange_t *r, cndevDevice_t h) {
     if (r->version != 5) return VERSION_MISMATCH;
@@ -55,4 +62,10 @@ int cndevSetPowerManagementLimitation(cndevPowerManagementLimitation_t *l, cndev
     if (l->version != 5) return VERSION_MISMATCH;
     if (card(h) < 0 || l->powerLimit < 75 || l->powerLimit > 150) return INVALID_ARGUMENT;
     limit_w[card(h)] = l->powerLimit; return OK;
+}
+int cndevGetDevicePowerInfo(cndevDevicePowerInfo_t *info, cndevDevice_t h) {
+    if (card(h) < 0) return INVALID_ARGUMENT;
+    memset(info, 0, sizeof *info);
+    info->usage = 30; info->cap = limit_w[card(h)]; info->machine = 0; info->tdp = 150; info->maxPower = 150;
+    return OK;
 }
