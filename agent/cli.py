@@ -218,10 +218,10 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
         drivers: list[base.Driver] = [nvml] if nvml is not None else []
         if nvml is not None:
             vendors = [v for v in vendors if v != "nvidia"]  # NVML reads them better than nvidia-smi
-        if (ixml := _ixml_driver()) is not None:
+        if (ixml := _nvml_api_driver("iluvatar")) is not None:
             drivers.append(ixml)
             vendors = [v for v in vendors if v != "iluvatar"]  # IXML reads them and can set caps
-        if (hgml := _hgml_driver()) is not None:
+        if (hgml := _nvml_api_driver("thead")) is not None:
             drivers.append(hgml)  # T-Head has no tool we read: HGML is the only way in
         if shutil.which("brsmi"):
             log.warning("brsmi (Biren) is on PATH, but xpuctl cannot read it yet: no sample of its output has been "
@@ -237,10 +237,10 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
         return drivers + [_tool_driver(v, args.driver_timeout_s) for v in vendors]
     if args.driver == "nvidia" and (nvml := _nvml_driver()) is not None:
         return [nvml]
-    if args.driver == "iluvatar" and (ixml := _ixml_driver()) is not None:
+    if args.driver == "iluvatar" and (ixml := _nvml_api_driver("iluvatar")) is not None:
         return [ixml]
     if args.driver == "thead":
-        if (hgml := _hgml_driver()) is None:
+        if (hgml := _nvml_api_driver("thead")) is None:
             msg = "--driver thead: libhgml.so (T-Head HGML) is not installed where the dynamic loader finds it"
             raise SystemExit(msg)
         return [hgml]
@@ -265,31 +265,18 @@ def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
     return tool.ToolDriver(vendor, timeout_s=timeout_s)
 
 
-def _ixml_driver() -> base.Driver | None:
-    """IXML (Iluvatar) when libixml.so and nvidia-ml-py are both there, else None (ixsmi is the fallback)."""
+def _nvml_api_driver(vendor: str) -> base.Driver | None:
+    """IXML (iluvatar) or HGML (thead) when the library and nvidia-ml-py are both there, else None."""
     from agent.drivers import nvml_clones  # noqa: PLC0415 - optional
 
-    library = nvml_clones.find_ixml(os.environ)
+    cls = nvml_clones.IxmlDriver if vendor == "iluvatar" else nvml_clones.HgmlDriver
+    library = nvml_clones.find_ixml(os.environ) if vendor == "iluvatar" else nvml_clones.find_hgml()
     if library is None:
         return None
     try:
-        return nvml_clones.IxmlDriver(library=library)
+        return cls(library=library)
     except base.DriverError as exc:
-        log.info("IXML not used: %s", exc)
-        return None
-
-
-def _hgml_driver() -> base.Driver | None:
-    """HGML (T-Head PPU) when libhgml.so and nvidia-ml-py are both there, else None."""
-    from agent.drivers import nvml_clones  # noqa: PLC0415 - optional
-
-    library = nvml_clones.find_hgml()
-    if library is None:
-        return None
-    try:
-        return nvml_clones.HgmlDriver(library=library)
-    except base.DriverError as exc:
-        log.info("HGML not used: %s", exc)
+        log.info("%s not used: %s", cls.api, exc)
         return None
 
 
@@ -535,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 78  # EX_CONFIG: the fix is in the config, a restart will not help
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `xpu-agent once | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
