@@ -5,11 +5,12 @@ Nothing else in the agent reads files or the environment for settings."""
 from __future__ import annotations
 
 import pathlib
-import tomllib
 from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
+
+from protos.xpu import settings
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Count = Annotated[int, msgspec.Meta(ge=1)]
@@ -61,35 +62,16 @@ class ConfigError(ValueError):
         self.where, self.problem = where, problem
 
 
-def _env_value(text: str) -> object:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """The file (optional) with `XPU_AGENT_<KEY>` on top.
 
     Raises:
         ConfigError: unreadable file, bad TOML, an unknown key or a bad value (with its path).
     """
-    raw: dict[str, dict[str, object]] = {}
-    where = "defaults"
-    if path is not None:
-        where = str(path)
-        try:
-            raw = tomllib.loads(pathlib.Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(where, f"cannot read it: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(where, f"not valid TOML: {exc}") from exc
-    for key, value in sorted((environ or {}).items()):
-        if key.startswith("XPU_AGENT_"):
-            table = raw.setdefault("agent", {})
-            if isinstance(table, dict):
-                table[key.removeprefix("XPU_AGENT_").lower()] = _env_value(value)
-                where = f"{where} + environment ({key})"
+    try:
+        raw, where = settings.layered(path, environ, ["agent"])
+    except settings.SettingsError as exc:
+        raise ConfigError(exc.where, exc.problem) from exc
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:

@@ -8,13 +8,13 @@ Nothing else in the controller reads files or the environment for settings.
 from __future__ import annotations
 
 import pathlib
-import tomllib
 from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
 
 from controller.errors import XpuError
+from protos.xpu import settings
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -177,14 +177,6 @@ class ConfigError(XpuError):
 GROUPS = ("detect", "power", "bus", "tls", "auth")
 
 
-def _env_value(text: str) -> object:
-    """An environment value as TOML would give it: a number or boolean when it reads as one."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Settings from a TOML file (optional) with `XPU_<GROUP>_<KEY>` environment variables on top.
 
@@ -193,23 +185,10 @@ def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = No
     Raises:
         ConfigError: unreadable file, bad TOML, an unknown key or a bad value (msgspec's path kept).
     """
-    raw: dict[str, dict[str, object]] = {}
-    where = "defaults"
-    if path is not None:
-        where = str(path)
-        try:
-            raw = tomllib.loads(pathlib.Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(where, f"cannot read it: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(where, f"not valid TOML: {exc}") from exc
-    for key, value in sorted((environ or {}).items()):
-        group, _, field = key.removeprefix("XPU_").lower().partition("_")
-        if key.startswith("XPU_") and group in GROUPS and field:
-            group_table = raw.setdefault(group, {})
-            if isinstance(group_table, dict):
-                group_table[field] = _env_value(value)
-                where = f"{where} + environment ({key})"
+    try:
+        raw, where = settings.layered(path, environ, GROUPS)
+    except settings.SettingsError as exc:
+        raise ConfigError(exc.where, exc.problem) from exc
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
