@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from controller import config
 from controller.core import model, ring
 
 F64 = npt.NDArray[np.float64]
@@ -94,6 +95,10 @@ class Detector:
     severity: ClassVar[str] = WARNING
     # True for detectors cheap and urgent enough to run on every batch (the critical path)
     critical_path: ClassVar[bool] = False
+
+    def __init__(self, cfg: config.Detect) -> None:
+        """Thresholds from config (detectors with state add theirs after this)."""
+        self.cfg = cfg
 
     def evaluate(self, frame: Frame) -> Verdict:
         """Judge every device of the frame."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller import config
 from controller.core import model
 from controller.core.detect import base
 
@@ -21,10 +20,6 @@ class CriticalErrors(base.Detector):
     kind = "error_event"
     severity = base.CRITICAL
     critical_path = True
-
-    def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
-        self.cfg = cfg
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Raise on an event in the last clear period; clear after it (unless failed)."""

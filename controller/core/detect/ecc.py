@@ -23,7 +23,7 @@ class EccUncorrected(base.Detector):
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; no device seen yet."""
-        self.cfg = cfg
+        super().__init__(cfg)
         self.prev = np.zeros(0)
         self.last_increase_ns = np.zeros(0, dtype=np.int64)
 
@@ -56,10 +56,6 @@ class EccStorm(base.Detector):
 
     kind = "ecc_storm"
     severity = base.WARNING
-
-    def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
-        self.cfg = cfg
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Rate = (newest - oldest) / their time apart."""

@@ -20,7 +20,7 @@ class OverCap(base.Detector):
     severity = base.CRITICAL
 
     def __init__(self, cfg: config.Detect) -> None:  # noqa: D107 - see the class
-        self.cfg = cfg
+        super().__init__(cfg)
         self.run = np.zeros(0, dtype=np.int64)
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:

@@ -25,7 +25,7 @@ class Spike(base.Detector):
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; no history yet."""
-        self.cfg = cfg
+        super().__init__(cfg)
         self.mean = np.zeros(0)
         self.var = np.zeros(0)
         self.seen = np.zeros(0, dtype=np.int64)

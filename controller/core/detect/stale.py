@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller import config
 from controller.core import model
 from controller.core.detect import base
 
@@ -20,10 +19,6 @@ class Stale(base.Detector):
 
     kind = "stale"
     severity = base.WARNING
-
-    def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
-        self.cfg = cfg
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Age of the newest sample (s) against `stale_after_s`."""

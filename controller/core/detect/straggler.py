@@ -26,7 +26,7 @@ class Straggler(base.Detector):
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; no history yet."""
-        self.cfg = cfg
+        super().__init__(cfg)
         self.mean = np.zeros(0)
 
     def _smoothed(self, frame: base.Frame) -> base.F64:

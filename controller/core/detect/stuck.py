@@ -22,7 +22,7 @@ class Stuck(base.Detector):
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; run lengths start at 0."""
-        self.cfg = cfg
+        super().__init__(cfg)
         self.prev = np.zeros((0, 2))
         self.run = np.zeros(0, dtype=np.int64)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller import config
 from controller.core.detect import base
 
 
@@ -21,10 +20,6 @@ class Thermal(base.Detector):
     kind = "thermal"
     severity = base.CRITICAL
     critical_path = True
-
-    def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
-        self.cfg = cfg
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Raise at slowdown - margin; clear at slowdown - clear margin."""
@@ -42,10 +37,6 @@ class ThermalRise(base.Detector):
     kind = "thermal_rise"
     severity = base.CRITICAL
     critical_path = True
-
-    def __init__(self, cfg: config.Detect) -> None:
-        """Thresholds from config."""
-        self.cfg = cfg
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:
         """Slope over the last samples (C/s); raise above the rate when near the limit."""
