@@ -351,22 +351,21 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         method = method_path.rsplit("/", 1)[1]
         token = _bearer(details.invocation_metadata)  # type: ignore[attr-defined]
 
-        async def refused(context: grpc.aio.ServicerContext) -> bool:
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            """Abort the call (abort raises) when the rules refuse it."""
             denial = access.check_call(self.state.policy, method, tls.peer_identities(context), token)
-            if denial is None:
-                return False
-            self.state.denied[denial.code] = self.state.denied.get(denial.code, 0) + 1
-            log.warning("refused %s from %s: %s", method, context.peer(), denial.message)
-            await context.abort(getattr(grpc.StatusCode, denial.code), denial.message)
-            return True  # not reached: abort raises
+            if denial is not None:
+                self.state.denied[denial.code] = self.state.denied.get(denial.code, 0) + 1
+                log.warning("refused %s from %s: %s", method, context.peer(), denial.message)
+                await context.abort(getattr(grpc.StatusCode, denial.code), denial.message)
 
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
             async def streaming(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-                if not await refused(context):
-                    async for item in inner_stream(request, context):
-                        yield item
+                await check(context)
+                async for item in inner_stream(request, context):
+                    yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 streaming, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
@@ -374,7 +373,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def unary(request: object, context: grpc.aio.ServicerContext) -> object:
-            await refused(context)
+            await check(context)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

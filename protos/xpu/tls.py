@@ -58,17 +58,28 @@ def read_pem(what: str, path: str) -> bytes:
     return data
 
 
+def _client_pair(cert_file: str | None, key_file: str | None) -> tuple[bytes, bytes] | None:
+    """Our certificate and key as PEM bytes, or None when neither is given.
+
+    Raises:
+        TlsError: only one of them is given, or a file is missing or not PEM.
+    """
+    if cert_file is None and key_file is None:
+        return None
+    if not (cert_file and key_file):
+        raise TlsError("client certificate", cert_file or key_file or "", "give both the certificate and its key")
+    return read_pem("client certificate", cert_file), read_pem("client key", key_file)
+
+
 def channel_credentials(files: ClientFiles) -> grpc.ChannelCredentials:
     """gRPC channel credentials: the CA, plus our certificate and key when both are given.
 
     Raises:
         TlsError: a file is missing or not PEM, or only one of certificate and key is given.
     """
-    if (files.cert_file is None) != (files.key_file is None):
-        raise TlsError("client certificate", files.cert_file or files.key_file or "", "give both the certificate and its key")
     ca = read_pem("CA file", files.ca_file)
-    cert = read_pem("client certificate", files.cert_file) if files.cert_file else None
-    key = read_pem("client key", files.key_file) if files.key_file else None
+    pair = _client_pair(files.cert_file, files.key_file)
+    cert, key = pair if pair is not None else (None, None)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
@@ -145,11 +156,8 @@ def ssl_context(ca_file: str | None, cert_file: str | None, key_file: str | None
     if ca_file is not None:
         read_pem("CA file", ca_file)
     ctx = ssl.create_default_context(cafile=ca_file)
-    if cert_file or key_file:
-        if not (cert_file and key_file):
-            raise TlsError("client certificate", cert_file or key_file or "", "give both the certificate and its key")
-        read_pem("client certificate", cert_file)
-        read_pem("client key", key_file)
+    if _client_pair(cert_file, key_file) is not None:
+        assert cert_file is not None and key_file is not None  # _client_pair checked both
         try:
             ctx.load_cert_chain(cert_file, key_file)
         except ssl.SSLError as exc:
