@@ -41,6 +41,16 @@ async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: s
         await asyncio.sleep(0.05)
 
 
+async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:
+    """Run the xpuctl CLI against `target` without blocking the loop that serves it: (rc, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "controller.ctl", "--controller", target, *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
 class Controller:
     """An in-process controller (real grpc.aio server on 127.0.0.1) that tests can stop and restart."""
 

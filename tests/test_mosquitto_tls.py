@@ -8,10 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
-import shutil
-import socket
-import subprocess
-import time
 
 import aiomqtt
 import pytest
@@ -21,19 +17,18 @@ from controller import config, service
 from controller.core import registry
 from protos.xpu import tls
 from protos.xpu.v1 import bus, bus_client
-from tests.conftest import ROOT, Processes, RunningService, free_port, mosquitto_binary, wait_until
+from tests.conftest import ROOT, Mosquitto, Processes, RunningService, free_port, wait_until
 from tests.pki import Pki
 
 ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
 
 
-class TlsBroker:
-    """Mosquitto with one TLS listener that requires a certificate from the site CA."""
+class TlsBroker(Mosquitto):
+    """The test Mosquitto with its listener on TLS, requiring a certificate from the site CA."""
 
     def __init__(self, d: pathlib.Path) -> None:
-        binary = mosquitto_binary()
-        if binary is None:
-            pytest.skip("mosquitto is not installed (scripts/test installs it with apt-get)")
+        """Mint the site's certificates and write the config (the listener line is already in it)."""
+        super().__init__(d)
         self.d = d
         pki = Pki(d)
         self.ca_file = pki.ca_file
@@ -41,44 +36,22 @@ class TlsBroker:
         for name in ("controller", "node-a", "node-b"):
             pki.issue(name, name, common_name=name)
         pki.issue("stranger", "node-a", common_name="node-a", ca=trustme.CA())
-        self.port = free_port()
         run_as = "user root\n" if os.geteuid() == 0 else ""  # mosquitto drops to `mosquitto`, which cannot read tmp
-        conf = d / "mosquitto.conf"
-        conf.write_text(
-            (ROOT / "deploy" / "mosquitto" / "test.conf").read_text().replace("allow_anonymous true", "allow_anonymous false")
-            + f"{run_as}listener {self.port} 127.0.0.1\ncafile {self.ca_file}\ncertfile {d / 'broker.pem'}\n"
-            f"keyfile {d / 'broker.key'}\nrequire_certificate true\nuse_identity_as_username true\nacl_file {ACL}\n"
+        self.conf.write_text(
+            self.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+            + f"{run_as}cafile {self.ca_file}\ncertfile {d / 'broker.pem'}\nkeyfile {d / 'broker.key'}\n"
+            f"require_certificate true\nuse_identity_as_username true\nacl_file {ACL}\n"
         )
-        self.log = d / "mosquitto.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)  # startup poll of a child process, before any loop work
 
-    def url(self, who: str | None) -> str:
+    def tls_url(self, who: str | None) -> str:
         base = f"mqtts://127.0.0.1:{self.port}?ca={self.ca_file}&protocol=5"
         return base if who is None else f"{base}&cert={self.d / who}.pem&key={self.d / who}.key"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=5)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture
 def broker(tmp_path: pathlib.Path) -> TlsBroker:
-    if shutil.which("mosquitto") is None and mosquitto_binary() is None:
-        pytest.skip("mosquitto is not installed (scripts/test installs it with apt-get)")
     b = TlsBroker(tmp_path)
+    b.start()
     yield b
     b.stop()
 
@@ -90,7 +63,7 @@ def client(url: str, ident: str) -> aiomqtt.Client:
 
 
 async def test_certificate_identity_confines_a_node(broker: TlsBroker) -> None:
-    async with client(broker.url("controller"), "t-ctl") as ctl, client(broker.url("node-a"), "t-a") as a:
+    async with client(broker.tls_url("controller"), "t-ctl") as ctl, client(broker.tls_url("node-a"), "t-a") as a:
         await a.subscribe("xpu/v1/cmd/node-a/req", qos=1)
         await a.subscribe("xpu/v1/cmd/node-b/req", qos=1)  # the ACL makes this deliver nothing
         await a.subscribe("#", qos=1)
@@ -106,7 +79,7 @@ async def test_certificate_identity_confines_a_node(broker: TlsBroker) -> None:
 @pytest.mark.parametrize("who", [None, "stranger"])
 async def test_the_broker_refuses_without_a_certificate_of_the_site(broker: TlsBroker, who: str | None) -> None:
     with pytest.raises(aiomqtt.MqttError):
-        async with client(broker.url(who), f"t-{who}"):
+        async with client(broker.tls_url(who), f"t-{who}"):
             pass
 
 
@@ -127,12 +100,12 @@ def test_bad_tls_files_are_named() -> None:
 async def test_controller_and_agent_over_mqtts(broker: TlsBroker, processes: Processes) -> None:
     """The closed loop with both programs on TLS URLs: the agent applies the controller's caps."""
     cfg = config.Config(power=config.Power(budget_w=1500.0, period_s=0.5),
-                        bus=config.Bus(url=broker.url("controller"), heartbeat_s=0.5))
+                        bus=config.Bus(url=broker.tls_url("controller"), heartbeat_s=0.5))
     svc = service.Service(cfg, listen=f"127.0.0.1:{free_port()}",
                           liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0))
     ctl = await RunningService(svc).start()
     try:
-        processes.start("agent.cli", "run", "--node-id", "node-a", "--controller", ctl.target, "--mqtt", broker.url("node-a"),
+        processes.start("agent.cli", "run", "--node-id", "node-a", "--controller", ctl.target, "--mqtt", broker.tls_url("node-a"),
                         "--sim-vendor", "nvidia", "--sim-devices", "4", "--sim-workload", "training",
                         "--reconnect-max-s", "0.5")
         await wait_until(lambda: svc.node_bus_status.get("node-a") == "online", timeout_s=60, what="node-a online over mqtts")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import grpc
 import grpc.aio
@@ -12,19 +11,9 @@ import pytest
 
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
-from tests.conftest import ROOT, Processes, RunningService, make_service, wait_until
+from tests.conftest import Processes, RunningService, make_service, wait_until, xpuctl
 
 pytestmark = pytest.mark.slow
-
-
-async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:
-    """Run the CLI without blocking the loop that serves it."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "controller.ctl", "--controller", target, *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
 
 
 async def test_cluster_api_end_to_end(processes: Processes) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import pathlib
-import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -27,7 +26,7 @@ from protos.xpu import tls
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 from protos.xpu.v1 import telemetry_pb2 as pb
-from tests.conftest import ROOT, Processes, RunningService, free_port
+from tests.conftest import Processes, RunningService, free_port, xpuctl
 from tests.pki import Pki
 
 TOKEN = "tok-" + "0123456789abcdef" * 2
@@ -204,15 +203,8 @@ async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Site, tmp_pa
     token_file.write_text(TOKEN + "\n")
     tls_flags = ["--tls-ca-file", pki.ca_file, "--tls-cert-file", pki.cert("node-b"), "--tls-key-file", pki.key("node-b")]
 
-    async def xpuctl(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "controller.ctl", "--controller", target, *args, cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        return proc.returncode or 0, out.decode(), err.decode()
-
     async def node_a_listed() -> bool:
-        rc, out, _ = await xpuctl(*tls_flags, "--token-file", str(token_file), "nodes")
+        rc, out, _ = await xpuctl(target, *tls_flags, "--token-file", str(token_file), "nodes")
         return rc == 0 and "node-a" in out
 
     for _ in range(100):
@@ -221,10 +213,10 @@ async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Site, tmp_pa
         await asyncio.sleep(0.2)
     else:
         pytest.fail("node-a never appeared in `xpuctl nodes` over mTLS")
-    rc, _, err = await xpuctl(*tls_flags, "budget", "4000")  # node-b's certificate, no token
+    rc, _, err = await xpuctl(target, *tls_flags, "budget", "4000")  # node-b's certificate, no token
     assert rc == 5 and "PERMISSION_DENIED" in err and "operator" in err
-    rc, out, err = await xpuctl(*tls_flags, "--token-file", str(token_file), "budget", "4000")
+    rc, out, err = await xpuctl(target, *tls_flags, "--token-file", str(token_file), "budget", "4000")
     assert rc == 0, err
     assert "4,000" in out or "4000" in out
-    rc, _, err = await xpuctl("--token-file", str(token_file), "summary")  # a token in the clear: refused here
+    rc, _, err = await xpuctl(target, "--token-file", str(token_file), "summary")  # a token in the clear: refused here
     assert rc == 2 and "needs --tls-ca-file" in err
