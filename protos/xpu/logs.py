@@ -23,16 +23,13 @@ FORMATS = ("json", "text")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXTRA_KEYS = ("node_id", "hw.id", "seq")
 
-# syslog priorities (sd-daemon(3)): <3> err, <4> warning, <6> info, <7> debug
+# syslog priorities (sd-daemon(3)): <3> err, <4> warning, <6> info, <7> debug; highest level first
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
 
 def priority(levelno: int) -> int:
     """The syslog priority of a logging level (levels between the named ones round down)."""
-    for threshold in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
-        if levelno >= threshold:
-            return _PRIORITY[threshold]
-    return 7
+    return next((p for level, p in _PRIORITY.items() if levelno >= level), 7)
 
 
 class JsonFormatter(logging.Formatter):
