@@ -361,6 +361,7 @@ async def _run(args: argparse.Namespace) -> int:
         if stop.is_set():
             log.info("node %s: stopping on signal", args.node_id)
             notifier.stopping()
+            await the_agent.leave()
         for task in (running, stopped, *side):
             task.cancel()
     return 0

@@ -94,9 +94,16 @@ class Agent:
                 if self.bus is not None:
                     tg.create_task(self.bus.run(), name=f"agent[{self.node_id}].mqtt")
         finally:
-            if self.bus is not None:
-                await self.bus.say_offline()
             self.sampler.close()
+
+    async def leave(self) -> None:
+        """Say `offline` on the bus while the session is still up: call before cancelling `run`.
+
+        A clean MQTT disconnect discards the will, so without this goodbye a stopped agent's
+        retained status would stay `online`.
+        """
+        if self.bus is not None:
+            await self.bus.say_offline()
 
     def _make_bus(self, url: bus.BusUrl) -> mqtt.AgentBus:
         ranges = [

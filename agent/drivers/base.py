@@ -6,6 +6,7 @@ event loop with a timeout (agent/sampler.py), so a driver never needs asyncio.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Protocol
 
 from agent.core import model
@@ -13,6 +14,19 @@ from agent.core import model
 
 class DriverError(Exception):
     """A driver call failed; the message names the vendor, the call and what is needed."""
+
+
+def load_library(library: str, api: str) -> ctypes.CDLL:
+    """Load a vendor's shared library by name or path.
+
+    Raises:
+        DriverError: it cannot be loaded; the message names the API, the library and why.
+    """
+    try:
+        return ctypes.CDLL(library)
+    except OSError as exc:
+        msg = f"cannot load {api} from {library}: {exc}"
+        raise DriverError(msg) from None
 
 
 class Driver(Protocol):

@@ -71,11 +71,7 @@ class CndevCaps:
         Raises:
             DriverError: the library cannot be loaded or initialised.
         """
-        try:
-            lib = ctypes.CDLL(library)
-        except OSError as exc:
-            msg = f"cannot load CNDev ({library}): {exc}"
-            raise base.DriverError(msg) from None
+        lib = base.load_library(library, "CNDev")
         lib.cndevInit.argtypes = [ctypes.c_int]
         for name, struct in (
             ("cndevGetPowerManagementLimitationRange", LimitationRange),

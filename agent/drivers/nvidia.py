@@ -45,11 +45,7 @@ class NvmlDriver:
             raise base.DriverError(msg) from None
         self.nvml: Any = pynvml
         if library is not None:
-            try:
-                pynvml.nvmlLib = ctypes.CDLL(library)
-            except OSError as exc:
-                msg = f"cannot load NVML from {library}: {exc}"
-                raise base.DriverError(msg) from None
+            pynvml.nvmlLib = base.load_library(library, "NVML")
         self._handles: list[Any] = []
         self._infos: list[model.DeviceInfo] = []
         self._lock = threading.Lock()

@@ -84,11 +84,7 @@ class _CloneDriver(nvidia.NvmlDriver):
         super().__init__()
         self.nvml = _private_pynvml(self.vendor)
         self.nvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001 - pointers of a previous library
-        try:
-            lib = ctypes.CDLL(library)
-        except OSError as exc:
-            msg = f"cannot load {self.api} from {library}: {exc}"
-            raise base.DriverError(msg) from None
+        lib = base.load_library(library, self.api)
         self.nvml.nvmlLib = lib if self.prefix == "nvml" else Prefixed(lib, self.prefix)
         self.library = library
 

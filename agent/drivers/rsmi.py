@@ -26,11 +26,7 @@ class RsmiCaps:
         Raises:
             DriverError: the library cannot be loaded or initialised.
         """
-        try:
-            lib = ctypes.CDLL(library)
-        except OSError as exc:
-            msg = f"cannot load ROCm SMI ({library}): {exc}"
-            raise base.DriverError(msg) from None
+        lib = base.load_library(library, "ROCm SMI")
         u32, u64, p64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)
         lib.rsmi_init.argtypes = [u64]
         lib.rsmi_dev_power_cap_range_get.argtypes = [u32, u32, p64, p64]

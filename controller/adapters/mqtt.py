@@ -73,6 +73,7 @@ class ControllerBus:
         self.outgoing: asyncio.Queue[tuple[str, bytes, bool, Properties | None]] = asyncio.Queue(max_queued)
         self.counters = Counters()
         self.connected = asyncio.Event()
+        self.leaving = False  # set by say_offline: from then on no `online` lease may follow it
 
     # -- outgoing --------------------------------------------------------------------------------
 
@@ -166,19 +167,27 @@ class ControllerBus:
             raise group.exceptions[0] from None
 
     async def _heartbeat_once(self, client: aiomqtt.Client) -> None:
+        if self.leaving:
+            return
         status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
         await client.publish(self.topics.controller_status, msgspec.json.encode(status), qos=1, retain=True)
 
     async def _heartbeat(self) -> None:
         """Queue the lease every heartbeat: one publisher task does all publishing on a session."""
-        while True:
+        while not self.leaving:
             await asyncio.sleep(self.heartbeat_s)
+            if self.leaving:
+                return
             status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
             self._offer(self.topics.controller_status, msgspec.json.encode(status), retain=True)
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
         while True:
             topic, payload, retain, props = await self.outgoing.get()
+            if self.leaving and topic == self.topics.controller_status:
+                continue  # a lease queued before the goodbye must not overwrite it
+            # no await between the check above and this call: paho queues the packet at once, so
+            # a lease published here is on the wire before say_offline's `offline`
             await client.publish(topic, payload, qos=1, retain=retain, properties=props)
 
     def _on_message(self, message: aiomqtt.Message) -> None:
@@ -199,5 +208,9 @@ class ControllerBus:
             log.warning("unreadable message on %s: %s", topic, exc)
 
     async def say_offline(self) -> None:
-        """Retained status `offline`: the controller is leaving on purpose."""
+        """Retained status `offline`: the controller is leaving on purpose.
+
+        Leases still queued, or due, are not sent after it, so the retained status ends `offline`.
+        """
+        self.leaving = True
         await bus_client.say_offline(self.client, self.topics.controller_status, self.boot_id)

@@ -6,6 +6,7 @@ Each test starts its own broker on a free loopback port (config in deploy/mosqui
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import msgspec
@@ -142,6 +143,29 @@ async def test_agents_fail_safe_when_the_controller_is_gone(mosquitto: Mosquitto
         assert all(d.fail_safe and d.power_limit_w == d.default_w == 300.0 for d in s.devices)
         status = [msgspec.json.decode(p, type=bus.Status) for _, p in watch.on(TOPICS.controller_status)]
         assert status[-1].state == bus.OFFLINE
+    finally:
+        await watch.stop()
+        await ctl.stop()
+
+
+async def test_agent_says_offline_when_stopped(mosquitto: Mosquitto, processes: Processes) -> None:
+    """SIGTERM: a clean disconnect discards the will, so the agent must say `offline` itself first."""
+    ctl = await RunningService(make_service(None)).start()
+    watch = Watcher(mosquitto.url, "xpu/v1/status/#")
+    await watch.start()
+    proc = processes.start(*agent_args(ctl, mosquitto, "bye", "ascend"))
+    try:
+        def last_status() -> str | None:
+            msgs = watch.on(TOPICS.status("bye"))
+            return msgspec.json.decode(msgs[-1][1], type=bus.Status).state if msgs else None
+
+        await wait_until(lambda: last_status() == bus.ONLINE, timeout_s=20, what="the agent online")
+        proc.send_signal(signal.SIGTERM)
+        await wait_until(lambda: proc.poll() is not None, timeout_s=10, what="the agent's exit")
+        assert proc.returncode == 0
+        await wait_until(lambda: last_status() is not None and last_status() != bus.ONLINE, timeout_s=5,
+                         what="a status after online")
+        assert last_status() == bus.OFFLINE  # not `lost`: it left on purpose
     finally:
         await watch.stop()
         await ctl.stop()

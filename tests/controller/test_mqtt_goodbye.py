@@ -1,0 +1,54 @@
+"""The controller's goodbye on a real Mosquitto: once it said `offline`, no lease may follow.
+
+The lease (`status/controller`, retained, `online`) is republished every heartbeat through the
+session's publisher task; `say_offline` publishes directly. A lease queued or due at that moment
+must not overwrite the goodbye, or agents would read a live controller that is gone (CI saw it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiomqtt
+import msgspec
+
+from controller.adapters import mqtt
+from protos.xpu.v1 import bus
+from tests.conftest import Mosquitto, wait_until
+
+TOPICS = bus.Topics()
+
+
+async def retained_status(port: int) -> bus.Status:
+    """What a newcomer reads on `status/controller`: the retained message."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-goodbye-reader") as client:
+        await client.subscribe(TOPICS.controller_status, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                return msgspec.json.decode(message.payload, type=bus.Status)
+    raise AssertionError("unreachable")
+
+
+async def test_no_lease_after_the_goodbye(mosquitto: Mosquitto) -> None:
+    # a heartbeat of 1 ms keeps the publisher busy with leases, so one is always in flight or queued
+    for attempt in range(10):
+        ctl_bus = mqtt.ControllerBus(
+            url=bus.parse_url(mosquitto.url + "?protocol=5"), boot_id=f"boot-{attempt}",
+            on_result=lambda *_: None, on_state=lambda *_: None, on_status=lambda *_: None,
+            heartbeat_s=0.001,
+        )
+        task = asyncio.create_task(ctl_bus.run(), name="test.controller-bus")
+        try:
+            await asyncio.wait_for(ctl_bus.connected.wait(), 10)
+            before = ctl_bus.counters.connects
+            await wait_until(lambda: ctl_bus.outgoing.qsize() > 0, timeout_s=5, what="a lease in the queue")
+            await ctl_bus.say_offline()
+            assert ctl_bus.counters.connects == before
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        status = await retained_status(mosquitto.port)
+        assert (status.state, status.boot_id) == (bus.OFFLINE, f"boot-{attempt}"), f"attempt {attempt}"
