@@ -513,17 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 78
     logs.setup(args.log_level, args.log_format, os.environ)
     _install_uvloop()
-    if args.command == "parse":
-        return _parse(args)
-    command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
+    command = {"run": _run, "once": _once, "fleet": _fleet}.get(args.command)
     try:
-        return asyncio.run(command(args))
+        return asyncio.run(command(args)) if command is not None else _parse(args)
     except tls.TlsError as exc:
         log.error("%s", exc)
         return 78  # EX_CONFIG: the fix is in the config, a restart will not help
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `xpu-agent once | head`: the reader left; nothing to report
+    except BrokenPipeError:  # `xpu-agent once | head` (or parse): the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -214,3 +215,16 @@ def test_agent_parse_prints_normalised_json_or_a_clear_error(tmp_path: pathlib.P
     assert r.returncode == 1 and "npu-smi output, line 1" in r.stderr
     r = run("agent.cli", "parse", "nvidia", str(tmp_path / "missing.txt"), timeout=30)
     assert r.returncode == 1 and "cannot read" in r.stderr
+
+
+def test_agent_parse_into_a_reader_that_left_exits_quietly() -> None:
+    """`xpu-agent parse ... | head -1`: no traceback, exit 141 like other tools killed by SIGPIPE."""
+    capture = ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write is EPIPE
+    try:
+        r = subprocess.run([sys.executable, "-m", "agent.cli", "parse", "hygon", str(capture)], cwd=ROOT,
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141 and r.stderr == "", r.stderr
