@@ -11,6 +11,7 @@ import itertools
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -167,3 +168,40 @@ def wait_status(mgr: Manager, prefix: str, timeout_s: float) -> float:
             return time.monotonic()
         mgr.wait_for("WATCHDOG=1", max(0.1, deadline - time.monotonic()))
     pytest.fail(f"no {prefix!r}; got {[m for _, m in mgr.got][-8:]}")
+
+
+def documented_systemd_runs() -> list[list[str]]:
+    """Every `systemd-run` command in deploy/README.md, continuation lines joined, split like a shell."""
+    text = (ROOT / "deploy" / "README.md").read_text().replace("\\\n", " ")
+    return [shlex.split(line.split("#", 1)[0]) for line in text.splitlines() if line.startswith("systemd-run ")]
+
+
+def unit_of_systemd_run(argv: list[str]) -> tuple[str, list[str]]:
+    """The [Service] section systemd-run would create from `-p` properties, and the command it runs."""
+    props, rest = [], argv[1:]
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option == "-p":
+            props.append(rest.pop(0))
+        else:  # --unit=NAME, --collect, --user: how to run it, not what the unit says
+            assert option in ("--collect", "--user") or option.startswith("--unit="), f"unexpected option {option}"
+    return "[Service]\n" + "\n".join(props) + "\n", rest
+
+
+@needs_analyze
+def test_documented_systemd_run_one_liners_are_valid(tmp_path: pathlib.Path) -> None:
+    """CI has no systemd to run them, so: each property verifies as a unit line, each flag exists."""
+    runs = documented_systemd_runs()
+    assert len(runs) >= 3, "deploy/README.md lost its systemd-run examples"
+    script = pathlib.Path(sys.executable).parent / "xpu-agent"
+    helps = subprocess.run([str(script), "run", "--help"], capture_output=True, text=True, check=True).stdout
+    for k, argv in enumerate(runs):
+        service, command = unit_of_systemd_run(argv)
+        assert pathlib.Path(command[0]).name == "xpu-agent" and command[1] == "run", command
+        for flag in (a.split("=", 1)[0] for a in command[2:] if a.startswith("--")):
+            assert flag in helps, f"systemd-run example {k}: {flag} is not an option of xpu-agent run"
+        unit = tmp_path / f"xpu-adhoc-{k}.service"
+        unit.write_text(service + f"ExecStart={script} {shlex.join(command[1:])}\n")
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0 and r.stdout + r.stderr == "", f"example {k}: {r.stdout}{r.stderr}"
