@@ -143,6 +143,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--interval-s", type=_positive(float), default=1.0)
     run.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
+    run.add_argument(
+        "--rediscover-s", type=_positive(float), default=30.0,
+        help="try drivers whose discovery failed again this often (their devices join as a new boot)",
+    )
     run.add_argument("--buffer-batches", type=_positive(int), default=600)
     run.add_argument(
         "--reconnect-max-s", type=_positive(float), default=30.0, help="cap of the reconnect backoff"
@@ -333,6 +337,7 @@ async def _run(args: argparse.Namespace) -> int:
         bus_url=args.mqtt,
         failsafe_after_s=args.failsafe_after_s,
         tls_files=tls_files,
+        rediscover_s=args.rediscover_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,6 +31,8 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Sampling interval."""
     driver_timeout_s: Positive = 5.0
     """A driver call longer than this makes its devices unknown."""
+    rediscover_s: Positive = 30.0
+    """A driver whose discovery failed (tool broken, driver not loaded yet) is tried again this often."""
     buffer_batches: Count = 600
     """Batches kept while the controller is unreachable (then the oldest are dropped, counted)."""
     reconnect_max_s: Positive = 30.0

@@ -7,6 +7,7 @@ and wakes the link, which sends when it can (agent/adapters/link.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -23,6 +24,10 @@ from protos.xpu import tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
+
+
+class _NewDevicesError(Exception):
+    """A driver found devices on a later try: the running boot ends and a new one starts."""
 
 
 class Agent:
@@ -43,8 +48,13 @@ class Agent:
         bus_url: bus.BusUrl | None = None,
         failsafe_after_s: float = 15.0,
         tls_files: tls.ClientFiles | None = None,
+        rediscover_s: float = 30.0,
     ) -> None:
-        """Create the agent; nothing runs until `run`. Without `bus_url` there is no actuator."""
+        """Create the agent; nothing runs until `run`. Without `bus_url` there is no actuator.
+
+        `rediscover_s`: how often drivers whose discovery failed are tried again.
+        """
+        self.rediscover_s = rediscover_s
         self.node_id = node_id
         self.boot_id = str(uuid.uuid4())
         self.sampler = sampler
@@ -81,20 +91,56 @@ class Agent:
         )
 
     async def run(self) -> None:
-        """Discover, then sample and stream until cancelled."""
+        """Discover, then sample and stream until cancelled.
+
+        When a driver whose discovery failed finds devices later, the Hello's device list
+        changes, so the agent starts a new boot (new boot_id, seq from 1) on the same stream and
+        bus, after giving the old boot's unacknowledged batches a moment to go out.
+        """
         self.devices = await self.sampler.discover()
         log.info("node %s: %d device(s) discovered", self.node_id, len(self.devices), extra={"node_id": self.node_id})
         self.discovered.set()
-        if self.bus_url is not None:
-            self.bus = self._make_bus(self.bus_url)
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.link.run(), name=f"agent[{self.node_id}].link")
-                tg.create_task(self._tick_loop(), name=f"agent[{self.node_id}].ticks")
-                if self.bus is not None:
-                    tg.create_task(self.bus.run(), name=f"agent[{self.node_id}].mqtt")
+            while True:
+                if self.bus_url is not None:
+                    self.bus = self._make_bus(self.bus_url)
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self.link.run(), name=f"agent[{self.node_id}].link")
+                        tg.create_task(self._tick_loop(), name=f"agent[{self.node_id}].ticks")
+                        if self.bus is not None:
+                            tg.create_task(self.bus.run(), name=f"agent[{self.node_id}].mqtt")
+                        if self.sampler.missing:
+                            tg.create_task(self._rediscover_loop(), name=f"agent[{self.node_id}].rediscover")
+                except* _NewDevicesError:
+                    self._new_boot()
         finally:
             self.sampler.close()
+
+    async def _rediscover_loop(self) -> None:
+        """Try the drivers that found nothing every `rediscover_s`; end this boot when one does."""
+        while self.sampler.missing:
+            await asyncio.sleep(self.rediscover_s)
+            if await self.sampler.discover_missing():
+                if self.link.connected:  # let the old boot's last batches reach the controller
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(2 * self.interval_s):
+                            while len(self.buffer):
+                                await asyncio.sleep(0.05)
+                raise _NewDevicesError
+
+    def _new_boot(self) -> None:
+        """A fresh boot_id, seq and buffer for the new device list; the link and bus reconnect."""
+        unsent = len(self.buffer)
+        self.devices = self.sampler.all_devices()
+        self.boot_id = str(uuid.uuid4())
+        self.seq = 0
+        self.buffer = buffer.BatchBuffer(self.buffer.capacity)
+        self.link.boot_id, self.link.batches = self.boot_id, self.buffer
+        log.warning("node %s: %d device(s) now; streaming them as a new boot %s%s", self.node_id,
+                    len(self.devices), self.boot_id,
+                    f" ({unsent} unacknowledged batch(es) of the old boot left behind)" if unsent else "",
+                    extra={"node_id": self.node_id})
 
     async def leave(self) -> None:
         """Say `offline` on the bus while the session is still up: call before cancelling `run`.

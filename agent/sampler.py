@@ -3,6 +3,10 @@
 A driver call that does not return in time makes that driver's devices `unknown` (with the
 reason); while the call stays blocked, no second call is started on the same driver (it would only
 pile up threads), and its devices stay unknown until it returns.
+
+A driver whose discovery failed or hung has no devices to mark: it is remembered as missing, and
+`discover_missing` tries it again (the agent does, every `rediscover_s`): a vendor driver that
+loads after the agent started, or a tool that was broken at boot, is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -46,19 +50,52 @@ class Sampler:
         self.devices: list[list[model.DeviceInfo]] = [[] for _ in drivers]
         self.failures_total = 0
         self._failing: set[int] = set()
+        self.missing: set[int] = set()  # drivers whose discovery failed or hung: tried again
+        self._discovering: dict[int, asyncio.Future[list[model.DeviceInfo]]] = {}
 
     async def discover(self) -> list[model.DeviceInfo]:
-        """Every device of every driver; a driver that fails or hangs contributes none."""
-        loop = asyncio.get_running_loop()
-        for i, driver in enumerate(self.drivers):
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    self.devices[i] = await loop.run_in_executor(self._executor, driver.discover)
-            except TimeoutError:
-                log.error("%s driver: discover did not answer within %.1fs", driver.vendor, self.timeout_s)
-            except base.DriverError as exc:
-                log.error("%s driver: discover failed: %s", driver.vendor, exc)
+        """Every device of every driver; a driver that fails or hangs contributes none (yet)."""
+        for i in range(len(self.drivers)):
+            await self._discover_driver(i)
+        return self.all_devices()
+
+    def all_devices(self) -> list[model.DeviceInfo]:
+        """The devices found so far, driver by driver: the rows of the agent's Hello."""
         return [d for devices in self.devices for d in devices]
+
+    async def discover_missing(self) -> bool:
+        """Try the drivers whose discovery failed again; True when one of them found devices."""
+        found = False
+        for i in sorted(self.missing):
+            if await self._discover_driver(i):
+                log.info("%s driver: %d device(s) found on a later try", self.drivers[i].vendor, len(self.devices[i]))
+                found = True
+        return found
+
+    async def _discover_driver(self, i: int) -> bool:
+        """Discover one driver's devices; True when it answered with at least one."""
+        driver = self.drivers[i]
+        pending = self._discovering.get(i)
+        if pending is not None and not pending.done():
+            return False  # the last try is still blocked in its thread: do not pile up another
+        future = asyncio.get_running_loop().run_in_executor(self._executor, driver.discover)
+        future.add_done_callback(_retrieve)  # a try abandoned on timeout may still fail later
+        self._discovering[i] = future
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                self.devices[i] = await asyncio.shield(future)
+        except TimeoutError:
+            if i not in self.missing:
+                log.error("%s driver: discover did not answer within %.1fs; trying again later",
+                          driver.vendor, self.timeout_s)
+        except base.DriverError as exc:
+            if i not in self.missing:
+                log.error("%s driver: discover failed: %s; trying again later", driver.vendor, exc)
+        else:
+            self.missing.discard(i)
+            return bool(self.devices[i])
+        self.missing.add(i)
+        return False
 
     async def sample(self, timestamp_ns: int) -> tuple[list[model.DeviceSample], list[int]]:
         """One sample per discovered device, unknown where a driver failed.
@@ -140,3 +177,9 @@ class Sampler:
         for driver in self.drivers:
             driver.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve(future: asyncio.Future[list[model.DeviceInfo]]) -> None:
+    """Mark a late outcome as seen (the timeout already reported it), so asyncio does not log it."""
+    if not future.cancelled():
+        future.exception()

@@ -15,7 +15,8 @@ import pytest
 from agent.core import model
 from agent.drivers import tool
 from agent.sampler import Sampler
-from tests.conftest import ROOT
+from controller.core.registry import NodeState
+from tests.conftest import ROOT, Controller, Processes, wait_until
 
 FIX = ROOT / "tests" / "fixtures" / "vendor-smi"
 
@@ -191,3 +192,33 @@ def test_cndev_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
 
     with pytest.raises(base.DriverError, match="cannot load CNDev"):
         cndev.CndevCaps(str(tmp_path / "libcndev.so"))
+
+
+async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(bin_dir: pathlib.Path, controller: Controller,
+                                                                 processes: Processes) -> None:
+    """npu-smi fails while the agent starts (driver not loaded yet); once it works, its NPUs stream."""
+    ready = bin_dir.parent / "npu-driver-loaded"
+    fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
+    fake(bin_dir, "npu-smi", f"if [ -f {ready} ]; then cat {FIX / 'ascend' / 'npu-smi-info_910A_v21.0.rc1.txt'}; "
+                             "else echo 'dcmi module initialize failed. ret is -8005' >&2; exit 9; fi")
+    st = controller.state
+    assert st is not None
+    processes.start("agent.cli", "--log-format", "text", "run", "--node-id", "late", "--controller", controller.target,
+                    "--driver", "auto", "--rediscover-s", "0.3", "--interval-s", "0.2",
+                    env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"})
+
+    def node() -> NodeState | None:
+        return st.registry.nodes.get("late")
+
+    await wait_until(lambda: (n := node()) is not None and n.batches_stored >= 3, timeout_s=30, what="cnmon's devices")
+    first = node()
+    assert first is not None and len(first.slots) == 3  # cambricon only: npu-smi failed
+    first_boot = first.boot_id
+    ready.touch()
+    await wait_until(lambda: (n := node()) is not None and n.boot_id != first_boot and n.batches_stored >= 3,
+                     timeout_s=30, what="a new boot with the NPUs")
+    n = node()
+    assert n is not None and len(n.slots) == 7
+    vendors = sorted(st.registry.infos[s].vendor for s in n.slots)
+    assert vendors == ["ascend"] * 4 + ["cambricon"] * 3
+    assert n.gap_batches == 0  # the new boot's seq starts at 1, nothing missing
