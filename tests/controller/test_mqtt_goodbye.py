@@ -43,7 +43,7 @@ async def test_no_lease_after_the_goodbye(mosquitto: Mosquitto) -> None:
         try:
             await asyncio.wait_for(ctl_bus.connected.wait(), 10)
             before = ctl_bus.counters.connects
-            await wait_until(lambda: ctl_bus.outgoing.qsize() > 0, timeout_s=5, what="a lease in the queue")
+            await wait_until(lambda b=ctl_bus: b.outgoing.qsize() > 0, timeout_s=5, what="a lease in the queue")
             await ctl_bus.say_offline()
             assert ctl_bus.counters.connects == before
         finally:
