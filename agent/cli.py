@@ -27,7 +27,7 @@ from agent.drivers import base
 from agent.drivers.sim import SimDriver, faults
 from agent.runtime import Agent
 from agent.sampler import Sampler
-from protos.xpu import logs, systemd, tls
+from protos.xpu import logs, pipes, systemd, tls
 from protos.xpu.v1 import bus, bus_client
 
 log = logging.getLogger("xpu.agent")
@@ -495,6 +495,7 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
     return args
 
 
+@pipes.quiet_when_the_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-agent`."""
     parser = _parser()
@@ -526,9 +527,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 78  # EX_CONFIG: the fix is in the config, a restart will not help
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `xpu-agent once | head` (or parse): the reader left; nothing to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
 
 
 if __name__ == "__main__":

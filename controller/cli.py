@@ -17,7 +17,7 @@ import msgspec
 
 from controller import config, service
 from controller.core import ingest, registry
-from protos.xpu import logs, systemd, tls
+from protos.xpu import logs, pipes, systemd, tls
 from protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -194,6 +194,7 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+@pipes.quiet_when_the_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-controller`."""
     args = _parser().parse_args(argv)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.core import dashboard
-from protos.xpu import tls
+from protos.xpu import pipes, tls
 from protos.xpu.v1 import cluster_pb2 as cpb
 from protos.xpu.v1 import cluster_pb2_grpc
 
@@ -367,6 +367,7 @@ def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | Non
     return tls.operator_credentials(files, token), tls.channel_options(files)
 
 
+@pipes.quiet_when_the_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpuctl`."""
     args = _parser().parse_args(argv)

@@ -91,6 +91,8 @@ async def test_xpuctl_against_a_live_controller(controller: Controller, processe
     assert rc == 0 and "16 device(s)" in out and "biren" in out
     rc, _, err = await arun(*c, "devices", "--vendor", "acme")
     assert rc == 4 and "unknown vendor 'acme'" in err
+    r = await asyncio.to_thread(run_into_a_closed_pipe, *c, "devices", "--json")  # `xpuctl devices --json | head`
+    assert r.returncode == 141 and r.stderr == "", r.stderr
 
 
 def test_xpuctl_unreachable_controller_exits_3() -> None:
@@ -217,14 +219,23 @@ def test_agent_parse_prints_normalised_json_or_a_clear_error(tmp_path: pathlib.P
     assert r.returncode == 1 and "cannot read" in r.stderr
 
 
-def test_agent_parse_into_a_reader_that_left_exits_quietly() -> None:
-    """`xpu-agent parse ... | head -1`: no traceback, exit 141 like other tools killed by SIGPIPE."""
-    capture = ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json"
+def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m ARGS` with stdout a pipe whose reader is gone before the first byte (`... | head -0`)."""
     read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first byte: every write is EPIPE
+    os.close(read_end)  # every write is EPIPE
     try:
-        r = subprocess.run([sys.executable, "-m", "agent.cli", "parse", "hygon", str(capture)], cwd=ROOT,
-                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+        return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
     finally:
         os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [
+    ("agent.cli", "parse", "hygon", str(ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json")),
+    ("agent.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-agent.example.toml")),
+    ("controller.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-controller.example.toml")),
+], ids=["xpu-agent parse", "xpu-agent validate", "xpu-controller validate"])
+def test_output_into_a_reader_that_left_exits_quietly(args: tuple[str, ...]) -> None:
+    """`... | head`: no traceback, exit 141 like other tools that SIGPIPE ends."""
+    r = run_into_a_closed_pipe(*args)
     assert r.returncode == 141 and r.stderr == "", r.stderr
