@@ -77,4 +77,4 @@ def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = No
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(where, str(exc)) from exc
+        raise ConfigError(where, f"{exc}; see deploy/xpu-agent.example.toml for every key") from exc
