@@ -132,7 +132,7 @@ class Agent:
     def _new_boot(self) -> None:
         """A fresh boot_id, seq and buffer for the new device list; the link and bus reconnect."""
         unsent = len(self.buffer)
-        self.devices = self.sampler.all_devices()
+        self.devices = self.sampler.adopt_found()
         self.boot_id = str(uuid.uuid4())
         self.seq = 0
         self.buffer = buffer.BatchBuffer(self.buffer.capacity)

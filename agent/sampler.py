@@ -7,6 +7,8 @@ pile up threads), and its devices stay unknown until it returns.
 A driver whose discovery failed or hung has no devices to mark: it is remembered as missing, and
 `discover_missing` tries it again (the agent does, every `rediscover_s`): a vendor driver that
 loads after the agent started, or a tool that was broken at boot, is picked up without a restart.
+What a later try finds is held back until `adopt_found`: until then the samples keep the rows of
+the device list the controller was told about.
 """
 
 from __future__ import annotations
@@ -51,39 +53,50 @@ class Sampler:
         self.failures_total = 0
         self._failing: set[int] = set()
         self.missing: set[int] = set()  # drivers whose discovery failed or hung: tried again
+        self._found: dict[int, list[model.DeviceInfo]] = {}  # found by a later try, not adopted yet
         self._discovering: dict[int, asyncio.Future[list[model.DeviceInfo]]] = {}
 
     async def discover(self) -> list[model.DeviceInfo]:
         """Every device of every driver; a driver that fails or hangs contributes none (yet)."""
         for i in range(len(self.drivers)):
-            await self._discover_driver(i)
+            self.devices[i] = await self._discover_driver(i) or []
         return self.all_devices()
 
     def all_devices(self) -> list[model.DeviceInfo]:
-        """The devices found so far, driver by driver: the rows of the agent's Hello."""
+        """The devices in use, driver by driver: the rows of the agent's Hello."""
         return [d for devices in self.devices for d in devices]
 
     async def discover_missing(self) -> bool:
-        """Try the drivers whose discovery failed again; True when one of them found devices."""
-        found = False
-        for i in sorted(self.missing):
-            if await self._discover_driver(i):
-                log.info("%s driver: %d device(s) found on a later try", self.drivers[i].vendor, len(self.devices[i]))
-                found = True
-        return found
+        """Try the drivers whose discovery failed again; True when one of them found devices.
 
-    async def _discover_driver(self, i: int) -> bool:
-        """Discover one driver's devices; True when it answered with at least one."""
+        What they found is not sampled before `adopt_found`.
+        """
+        for i in sorted(self.missing):
+            found = await self._discover_driver(i)
+            if found:
+                log.info("%s driver: %d device(s) found on a later try", self.drivers[i].vendor, len(found))
+                self._found[i] = found
+        return bool(self._found)
+
+    def adopt_found(self) -> list[model.DeviceInfo]:
+        """Sample what later tries found from now on; returns the new device list (new rows)."""
+        for i, found in self._found.items():
+            self.devices[i] = found
+        self._found.clear()
+        return self.all_devices()
+
+    async def _discover_driver(self, i: int) -> list[model.DeviceInfo] | None:
+        """One driver's devices, or None when it failed or hung (it is then `missing`)."""
         driver = self.drivers[i]
         pending = self._discovering.get(i)
         if pending is not None and not pending.done():
-            return False  # the last try is still blocked in its thread: do not pile up another
+            return None  # the last try is still blocked in its thread: do not pile up another
         future = asyncio.get_running_loop().run_in_executor(self._executor, driver.discover)
         future.add_done_callback(_retrieve)  # a try abandoned on timeout may still fail later
         self._discovering[i] = future
         try:
             async with asyncio.timeout(self.timeout_s):
-                self.devices[i] = await asyncio.shield(future)
+                devices = await asyncio.shield(future)
         except TimeoutError:
             if i not in self.missing:
                 log.error("%s driver: discover did not answer within %.1fs; trying again later",
@@ -93,9 +106,9 @@ class Sampler:
                 log.error("%s driver: discover failed: %s; trying again later", driver.vendor, exc)
         else:
             self.missing.discard(i)
-            return bool(self.devices[i])
+            return devices
         self.missing.add(i)
-        return False
+        return None
 
     async def sample(self, timestamp_ns: int) -> tuple[list[model.DeviceSample], list[int]]:
         """One sample per discovered device, unknown where a driver failed.

@@ -78,3 +78,41 @@ async def test_failing_driver_reports_the_reason() -> None:
         assert sampler.failures_total == 1
     finally:
         sampler.close()
+
+
+class LateDriver(HangingDriver):
+    """Its discovery fails until the vendor driver 'loads' (fault injection)."""
+
+    vendor = "cambricon"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()
+        self.loaded = False
+
+    def discover(self) -> list[model.DeviceInfo]:
+        if not self.loaded:
+            raise base.DriverError("cnmon exited with status 1: no device found")
+        return [model.DeviceInfo(uuid=f"late-{i}", index=i, vendor="cambricon", model="MLU370") for i in range(2)]
+
+
+async def test_a_driver_found_later_is_held_back_until_adopted() -> None:
+    late = LateDriver()
+    sim = SimDriver(vendor="nvidia", node_id="n", devices=2)
+    sampler = Sampler([late, sim], timeout_s=1.0)
+    try:
+        assert [d.uuid for d in await sampler.discover()] == ["nvidia-n-0", "nvidia-n-1"]
+        assert sampler.missing == {0}
+        assert not await sampler.discover_missing()  # still failing
+        late.loaded = True
+        assert await sampler.discover_missing()
+        assert sampler.missing == set()
+        # not adopted yet: the rows are still those of the Hello the controller holds (sim at 0, 1)
+        samples, rows = await sampler.sample(1)
+        assert rows == [0, 1] and all(s.power_w is not None for s in samples)
+        assert [d.uuid for d in sampler.adopt_found()] == ["late-0", "late-1", "nvidia-n-0", "nvidia-n-1"]
+        samples, rows = await sampler.sample(2)
+        assert rows == [0, 1, 2, 3] and [s.power_w for s in samples[:2]] == [70.0, 70.0]
+        assert not await sampler.discover_missing()  # nothing left to find
+    finally:
+        sampler.close()
