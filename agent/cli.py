@@ -519,9 +519,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 78
     logs.setup(args.log_level, args.log_format, os.environ)
     _install_uvloop()
-    command = {"run": _run, "once": _once, "fleet": _fleet}.get(args.command)
+    if args.command == "parse":
+        return _parse(args)
+    command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
     try:
-        return asyncio.run(command(args)) if command is not None else _parse(args)
+        return asyncio.run(command(args))
     except tls.TlsError as exc:
         log.error("%s", exc)
         return 78  # EX_CONFIG: the fix is in the config, a restart will not help

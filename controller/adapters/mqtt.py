@@ -174,10 +174,8 @@ class ControllerBus:
 
     async def _heartbeat(self) -> None:
         """Queue the lease every heartbeat: one publisher task does all publishing on a session."""
-        while not self.leaving:
+        while True:
             await asyncio.sleep(self.heartbeat_s)
-            if self.leaving:
-                return
             status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
             self._offer(self.topics.controller_status, msgspec.json.encode(status), retain=True)
 
