@@ -122,6 +122,11 @@ def state_of(w: Watcher, node: str) -> bus.NodeState | None:
     return msgspec.json.decode(msgs[-1][1], type=bus.NodeState) if msgs else None
 
 
+def statuses(w: Watcher, topic: str) -> list[str]:
+    """Every status (`online`, `lost`, `offline`) seen on a status topic, oldest first."""
+    return [msgspec.json.decode(p, type=bus.Status).state for _, p in w.on(topic)]
+
+
 async def test_agents_fail_safe_when_the_controller_is_gone(mosquitto: Mosquitto, processes: Processes) -> None:
     ctl = await RunningService(make_service(mosquitto.url)).start()
     watch = Watcher(mosquitto.url, "xpu/v1/#")
@@ -141,8 +146,7 @@ async def test_agents_fail_safe_when_the_controller_is_gone(mosquitto: Mosquitto
         s = state_of(watch, "fs")
         assert s is not None
         assert all(d.fail_safe and d.power_limit_w == d.default_w == 300.0 for d in s.devices)
-        status = [msgspec.json.decode(p, type=bus.Status) for _, p in watch.on(TOPICS.controller_status)]
-        assert status[-1].state == bus.OFFLINE
+        assert statuses(watch, TOPICS.controller_status)[-1] == bus.OFFLINE
     finally:
         await watch.stop()
         await ctl.stop()
@@ -155,17 +159,13 @@ async def test_agent_says_offline_when_stopped(mosquitto: Mosquitto, processes: 
     await watch.start()
     proc = processes.start(*agent_args(ctl, mosquitto, "bye", "ascend"))
     try:
-        def last_status() -> str | None:
-            msgs = watch.on(TOPICS.status("bye"))
-            return msgspec.json.decode(msgs[-1][1], type=bus.Status).state if msgs else None
-
-        await wait_until(lambda: last_status() == bus.ONLINE, timeout_s=20, what="the agent online")
+        topic = TOPICS.status("bye")
+        await wait_until(lambda: statuses(watch, topic)[-1:] == [bus.ONLINE], timeout_s=20, what="the agent online")
         proc.send_signal(signal.SIGTERM)
         await wait_until(lambda: proc.poll() is not None, timeout_s=10, what="the agent's exit")
         assert proc.returncode == 0
-        await wait_until(lambda: last_status() is not None and last_status() != bus.ONLINE, timeout_s=5,
-                         what="a status after online")
-        assert last_status() == bus.OFFLINE  # not `lost`: it left on purpose
+        await wait_until(lambda: statuses(watch, topic)[-1:] != [bus.ONLINE], timeout_s=5, what="a status after online")
+        assert statuses(watch, topic)[-1] == bus.OFFLINE  # not `lost`: it left on purpose
     finally:
         await watch.stop()
         await ctl.stop()
