@@ -21,14 +21,15 @@ from collections.abc import Sequence
 
 import msgspec
 
-from agent import config as agent_config
-from agent.core import model
-from agent.drivers import base
-from agent.drivers.sim import SimDriver, faults
-from agent.runtime import Agent
-from agent.sampler import Sampler
-from protos.xpu import logs, pipes, systemd, tls
-from protos.xpu.v1 import bus, bus_client
+from xpuctl.agent import config as agent_config
+from xpuctl.agent.core import model
+from xpuctl.agent.drivers import base
+from xpuctl.agent.drivers.sim import SimDriver, faults
+from xpuctl.agent.runtime import Agent
+from xpuctl.agent.sampler import Sampler
+from xpuctl.common import logs, pipes, systemd, tls
+from xpuctl.common import mqtt_session
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
 
@@ -214,7 +215,7 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
                 workload=getattr(args, "sim_workload", "mixed"),
             )
         ]
-    from agent.drivers import tool  # noqa: PLC0415 - only real hardware needs the tool drivers
+    from xpuctl.agent.drivers import tool  # noqa: PLC0415 - only real hardware needs the tool drivers
 
     if args.driver == "auto":
         vendors = tool.available()
@@ -257,7 +258,7 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
 def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
     """The vendor's tool driver, with caps through the vendor library when it loads: ROCm SMI for
     AMD and Hygon, CNDev for Cambricon."""
-    from agent.drivers import cndev, rsmi, tool  # noqa: PLC0415
+    from xpuctl.agent.drivers import cndev, rsmi, tool  # noqa: PLC0415
 
     try:
         if vendor in ("amd", "hygon"):
@@ -271,7 +272,7 @@ def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
 
 def _nvml_api_driver(vendor: str) -> base.Driver | None:
     """IXML (iluvatar) or HGML (thead) when the library and nvidia-ml-py are both there, else None."""
-    from agent.drivers import nvml_clones  # noqa: PLC0415 - optional
+    from xpuctl.agent.drivers import nvml_clones  # noqa: PLC0415 - optional
 
     cls = nvml_clones.IxmlDriver if vendor == "iluvatar" else nvml_clones.HgmlDriver
     library = nvml_clones.find_ixml(os.environ) if vendor == "iluvatar" else nvml_clones.find_hgml()
@@ -286,7 +287,7 @@ def _nvml_api_driver(vendor: str) -> base.Driver | None:
 
 def _nvml_driver() -> base.Driver | None:
     """NVML when nvidia-ml-py and libnvidia-ml are both there, else None (nvidia-smi is the fallback)."""
-    from agent.drivers import nvidia  # noqa: PLC0415 - optional
+    from xpuctl.agent.drivers import nvidia  # noqa: PLC0415 - optional
 
     try:
         driver = nvidia.NvmlDriver()
@@ -324,7 +325,7 @@ async def _run(args: argparse.Namespace) -> int:
     notifier = systemd.Notifier(os.environ)
     tls_files = _agent_tls(args)
     if args.mqtt is not None:
-        bus_client.connect_kwargs(args.mqtt)  # a bad CA, certificate or password file stops the start
+        mqtt_session.connect_kwargs(args.mqtt)  # a bad CA, certificate or password file stops the start
     sampler = Sampler(_drivers(args, args.node_id), timeout_s=args.driver_timeout_s)
     the_agent = Agent(
         node_id=args.node_id,
@@ -444,7 +445,7 @@ async def _fleet(args: argparse.Namespace) -> int:
 
 def _parse(args: argparse.Namespace) -> int:
     """`xpu-agent parse VENDOR FILE`: exit 0 with the JSON array, 1 when the capture cannot be read."""
-    from agent.core import parse  # noqa: PLC0415 - only this command needs the parsers
+    from xpuctl.agent.core import parse  # noqa: PLC0415 - only this command needs the parsers
 
     try:
         text = sys.stdin.read() if args.file == "-" else pathlib.Path(args.file).read_text(errors="replace")

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from protos.xpu import settings
+from xpuctl.common import settings
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Count = Annotated[int, msgspec.Meta(ge=1)]

@@ -15,13 +15,13 @@ import uuid
 
 import grpc.aio
 
-import agent
-from agent.adapters import codec, link, mqtt
-from agent.core import actuator, buffer, model
-from agent.drivers.base import DriverError
-from agent.sampler import Sampler
-from protos.xpu import tls
-from protos.xpu.v1 import bus
+from xpuctl import agent
+from xpuctl.agent.adapters import codec, link, mqtt
+from xpuctl.agent.core import actuator, buffer, model
+from xpuctl.agent.drivers.base import DriverError
+from xpuctl.agent.sampler import Sampler
+from xpuctl.common import tls
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent")
 

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from agent.core import model
-from agent.drivers import base
+from xpuctl.agent.core import model
+from xpuctl.agent.drivers import base
 
 log = logging.getLogger("xpu.agent.sampler")
 T = TypeVar("T")

@@ -22,8 +22,8 @@ from typing import Any
 
 import grpc
 
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
     controller = subprocess.Popen(
-        [py, "-m", "controller.cli", "--log-level", "WARNING", "serve", "--listen", target,
+        [py, "-m", "xpuctl.controller.cli", "--log-level", "WARNING", "serve", "--listen", target,
          "--window", str(args.window)],
         env=env,
     )
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         _say(args.json, f"bench: controller pid {controller.pid} on {target}; starting fleet of "
              f"{nodes} nodes x {per_node} devices every {args.interval_s:g}s, ramp {ramp_s:g}s")
         fleet = subprocess.Popen(
-            [py, "-m", "agent.cli", "--log-level", "WARNING", "fleet", "--controller", target,
+            [py, "-m", "xpuctl.agent.cli", "--log-level", "WARNING", "fleet", "--controller", target,
              "--nodes", str(nodes), "--devices-per-node", str(per_node),
              "--interval-s", str(args.interval_s), "--ramp-s", str(ramp_s), "--node-prefix", "bench"],
             env=env,

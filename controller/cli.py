@@ -15,10 +15,10 @@ from collections.abc import Sequence
 
 import msgspec
 
-from controller import config, service
-from controller.core import ingest, registry
-from protos.xpu import logs, pipes, systemd, tls
-from protos.xpu.v1 import bus
+from xpuctl.controller import config, service
+from xpuctl.controller.core import ingest, registry
+from xpuctl.common import logs, pipes, systemd, tls
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
 
@@ -209,20 +209,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(msgspec.to_builtins(cfg), indent=2))
         return 0
     if args.command == "bench" and args.scenario == "detect":
-        from controller import detectbench  # noqa: PLC0415 - only this bench needs the simulator
+        from xpuctl.controller import detectbench  # noqa: PLC0415 - only this bench needs the simulator
 
         return detectbench.run(args.nodes, args.simulated_s, args.devices, args.seed, args.json)
     if args.command == "bench" and args.scenario == "power":
-        from controller import powerbench  # noqa: PLC0415 - only this bench needs the simulator
+        from xpuctl.controller import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 
         return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, args.json)
     if args.command == "bench":
-        from controller import bench  # noqa: PLC0415 - only the bench needs it
+        from xpuctl.controller import bench  # noqa: PLC0415 - only the bench needs it
 
         return bench.run(args)
     _install_uvloop()
     if args.command == "demo":
-        from controller import demo  # noqa: PLC0415 - only the demo needs rich Live
+        from xpuctl.controller import demo  # noqa: PLC0415 - only the demo needs rich Live
 
         command = demo.run
     else:

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import msgspec
 
-from controller.errors import XpuError
-from protos.xpu import settings
+from xpuctl.controller.errors import XpuError
+from xpuctl.common import settings
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]

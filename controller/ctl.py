@@ -18,10 +18,10 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from controller.core import dashboard
-from protos.xpu import pipes, tls
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.controller.core import dashboard
+from xpuctl.common import pipes, tls
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xpuctl: {exc}", file=sys.stderr)
         return 2
     if args.command == "top":
-        from controller import top  # noqa: PLC0415 - only top needs the async client
+        from xpuctl.controller import top  # noqa: PLC0415 - only top needs the async client
 
         try:
             return top.run(args.controller, interval_s=args.interval_s, once=args.once, credentials=creds, options=options)

@@ -25,10 +25,10 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from controller import config, service
-from controller.adapters import grpc_api
-from controller.core import dashboard
-from controller.tui import view
+from xpuctl.controller import config, service
+from xpuctl.controller.adapters import grpc_api
+from xpuctl.controller.core import dashboard
+from xpuctl.controller.tui import view
 
 log = logging.getLogger("xpu.controller.demo")
 AUTO_BUDGET_AFTER_S = 15.0
@@ -112,7 +112,7 @@ async def run(args: argparse.Namespace) -> int:
         await svc_task  # raises what stopped it (a port in use, ...)
         return 1
     fleet = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cli", "--log-level", "WARNING", "fleet",
+        sys.executable, "-m", "xpuctl.agent.cli", "--log-level", "WARNING", "fleet",
         "--controller", f"127.0.0.1:{svc.port}", "--mqtt", str(svc.bus_url),
         "--nodes", str(args.nodes), "--devices-per-node", str(args.devices_per_node),
         "--vendors", DEMO_VENDORS, "--workloads", "training,inference,mixed",

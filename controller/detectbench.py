@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
-from agent.drivers.sim import faults
-from controller.core import detect, ingest, model, registry, ring
-from controller.simcluster import SimCluster
+from xpuctl.agent.drivers.sim import faults
+from xpuctl.controller.core import detect, ingest, model, registry, ring
+from xpuctl.controller.simcluster import SimCluster
 
 VENDORS = ["nvidia", "amd", "ascend", "cambricon", "hygon", "metax", "moorethreads", "enflame",
            "iluvatar", "kunlunxin", "biren", "thead", "sunrise"]

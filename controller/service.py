@@ -16,11 +16,11 @@ import pathlib
 import time
 import uuid
 
-from controller import config
-from controller.adapters import broker, grpc_api, metrics, mqtt
-from controller.core import access, control, events, ingest, registry
-from protos.xpu import tls
-from protos.xpu.v1 import bus
+from xpuctl.controller import config
+from xpuctl.controller.adapters import broker, grpc_api, metrics, mqtt
+from xpuctl.controller.core import access, control, events, ingest, registry
+from xpuctl.common import tls
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
 SHUTDOWN_BUS_S = 5.0

@@ -12,9 +12,9 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-from agent.drivers.sim import SimDriver, engine, faults
-from controller import config
-from controller.core import control, ingest, model, registry, ring
+from xpuctl.agent.drivers.sim import SimDriver, engine, faults
+from xpuctl.controller import config
+from xpuctl.controller.core import control, ingest, model, registry, ring
 
 SEC = 1_000_000_000
 T0_NS = 1_800_000_000 * SEC  # simulated wall clock starts here (a fixed date keeps runs equal)

@@ -18,10 +18,10 @@ import grpc.aio
 from rich.console import Console
 from rich.live import Live
 
-from controller.core import dashboard
-from controller.tui import view
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.controller.core import dashboard
+from xpuctl.controller.tui import view
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
 HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
 HISTORY = 300  # samples of cluster power kept for the sparkline

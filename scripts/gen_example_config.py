@@ -11,7 +11,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller import config  # noqa: E402
+from xpuctl.controller import config  # noqa: E402
 
 OUT = ROOT / "deploy" / "xpu-controller.example.toml"
 

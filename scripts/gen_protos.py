@@ -2,7 +2,7 @@
 
 Usage: python scripts/gen_protos.py [OUT_DIR]   (default: the repository's protos/ folder)
 
-The generated modules import each other as `xpu.v1.*`; we rewrite that to `protos.xpu.v1.*` so the
+The generated modules import each other as `xpu.v1.*`; we rewrite that to `xpuctl.protos.xpu.v1.*` so the
 code is importable from the installed distribution. tests/test_protos.py runs this into a temp dir
 and fails when the committed files differ.
 """
@@ -38,7 +38,7 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     written = sorted((out_dir / "xpu" / "v1").glob("*_pb2*.py*"))
     for path in written:
         text = path.read_text()
-        text = re.sub(r"^from xpu\.v1 import", "from protos.xpu.v1 import", text, flags=re.M)
+        text = re.sub(r"^from xpu\.v1 import", "from xpuctl.protos.xpu.v1 import", text, flags=re.M)
         path.write_text(text)
     return written
 

@@ -18,9 +18,9 @@ import aiomqtt
 import grpc.aio
 import pytest
 
-from controller import config, service
-from controller.adapters import grpc_api
-from controller.core import ingest, registry
+from xpuctl.controller import config, service
+from xpuctl.controller.adapters import grpc_api
+from xpuctl.controller.core import ingest, registry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: s
 async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:
     """Run the xpuctl CLI against `target` without blocking the loop that serves it: (rc, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "controller.ctl", "--controller", target, *args, cwd=ROOT,
+        sys.executable, "-m", "xpuctl.controller.ctl", "--controller", target, *args, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -108,7 +108,7 @@ class Processes:
 
     def agent(self, controller: str, node_id: str, vendor: str, *extra: str) -> subprocess.Popen[bytes]:
         """An `xpu-agent run` of 8 simulated devices of `vendor`."""
-        return self.start("agent.cli", "run", "--node-id", node_id, "--controller", controller,
+        return self.start("xpuctl.agent.cli", "run", "--node-id", node_id, "--controller", controller,
                           "--sim-vendor", vendor, "--sim-devices", "8", "--reconnect-max-s", "0.5", *extra)
 
     def stop_all(self) -> None:

@@ -35,7 +35,7 @@ async def arun(*args: str) -> tuple[int, str, str]:
 
 
 def test_agent_once_prints_normalised_json() -> None:
-    r = run("agent.cli", "once", "--sim-vendor", "kunlunxin", "--sim-devices", "3")
+    r = run("xpuctl.agent.cli", "once", "--sim-vendor", "kunlunxin", "--sim-devices", "3")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert len(rows) == 3
@@ -51,16 +51,16 @@ def test_agent_once_prints_normalised_json() -> None:
      (["--sim-devices", "0"], "must be a number > 0")],
 )
 def test_agent_bad_arguments_are_named(args: list[str], message: str) -> None:
-    r = run("agent.cli", "once", *args)
+    r = run("xpuctl.agent.cli", "once", *args)
     assert r.returncode == 2
     assert message in r.stderr
 
 
 def test_agent_refuses_unknown_driver_clearly() -> None:
-    r = run("agent.cli", "once", "--driver", "voodoo")
+    r = run("xpuctl.agent.cli", "once", "--driver", "voodoo")
     assert r.returncode != 0
     assert "--driver 'voodoo': use auto, sim or one of" in r.stderr and "thead" in r.stderr
-    r = run("agent.cli", "once", "--driver", "thead")  # no libhgml.so on a CI machine
+    r = run("xpuctl.agent.cli", "once", "--driver", "thead")  # no libhgml.so on a CI machine
     assert r.returncode != 0 and "libhgml.so (T-Head HGML) is not installed" in r.stderr
 
 
@@ -71,7 +71,7 @@ async def test_xpuctl_against_a_live_controller(controller: Controller, processe
     assert st is not None
     await wait_until(lambda: len(st.registry) == 16 and all(n.acked_seq > 1 for n in st.registry.nodes.values()),
                      timeout_s=30, what="two agents")
-    c = ("controller.ctl", "--controller", controller.target)
+    c = ("xpuctl.controller.ctl", "--controller", controller.target)
     rc, out, err = await arun(*c, "summary", "--json")
     assert rc == 0, err
     summary = json.loads(out)
@@ -96,13 +96,13 @@ async def test_xpuctl_against_a_live_controller(controller: Controller, processe
 
 
 def test_xpuctl_unreachable_controller_exits_3() -> None:
-    r = run("controller.ctl", "--controller", f"127.0.0.1:{free_port()}", "summary")
+    r = run("xpuctl.controller.ctl", "--controller", f"127.0.0.1:{free_port()}", "summary")
     assert r.returncode == 3
     assert "cannot reach the controller" in r.stderr
 
 
 def test_bench_reports_the_contract_keys() -> None:
-    r = run("controller.cli", "bench", "--devices", "40", "--interval-s", "0.5", "--duration-s", "6",
+    r = run("xpuctl.controller.cli", "bench", "--devices", "40", "--interval-s", "0.5", "--duration-s", "6",
             "--ramp-s", "1", "--json", timeout=120)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
@@ -114,14 +114,14 @@ def test_bench_reports_the_contract_keys() -> None:
 
 
 def test_demo_runs_a_mixed_fleet_and_exits() -> None:
-    r = run("controller.cli", "--log-level", "WARNING", "demo", "--nodes", "16", "--duration-s", "4",
+    r = run("xpuctl.controller.cli", "--log-level", "WARNING", "demo", "--nodes", "16", "--duration-s", "4",
             timeout=60)
     assert r.returncode == 0, r.stderr
     assert "demo: 128 devices of 13 vendors on 16 nodes" in r.stdout
 
 
 def test_bench_power_reports_each_policy() -> None:
-    r = run("controller.cli", "bench", "--scenario", "power", "--nodes", "4", "--simulated-s", "40", "--json",
+    r = run("xpuctl.controller.cli", "bench", "--scenario", "power", "--nodes", "4", "--simulated-s", "40", "--json",
             timeout=120)
     assert r.returncode in (0, 1), r.stderr  # 1 = the loop did not beat the static cap on this tiny run
     out = json.loads(r.stdout)
@@ -133,7 +133,7 @@ def test_bench_power_reports_each_policy() -> None:
 
 
 def test_bench_detect_reports_false_alarms_and_delays() -> None:
-    r = run("controller.cli", "bench", "--scenario", "detect", "--nodes", "2", "--simulated-s", "60",
+    r = run("xpuctl.controller.cli", "bench", "--scenario", "detect", "--nodes", "2", "--simulated-s", "60",
             "--devices", "800", "--json", timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -147,26 +147,26 @@ def test_bench_detect_reports_false_alarms_and_delays() -> None:
 def test_serve_refuses_a_bad_config_with_78(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "x.toml"
     bad.write_text("[power]\nbudget_w = 1000.0\nbudjet = 5\n")
-    r = run("controller.cli", "serve", "--listen", "127.0.0.1:0", "--config", str(bad), timeout=30)
+    r = run("xpuctl.controller.cli", "serve", "--listen", "127.0.0.1:0", "--config", str(bad), timeout=30)
     assert r.returncode == 78
     assert "budjet" in r.stderr and str(bad) in r.stderr
     bad.write_text("[power]\nbudget_w = -5\n")
-    r = run("controller.cli", "serve", "--listen", "127.0.0.1:0", "--config", str(bad), timeout=30)
+    r = run("xpuctl.controller.cli", "serve", "--listen", "127.0.0.1:0", "--config", str(bad), timeout=30)
     assert r.returncode == 78 and "$.power.budget_w" in r.stderr
 
 
 def test_bad_mqtt_url_is_refused() -> None:
-    r = run("agent.cli", "run", "--controller", "127.0.0.1:1", "--mqtt", "http://x", timeout=30)
+    r = run("xpuctl.agent.cli", "run", "--controller", "127.0.0.1:1", "--mqtt", "http://x", timeout=30)
     assert r.returncode == 2 and "scheme must be mqtt or mqtts" in r.stderr
 
 
 def test_reserved_node_id_is_refused() -> None:
-    r = run("agent.cli", "run", "--controller", "127.0.0.1:1", "--node-id", "controller", timeout=30)
+    r = run("xpuctl.agent.cli", "run", "--controller", "127.0.0.1:1", "--node-id", "controller", timeout=30)
     assert r.returncode == 2 and "reserved" in r.stderr
 
 
 def test_demo_headless_reports_anomalies_and_actions() -> None:
-    r = run("controller.cli", "--log-level", "WARNING", "demo", "--headless", "--duration-s", "20", "--json",
+    r = run("xpuctl.controller.cli", "--log-level", "WARNING", "demo", "--headless", "--duration-s", "20", "--json",
             timeout=90)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -180,7 +180,7 @@ def test_demo_headless_reports_anomalies_and_actions() -> None:
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test installs it)")
 def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pathlib.Path) -> None:
     session = f"xpu-demo-{free_port()}"
-    cmd = f"cd {ROOT} && {sys.executable} -m controller.cli --log-level ERROR demo --duration-s 60 2>{tmp_path}/err.log"
+    cmd = f"cd {ROOT} && {sys.executable} -m xpuctl.controller.cli --log-level ERROR demo --duration-s 60 2>{tmp_path}/err.log"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", cmd], check=True)
     subprocess.run(["tmux", "resize-window", "-t", session, "-x", "200", "-y", "50"], check=False)
     try:
@@ -203,7 +203,7 @@ def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pa
 
 def test_agent_parse_prints_normalised_json_or_a_clear_error(tmp_path: pathlib.Path) -> None:
     capture = ROOT / "tests" / "fixtures" / "vendor-smi" / "ascend" / "npu-smi-info_310P3_v25.5.1.txt"
-    r = run("agent.cli", "parse", "ascend", str(capture), timeout=30)
+    r = run("xpuctl.agent.cli", "parse", "ascend", str(capture), timeout=30)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [x["model"] for x in rows] == ["Ascend 310P3", "Ascend 310P3"]
@@ -213,9 +213,9 @@ def test_agent_parse_prints_normalised_json_or_a_clear_error(tmp_path: pathlib.P
         assert key in rows[0]
     bad = tmp_path / "bad.txt"
     bad.write_text("not an npu-smi table\n")
-    r = run("agent.cli", "parse", "ascend", str(bad), timeout=30)
+    r = run("xpuctl.agent.cli", "parse", "ascend", str(bad), timeout=30)
     assert r.returncode == 1 and "npu-smi output, line 1" in r.stderr
-    r = run("agent.cli", "parse", "nvidia", str(tmp_path / "missing.txt"), timeout=30)
+    r = run("xpuctl.agent.cli", "parse", "nvidia", str(tmp_path / "missing.txt"), timeout=30)
     assert r.returncode == 1 and "cannot read" in r.stderr
 
 
@@ -231,9 +231,9 @@ def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("args", [
-    ("agent.cli", "parse", "hygon", str(ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json")),
-    ("agent.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-agent.example.toml")),
-    ("controller.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-controller.example.toml")),
+    ("xpuctl.agent.cli", "parse", "hygon", str(ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json")),
+    ("xpuctl.agent.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-agent.example.toml")),
+    ("xpuctl.controller.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-controller.example.toml")),
 ], ids=["xpu-agent parse", "xpu-agent validate", "xpu-controller validate"])
 def test_output_into_a_reader_that_left_exits_quietly(args: tuple[str, ...]) -> None:
     """`... | head`: no traceback, exit 141 like other tools that SIGPIPE ends."""

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from controller import cli, config
+from xpuctl.controller import cli, config
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "deploy" / "xpu-controller.example.toml"
@@ -56,17 +56,17 @@ def test_validate_exits_78_naming_the_key(tmp_path: pathlib.Path) -> None:
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[detect]\nthermal_margin_c = \"hot\"\n")
-    r = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--config", str(bad)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "validate", "--config", str(bad)], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 78 and "$.detect.thermal_margin_c" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "controller.cli", "validate", "--config", str(EXAMPLE)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "validate", "--config", str(EXAMPLE)], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and '"budget_w": null' in r.stdout
 
 
 def test_agent_config_precedence_and_validate(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent import cli as agent_cli  # noqa: PLC0415
-    from agent import config as agent_config  # noqa: PLC0415
+    from xpuctl.agent import cli as agent_cli  # noqa: PLC0415
+    from xpuctl.agent import config as agent_config  # noqa: PLC0415
 
     f = tmp_path / "agent.toml"
     f.write_text('[agent]\ncontroller = "10.0.0.1:50051"\ninterval_s = 2.0\nbuffer_batches = 50\n')
@@ -82,7 +82,7 @@ def test_agent_config_precedence_and_validate(tmp_path: pathlib.Path, monkeypatc
 
 
 def test_agent_example_config_is_valid() -> None:
-    from agent import config as agent_config  # noqa: PLC0415
+    from xpuctl.agent import config as agent_config  # noqa: PLC0415
 
     cfg = agent_config.load(ROOT / "deploy" / "xpu-agent.example.toml", {}).agent
     assert cfg.driver == "auto" and cfg.controller and cfg.failsafe_after_s == 15.0

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from protos.xpu import logs
+from xpuctl.common import logs
 from tests.conftest import ROOT, free_port
 
 
@@ -66,7 +66,7 @@ def test_controller_logs_json_with_priorities_under_journald(tmp_path: pathlib.P
     with err.open("wb") as out:
         st = os.fstat(out.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "serve", "--listen", f"127.0.0.1:{free_port()}"],
+        proc = subprocess.Popen([sys.executable, "-m", "xpuctl.controller.cli", "serve", "--listen", f"127.0.0.1:{free_port()}"],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=out)
         try:
             deadline = time.monotonic() + 60
@@ -85,9 +85,9 @@ def test_controller_logs_json_with_priorities_under_journald(tmp_path: pathlib.P
 def test_log_level_and_text_format(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[power]\nbudjet_w = 1\n")
-    r = subprocess.run([sys.executable, "-m", "controller.cli", "--log-format", "text", "serve", "--config", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "--log-format", "text", "serve", "--config", str(bad)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert r.returncode == 78 and " ERROR xpu.controller: config " in r.stderr
-    r = subprocess.run([sys.executable, "-m", "controller.cli", "--log-level", "CRITICAL", "serve", "--config", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "--log-level", "CRITICAL", "serve", "--config", str(bad)],
                        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
     assert r.returncode == 2 and "invalid choice: 'CRITICAL'" in r.stderr

@@ -103,14 +103,15 @@ async def test_nodes_are_confined_to_their_own_topics(broker: Mosquitto) -> None
 async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_path: pathlib.Path) -> None:
     """`mqtt://USER@HOST:PORT?password_file=F`, as the programs read it: the right password gets in
     (and the ACL applies to that user), a wrong one is refused."""
-    from protos.xpu.v1 import bus, bus_client  # noqa: PLC0415
+    from xpuctl.common import mqtt_session  # noqa: PLC0415
+    from xpuctl.protos.xpu.v1 import bus  # noqa: PLC0415
 
     def url_client(user: str, password: str) -> aiomqtt.Client:
         secret = tmp_path / f"{user}.{password}"
         secret.write_text(password + "\n")
         u = bus.parse_url(f"mqtt://{user}@127.0.0.1:{broker.port}?password_file={secret}&protocol=3.1.1")
         return aiomqtt.Client(u.host, u.port, identifier=f"u-{user}", protocol=aiomqtt.ProtocolVersion.V311,
-                              timeout=5, **bus_client.connect_kwargs(u))
+                              timeout=5, **mqtt_session.connect_kwargs(u))
 
     async with url_client("node-a", "pw-node-a") as a, client(broker, "controller") as (ctl, _):
         await a.subscribe("xpu/v1/cmd/node-a/req", qos=1)

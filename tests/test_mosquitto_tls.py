@@ -13,10 +13,11 @@ import aiomqtt
 import pytest
 import trustme
 
-from controller import config, service
-from controller.core import registry
-from protos.xpu import tls
-from protos.xpu.v1 import bus, bus_client
+from xpuctl.controller import config, service
+from xpuctl.controller.core import registry
+from xpuctl.common import tls
+from xpuctl.common import mqtt_session
+from xpuctl.protos.xpu.v1 import bus
 from tests.conftest import ROOT, Mosquitto, Processes, RunningService, free_port, wait_until
 from tests.pki import Pki
 
@@ -59,7 +60,7 @@ def broker(tmp_path: pathlib.Path) -> TlsBroker:
 def client(url: str, ident: str) -> aiomqtt.Client:
     u = bus.parse_url(url)
     return aiomqtt.Client(u.host, u.port, identifier=ident, protocol=aiomqtt.ProtocolVersion.V5, timeout=5,
-                          **bus_client.connect_kwargs(u))
+                          **mqtt_session.connect_kwargs(u))
 
 
 async def test_certificate_identity_confines_a_node(broker: TlsBroker) -> None:
@@ -86,7 +87,7 @@ async def test_the_broker_refuses_without_a_certificate_of_the_site(broker: TlsB
 def test_bad_tls_files_are_named() -> None:
     u = bus.parse_url("mqtts://127.0.0.1?ca=/nonexistent/ca.pem")
     with pytest.raises(tls.TlsError, match="CA file '/nonexistent/ca.pem': cannot read it"):
-        bus_client.connect_kwargs(u)
+        mqtt_session.connect_kwargs(u)
     with pytest.raises(ValueError, match="need mqtts://"):
         bus.parse_url("mqtt://127.0.0.1?ca=/x.pem")
     with pytest.raises(ValueError, match="cert= and key= together"):
@@ -105,7 +106,7 @@ async def test_controller_and_agent_over_mqtts(broker: TlsBroker, processes: Pro
                           liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0))
     ctl = await RunningService(svc).start()
     try:
-        processes.start("agent.cli", "run", "--node-id", "node-a", "--controller", ctl.target, "--mqtt", broker.tls_url("node-a"),
+        processes.start("xpuctl.agent.cli", "run", "--node-id", "node-a", "--controller", ctl.target, "--mqtt", broker.tls_url("node-a"),
                         "--sim-vendor", "nvidia", "--sim-devices", "4", "--sim-workload", "training",
                         "--reconnect-max-s", "0.5")
         await wait_until(lambda: svc.node_bus_status.get("node-a") == "online", timeout_s=60, what="node-a online over mqtts")

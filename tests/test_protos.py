@@ -6,9 +6,9 @@ import importlib.util
 import pathlib
 import sys
 
-from agent.core import model as agent_model
-from controller.core import model as controller_model
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.agent.core import model as agent_model
+from xpuctl.controller.core import model as controller_model
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

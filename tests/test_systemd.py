@@ -73,7 +73,7 @@ def test_units_match_the_cli() -> None:
     for name in EXPOSURE_THRESHOLD:
         program = name.removesuffix(".service")
         line = next(x for x in (UNITS / name).read_text().splitlines() if x.startswith("ExecStart="))
-        module = {"xpu-agent": "agent.cli", "xpu-controller": "controller.cli"}[program]
+        module = {"xpu-agent": "xpuctl.agent.cli", "xpu-controller": "xpuctl.controller.cli"}[program]
         helps = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
         helps += subprocess.run([sys.executable, "-m", module, line.split()[3], "--help"], capture_output=True,
                                 text=True, check=True).stdout
@@ -122,7 +122,7 @@ class Manager:
 
 
 def xpuctl_nodes(target: str) -> str:
-    return subprocess.run([sys.executable, "-m", "controller.ctl", "--controller", target, "nodes", "--json"],
+    return subprocess.run([sys.executable, "-m", "xpuctl.controller.ctl", "--controller", target, "nodes", "--json"],
                           capture_output=True, text=True, check=False, cwd=ROOT, timeout=60).stdout
 
 
@@ -131,13 +131,13 @@ def test_notify_protocol_of_agent_and_controller(processes: Processes) -> None:
     try:
         target = f"127.0.0.1:{free_port()}"
         # the agent first, with no controller to talk to: it must not say READY
-        agent = processes.start("agent.cli", "run", "--node-id", "sd-node", "--controller", target,
+        agent = processes.start("xpuctl.agent.cli", "run", "--node-id", "sd-node", "--controller", target,
                                 "--sim-devices", "2", "--reconnect-max-s", "0.5", env=agent_mgr.env(1_000_000))
         agent_mgr.wait_for("WATCHDOG=1", 30)  # alive, its loop turning
         wait_status(agent_mgr, f"STATUS=waiting for the controller at {target}: UNAVAILABLE", 30)
         assert not agent_mgr.times("READY=1"), "READY before the stream was up"
 
-        controller = processes.start("controller.cli", "serve", "--listen", target, env=ctl_mgr.env(1_000_000))
+        controller = processes.start("xpuctl.controller.cli", "serve", "--listen", target, env=ctl_mgr.env(1_000_000))
         ctl_mgr.wait_for("READY=1", 60)
         assert xpuctl_nodes(target).strip() != ""  # serving when it said so
         agent_mgr.wait_for("READY=1", 30)

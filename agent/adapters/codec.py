@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from agent.core import model
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.agent.core import model
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 # model.METRICS[i] is xpu.v1.Metric number i + 1
 METRIC_NUMBERS: dict[str, int] = {name: i + 1 for i, name in enumerate(model.METRICS)}

@@ -18,9 +18,10 @@ from collections.abc import Callable
 import grpc
 import grpc.aio
 
-from agent.core import backoff, buffer
-from protos.xpu import tls
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.agent.core import buffer
+from xpuctl.common import backoff
+from xpuctl.common import tls
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.agent.link")
 

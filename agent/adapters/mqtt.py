@@ -19,9 +19,10 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.core import actuator
-from agent.drivers import base
-from protos.xpu.v1 import bus, bus_client
+from xpuctl.agent.core import actuator
+from xpuctl.agent.drivers import base
+from xpuctl.common import mqtt_session
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.agent.mqtt")
 
@@ -46,7 +47,7 @@ class AgentBus:
     ) -> None:
         """Nothing connects until `run`."""
         self.url = url
-        self.connect_kwargs = bus_client.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
+        self.connect_kwargs = mqtt_session.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.node_id = node_id
         self.boot_id = boot_id
         self.act = act
@@ -54,7 +55,7 @@ class AgentBus:
         self.topics = topics or bus.Topics()
         self.reconnect_max_s = reconnect_max_s
         self.client: aiomqtt.Client | None = None
-        self.sessions: bus_client.Sessions | None = None
+        self.sessions: mqtt_session.Sessions | None = None
         self.connects = 0
         self.controller_garbage = 0
         self.connected = asyncio.Event()
@@ -62,7 +63,7 @@ class AgentBus:
     async def run(self) -> None:
         """Keep the session up and check the lease, until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            sessions = bus_client.Sessions(
+            sessions = mqtt_session.Sessions(
                 self.url, make_client=self._client, session=self._session, lost=self._lost,
                 reconnect_max_s=self.reconnect_max_s,
             )
@@ -76,7 +77,7 @@ class AgentBus:
             self.url.port,
             identifier=f"xpu-agent-{self.node_id}",
             protocol=protocol,
-            will=bus_client.will(self.topics.status(self.node_id), self.boot_id),
+            will=mqtt_session.will(self.topics.status(self.node_id), self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=MAX_QUEUED_INCOMING,
             **self.connect_kwargs,
@@ -180,4 +181,4 @@ class AgentBus:
 
     async def say_offline(self) -> None:
         """A graceful goodbye: the retained status says `offline` (the will only covers crashes)."""
-        await bus_client.say_offline(self.client, self.topics.status(self.node_id), self.boot_id)
+        await mqtt_session.say_offline(self.client, self.topics.status(self.node_id), self.boot_id)

@@ -23,7 +23,7 @@ import math
 
 import msgspec
 
-from protos.xpu.v1 import bus
+from xpuctl.protos.xpu.v1 import bus
 
 _decoder = msgspec.json.Decoder(bus.Command)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from typing import Protocol
 
-from agent.core import model
+from xpuctl.agent.core import model
 
 
 class DriverError(Exception):

@@ -27,7 +27,7 @@ import pathlib
 import threading
 from collections.abc import Mapping
 
-from agent.drivers import base
+from xpuctl.agent.drivers import base
 
 LIBRARY = "libcndev.so"
 VERSION = 5  # CNDEV_VERSION_5, as mlu-exporter sets it

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from agent.core import model
-from agent.drivers import base
+from xpuctl.agent.core import model
+from xpuctl.agent.drivers import base
 
 T = TypeVar("T")
 MW = 1e-3  # mW -> W

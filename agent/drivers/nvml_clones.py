@@ -27,7 +27,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from agent.drivers import base, nvidia
+from xpuctl.agent.drivers import base, nvidia
 
 
 def find_ixml(environ: Mapping[str, str]) -> str | None:
@@ -59,7 +59,7 @@ def _private_pynvml(vendor: str) -> Any:
     if spec is None or spec.origin is None:
         msg = f"the {vendor} driver needs nvidia-ml-py: pip install 'xpuctl[nvidia]'"
         raise base.DriverError(msg)
-    name = f"agent.drivers._pynvml_{vendor}"
+    name = f"xpuctl.agent.drivers._pynvml_{vendor}"
     if name in sys.modules:
         return sys.modules[name]
     copy_spec = importlib.util.spec_from_file_location(name, spec.origin)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import threading
 
-from agent.drivers import base
+from xpuctl.agent.drivers import base
 
 UW = 1e-6
 STATUS = {1: "invalid arguments", 2: "not supported", 3: "file error", 4: "permission denied", 8: "not initialised"}

@@ -17,8 +17,8 @@ import subprocess
 
 import msgspec
 
-from agent.core import model, parse
-from agent.drivers import base
+from xpuctl.agent.core import model, parse
+from xpuctl.agent.drivers import base
 
 log = logging.getLogger("xpu.agent.tool")
 

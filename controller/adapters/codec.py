@@ -12,10 +12,10 @@ import math
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from controller.core import events, ingest, model, registry, views
-from controller.errors import ProtocolViolation
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.controller.core import events, ingest, model, registry, views
+from xpuctl.controller.errors import ProtocolViolation
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 _OPTIONAL_INFO = (
     "memory_total_bytes",

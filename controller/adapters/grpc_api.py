@@ -19,14 +19,14 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controller.adapters import codec
-from controller import config
-from controller.core import access, control, events, ingest, registry, ring, views
-from controller.errors import ProtocolViolation
-from protos.xpu import tls
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.controller.adapters import codec
+from xpuctl.controller import config
+from xpuctl.controller.core import access, control, events, ingest, registry, ring, views
+from xpuctl.controller.errors import ProtocolViolation
+from xpuctl.common import tls
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.controller.grpc")
 

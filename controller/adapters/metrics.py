@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from controller.adapters import grpc_api
-from controller.core import model
+from xpuctl.controller.adapters import grpc_api
+from xpuctl.controller.core import model
 
 log = logging.getLogger("xpu.controller.metrics")
 

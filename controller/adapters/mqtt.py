@@ -21,8 +21,9 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.core import events, ledger
-from protos.xpu.v1 import bus, bus_client
+from xpuctl.controller.core import events, ledger
+from xpuctl.common import mqtt_session
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller.mqtt")
 
@@ -61,14 +62,14 @@ class ControllerBus:
     ) -> None:
         """Nothing connects until `run`."""
         self.url = url
-        self.connect_kwargs = bus_client.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
+        self.connect_kwargs = mqtt_session.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.boot_id = boot_id
         self.on_result, self.on_state, self.on_status = on_result, on_state, on_status
         self.topics = topics or bus.Topics()
         self.heartbeat_s = heartbeat_s
         self.max_queued = max_queued
         self.reconnect_max_s = reconnect_max_s
-        self.sessions: bus_client.Sessions | None = None
+        self.sessions: mqtt_session.Sessions | None = None
         self.client: aiomqtt.Client | None = None
         self.outgoing: asyncio.Queue[tuple[str, bytes, bool, Properties | None]] = asyncio.Queue(max_queued)
         self.counters = Counters()
@@ -121,7 +122,7 @@ class ControllerBus:
 
     async def run(self) -> None:
         """Keep the session up until cancelled (call `say_offline` first for a clean goodbye)."""
-        self.sessions = bus_client.Sessions(
+        self.sessions = mqtt_session.Sessions(
             self.url, make_client=self._client, session=self._session, lost=self._lost,
             reconnect_max_s=self.reconnect_max_s,
         )
@@ -133,7 +134,7 @@ class ControllerBus:
             self.url.port,
             identifier=f"xpu-controller-{self.boot_id[:8]}",
             protocol=protocol,
-            will=bus_client.will(self.topics.controller_status, self.boot_id),
+            will=mqtt_session.will(self.topics.controller_status, self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=self.max_queued,
             **self.connect_kwargs,
@@ -211,4 +212,4 @@ class ControllerBus:
         Leases still queued, or due, are not sent after it, so the retained status ends `offline`.
         """
         self.leaving = True
-        await bus_client.say_offline(self.client, self.topics.controller_status, self.boot_id)
+        await mqtt_session.say_offline(self.client, self.topics.controller_status, self.boot_id)

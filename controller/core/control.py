@@ -20,8 +20,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from controller import config
-from controller.core import detect, events, ingest, ledger, model, power, registry, ring
+from xpuctl.controller import config
+from xpuctl.controller.core import detect, events, ingest, ledger, model, power, registry, ring
 
 F64 = npt.NDArray[np.float64]
 HOT_KINDS = ("thermal", "thermal_rise")

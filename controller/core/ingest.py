@@ -22,8 +22,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from controller.core import model, registry, ring
-from controller.errors import ProtocolViolation
+from xpuctl.controller.core import model, registry, ring
+from xpuctl.controller.errors import ProtocolViolation
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -15,7 +15,7 @@ import math
 
 import msgspec
 
-from controller.core import events
+from xpuctl.controller.core import events
 
 ISSUED, APPLIED, FAILED, EXPIRED, SUPERSEDED = "issued", "applied", "failed", "expired", "superseded"
 FINAL = frozenset((APPLIED, FAILED, EXPIRED, SUPERSEDED))

@@ -35,8 +35,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from controller import config
-from controller.errors import InfeasibleBudget
+from xpuctl.controller import config
+from xpuctl.controller.errors import InfeasibleBudget
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from controller.core import model
+from xpuctl.controller.core import model
 
 
 class NodeStatus(enum.IntEnum):

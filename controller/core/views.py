@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
-from controller.core import model, registry, ring
+from xpuctl.controller.core import model, registry, ring
 
 
 class DeviceView(msgspec.Struct, frozen=True, kw_only=True):

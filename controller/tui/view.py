@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from controller.core import dashboard
+from xpuctl.controller.core import dashboard
 
 HEALTH_STYLE = {"ok": "green", "degraded": "yellow", "failed": "bold red", "unknown": "magenta"}
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "dim"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from agent.core import actuator
-from protos.xpu.v1 import bus
+from xpuctl.agent.core import actuator
+from xpuctl.protos.xpu.v1 import bus
 
 S = 1_000_000_000
 DEVS = [

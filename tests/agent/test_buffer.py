@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.core import backoff, buffer
+from xpuctl.agent.core import buffer
+from xpuctl.common import backoff
 
 ops = st.lists(st.one_of(st.just(("append", 0)), st.tuples(st.just("ack"), st.integers(0, 60))), max_size=80)
 

@@ -11,11 +11,11 @@ import subprocess
 
 import pytest
 
-from agent.drivers import base
+from xpuctl.agent.drivers import base
 
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed (pip install 'xpuctl[nvidia]')")
 
-from agent.drivers import nvidia  # noqa: E402
+from xpuctl.agent.drivers import nvidia  # noqa: E402
 
 SRC = pathlib.Path(__file__).resolve().parent.parent / "fakes" / "fake_nvml.c"
 
@@ -108,7 +108,7 @@ def test_xid_events_reach_the_sample_of_their_gpu(fake_lib: str, monkeypatch: py
 
 # -- NVML's API in other vendors' libraries: Iluvatar IXML (NVML's names), T-Head HGML (prefix hgml) --
 
-from agent.drivers import nvml_clones  # noqa: E402
+from xpuctl.agent.drivers import nvml_clones  # noqa: E402
 
 
 def build(tmp: pathlib.Path, *flags: str, source: str | None = None) -> str:

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from agent.core import model, parse
-from agent.core.parse import common
+from xpuctl.agent.core import model, parse
+from xpuctl.agent.core.parse import common
 
 FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "vendor-smi"
 MIB = 1 << 20

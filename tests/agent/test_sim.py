@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.core import model
-from agent.drivers import base
-from agent.drivers.sim import SimDriver, engine, faults, profiles
+from xpuctl.agent.core import model
+from xpuctl.agent.drivers import base
+from xpuctl.agent.drivers.sim import SimDriver, engine, faults, profiles
 
 
 def run(node: engine.SimNode, seconds: int, dt: float = 1.0) -> list[dict[str, np.ndarray]]:
@@ -160,7 +160,7 @@ def test_fault_spec_round_trip() -> None:
 
 def test_throughput_curve_matches_the_cited_power_capping_measurements() -> None:
     """profiles.py names the sources; these are the points read from them (ranges, not fits)."""
-    from agent.drivers.sim import engine, profiles  # noqa: PLC0415
+    from xpuctl.agent.drivers.sim import engine, profiles  # noqa: PLC0415
 
     h100 = profiles.PROFILES["nvidia"]
     idle = np.array([h100.idle_w])

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from agent.core import model
-from agent.drivers import tool
-from agent.sampler import Sampler
-from controller.core.registry import NodeState
+from xpuctl.agent.core import model
+from xpuctl.agent.drivers import tool
+from xpuctl.agent.sampler import Sampler
+from xpuctl.controller.core.registry import NodeState
 from tests.conftest import ROOT, Controller, Processes, wait_until
 
 FIX = ROOT / "tests" / "fixtures" / "vendor-smi"
@@ -51,7 +51,7 @@ def test_tool_driver_reads_a_capture(bin_dir: pathlib.Path) -> None:
     ("echo 'Segmentation fault, no table today'", "line 1"),
 ])
 async def test_a_bad_tool_makes_its_devices_unknown_and_the_rest_goes_on(bin_dir: pathlib.Path, body: str, reason: str) -> None:
-    from agent.drivers.sim import SimDriver  # noqa: PLC0415
+    from xpuctl.agent.drivers.sim import SimDriver  # noqa: PLC0415
 
     fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
     cambricon = tool.ToolDriver("cambricon", timeout_s=5)
@@ -82,7 +82,7 @@ def test_agent_once_with_driver_auto(bin_dir: pathlib.Path) -> None:
     fake(bin_dir, "mx-smi", f"cat {FIX / 'metax' / 'mx-smi_C500x8_v2.2.9.txt'}")
     fake(bin_dir, "xpu-smi", f"cat {FIX / 'kunlunxin' / 'xpu-smi_P800-OAM_v5.19.0.0_trimmed.txt'}")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "once", "--driver", "auto"], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "xpuctl.agent.cli", "once", "--driver", "auto"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     vendors_present = set(tool.available())
     assert r.returncode == 0, r.stderr
@@ -96,7 +96,7 @@ def test_agent_once_with_driver_auto(bin_dir: pathlib.Path) -> None:
 
 
 def test_driver_without_its_tool_says_what_to_install(bin_dir: pathlib.Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "once", "--driver", "kunlunxin"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "xpuctl.agent.cli", "once", "--driver", "kunlunxin"], cwd=ROOT,
                        env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0  # the agent degrades: devices it cannot read are not invented
     assert json.loads(r.stdout) == [] and "xpu-smi is not on PATH" in r.stderr
@@ -114,7 +114,7 @@ def fake_rsmi(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_amd_caps_through_rocm_smi(bin_dir: pathlib.Path, fake_rsmi: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.drivers import base, rsmi  # noqa: PLC0415
+    from xpuctl.agent.drivers import base, rsmi  # noqa: PLC0415
 
     fake(bin_dir, "rocm-smi", f"cat {FIX / 'amd' / 'rocm-smi-6.2.4_showall-json.json'}")
     d = tool.CappedToolDriver("amd", rsmi.RsmiCaps(fake_rsmi), timeout_s=5)
@@ -153,7 +153,7 @@ def fake_cndev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[str, str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from agent.drivers import base, cndev  # noqa: PLC0415
+    from xpuctl.agent.drivers import base, cndev  # noqa: PLC0415
 
     home = str(pathlib.Path(fake_cndev["header"]).parent.parent)
     assert cndev.find_library({"NEUWARE_HOME": home}) == fake_cndev["header"]
@@ -175,7 +175,7 @@ def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[st
                                              ("wide_limit", "lays the limitation out differently")])
 def test_a_cndev_with_another_layout_is_left_read_only(bin_dir: pathlib.Path, fake_cndev: dict[str, str],
                                                        variant: str, why: str) -> None:
-    from agent.drivers import base, cndev  # noqa: PLC0415
+    from xpuctl.agent.drivers import base, cndev  # noqa: PLC0415
 
     caps = cndev.CndevCaps(fake_cndev[variant])
     with pytest.raises(base.DriverError, match=why):
@@ -188,7 +188,7 @@ def test_a_cndev_with_another_layout_is_left_read_only(bin_dir: pathlib.Path, fa
 
 
 def test_cndev_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
-    from agent.drivers import base, cndev  # noqa: PLC0415
+    from xpuctl.agent.drivers import base, cndev  # noqa: PLC0415
 
     with pytest.raises(base.DriverError, match="cannot load CNDev"):
         cndev.CndevCaps(str(tmp_path / "libcndev.so"))
@@ -203,7 +203,7 @@ async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(bin_dir: pathlib
                              "else echo 'dcmi module initialize failed. ret is -8005' >&2; exit 9; fi")
     st = controller.state
     assert st is not None
-    processes.start("agent.cli", "--log-format", "text", "run", "--node-id", "late", "--controller", controller.target,
+    processes.start("xpuctl.agent.cli", "--log-format", "text", "run", "--node-id", "late", "--controller", controller.target,
                     "--driver", "auto", "--rediscover-s", "0.3", "--interval-s", "0.2",
                     env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"})
 

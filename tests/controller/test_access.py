@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from controller import cli, config
-from controller.core import access
+from xpuctl.controller import cli, config
+from xpuctl.controller.core import access
 
 TOKEN = "s3cret-token-of-bob"
 POLICY = access.Policy(

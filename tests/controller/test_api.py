@@ -9,8 +9,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from tests.conftest import Processes, RunningService, make_service, wait_until, xpuctl
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,7 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
         stub = cluster_pb2_grpc.ClusterStub(ch)
         watch = stub.WatchEvents(cpb.WatchEventsRequest(kinds=["anomaly."]))
         await wait_until(lambda: bool(st.watchers), timeout_s=5, what="the watcher")
-        processes.start("agent.cli", "run", "--node-id", "api", "--controller", ctl.target, "--sim-vendor", "nvidia",
+        processes.start("xpuctl.agent.cli", "run", "--node-id", "api", "--controller", ctl.target, "--sim-vendor", "nvidia",
                         "--sim-workload", "training", "--sim-fault", "thermal_runaway:dev=2:at=4:for=60",
                         "--reconnect-max-s", "0.5")
         # WatchEvents delivers the fault's anomaly
@@ -111,8 +111,8 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
 
 
 async def test_a_slow_watcher_never_slows_ingest() -> None:
-    from controller.adapters import grpc_api  # noqa: PLC0415
-    from controller.core import events  # noqa: PLC0415
+    from xpuctl.controller.adapters import grpc_api  # noqa: PLC0415
+    from xpuctl.controller.core import events  # noqa: PLC0415
 
     st = grpc_api.State()
     stuck: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10)  # a watcher that never reads
@@ -124,7 +124,7 @@ async def test_a_slow_watcher_never_slows_ingest() -> None:
 
 
 async def test_top_reconnects_by_itself() -> None:
-    from controller import top  # noqa: PLC0415
+    from xpuctl.controller import top  # noqa: PLC0415
     from tests.conftest import free_port  # noqa: PLC0415
 
     port = free_port()

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 from tests.conftest import Controller, Processes, wait_until
 
 POWER, UTIL = 3, 1  # xpu.v1.Metric numbers

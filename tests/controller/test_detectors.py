@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.drivers.sim import faults
-from controller.core import detect
-from controller.simcluster import SimCluster
+from xpuctl.agent.drivers.sim import faults
+from xpuctl.controller.core import detect
+from xpuctl.controller.simcluster import SimCluster
 
 VENDORS = ["nvidia", "amd", "ascend", "cambricon", "hygon", "metax", "moorethreads", "enflame",
            "iluvatar", "kunlunxin", "biren", "thead", "sunrise"]

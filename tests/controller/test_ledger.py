@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.core import ledger
+from xpuctl.controller.core import ledger
 
 S = 1_000_000_000
 

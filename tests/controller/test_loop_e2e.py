@@ -13,8 +13,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from controller.core import model
-from protos.xpu.v1 import bus
+from xpuctl.controller.core import model
+from xpuctl.protos.xpu.v1 import bus
 from tests.conftest import Mosquitto, Processes, RunningService, Watcher, make_service, wait_until
 
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ TOPICS = bus.Topics()
 def agent_args(ctl: RunningService, mq: Mosquitto, node: str, vendor: str, *extra: str) -> list[str]:
     """`xpu-agent run` arguments for a simulated node on the bus."""
     return [
-        "agent.cli", "run", "--node-id", node, "--controller", ctl.target, "--mqtt", mq.url + "?protocol=5",
+        "xpuctl.agent.cli", "run", "--node-id", node, "--controller", ctl.target, "--mqtt", mq.url + "?protocol=5",
         "--sim-vendor", vendor, "--sim-devices", "8", "--reconnect-max-s", "0.5", *extra,
     ]
 
@@ -91,7 +91,7 @@ async def test_budget_is_held_while_the_workload_changes(mosquitto: Mosquitto, p
     try:
         # 6 nodes: cappable NVIDIA, AMD, Hygon, Cambricon and a fixed-load Ascend; training and
         # bursty inference (the workload changes every few seconds)
-        processes.start("agent.cli", "fleet", "--controller", ctl.target, "--mqtt", mosquitto.url + "?protocol=5",
+        processes.start("xpuctl.agent.cli", "fleet", "--controller", ctl.target, "--mqtt", mosquitto.url + "?protocol=5",
                         "--nodes", "6", "--vendors", "nvidia,amd,hygon,cambricon,ascend,nvidia",
                         "--workloads", "training,inference", "--seed", "3")
         st = ctl.svc.state
@@ -267,7 +267,7 @@ async def test_the_loop_runs_on_the_embedded_mqtt311_broker(processes: Processes
     ctl = await RunningService(svc).start()
     try:
         assert ctl.svc.bus_url is not None and ctl.svc.bus_url.endswith("protocol=3.1.1")
-        processes.start("agent.cli", "run", "--node-id", "emb", "--controller", ctl.target, "--mqtt", ctl.svc.bus_url,
+        processes.start("xpuctl.agent.cli", "run", "--node-id", "emb", "--controller", ctl.target, "--mqtt", ctl.svc.bus_url,
                         "--sim-vendor", "cambricon", "--sim-workload", "training", "--reconnect-max-s", "0.5")
         st = ctl.svc.state
         await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")

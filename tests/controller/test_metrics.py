@@ -27,7 +27,7 @@ async def test_promtool_accepts_a_scrape_of_a_running_controller(processes: Proc
     svc.metrics_listen = "127.0.0.1:0"
     ctl = await RunningService(svc).start()
     try:
-        processes.start("agent.cli", "fleet", "--controller", ctl.target, "--nodes", "3",
+        processes.start("xpuctl.agent.cli", "fleet", "--controller", ctl.target, "--nodes", "3",
                         "--vendors", "nvidia,ascend,cambricon", "--workloads", "training")
         st = svc.state
         await wait_until(lambda: len(st.registry) == 24 and int(st.store.count[:24].min()) >= 2,

@@ -13,8 +13,8 @@ import contextlib
 import aiomqtt
 import msgspec
 
-from controller.adapters import mqtt
-from protos.xpu.v1 import bus
+from xpuctl.controller.adapters import mqtt
+from xpuctl.protos.xpu.v1 import bus
 from tests.conftest import Mosquitto, wait_until
 
 TOPICS = bus.Topics()

@@ -17,15 +17,15 @@ import grpc.aio
 import pytest
 import trustme
 
-from agent.adapters import codec
-from agent.core import model
-from controller import config, service
-from controller.adapters import metrics
-from controller.core import registry
-from protos.xpu import tls
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
-from protos.xpu.v1 import telemetry_pb2 as pb
+from xpuctl.agent.adapters import codec
+from xpuctl.agent.core import model
+from xpuctl.controller import config, service
+from xpuctl.controller.adapters import metrics
+from xpuctl.controller.core import registry
+from xpuctl.common import tls
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 from tests.conftest import Processes, RunningService, free_port, xpuctl
 from tests.pki import Pki
 
@@ -195,8 +195,8 @@ async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Site, tmp_pa
         f'client_ca_file = "{pki.ca_file}"\n[auth]\noperator_tokens_file = "{pki.tokens}"\n'
     )
     target = f"127.0.0.1:{port}"
-    processes.start("controller.cli", "serve", "--listen", target, "--config", str(conf))
-    processes.start("agent.cli", "run", "--node-id", "node-a", "--controller", target, "--sim-devices", "2",
+    processes.start("xpuctl.controller.cli", "serve", "--listen", target, "--config", str(conf))
+    processes.start("xpuctl.agent.cli", "run", "--node-id", "node-a", "--controller", target, "--sim-devices", "2",
                     "--reconnect-max-s", "0.5", "--tls-ca-file", pki.ca_file,
                     "--tls-cert-file", pki.cert("node-a"), "--tls-key-file", pki.key("node-a"))
     token_file = tmp_path / "alice.token"

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller import config
-from controller.core import power
-from controller.errors import InfeasibleBudget
+from xpuctl.controller import config
+from xpuctl.controller.core import power
+from xpuctl.controller.errors import InfeasibleBudget
 
 
 @st.composite

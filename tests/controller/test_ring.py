@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.core import ring
+from xpuctl.controller.core import ring
 
 N_METRICS = 3
 

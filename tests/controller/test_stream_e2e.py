@@ -8,9 +8,9 @@ import math
 import grpc.aio
 import pytest
 
-from controller.adapters import grpc_api
-from protos.xpu.v1 import cluster_pb2 as cpb
-from protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.controller.adapters import grpc_api
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from tests.conftest import Controller, Processes, free_port, wait_until
 from tests.faultproxy import FaultProxy
 

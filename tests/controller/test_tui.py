@@ -11,8 +11,8 @@ import pathlib
 import pytest
 from rich.console import Console
 
-from controller.core import dashboard
-from controller.tui import view
+from xpuctl.controller.core import dashboard
+from xpuctl.controller.tui import view
 
 GOLDEN = pathlib.Path(__file__).resolve().parent.parent / "golden"
 T0 = 1_800_000_000_000_000_000

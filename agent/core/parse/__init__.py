@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from agent.core.parse import amdsmi, ascend, common, concise, enflame, mthreads, nvidia, rocm, table
+from xpuctl.agent.core.parse import amdsmi, ascend, common, concise, enflame, mthreads, nvidia, rocm, table
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
 

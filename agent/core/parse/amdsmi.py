@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 TOOL = "amd-smi static"
 

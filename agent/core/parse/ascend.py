@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 TOOL = "npu-smi"
 HEALTH = {"ok": model.Health.OK, "warning": model.Health.DEGRADED, "alarm": model.Health.FAILED,

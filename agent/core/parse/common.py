@@ -11,7 +11,7 @@ import re
 
 import msgspec
 
-from agent.core import model
+from xpuctl.agent.core import model
 
 ABSENT: frozenset[str] = frozenset(
     {"", "n/a", "na", "-", "--", "[n/a]", "[not supported]", "not supported", "unknown", "[unknown error]",

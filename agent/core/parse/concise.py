@@ -8,8 +8,8 @@ byte counts, so memory is absent here.
 
 from __future__ import annotations
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 INDEX = ("GPU", "DCU", "HCU")
 UTIL = ("GPU%", "DCU%", "HCU%")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 TOOL = "efsmi -q"
 _KV = re.compile(r"^(?P<indent>\s*)(?P<key>[^:]+?)\s*:\s*(?P<value>.*)$")
@@ -105,7 +105,7 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     Raises:
         ParseError: no `DEV ... NAME` header, or a record that does not match it.
     """
-    from agent.core.parse import table  # noqa: PLC0415 - shares the label helpers
+    from xpuctl.agent.core.parse import table  # noqa: PLC0415 - shares the label helpers
 
     lines = text.splitlines()
     head = next((i for i, line in enumerate(lines) if line.startswith("|") and "DEV" in line and "NAME" in line), None)
@@ -130,7 +130,7 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
 
 
 def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int) -> common.Parsed:
-    from agent.core.parse import table  # noqa: PLC0415
+    from xpuctl.agent.core.parse import table  # noqa: PLC0415
 
     line_no, first = record[0]
     if len(record) != 2:

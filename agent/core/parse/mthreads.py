@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from agent.core import model
-from agent.core.parse import common, table
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common, table
 
 TOOL = "mthreads-gmi"
 _MEM = re.compile(r"^\s*(?P<used>[^()]+?)\s*\((?P<total>[^()]+)\)\s*$")

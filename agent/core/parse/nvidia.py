@@ -11,8 +11,8 @@ import csv
 import io
 import re
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 # query field -> (DeviceSample field, default unit when the value has none)
 SAMPLE_FIELDS: dict[str, tuple[str, str]] = {

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import re
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 _KEY = re.compile(r"^(?P<label>.*?)\s*\((?P<unit>[^()]*)\)\s*$")
 POWER = ("average graphics package power", "current socket graphics package power")

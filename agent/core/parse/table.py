@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-from agent.core import model
-from agent.core.parse import common
+from xpuctl.agent.core import model
+from xpuctl.agent.core.parse import common
 
 # field -> labels, first present wins
 LABELS: dict[str, tuple[str, ...]] = {

@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 
-from agent.core import model
-from agent.drivers import base
-from agent.drivers.sim import engine, faults, profiles
+from xpuctl.agent.core import model
+from xpuctl.agent.drivers import base
+from xpuctl.agent.drivers.sim import engine, faults, profiles
 
 __all__ = ["SimDriver"]
 

@@ -26,8 +26,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from agent.drivers.sim import faults as faults_mod
-from agent.drivers.sim import profiles as profiles_mod
+from xpuctl.agent.drivers.sim import faults as faults_mod
+from xpuctl.agent.drivers.sim import profiles as profiles_mod
 
 F64 = npt.NDArray[np.float64]
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller import config
-from controller.core import registry, ring
-from controller.core.detect import base, critical, ecc, overcap, spike, stale, straggler, stuck, thermal
+from xpuctl.controller import config
+from xpuctl.controller.core import registry, ring
+from xpuctl.controller.core.detect import base, critical, ecc, overcap, spike, stale, straggler, stuck, thermal
 
 __all__ = ["Detectors", "Finding", "KINDS"]
 

@@ -15,8 +15,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from controller import config
-from controller.core import model, ring
+from xpuctl.controller import config
+from xpuctl.controller.core import model, ring
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

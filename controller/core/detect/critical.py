@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.core import model
-from controller.core.detect import base
+from xpuctl.controller.core import model
+from xpuctl.controller.core.detect import base
 
 HEALTH_FAILED = 3
 

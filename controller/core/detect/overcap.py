@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller import config
-from controller.core.detect import base
+from xpuctl.controller import config
+from xpuctl.controller.core.detect import base
 
 
 class OverCap(base.Detector):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller import config
-from controller.core.detect import base
+from xpuctl.controller import config
+from xpuctl.controller.core.detect import base
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution x this = its standard deviation
 

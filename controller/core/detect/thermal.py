@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.core.detect import base
+from xpuctl.controller.core.detect import base
 
 
 class Thermal(base.Detector):

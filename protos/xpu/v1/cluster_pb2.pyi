@@ -1,4 +1,4 @@
-from protos.xpu.v1 import telemetry_pb2 as _telemetry_pb2
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as _telemetry_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos.xpu.v1 import telemetry_pb2 as xpu_dot_v1_dot_telemetry__pb2
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as xpu_dot_v1_dot_telemetry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -21,8 +21,8 @@ from typing import Any
 import aiomqtt
 import msgspec
 
-from protos.xpu import tls
-from protos.xpu.v1 import bus
+from xpuctl.common import tls
+from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.mqtt")
 

@@ -9,7 +9,7 @@ often; we send it every half of it (sd_watchdog_enabled(3)) from the event loop,
 loop stops the pings and systemd restarts the service.
 
 It lives under protos/ because the agent and the controller both need it and neither may import
-the other (DESIGN 2); it is transport plumbing, like bus_client.
+the other (DESIGN 2); it is transport plumbing, like mqtt_session.
 """
 
 from __future__ import annotations
