@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
-import contextlib
 import json
 import logging
-import math
 import os
 import pathlib
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -22,33 +18,18 @@ from collections.abc import Sequence
 import msgspec
 
 from xpuctl.agent import config as agent_config
+from xpuctl.agent import fleet
+from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import model
-from xpuctl.agent.drivers import base
-from xpuctl.agent.drivers.sim import SimDriver, faults
+from xpuctl.agent.drivers import base, registry
+from xpuctl.agent.drivers.sim import faults
 from xpuctl.agent.runtime import Agent
-from xpuctl.agent.sampler import Sampler
-from xpuctl.common import logs, pipes, systemd, tls
-from xpuctl.common import mqtt_session
-from xpuctl.protos.xpu.v1 import bus
+from xpuctl.common import cli, exits, logs, mqtt_session, pipes, systemd, tls
 
 log = logging.getLogger("xpu.agent")
 
-EXIT_USAGE = 2
-
-
-def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            msg = f"{text!r} is not a {kind.__name__}"
-            raise argparse.ArgumentTypeError(msg) from None
-        if not (math.isfinite(value) and value > 0):
-            msg = f"{text!r} must be a number > 0"
-            raise argparse.ArgumentTypeError(msg)
-        return value
-
-    return parse
+_positive = cli.positive
+_bus_url = cli.bus_url
 
 
 def _fault(text: str) -> faults.Fault:
@@ -73,13 +54,6 @@ def _node_id(text: str) -> str:
         msg = "node id 'controller' is reserved: xpu/v1/status/controller is the controller's lease"
         raise argparse.ArgumentTypeError(msg)
     return text
-
-
-def _bus_url(text: str) -> bus.BusUrl:
-    try:
-        return bus.parse_url(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -112,7 +86,7 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xpu-agent", description="xpuctl node agent")
+    parser = cli.ArgumentParser(prog="xpu-agent", description="xpuctl node agent")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     parser.add_argument(
         "--log-format", default="json", choices=logs.FORMATS, help="JSON lines (default) or text for people"
@@ -204,102 +178,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
-    if args.driver == "sim":
-        return [
-            SimDriver(
-                vendor=args.sim_vendor,
-                node_id=node_id,
-                devices=args.sim_devices,
-                seed=args.sim_seed,
-                fault_specs=args.sim_fault,
-                workload=getattr(args, "sim_workload", "mixed"),
-            )
-        ]
-    from xpuctl.agent.drivers import tool  # noqa: PLC0415 - only real hardware needs the tool drivers
-
-    if args.driver == "auto":
-        vendors = tool.available()
-        nvml = _nvml_driver()
-        drivers: list[base.Driver] = [nvml] if nvml is not None else []
-        if nvml is not None:
-            vendors = [v for v in vendors if v != "nvidia"]  # NVML reads them better than nvidia-smi
-        if (ixml := _nvml_api_driver("iluvatar")) is not None:
-            drivers.append(ixml)
-            vendors = [v for v in vendors if v != "iluvatar"]  # IXML reads them and can set caps
-        if (hgml := _nvml_api_driver("thead")) is not None:
-            drivers.append(hgml)  # T-Head has no tool we read: HGML is the only way in
-        if shutil.which("brsmi"):
-            log.warning("brsmi (Biren) is on PATH, but xpuctl cannot read it yet: no sample of its output has been "
-                        "published; its devices are not reported. A capture of `brsmi gpu list` lets us add it.")
-        if not vendors and not drivers:
-            msg = (
-                "--driver auto found no vendor tool on PATH (looked for "
-                + ", ".join(argv[0] for argv in tool.COMMANDS.values())
-                + "); install the vendor tools, or run with --driver sim --sim-vendor VENDOR"
-            )
-            raise SystemExit(msg)
-        log.info("--driver auto: %s", ", ".join([f"{d.vendor} (library)" for d in drivers] + vendors))
-        return drivers + [_tool_driver(v, args.driver_timeout_s) for v in vendors]
-    if args.driver == "nvidia" and (nvml := _nvml_driver()) is not None:
-        return [nvml]
-    if args.driver == "iluvatar" and (ixml := _nvml_api_driver("iluvatar")) is not None:
-        return [ixml]
-    if args.driver == "thead":
-        if (hgml := _nvml_api_driver("thead")) is None:
-            msg = "--driver thead: libhgml.so (T-Head HGML) is not installed where the dynamic loader finds it"
-            raise SystemExit(msg)
-        return [hgml]
-    if args.driver not in tool.COMMANDS:
-        msg = f"--driver {args.driver!r}: use auto, sim or one of {', '.join([*tool.COMMANDS, 'thead'])}"
-        raise SystemExit(msg)
-    return [_tool_driver(args.driver, args.driver_timeout_s)]
-
-
-def _tool_driver(vendor: str, timeout_s: float) -> base.Driver:
-    """The vendor's tool driver, with caps through the vendor library when it loads: ROCm SMI for
-    AMD and Hygon, CNDev for Cambricon."""
-    from xpuctl.agent.drivers import cndev, rsmi, tool  # noqa: PLC0415
-
+    """The drivers of `--driver`; a choice that reads nothing ends the program with the reason."""
+    sim = registry.SimSpec(
+        vendor=args.sim_vendor,
+        devices=args.sim_devices,
+        seed=args.sim_seed,
+        faults=args.sim_fault,
+        workload=getattr(args, "sim_workload", "mixed"),
+    )
     try:
-        if vendor in ("amd", "hygon"):
-            return tool.CappedToolDriver(vendor, rsmi.RsmiCaps(), timeout_s=timeout_s)
-        if vendor == "cambricon" and (library := cndev.find_library(os.environ)) is not None:
-            return tool.CappedToolDriver(vendor, cndev.CndevCaps(library), timeout_s=timeout_s)
-    except base.DriverError as exc:
-        log.info("%s: caps not available, read-only: %s", vendor, exc)
-    return tool.ToolDriver(vendor, timeout_s=timeout_s)
-
-
-def _nvml_api_driver(vendor: str) -> base.Driver | None:
-    """IXML (iluvatar) or HGML (thead) when the library and nvidia-ml-py are both there, else None."""
-    from xpuctl.agent.drivers import nvml_clones  # noqa: PLC0415 - optional
-
-    cls = nvml_clones.IxmlDriver if vendor == "iluvatar" else nvml_clones.HgmlDriver
-    library = nvml_clones.find_ixml(os.environ) if vendor == "iluvatar" else nvml_clones.find_hgml()
-    if library is None:
-        return None
-    try:
-        return cls(library=library)
-    except base.DriverError as exc:
-        log.info("%s not used: %s", cls.api, exc)
-        return None
-
-
-def _nvml_driver() -> base.Driver | None:
-    """NVML when nvidia-ml-py and libnvidia-ml are both there, else None (nvidia-smi is the fallback)."""
-    from xpuctl.agent.drivers import nvidia  # noqa: PLC0415 - optional
-
-    try:
-        driver = nvidia.NvmlDriver()
-    except base.DriverError as exc:
-        log.info("NVML not used: %s", exc)
-        return None
-    try:
-        driver.nvml._LoadNvmlLibrary()  # noqa: SLF001 - the only way to ask pynvml whether NVML loads
-    except driver.nvml.NVMLError as exc:
-        log.info("NVML not used: %s", exc)
-        return None
-    return driver
+        return registry.select(args.driver, node_id=node_id, sim=sim, timeout_s=args.driver_timeout_s)
+    except registry.DriverChoiceError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def _once(args: argparse.Namespace) -> int:
@@ -395,52 +285,26 @@ async def _fleet(args: argparse.Namespace) -> int:
         _vendor_or_exit(v)
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
-        if w not in ("mixed", "idle", "training", "inference"):
-            raise SystemExit(f"xpu-agent fleet: --workloads: unknown workload {w!r}; use mixed, idle, training or inference")
-    hang = any(f.kind == "driver_hang" for f in args.sim_fault)
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="xpu-driver")
-    agents = []
-    for k in range(args.nodes):
-        node_id = f"{args.node_prefix}-{k:05d}"
-        driver = SimDriver(
-            vendor=vendors[k % len(vendors)],
-            node_id=node_id,
-            devices=args.devices_per_node,
-            seed=args.seed,
-            fault_specs=args.sim_fault if k == 0 else [],
-            workload=workloads[k % len(workloads)],
-        )
-        sampler = Sampler([driver], timeout_s=5.0, executor=executor, inline=not hang)
-        agents.append(
-            Agent(
-                node_id=node_id,
-                controller=args.controller,
-                sampler=sampler,
-                interval_s=args.interval_s,
-                buffer_batches=args.buffer_batches,
-                labels={"fleet": args.node_prefix},
-                bus_url=args.mqtt,
-                failsafe_after_s=args.failsafe_after_s,
-            )
-        )
-    log.info(
-        "fleet: %d node(s) x %d device(s) of %s -> %s every %gs",
-        args.nodes,
-        args.devices_per_node,
-        ",".join(vendors),
-        args.controller,
-        args.interval_s,
+        if w not in fleet.WORKLOADS:
+            msg = f"xpu-agent fleet: --workloads: unknown workload {w!r}; use mixed, idle, training or inference"
+            raise SystemExit(msg)
+    spec = fleet.FleetSpec(
+        controller=args.controller,
+        nodes=args.nodes,
+        devices_per_node=args.devices_per_node,
+        vendors=vendors,
+        workloads=workloads,
+        interval_s=args.interval_s,
+        mqtt=args.mqtt,
+        failsafe_after_s=args.failsafe_after_s,
+        ramp_s=args.ramp_s,
+        seed=args.seed,
+        node_prefix=args.node_prefix,
+        buffer_batches=args.buffer_batches,
+        faults=args.sim_fault,
     )
-    step_s = args.ramp_s / args.nodes if args.ramp_s > 0 else 0.0
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for a in agents:
-                tg.create_task(a.run(), name=f"fleet[{a.node_id}]")
-                if step_s:
-                    await asyncio.sleep(step_s)
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
-    return 0
+    await fleet.run(spec)
+    return exits.OK
 
 
 def _parse(args: argparse.Namespace) -> int:
@@ -467,13 +331,6 @@ def _vendor_or_exit(v: str) -> None:
         _vendor(v)
     except argparse.ArgumentTypeError as exc:
         raise SystemExit(f"xpu-agent fleet: --vendors: {exc}") from None
-
-
-def _install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: PLC0415 - optional, per platform
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -506,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = agent_config.load(args.config, os.environ)
         except agent_config.ConfigError as exc:
             print(f"xpu-agent validate: {exc}", file=sys.stderr)
-            return 78  # EX_CONFIG
+            return exits.CONFIG
         json.dump(msgspec.to_builtins(cfg), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -514,12 +371,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _with_config(parser, argv)
     except agent_config.ConfigError as exc:
         print(f"xpu-agent: {exc}", file=sys.stderr)
-        return 78
+        return exits.CONFIG
     except argparse.ArgumentTypeError as exc:
         print(f"xpu-agent: config: {exc}", file=sys.stderr)
-        return 78
+        return exits.CONFIG
     logs.setup(args.log_level, args.log_format, os.environ)
-    _install_uvloop()
+    cli.install_uvloop()
     if args.command == "parse":
         return _parse(args)
     command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
@@ -527,9 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(command(args))
     except tls.TlsError as exc:
         log.error("%s", exc)
-        return 78  # EX_CONFIG: the fix is in the config, a restart will not help
+        return exits.CONFIG  # the fix is in the config, a restart will not help
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from xpuctl import agent
 from xpuctl.agent.adapters import codec, link, mqtt
 from xpuctl.agent.core import actuator, buffer, model
 from xpuctl.agent.drivers.base import DriverError
-from xpuctl.agent.sampler import Sampler
+from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.common import tls
 from xpuctl.protos.xpu.v1 import bus
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import json
-import math
 import os
 import signal
 import sys
@@ -17,25 +15,13 @@ import msgspec
 
 from xpuctl.controller import config, service
 from xpuctl.controller.core import ingest, registry
-from xpuctl.common import logs, pipes, systemd, tls
+from xpuctl.common import cli, exits, logs, pipes, systemd, tls
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
 
 
-def _positive(kind: type[float] | type[int]):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            msg = f"{text!r} is not a {kind.__name__}"
-            raise argparse.ArgumentTypeError(msg) from None
-        if not (math.isfinite(value) and value > 0):
-            msg = f"{text!r} must be a number > 0"
-            raise argparse.ArgumentTypeError(msg)
-        return value
-
-    return parse
+_positive = cli.positive
 
 
 def _fraction(text: str) -> float:
@@ -72,7 +58,7 @@ def _config(args: argparse.Namespace) -> config.Config:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
+    parser = cli.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
     parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
     parser.add_argument(
         "--log-format",
@@ -154,7 +140,7 @@ async def serve(args: argparse.Namespace) -> int:
         )
     except config.ConfigError as exc:
         log.error("%s", exc)
-        return 78  # EX_CONFIG
+        return exits.CONFIG
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,7 +161,7 @@ async def serve(args: argparse.Namespace) -> int:
         await svc.run(stop)
     except tls.TlsError as exc:
         log.error("%s", exc)
-        return 78
+        return exits.CONFIG
     except OSError as exc:
         log.error("%s", exc)
         return 1
@@ -185,13 +171,6 @@ async def serve(args: argparse.Namespace) -> int:
         await asyncio.gather(*side, return_exceptions=True)
     log.info("shut down")
     return 0
-
-
-def _install_uvloop() -> None:
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: PLC0415 - optional, per platform
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @pipes.quiet_when_the_reader_leaves
@@ -205,24 +184,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = config.load(args.config, os.environ)
         except config.ConfigError as exc:
             print(f"xpu-controller validate: {exc}", file=sys.stderr)
-            return 78  # EX_CONFIG
+            return exits.CONFIG
         print(json.dumps(msgspec.to_builtins(cfg), indent=2))
         return 0
     if args.command == "bench" and args.scenario == "detect":
-        from xpuctl.controller import detectbench  # noqa: PLC0415 - only this bench needs the simulator
+        from xpuctl.controller.lab import detectbench  # noqa: PLC0415 - only this bench needs the simulator
 
         return detectbench.run(args.nodes, args.simulated_s, args.devices, args.seed, args.json)
     if args.command == "bench" and args.scenario == "power":
-        from xpuctl.controller import powerbench  # noqa: PLC0415 - only this bench needs the simulator
+        from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 
         return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, args.json)
     if args.command == "bench":
-        from xpuctl.controller import bench  # noqa: PLC0415 - only the bench needs it
+        from xpuctl.controller.lab import bench  # noqa: PLC0415 - only the bench needs it
 
         return bench.run(args)
-    _install_uvloop()
+    cli.install_uvloop()
     if args.command == "demo":
-        from xpuctl.controller import demo  # noqa: PLC0415 - only the demo needs rich Live
+        from xpuctl.controller.lab import demo  # noqa: PLC0415 - only the demo needs rich Live
 
         command = demo.run
     else:
@@ -230,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(command(args))
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":

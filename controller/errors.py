@@ -28,3 +28,55 @@ class InfeasibleBudget(XpuError):
             "devices; raise the budget (SetPowerBudget, --budget-w) or uncordon/add cappable devices"
         )
         self.need_w, self.budget_w = need_w, budget_w
+
+
+class BadValue(XpuError):
+    """An operator's request carries a value outside its rule (the gRPC adapter: INVALID_ARGUMENT)."""
+
+    def __init__(self, name: str, value: object, rule: str) -> None:
+        """`name` is the field, `rule` what it must be (with the fix)."""
+        super().__init__(f"{name} {value!r} {rule}")
+        self.name, self.value, self.rule = name, value, rule
+
+
+class MissingTarget(XpuError):
+    """A request names neither a device nor a node (INVALID_ARGUMENT)."""
+
+    def __init__(self) -> None:
+        """The message says what to name."""
+        super().__init__("name a device_uuid or a node_id")
+
+
+class MissingReason(XpuError):
+    """A cordon without a reason (INVALID_ARGUMENT)."""
+
+    def __init__(self) -> None:
+        """The message gives an example."""
+        super().__init__("a cordon needs a reason (e.g. --reason 'ECC storm')")
+
+
+class UnknownDevice(XpuError):
+    """No device has this UUID (NOT_FOUND)."""
+
+    def __init__(self, uuid: str, hint: str = "") -> None:
+        """`hint` (optional) says where to find the right one."""
+        super().__init__(f"no device {uuid!r}{hint}")
+        self.uuid = uuid
+
+
+class UnknownNode(XpuError):
+    """No node has this id (NOT_FOUND)."""
+
+    def __init__(self, node_id: str) -> None:
+        """Keep the id."""
+        super().__init__(f"no node {node_id!r}")
+        self.node_id = node_id
+
+
+class UnknownVendor(XpuError):
+    """A vendor name outside the contract's list (INVALID_ARGUMENT)."""
+
+    def __init__(self, vendor: str, known: list[str]) -> None:
+        """`known` are the names to choose from."""
+        super().__init__(f"unknown vendor {vendor!r}; use one of {', '.join(known)}")
+        self.vendor = vendor

@@ -1,8 +1,8 @@
 """The controller process: gRPC server, action bus, and the control loop, wired together.
 
-Plumbing only (STYLE 1): the decisions are in controller/core/control.py. One control tick per
-period; the critical path runs inside the ingest of each batch (`after_batch`), so a thermal
-event reaches the bus without waiting for the tick. Every event goes to WatchEvents streams and,
+Plumbing only (STYLE 1): the decisions are in controller/core/, the state in the hub
+(controller/hub.py). One control tick per period; the critical path runs inside the ingest of
+each batch (`Hub.batch`), so a thermal event reaches the bus without waiting for the tick. Every event goes to WatchEvents streams and,
 with a bus, to `xpu/v1/events`; every command the core wants sent goes out on the bus, and the
 ledger hears when it did.
 """
@@ -16,9 +16,10 @@ import pathlib
 import time
 import uuid
 
-from xpuctl.controller import config
-from xpuctl.controller.adapters import broker, grpc_api, metrics, mqtt
-from xpuctl.controller.core import access, control, events, ingest, registry
+from xpuctl.controller import config, hub
+from xpuctl.controller.adapters import broker, metrics, mqtt
+from xpuctl.controller.adapters.grpc_api import server as grpc_server
+from xpuctl.controller.core import access, events, ingest, ledger, registry
 from xpuctl.common import tls
 from xpuctl.protos.xpu.v1 import bus
 
@@ -77,8 +78,7 @@ class Service:
         """Build the state; nothing listens until `run`."""
         self.cfg = cfg
         self.boot_id = str(uuid.uuid4())
-        self.state = grpc_api.State(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
-        self.state.after_batch = self._after_batch
+        self.state = hub.Hub(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
         self.state.policy = policy(cfg)
         self.listen = listen
         self.reflection_on = reflection_on
@@ -92,31 +92,17 @@ class Service:
         self.node_states: dict[str, bus.NodeState] = {}
         self.node_bus_status: dict[str, str] = {}
 
-    # -- outputs ---------------------------------------------------------------------------------
+    # -- the bus -----------------------------------------------------------------------------------
 
-    def _handle(self, out: control.Output, now_ns: int) -> None:
-        self.state.publish(out.events)
-        for e in out.events:
-            if e.severity in ("critical", "warning"):
-                extra = {"node_id": e.node_id, "hw.id": e.device_uuid} if e.device_uuid else {"node_id": e.node_id}
-                log.log(logging.WARNING if e.severity == "critical" else logging.INFO, "%s: %s", e.kind, e.message, extra=extra)
-        if self.bus is None:
-            return
-        for entry in out.send:
-            if self.bus.send_command(entry, now_ns):
-                self.state.control.ledger.sent(entry, now_ns)
+    def _send(self, entry: ledger.Entry, now_ns: int) -> bool:
+        return self.bus is not None and self.bus.send_command(entry, now_ns)
 
     def _forward(self, e: events.Event) -> None:
         if self.bus is not None:
             self.bus.send_event(e)
 
-    def _after_batch(self, now_ns: int) -> None:
-        self._handle(self.state.control.on_batch(now_ns), now_ns)
-
     def _on_result(self, node_id: str, result: bus.Result, now_ns: int) -> None:
-        applied = result.applied_cap_w
-        out = self.state.control.on_result(now_ns, id=result.id, ok=result.ok, applied_cap_w=applied, error=result.error)
-        self._handle(out, now_ns)
+        self.state.result(now_ns, id=result.id, ok=result.ok, applied_cap_w=result.applied_cap_w, error=result.error)
         if not result.ok and not result.id:
             log.warning("node %s could not read a command: %s", node_id, result.error, extra={"node_id": node_id})
 
@@ -136,7 +122,7 @@ class Service:
         next_at = time.monotonic()
         while True:
             now_ns = time.time_ns()
-            self._handle(self.state.control.tick(now_ns), now_ns)
+            self.state.tick(now_ns)
             next_at += period
             delay = next_at - time.monotonic()
             if delay < 0:
@@ -158,6 +144,7 @@ class Service:
             self.bus_url = url
             if url is not None:
                 self.state.forward = self._forward
+                self.state.send = self._send
                 self.bus = mqtt.ControllerBus(
                     url=bus.parse_url(url),
                     boot_id=self.boot_id,
@@ -174,11 +161,12 @@ class Service:
                 stack.push_async_callback(msrv.wait_closed)
                 stack.callback(msrv.close)
                 log.info("/metrics on port %d", self.metrics_port)
-            server, self.port = grpc_api.build_server(
+            server = grpc_server.build_server(
                 self.state, self.listen, reflection_on=self.reflection_on, tls_files=server_files(self.cfg)
             )
+            self.port = server.port
             await server.start()
-            await grpc_api.set_serving(server, serving=True)
+            await server.set_serving(serving=True)
             log.info(
                 "xpu-controller serving on port %d (%s); bus %s; budget %s",
                 self.port,
@@ -211,5 +199,5 @@ class Service:
                     done, _ = await asyncio.wait({bus_task}, timeout=SHUTDOWN_BUS_S)
                     if not done:
                         log.warning("MQTT session did not close within %gs; leaving it", SHUTDOWN_BUS_S)
-                await grpc_api.set_serving(server, serving=False)
-                await server.stop(grace=1.0)
+                await server.set_serving(serving=False)
+                await server.stop(1.0)

@@ -18,8 +18,8 @@ import aiomqtt
 import grpc.aio
 import pytest
 
-from xpuctl.controller import config, service
-from xpuctl.controller.adapters import grpc_api
+from xpuctl.controller import config, hub, service
+from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import ingest, registry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,13 +59,13 @@ class Controller:
         self.port = port
         self.target = f"127.0.0.1:{port}"
         self.state_kwargs = state_kwargs
-        self.state: grpc_api.State | None = None
-        self.server: grpc.aio.Server | None = None
+        self.state: hub.Hub | None = None
+        self.server: grpc_server.Server | None = None
 
-    async def start(self) -> grpc_api.State:
+    async def start(self) -> hub.Hub:
         """Start with empty state (as a restarted controller process would have)."""
-        self.state = grpc_api.State(**self.state_kwargs)  # type: ignore[arg-type]
-        self.server, _ = grpc_api.build_server(self.state, self.target)
+        self.state = hub.Hub(**self.state_kwargs)  # type: ignore[arg-type]
+        self.server = grpc_server.build_server(self.state, self.target)
         await self.server.start()
         return self.state
 

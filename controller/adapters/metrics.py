@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from xpuctl.controller.adapters import grpc_api
+from xpuctl.controller import hub
 from xpuctl.controller.core import model
 
 log = logging.getLogger("xpu.controller.metrics")
@@ -58,7 +58,7 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-def render(state: grpc_api.State, now_ns: int) -> str:
+def render(state: hub.Hub, now_ns: int) -> str:
     """The whole exposition, text format 0.0.4."""
     reg, store = state.registry, state.store
     n = len(reg)
@@ -90,7 +90,7 @@ def render(state: grpc_api.State, now_ns: int) -> str:
     return "\n".join(out)
 
 
-def _cluster(state: grpc_api.State, now_ns: int) -> list[str]:
+def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     s = state.views.summary(now_ns)
     c = state.ingest.counters
     p50, p99 = state.ingest.latency.quantiles()
@@ -142,7 +142,7 @@ def _cluster(state: grpc_api.State, now_ns: int) -> list[str]:
     return out
 
 
-async def _handle(state: grpc_api.State, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _handle(state: hub.Hub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         async with asyncio.timeout(10):
             request = await reader.readuntil(b"\r\n\r\n")
@@ -165,7 +165,7 @@ async def _handle(state: grpc_api.State, reader: asyncio.StreamReader, writer: a
             await writer.wait_closed()
 
 
-async def serve(state: grpc_api.State, listen: str) -> asyncio.Server:
+async def serve(state: hub.Hub, listen: str) -> asyncio.Server:
     """Start the /metrics server on HOST:PORT.
 
     Raises:

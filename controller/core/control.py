@@ -1,9 +1,9 @@
 """The closed loop, pure: telemetry in, events and commands out (DESIGN 1 and 8).
 
 `Control` joins the detectors, the power controller and the action ledger over the registry and
-the ring store that ingest fills. The service (controller/service.py) calls it:
+the ring store that ingest fills. The hub (controller/hub.py) calls it:
 
-* `on_batch` after every stored batch: the critical-path detectors on that batch's devices; a
+* `on_batch` with what each batch stored (`ingest.Stored`): the critical-path detectors on that batch's devices; a
   thermal anomaly steps the device down at once (the emergency path, not waiting for the period);
 * `tick` every control period: every detector, node liveness, the power allocation, and the
   ledger's retries and expiries;
@@ -42,7 +42,6 @@ class Control:
         self,
         reg: registry.Registry,
         store: ring.RingStore,
-        ing: ingest.Ingest,
         liveness: registry.Liveness,
         cfg: config.Config,
         *,
@@ -51,7 +50,6 @@ class Control:
         """Wire the rules to the state they read."""
         self.registry = reg
         self.store = store
-        self.ingest = ing
         self.liveness = liveness
         self.cfg = cfg
         self.detectors = detect.Detectors(cfg.detect)
@@ -191,11 +189,11 @@ class Control:
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def on_batch(self, now_ns: int) -> Output:
+    def on_batch(self, stored: ingest.Stored, now_ns: int) -> Output:
         """After a stored batch: critical-path detectors on its devices, emergencies at once."""
         out = Output()
-        self.detectors.note_errors(self.ingest.take_new_errors())
-        slots = self.ingest.stored_slots
+        self.detectors.note_errors(stored.errors)
+        slots = stored.slots
         if slots.size == 0:
             return out
         if not self._urgent(slots):
@@ -221,7 +219,6 @@ class Control:
     def tick(self, now_ns: int) -> Output:
         """One control period."""
         out = Output()
-        self.detectors.note_errors(self.ingest.take_new_errors())
         findings = self.detectors.run(self.registry, self.store, now_ns)
         out.events.extend(self._finding_events(findings, now_ns))
         self._emergencies(findings, now_ns, out)

@@ -92,6 +92,19 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False
 
 
+ErrorEvent = tuple[int, str, int, str, str]
+"""An error event as stored: (timestamp_ns, device uuid, slot, vendor code, text)."""
+
+
+class Stored(msgspec.Struct, frozen=True, kw_only=True):
+    """What one batch left in the store: the Ack's fields, and for the critical path the slots
+    of the devices it stored and the error events it carried."""
+
+    answer: Answer
+    slots: I64 = msgspec.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    errors: list[ErrorEvent] = msgspec.field(default_factory=list)
+
+
 class StreamState:
     """Per-stream protocol state."""
 
@@ -170,10 +183,7 @@ class Ingest:
         self.limits = limits or Limits()
         self.counters = Counters()
         self.latency = LatencyWindow()
-        self.recent_errors: list[tuple[int, str, int, str, str]] = []  # (ts, uuid, slot, code, text)
-        # for the detectors: error events not yet looked at, and the slots of the last batch stored
-        self.new_errors: list[tuple[int, str, int, str, str]] = []
-        self.stored_slots: I64 = np.zeros(0, dtype=np.int64)
+        self.recent_errors: list[ErrorEvent] = []
 
     @staticmethod
     def violation(code: str, reason: str, message: str) -> ProtocolViolation:
@@ -239,13 +249,15 @@ class Ingest:
 
     # -- Batch -------------------------------------------------------------------------------------
 
-    def batch(self, stream: StreamState, cols: BatchColumns, now_ns: int) -> Answer:
+    def batch(self, stream: StreamState, cols: BatchColumns, now_ns: int) -> Stored:
         """Validate and store one batch.
+
+        Returns:
+            The answer, and what was stored (nothing for a duplicate).
 
         Raises:
             ProtocolViolation: see the module docstring.
         """
-        self.stored_slots = np.zeros(0, dtype=np.int64)
         node = stream.node
         if node is None:
             raise self.violation(
@@ -279,7 +291,9 @@ class Ingest:
         if cols.seq <= node.acked_seq:
             node.duplicate_batches += 1
             self.counters.duplicate_batches_total += 1
-            return Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, batch_seq=cols.seq, duplicate=True)
+            return Stored(
+                answer=Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, batch_seq=cols.seq, duplicate=True)
+            )
         gap = cols.seq - node.acked_seq - 1
         if gap:
             node.gap_batches += gap
@@ -287,8 +301,7 @@ class Ingest:
         good, rejected, first = self._check(node, cols)
         slots = node.slots[cols.device[good]]
         self.store.append(slots, cols.timestamp_ns[good], self._with_health(cols, good))
-        self._note_health_and_errors(cols, good, slots)
-        self.stored_slots = slots
+        errors = self._note_health_and_errors(cols, good, slots)
         stored = int(good.sum())
         self.counters.samples_total += stored
         if stored:
@@ -297,13 +310,14 @@ class Ingest:
             node.first_seq = cols.seq
         node.acked_seq = cols.seq
         node.batches_stored += 1
-        return Answer(
+        answer = Answer(
             boot_id=node.boot_id,
             acked_seq=node.acked_seq,
             batch_seq=cols.seq,
             rejected=rejected,
             rejection=first,
         )
+        return Stored(answer=answer, slots=slots, errors=errors)
 
     @staticmethod
     def _with_health(cols: BatchColumns, good: npt.NDArray[np.bool_]) -> F64:
@@ -313,30 +327,28 @@ class Ingest:
         out[:, model.HEALTH] = cols.health[good]
         return out
 
-    def _note_health_and_errors(self, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64) -> None:
+    def _note_health_and_errors(
+        self, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64
+    ) -> list[ErrorEvent]:
+        """Keep the good rows' health reasons; return (and remember) their error events."""
         good_rows = np.flatnonzero(good).tolist()
         reasons = self.registry.health_reason
         for row, slot in zip(good_rows, slots.tolist(), strict=True):
             reasons[slot] = cols.health_reason[row] if cols.health_reason else ""
         if not cols.errors:
-            return
+            return []
         slot_of_row = dict(zip(good_rows, slots.tolist(), strict=True))
+        stored: list[ErrorEvent] = []
         for row, code, text in cols.errors:
             slot = slot_of_row.get(row)
             if slot is None:
                 continue
             self.counters.error_events_total += 1
             uuid = self.registry.infos[slot].uuid
-            event = (int(cols.timestamp_ns[row]), uuid, slot, code, text)
-            self.recent_errors.append(event)
-            self.new_errors.append(event)
+            stored.append((int(cols.timestamp_ns[row]), uuid, slot, code, text))
+        self.recent_errors.extend(stored)
         del self.recent_errors[: -self.MAX_RECENT_ERRORS]
-        del self.new_errors[: -self.MAX_RECENT_ERRORS]
-
-    def take_new_errors(self) -> list[tuple[int, str, int, str, str]]:
-        """Error events stored since the last call: (timestamp_ns, uuid, slot, code, text)."""
-        out, self.new_errors = self.new_errors, []
-        return out
+        return stored
 
     def _check(
         self, node: registry.NodeState, cols: BatchColumns

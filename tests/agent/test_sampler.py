@@ -8,7 +8,7 @@ import time
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import base
 from xpuctl.agent.drivers.sim import SimDriver
-from xpuctl.agent.sampler import Sampler
+from xpuctl.agent.adapters.sampler import Sampler
 
 
 class HangingDriver:

@@ -14,7 +14,7 @@ import pytest
 
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import tool
-from xpuctl.agent.sampler import Sampler
+from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.controller.core.registry import NodeState
 from tests.conftest import ROOT, Controller, Processes, wait_until
 

@@ -99,7 +99,7 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
     # events: a budget change while listening
     listen = asyncio.create_task(xpuctl(ctl.target, "events", "--seconds", "4", "--json", "--kind", "budget."))
     await wait_until(lambda: bool(st.watchers), timeout_s=10, what="xpuctl events to subscribe")
-    st.publish(st.control.set_budget(21000.0, 0).events)
+    st.set_budget(21000.0, 0)
     rc, out, _ = await listen
     lines = [json.loads(x) for x in out.splitlines()]
     assert rc == 0 and any(e["kind"] == "budget.changed" for e in lines)
@@ -111,10 +111,10 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
 
 
 async def test_a_slow_watcher_never_slows_ingest() -> None:
-    from xpuctl.controller.adapters import grpc_api  # noqa: PLC0415
+    from xpuctl.controller import hub  # noqa: PLC0415
     from xpuctl.controller.core import events  # noqa: PLC0415
 
-    st = grpc_api.State()
+    st = hub.Hub()
     stuck: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10)  # a watcher that never reads
     st.watchers.add(stuck)
     evs = [events.Event(timestamp_ns=i, kind="anomaly.raised") for i in range(1000)]
@@ -124,7 +124,7 @@ async def test_a_slow_watcher_never_slows_ingest() -> None:
 
 
 async def test_top_reconnects_by_itself() -> None:
-    from xpuctl.controller import top  # noqa: PLC0415
+    from xpuctl.controller.ctl import top  # noqa: PLC0415
     from tests.conftest import free_port  # noqa: PLC0415
 
     port = free_port()

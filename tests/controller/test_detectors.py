@@ -11,7 +11,7 @@ import pytest
 
 from xpuctl.agent.drivers.sim import faults
 from xpuctl.controller.core import detect
-from xpuctl.controller.simcluster import SimCluster
+from xpuctl.controller.lab.simcluster import SimCluster
 
 VENDORS = ["nvidia", "amd", "ascend", "cambricon", "hygon", "metax", "moorethreads", "enflame",
            "iluvatar", "kunlunxin", "biren", "thead", "sunrise"]

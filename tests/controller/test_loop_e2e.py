@@ -99,7 +99,7 @@ async def test_budget_is_held_while_the_workload_changes(mosquitto: Mosquitto, p
                          timeout_s=40, what="48 devices with 12 samples each")
         demand_w = np.mean([fleet_power_w(ctl)])
         budget_w = round(0.7 * demand_w)
-        st.publish(st.control.set_budget(budget_w, time.time_ns()).events)
+        st.set_budget(budget_w, time.time_ns())
         period = ctl.svc.cfg.power.period_s
         await asyncio.sleep(5 * period)  # five control periods to get there
         seen = []
@@ -135,7 +135,7 @@ async def test_agents_fail_safe_when_the_controller_is_gone(mosquitto: Mosquitto
         processes.start(*agent_args(ctl, mosquitto, "fs", "amd", "--sim-workload", "training", "--failsafe-after-s", "3"))
         st = ctl.svc.state
         await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")
-        st.publish(st.control.set_budget(0.5 * fleet_power_w(ctl), time.time_ns()).events)
+        st.set_budget(0.5 * fleet_power_w(ctl), time.time_ns())
         await wait_until(lambda: (s := state_of(watch, "fs")) is not None and all(
             d.power_limit_w is not None and d.power_limit_w < 300 for d in s.devices), timeout_s=15, what="caps below default")
         stopped_at = time.monotonic()
@@ -244,13 +244,13 @@ async def test_both_sides_reconnect_after_a_broker_restart(mosquitto: Mosquitto,
         st = ctl.svc.state
         await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")
         ledger = st.control.ledger
-        st.publish(st.control.set_budget(0.6 * fleet_power_w(ctl), time.time_ns()).events)
+        st.set_budget(0.6 * fleet_power_w(ctl), time.time_ns())
         await wait_until(lambda: ledger.totals.get("applied", 0) >= 8, timeout_s=15, what="caps applied before the restart")
         mosquitto.kill()
         await asyncio.sleep(1.5)
         mosquitto.start()
         before = ledger.totals.get("applied", 0)
-        st.publish(st.control.set_budget(0.8 * fleet_power_w(ctl), time.time_ns()).events)
+        st.set_budget(0.8 * fleet_power_w(ctl), time.time_ns())
         await wait_until(lambda: ledger.totals.get("applied", 0) >= before + 4, timeout_s=25,
                          what="caps applied after the broker came back")
         assert ctl.svc.bus is not None and ctl.svc.bus.counters.connects >= 2
@@ -271,7 +271,7 @@ async def test_the_loop_runs_on_the_embedded_mqtt311_broker(processes: Processes
                         "--sim-vendor", "cambricon", "--sim-workload", "training", "--reconnect-max-s", "0.5")
         st = ctl.svc.state
         await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")
-        st.publish(st.control.set_budget(0.6 * fleet_power_w(ctl), time.time_ns()).events)
+        st.set_budget(0.6 * fleet_power_w(ctl), time.time_ns())
         await wait_until(lambda: st.control.ledger.totals.get("applied", 0) >= 8, timeout_s=15, what="caps applied over 3.1.1")
     finally:
         await ctl.stop()

@@ -8,7 +8,6 @@ import math
 import grpc.aio
 import pytest
 
-from xpuctl.controller.adapters import grpc_api
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from tests.conftest import Controller, Processes, free_port, wait_until
@@ -118,7 +117,7 @@ async def test_health_and_reflection_are_served(controller: Controller) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc  # noqa: PLC0415
 
     assert controller.server is not None
-    await grpc_api.set_serving(controller.server, serving=True)
+    await controller.server.set_serving(serving=True)
     async with grpc.aio.insecure_channel(controller.target) as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="xpu.v1.Telemetry"), timeout=5)

@@ -41,7 +41,7 @@ class SimCluster:
         self.ingest = ingest.Ingest(self.registry, self.store)
         self.liveness = registry.Liveness()
         self.control = control.Control(
-            self.registry, self.store, self.ingest, self.liveness, self.cfg, prefix="sim"
+            self.registry, self.store, self.liveness, self.cfg, prefix="sim"
         )
         self.now_ns = T0_NS
         self.nodes: list[engine.SimNode] = []
@@ -76,8 +76,8 @@ class SimCluster:
             if k in self.offline:
                 continue
             self.seq[k] += 1
-            self.ingest.batch(self.streams[k], _columns(node, self.seq[k], self.now_ns), self.now_ns)
-            o = self.control.on_batch(self.now_ns)
+            stored = self.ingest.batch(self.streams[k], _columns(node, self.seq[k], self.now_ns), self.now_ns)
+            o = self.control.on_batch(stored, self.now_ns)
             out.events.extend(o.events)
             out.send.extend(o.send)
         return out

@@ -20,7 +20,7 @@ import numpy as np
 
 from xpuctl.agent.drivers.sim import faults
 from xpuctl.controller.core import detect, ingest, model, registry, ring
-from xpuctl.controller.simcluster import SimCluster
+from xpuctl.controller.lab.simcluster import SimCluster
 
 VENDORS = ["nvidia", "amd", "ascend", "cambricon", "hygon", "metax", "moorethreads", "enflame",
            "iluvatar", "kunlunxin", "biren", "thead", "sunrise"]

@@ -25,8 +25,7 @@ import time
 from rich.console import Console
 from rich.live import Live
 
-from xpuctl.controller import config, service
-from xpuctl.controller.adapters import grpc_api
+from xpuctl.controller import config, hub, service
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.tui import view
 
@@ -47,7 +46,7 @@ DEMO_VENDORS = (
 )
 
 
-def snapshot(state: grpc_api.State, now_ns: int, history: list[float]) -> dashboard.Snapshot:
+def snapshot(state: hub.Hub, now_ns: int, history: list[float]) -> dashboard.Snapshot:
     """A dashboard Snapshot straight from the controller's state (no gRPC in the demo)."""
     rows = [
         dashboard.DeviceRow(
@@ -136,7 +135,7 @@ async def run(args: argparse.Namespace) -> int:
             if time.monotonic() - started > AUTO_BUDGET_AFTER_S / 2:  # the fleet is up by then
                 max_power = max(max_power, power)
             if state.budget_w is None and args.budget_w is None and time.monotonic() - started > AUTO_BUDGET_AFTER_S:
-                state.publish(state.control.set_budget(round(AUTO_BUDGET_FRAC * power), now_ns).events)
+                state.set_budget(round(AUTO_BUDGET_FRAC * power), now_ns)
             if live is not None:
                 frame = view.render(snapshot(state, now_ns, history), console.size.width, console.size.height - 1)
                 live.update(frame, refresh=True)

@@ -21,7 +21,7 @@ import msgspec
 import numpy as np
 
 from xpuctl.controller import config
-from xpuctl.controller.simcluster import SimCluster
+from xpuctl.controller.lab.simcluster import SimCluster
 
 # A site that is mostly NVIDIA with AMD, Hygon, Cambricon and Iluvatar beside it (cappable), and
 # a fifth of its nodes on vendors with no public cap setter (fixed loads), per 64 nodes.

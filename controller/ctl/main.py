@@ -3,7 +3,7 @@
 Human tables by default, `--json` for scripts. Exit codes: 0 ok, 2 usage, 3 controller
 unreachable, 4 the controller refused the request (the message says why), 5 not allowed (no or
 a wrong operator credential). `top` is the live
-dashboard (controller/top.py).
+dashboard (controller/ctl/top.py).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from xpuctl.controller.core import dashboard
-from xpuctl.common import pipes, tls
+from xpuctl.common import cli, exits, pipes, tls
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
-EXIT_UNREACHABLE = 3
-EXIT_REFUSED = 4
-EXIT_DENIED = 5
+EXIT_UNREACHABLE = exits.UNREACHABLE
+EXIT_REFUSED = exits.REFUSED
+EXIT_DENIED = exits.DENIED
 TIMEOUT_S = 10.0
 
 HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
@@ -213,7 +213,7 @@ SORT_KEYS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xpuctl", description="xpuctl operator CLI")
+    parser = cli.ArgumentParser(prog="xpuctl", description="xpuctl operator CLI")
     parser.add_argument("--controller", default="127.0.0.1:50051", metavar="HOST:PORT")
     parser.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
     parser.add_argument("--tls-cert-file", default=None, metavar="PEM", help="client certificate (mTLS)")
@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xpuctl: {exc}", file=sys.stderr)
         return 2
     if args.command == "top":
-        from xpuctl.controller import top  # noqa: PLC0415 - only top needs the async client
+        from xpuctl.controller.ctl import top  # noqa: PLC0415 - only top needs the async client
 
         try:
             return top.run(args.controller, interval_s=args.interval_s, once=args.once, credentials=creds, options=options)

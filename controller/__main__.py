@@ -1,0 +1,7 @@
+"""`python -m xpuctl.controller`: the same as `xpu-controller`."""
+
+import sys
+
+from xpuctl.controller import cli
+
+sys.exit(cli.main())

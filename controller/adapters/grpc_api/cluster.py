@@ -1,0 +1,161 @@
+"""The Cluster API (DESIGN 4): reads from the hub's views, verbs through the hub.
+
+Each refusal is a typed error from the core (`controller/errors.py`); this module only maps it to
+a status code, with the error's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+import grpc.aio
+
+from xpuctl.controller import errors, hub
+from xpuctl.controller.adapters import codec
+from xpuctl.controller.core import events, model, operations, views
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
+
+SERVICE = cpb.DESCRIPTOR.services_by_name["Cluster"].full_name
+
+STATUS_OF_ERROR: dict[type[errors.XpuError], grpc.StatusCode] = {
+    errors.BadValue: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MissingTarget: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.MissingReason: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UnknownDevice: grpc.StatusCode.NOT_FOUND,
+    errors.UnknownNode: grpc.StatusCode.NOT_FOUND,
+    errors.UnknownVendor: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+Context = grpc.aio.ServicerContext  # type: ignore[type-arg]
+
+
+async def refuse(context: Context, exc: errors.XpuError) -> NoReturn:
+    """End the call with the status code of `exc` and its message (abort raises)."""
+    await context.abort(STATUS_OF_ERROR.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), str(exc))
+    raise AssertionError  # unreachable: abort raises
+
+
+class ClusterService(cluster_pb2_grpc.ClusterServicer):
+    """The Cluster API."""
+
+    def __init__(self, state: hub.Hub) -> None:
+        """Serve `state`."""
+        self.state = state
+
+    async def GetSummary(self, request: cpb.GetSummaryRequest, context: Context) -> cpb.Summary:  # noqa: N802 - gRPC method name
+        """Cluster totals and ingest statistics."""
+        st = self.state
+        p50, p99 = st.ingest.latency.quantiles()
+        return codec.summary_pb(
+            st.views.summary(time.time_ns()),
+            st.ingest.counters,
+            p50,
+            p99,
+            st.streams_open,
+            st.budget_w,
+            st.control.anomalies_open(),
+        )
+
+    async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:  # noqa: N802
+        """Every node with liveness and delivery counters."""
+        return cpb.ListNodesResponse(nodes=[codec.node_pb(n) for n in self.state.views.nodes(time.time_ns())])
+
+    async def ListDevices(self, request: cpb.ListDevicesRequest, context: Context) -> cpb.ListDevicesResponse:  # noqa: N802
+        """Devices with their latest sample, filtered."""
+        if request.vendor and request.vendor not in model.VENDORS:
+            await refuse(context, errors.UnknownVendor(request.vendor, sorted(model.VENDORS)))
+        devices = self.state.views.devices(time.time_ns(), codec.device_filter(request))
+        return cpb.ListDevicesResponse(devices=[codec.device_pb(d) for d in devices])
+
+    async def GetDevice(self, request: cpb.GetDeviceRequest, context: Context) -> cpb.GetDeviceResponse:  # noqa: N802
+        """One device with the recent history of one metric (default: power) from the ring store."""
+        st = self.state
+        try:
+            slot = operations.device_slot(st.registry, request.uuid, "; `xpuctl devices` lists them")
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        metric = request.metric or pb.METRIC_POWER_W
+        if not 1 <= metric <= len(model.METRICS):
+            await refuse(context, errors.BadValue("metric", metric, f"is not one of 1..{len(model.METRICS)}"))
+        limit = request.limit or st.store.window
+        now_ns = time.time_ns()
+        view = st.views.devices(now_ns, views.DeviceFilter(node_id=st.registry.node_of_slot[slot]))
+        device = next(v for v in view if v.info.uuid == request.uuid)
+        ts, values = st.store.history(slot, metric - 1, limit)
+        return cpb.GetDeviceResponse(
+            device=codec.device_pb(device),
+            history=[
+                cpb.Point(timestamp_ns=int(t), value=float(v)) for t, v in zip(ts, values, strict=True) if v == v
+            ],
+        )
+
+    async def WatchEvents(self, request: cpb.WatchEventsRequest, context: Context) -> AsyncIterator[cpb.Event]:  # noqa: N802
+        """Events as they happen, filtered by kind prefix and node."""
+        q: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10_000)
+        self.state.watchers.add(q)
+        kinds = tuple(request.kinds)
+        try:
+            while True:
+                e = await q.get()
+                if kinds and not e.kind.startswith(kinds):
+                    continue
+                if request.node_id and e.node_id != request.node_id:
+                    continue
+                yield codec.event_pb(e)
+        finally:
+            self.state.watchers.discard(q)
+
+    async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
+        """The budget, the cluster's power now, and whether the budget is feasible."""
+        return self._budget_pb()
+
+    def _budget_pb(self) -> cpb.PowerBudget:
+        st = self.state
+        total = st.views.summary(time.time_ns()).power_w
+        out = cpb.PowerBudget(power_w=total, feasible=st.control.feasible)
+        if st.budget_w is not None:
+            out.budget_w = st.budget_w
+        return out
+
+    async def SetPowerBudget(self, request: cpb.SetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
+        """Set the budget in watts; 0 removes it."""
+        try:
+            self.state.set_budget(request.budget_w, time.time_ns())
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        return self._budget_pb()
+
+    async def SetPriority(self, request: cpb.SetPriorityRequest, context: Context) -> cpb.SetPriorityResponse:  # noqa: N802
+        """Weight of a device or of a node's devices in the power allocation (default 1)."""
+        try:
+            self.state.set_weight(request.weight, device_uuid=request.device_uuid, node_id=request.node_id)
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        return cpb.SetPriorityResponse()
+
+    async def Cordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802
+        """Mark a device, or every device of a node, as not for new work (with a reason)."""
+        return await self._cordon(request, context, cordoned=True)
+
+    async def Uncordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802
+        """Undo Cordon."""
+        return await self._cordon(request, context, cordoned=False)
+
+    async def _cordon(self, request: cpb.CordonRequest, context: Context, *, cordoned: bool) -> cpb.CordonResponse:
+        try:
+            n = self.state.cordon(
+                device_uuid=request.device_uuid,
+                node_id=request.node_id,
+                reason=request.reason,
+                cordoned=cordoned,
+                now_ns=time.time_ns(),
+            )
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        return cpb.CordonResponse(devices=n)

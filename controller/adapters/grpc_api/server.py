@@ -1,0 +1,86 @@
+"""One grpc.aio server with every service: Telemetry, Cluster, health and reflection.
+
+Joins the service modules; decides nothing. Keepalive and message limits are set here, where the
+server is built.
+"""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from xpuctl.common import tls
+from xpuctl.controller import hub
+from xpuctl.controller.adapters.grpc_api import access, cluster, telemetry
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
+
+# Keepalive matched to the agents' (notes A2): accept pings every 10 s, ping idle agents each minute.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class Server:
+    """A started-or-not grpc.aio server, its port, and the health servicer behind `set_serving`."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer, names: list[str]) -> None:
+        """Built by `build_server`."""
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = names
+
+    async def start(self) -> None:
+        """Start serving."""
+        await self.server.start()
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Stop, giving calls `grace_s` to finish (None: cut them at once)."""
+        await self.server.stop(grace_s)
+
+    async def set_serving(self, *, serving: bool) -> None:
+        """Flip every service's health status."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+def build_server(
+    state: hub.Hub, listen: str, *, reflection_on: bool = True, tls_files: tls.ServerFiles | None = None
+) -> Server:
+    """A grpc.aio server with every service added, bound to `listen`.
+
+    With `tls_files` the port is mTLS and `state.policy` is enforced.
+
+    Raises:
+        OSError: the address cannot be bound.
+        tls.TlsError: a TLS file cannot be used.
+    """
+    limit = state.ingest.limits.max_message_bytes
+    credentials = tls.server_credentials(tls_files) if tls_files is not None else None
+    server = grpc.aio.server(
+        interceptors=[access.AccessInterceptor(state)],
+        options=[
+            *SERVER_OPTIONS,
+            # gRPC's own limit sits above ours, so that oversize messages reach our check and counter
+            ("grpc.max_receive_message_length", 2 * limit),
+        ],
+    )
+    server.add_generic_rpc_handlers((telemetry.TelemetryService(state).handler(),))
+    cluster_pb2_grpc.add_ClusterServicer_to_server(cluster.ClusterService(state), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [telemetry.SERVICE, cluster.SERVICE, health.SERVICE_NAME]
+    if reflection_on:
+        names.append(reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    if port == 0:
+        msg = f"cannot listen on {listen!r}: address in use or not valid (expected HOST:PORT)"
+        raise OSError(msg)
+    return Server(server, port, health_servicer, names)

@@ -1,0 +1,77 @@
+"""Telemetry.Stream over raw bytes (DESIGN 4).
+
+Served through a generic handler that receives raw bytes, so that a message that is not valid
+protobuf gets our INVALID_ARGUMENT and a counter rather than gRPC's INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+
+from xpuctl.common import tls
+from xpuctl.controller import hub
+from xpuctl.controller.adapters import codec
+from xpuctl.controller.core import access, ingest
+from xpuctl.controller.errors import ProtocolViolation
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger("xpu.controller.grpc")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Telemetry"].full_name
+
+
+class TelemetryService:
+    """Telemetry.Stream over raw bytes."""
+
+    def __init__(self, state: hub.Hub) -> None:
+        """Serve `state`."""
+        self.state = state
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a server."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(self.stream)}
+        )
+
+    async def stream(
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        """One agent's stream: Hello, then Batches; an Ack for each."""
+        st = self.state
+        stream = ingest.StreamState()
+        identities = tls.peer_identities(context) if st.policy.enforced else frozenset()
+        st.streams_open += 1
+        try:
+            async for raw in requests:
+                now_ns = time.time_ns()
+                try:
+                    answer = self._handle(stream, raw, now_ns, identities)
+                except ProtocolViolation as v:
+                    st.ingest.counters.reject(v.reason)
+                    node = stream.node.node_id if stream.node else "?"
+                    log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
+                    await context.abort(getattr(grpc.StatusCode, v.code), v.message)
+                yield codec.ack(answer)
+        finally:
+            st.streams_open -= 1
+            st.ingest.stream_closed(stream)
+
+    def _handle(
+        self, stream: ingest.StreamState, raw: bytes, now_ns: int, identities: frozenset[str]
+    ) -> ingest.Answer:
+        limit = self.state.ingest.limits.max_message_bytes
+        if len(raw) > limit:
+            msg = f"message of {len(raw)} bytes exceeds the limit of {limit} bytes"
+            raise ProtocolViolation("RESOURCE_EXHAUSTED", "oversize", msg)
+        msg = codec.decode_agent_message(raw)
+        if msg.WhichOneof("kind") == "hello":
+            facts = codec.hello_facts(msg.hello)
+            if (denial := access.check_node(self.state.policy, facts.node_id, identities)) is not None:
+                raise ProtocolViolation(denial.code, "identity_mismatch", denial.message)
+            return self.state.hello(stream, facts, now_ns)
+        return self.state.batch(stream, codec.batch_columns(msg.batch), now_ns)

@@ -1,0 +1,159 @@
+"""The controller's hub: the state it holds, the fan-out of its events, and the operators' verbs.
+
+One `Hub` per controller process, owned by the event loop (no locks). The gRPC services, the
+metrics page, the demo and the service's loops all reach the controller's state through it:
+
+* telemetry goes in through `hello` and `batch` (ingest, then the critical path at once);
+* `tick` runs one control period; `result` takes an agent's answer to a command;
+* the verbs `set_budget`, `set_weight` and `cordon` apply an operator's request after the core's
+  rules (`core/operations.py`) have accepted it, and publish their own events;
+* every event goes through `publish`: the recent list, the counters, each WatchEvents queue and,
+  with a bus, `forward` (to `xpu/v1/events`); every command the loop wants sent goes to `send`.
+
+It decides nothing itself: the rules are in `core/`, and the adapters map its typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from xpuctl.controller import config, errors
+from xpuctl.controller.core import access, control, events, ingest, ledger, model, operations, registry, ring, views
+
+log = logging.getLogger("xpu.controller")
+
+
+class Hub:
+    """Everything the controller holds, and the one way to change it."""
+
+    def __init__(
+        self,
+        *,
+        window: int = 600,
+        liveness: registry.Liveness | None = None,
+        limits: ingest.Limits | None = None,
+        budget_w: float | None = None,
+        cfg: config.Config | None = None,
+        prefix: str = "c",
+    ) -> None:
+        """Empty registry and ring store; the loop's rules with `cfg` (budget_w overrides it)."""
+        cfg = cfg or config.Config()
+        if budget_w is not None:
+            cfg = msgspec.structs.replace(cfg, power=msgspec.structs.replace(cfg.power, budget_w=budget_w))
+        self.cfg = cfg
+        self.registry = registry.Registry()
+        self.store = ring.RingStore(n_metrics=model.N_STORED, window=window)
+        self.ingest = ingest.Ingest(self.registry, self.store, limits=limits)
+        self.liveness = liveness or registry.Liveness()
+        self.views = views.Views(self.registry, self.store, self.liveness)
+        self.control = control.Control(self.registry, self.store, self.liveness, cfg, prefix=prefix)
+        self.views.anomalies_of = self.control.detectors.open_kinds
+        self.streams_open = 0
+        self.recent_events: collections.deque[events.Event] = collections.deque(maxlen=1000)
+        self.watchers: set[asyncio.Queue[events.Event]] = set()
+        self.events_dropped = 0
+        self.event_counts: dict[str, int] = {}  # by kind, since start
+        self.raised_by_detector: dict[str, int] = {}  # anomaly.raised by detector, since start
+        self.policy = access.Policy()  # who may do what; set by the service when TLS is on
+        self.denied: dict[str, int] = {}  # refused Cluster calls, by status code name
+        # set by the service when there is a bus: every event, and each command to send
+        self.forward: Callable[[events.Event], None] | None = None
+        self.send: Callable[[ledger.Entry, int], bool] | None = None
+
+    @property
+    def budget_w(self) -> float | None:
+        """The cluster power budget (None: no budget)."""
+        return self.control.power.budget_w
+
+    # -- telemetry in ------------------------------------------------------------------------------
+
+    def hello(self, stream: ingest.StreamState, facts: ingest.HelloFacts, now_ns: int) -> ingest.Answer:
+        """A stream's Hello (see `ingest.Ingest.hello`, which raises ProtocolViolation)."""
+        return self.ingest.hello(stream, facts, now_ns)
+
+    def batch(self, stream: ingest.StreamState, cols: ingest.BatchColumns, now_ns: int) -> ingest.Answer:
+        """Store one batch, then run the critical path on what it stored; the Ack's fields."""
+        stored = self.ingest.batch(stream, cols, now_ns)
+        self.handle(self.control.on_batch(stored, now_ns), now_ns)
+        return stored.answer
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def tick(self, now_ns: int) -> None:
+        """One control period."""
+        self.handle(self.control.tick(now_ns), now_ns)
+
+    def result(self, now_ns: int, *, id: str, ok: bool, applied_cap_w: float | None, error: str) -> None:  # noqa: A002
+        """An agent's answer to a command."""
+        self.handle(self.control.on_result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error), now_ns)
+
+    def handle(self, out: control.Output, now_ns: int) -> None:
+        """Publish a step's events and send its commands (when there is a bus to send them on)."""
+        self.publish(out.events)
+        for e in out.events:
+            if e.severity in ("critical", "warning"):
+                extra = {"node_id": e.node_id, "hw.id": e.device_uuid} if e.device_uuid else {"node_id": e.node_id}
+                level = logging.WARNING if e.severity == "critical" else logging.INFO
+                log.log(level, "%s: %s", e.kind, e.message, extra=extra)
+        if self.send is None:
+            return
+        for entry in out.send:
+            if self.send(entry, now_ns):
+                self.control.ledger.sent(entry, now_ns)
+
+    def publish(self, evs: list[events.Event]) -> None:
+        """Hand events to WatchEvents streams (a slow watcher loses events, counted) and onwards."""
+        for e in evs:
+            self.recent_events.append(e)
+            self.event_counts[e.kind] = self.event_counts.get(e.kind, 0) + 1
+            if e.kind == "anomaly.raised":
+                self.raised_by_detector[e.detector] = self.raised_by_detector.get(e.detector, 0) + 1
+            if self.forward is not None:
+                self.forward(e)
+            for q in self.watchers:
+                try:
+                    q.put_nowait(e)
+                except asyncio.QueueFull:
+                    self.events_dropped += 1
+
+    # -- the operators' verbs ----------------------------------------------------------------------
+
+    def set_budget(self, budget_w: float, now_ns: int) -> None:
+        """Set the cluster budget in watts; 0 removes it.
+
+        Raises:
+            errors.BadValue: not a finite number of watts >= 0.
+        """
+        self.publish(self.control.set_budget(operations.budget(budget_w), now_ns).events)
+
+    def set_weight(self, weight: float, *, device_uuid: str = "", node_id: str = "") -> None:
+        """The weight of one device, or of every device of a node, in the power allocation.
+
+        Raises:
+            errors.BadValue: the weight is outside its range.
+            errors.UnknownDevice, errors.UnknownNode, errors.MissingTarget: see `operations`.
+        """
+        w = operations.weight(weight)
+        if device_uuid:
+            self.control.device_weight[operations.device_slot(self.registry, device_uuid)] = w
+        elif node_id:
+            if node_id not in self.registry.nodes:
+                raise errors.UnknownNode(node_id)
+            self.control.node_weight[node_id] = w
+        else:
+            raise errors.MissingTarget
+
+    def cordon(self, *, device_uuid: str, node_id: str, reason: str, cordoned: bool, now_ns: int) -> int:
+        """Cordon (or uncordon) a device or every device of a node; the number of devices.
+
+        Raises:
+            errors.UnknownDevice, errors.UnknownNode, errors.MissingTarget, errors.MissingReason.
+        """
+        slots = operations.target_slots(self.registry, device_uuid=device_uuid, node_id=node_id)
+        self.publish(operations.cordon(self.registry, slots, cordoned=cordoned, reason=reason, now_ns=now_ns))
+        return len(slots)
