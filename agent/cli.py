@@ -119,13 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--interval-s", type=_positive(float), default=1.0)
     run.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
     run.add_argument(
-        "--rediscover-s", type=_positive(float), default=30.0,
+        "--rediscover-s",
+        type=_positive(float),
+        default=30.0,
         help="try drivers whose discovery failed again this often (their devices join as a new boot)",
     )
     run.add_argument("--buffer-batches", type=_positive(int), default=600)
-    run.add_argument(
-        "--reconnect-max-s", type=_positive(float), default=30.0, help="cap of the reconnect backoff"
-    )
+    run.add_argument("--reconnect-max-s", type=_positive(float), default=30.0, help="cap of the reconnect backoff")
     run.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
     run.add_argument("--tls-cert-file", default=None, metavar="PEM", help="this node's certificate (mTLS)")
@@ -357,7 +357,7 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-agent`."""
     parser = _parser()
-    if argv is None and sys.argv[1:2] == ["validate"] or (argv is not None and list(argv)[:1] == ["validate"]):
+    if (argv is None and sys.argv[1:2] == ["validate"]) or (argv is not None and list(argv)[:1] == ["validate"]):
         args = parser.parse_args(argv)
         try:
             cfg = agent_config.load(args.config, os.environ)

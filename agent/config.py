@@ -1,6 +1,7 @@
 """Agent settings from TOML (`[agent]`), with `XPU_AGENT_<KEY>` environment variables on top;
 flags on the command line win over both (DESIGN 6). Unknown keys are errors naming the key.
-Nothing else in the agent reads files or the environment for settings."""
+Nothing else in the agent reads files or the environment for settings.
+"""
 
 from __future__ import annotations
 

@@ -17,9 +17,9 @@ import grpc.aio
 
 from xpuctl import agent
 from xpuctl.agent.adapters import codec, link, mqtt
+from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import actuator, buffer, model
 from xpuctl.agent.drivers.base import DriverError
-from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.common import tls
 from xpuctl.protos.xpu.v1 import bus
 
@@ -125,7 +125,7 @@ class Agent:
                 if self.link.connected:  # let the old boot's last batches reach the controller
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(2 * self.interval_s):
-                            while len(self.buffer):
+                            while len(self.buffer):  # noqa: ASYNC110 - the link drains it; bounded above
                                 await asyncio.sleep(0.05)
                 raise _NewDevicesError
 
@@ -137,10 +137,14 @@ class Agent:
         self.seq = 0
         self.buffer = buffer.BatchBuffer(self.buffer.capacity)
         self.link.boot_id, self.link.batches = self.boot_id, self.buffer
-        log.warning("node %s: %d device(s) now; streaming them as a new boot %s%s", self.node_id,
-                    len(self.devices), self.boot_id,
-                    f" ({unsent} unacknowledged batch(es) of the old boot left behind)" if unsent else "",
-                    extra={"node_id": self.node_id})
+        log.warning(
+            "node %s: %d device(s) now; streaming them as a new boot %s%s",
+            self.node_id,
+            len(self.devices),
+            self.boot_id,
+            f" ({unsent} unacknowledged batch(es) of the old boot left behind)" if unsent else "",
+            extra={"node_id": self.node_id},
+        )
 
     async def leave(self) -> None:
         """Say `offline` on the bus while the session is still up: call before cancelling `run`.
@@ -179,9 +183,7 @@ class Agent:
         samples, rows = await self.sampler.sample(time.time_ns())
         self.seq += 1
         self.buffer.make_room()
-        payload = codec.batch(
-            seq=self.seq, dropped_total=self.buffer.dropped_total, samples=samples, rows=rows
-        )
+        payload = codec.batch(seq=self.seq, dropped_total=self.buffer.dropped_total, samples=samples, rows=rows)
         self.buffer.append(self.seq, payload)
         self.link.wake()
 
@@ -191,6 +193,5 @@ class Agent:
             await self.tick()
             next_at += self.interval_s
             now = time.monotonic()
-            if next_at < now:  # fell behind (suspended, overloaded): skip, do not burst
-                next_at = now
+            next_at = max(next_at, now)  # fell behind (suspended, overloaded): skip, do not burst
             await asyncio.sleep(next_at - now)

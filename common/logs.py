@@ -11,7 +11,7 @@ Lives under protos/ for the same reason as systemd.py: both programs use it.
 
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import json
 import logging
 import os
@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record`."""
-        ts = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        ts = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
         out: dict[str, object] = {
             "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),

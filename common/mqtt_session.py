@@ -101,7 +101,7 @@ class Sessions:
 
     async def run(self) -> None:
         """Connect, run the session, reconnect; until cancelled."""
-        rng = random.Random()
+        rng = random.Random()  # noqa: S311 - jitter, not a secret
         attempt = 0
         candidates = protocols(self.url)
         while True:
@@ -117,8 +117,14 @@ class Sessions:
                     # never connected yet: the broker may not speak this version; try the next
                     # one at once, and keep rotating (with backoff per round) until one works
                     candidates = [*candidates[1:], candidates[0]]
-                    log.info("broker %s:%d: %s with %s; trying %s", self.url.host, self.url.port, exc,
-                             protocol.name, candidates[0].name)
+                    log.info(
+                        "broker %s:%d: %s with %s; trying %s",
+                        self.url.host,
+                        self.url.port,
+                        exc,
+                        protocol.name,
+                        candidates[0].name,
+                    )
                     if candidates[0] != protocols(self.url)[0]:
                         continue
                 self.lost(str(exc))

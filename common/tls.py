@@ -72,7 +72,7 @@ def _client_pair(cert_file: str | None, key_file: str | None) -> tuple[bytes, by
 
 
 def channel_credentials(files: ClientFiles) -> grpc.ChannelCredentials:
-    """gRPC channel credentials: the CA, plus our certificate and key when both are given.
+    """GRPC channel credentials: the CA, plus our certificate and key when both are given.
 
     Raises:
         TlsError: a file is missing or not PEM, or only one of certificate and key is given.
@@ -117,7 +117,9 @@ def channel_options(files: ClientFiles | None) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", files.server_name)]
 
 
-def secure_channel(target: str, files: ClientFiles | None, options: list[tuple[str, int]] | None = None) -> grpc.aio.Channel:
+def secure_channel(
+    target: str, files: ClientFiles | None, options: list[tuple[str, int]] | None = None
+) -> grpc.aio.Channel:
     """A grpc.aio channel: TLS with `files`, plaintext without."""
     opts: list[tuple[str, int | str]] = [*(options or []), *channel_options(files)]
     if files is None:
@@ -126,7 +128,7 @@ def secure_channel(target: str, files: ClientFiles | None, options: list[tuple[s
 
 
 def server_credentials(files: ServerFiles) -> grpc.ServerCredentials:
-    """mTLS server credentials: every client must present a certificate that chains to the CA.
+    """MTLS server credentials: every client must present a certificate that chains to the CA.
 
     Raises:
         TlsError: a file is missing or not PEM.
@@ -157,7 +159,8 @@ def ssl_context(ca_file: str | None, cert_file: str | None, key_file: str | None
         read_pem("CA file", ca_file)
     ctx = ssl.create_default_context(cafile=ca_file)
     if _client_pair(cert_file, key_file) is not None:
-        assert cert_file is not None and key_file is not None  # _client_pair checked both
+        assert cert_file is not None  # noqa: S101 - _client_pair checked both; narrows the types
+        assert key_file is not None  # noqa: S101
         try:
             ctx.load_cert_chain(cert_file, key_file)
         except ssl.SSLError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import json
+import logging
 import os
 import signal
 import sys
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import msgspec
 
+from xpuctl.common import cli, exits, logs, pipes, systemd, tls
 from xpuctl.controller import config, service
 from xpuctl.controller.core import ingest, registry
-from xpuctl.common import cli, exits, logs, pipes, systemd, tls
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -190,11 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.scenario == "detect":
         from xpuctl.controller.lab import detectbench  # noqa: PLC0415 - only this bench needs the simulator
 
-        return detectbench.run(args.nodes, args.simulated_s, args.devices, args.seed, args.json)
+        return detectbench.run(args.nodes, args.simulated_s, args.devices, args.seed, as_json=args.json)
     if args.command == "bench" and args.scenario == "power":
         from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 
-        return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, args.json)
+        return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, as_json=args.json)
     if args.command == "bench":
         from xpuctl.controller.lab import bench  # noqa: PLC0415 - only the bench needs it
 

@@ -13,8 +13,8 @@ from typing import Annotated
 
 import msgspec
 
-from xpuctl.controller.errors import XpuError
 from xpuctl.common import settings
+from xpuctl.controller.errors import XpuError
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -201,9 +201,12 @@ def _check_tls(cfg: Config, where: str) -> None:
     """Rules across keys: TLS files all or none; credentials only over TLS."""
     t = cfg.tls
     given = [k for k in ("cert_file", "key_file", "client_ca_file") if getattr(t, k) is not None]
-    if given and len(given) != 3:  # noqa: PLR2004 - the three files
+    if given and len(given) != 3:
         missing = sorted({"cert_file", "key_file", "client_ca_file"} - set(given))
-        raise ConfigError(where, f"[tls] needs cert_file, key_file and client_ca_file together; missing {', '.join(missing)} - at $.tls")
+        raise ConfigError(
+            where,
+            f"[tls] needs cert_file, key_file and client_ca_file together; missing {', '.join(missing)} - at $.tls",
+        )
     if not t.on and (cfg.auth.operator_identities or cfg.auth.operator_tokens_file):
         raise ConfigError(
             where,

@@ -7,7 +7,7 @@ class XpuError(Exception):
     """Base of every error xpuctl raises on purpose."""
 
 
-class ProtocolViolation(XpuError):  # noqa: N818 - it is an error; the name is the concept
+class ProtocolViolation(XpuError):
     """An agent broke the stream protocol; the stream ends with `code` (a grpc.StatusCode name)."""
 
     def __init__(self, code: str, reason: str, message: str) -> None:

@@ -16,11 +16,11 @@ import pathlib
 import time
 import uuid
 
+from xpuctl.common import tls
 from xpuctl.controller import config, hub
 from xpuctl.controller.adapters import broker, metrics, mqtt
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import access, events, ingest, ledger, registry
-from xpuctl.common import tls
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Writes deploy/xpu-controller.example.toml from controller/config.py: every key, its default and
-its docstring. tests/test_config.py fails when the file is stale; run this script to refresh it."""
+its docstring. tests/test_config.py fails when the file is stale; run this script to refresh it.
+"""
 
 from __future__ import annotations
 
 import ast
+import itertools
 import pathlib
 import sys
 
@@ -22,7 +24,7 @@ def docstrings() -> dict[tuple[str, str], str]:
     out = {}
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
         body = cls.body
-        for a, b in zip(body, body[1:], strict=False):
+        for a, b in itertools.pairwise(body):
             is_field = isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
             is_doc = isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)
             if is_field and is_doc:
@@ -31,6 +33,7 @@ def docstrings() -> dict[tuple[str, str], str]:
 
 
 def toml_value(v: object) -> str:
+    """`v` written as a TOML value."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
@@ -41,6 +44,7 @@ def toml_value(v: object) -> str:
 
 
 def render() -> str:
+    """The whole example config, every key with its default and its docstring."""
     docs = docstrings()
     lines = [
         "# xpu-controller settings (TOML): every key with its default. Generated from",

@@ -38,7 +38,7 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     written = sorted((out_dir / "xpu" / "v1").glob("*_pb2*.py*"))
     for path in written:
         text = path.read_text()
-        text = re.sub(r"^from xpu\.v1 import", "from xpuctl.protos.xpu.v1 import", text, flags=re.M)
+        text = re.sub(r"^from xpu\.v1 import", "from xpuctl.protos.xpu.v1 import", text, flags=re.MULTILINE)
         path.write_text(text)
     return written
 

@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiomqtt
-import grpc.aio
 import pytest
 
 from xpuctl.controller import config, hub, service
@@ -44,8 +43,15 @@ async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: s
 async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:
     """Run the xpuctl CLI against `target` without blocking the loop that serves it: (rc, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xpuctl.controller.ctl", "--controller", target, *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "xpuctl.controller.ctl",
+        "--controller",
+        target,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
@@ -79,8 +85,11 @@ class Controller:
 @pytest.fixture
 async def controller() -> AsyncIterator[Controller]:
     """A started in-process controller; stale after 2 s."""
-    c = Controller(free_port(), liveness=registry.Liveness(stale_after_s=2.0, offline_after_s=10.0),
-                   limits=ingest.Limits(max_message_bytes=64 * 1024, max_rows_per_batch=64))
+    c = Controller(
+        free_port(),
+        liveness=registry.Liveness(stale_after_s=2.0, offline_after_s=10.0),
+        limits=ingest.Limits(max_message_bytes=64 * 1024, max_rows_per_batch=64),
+    )
     await c.start()
     yield c
     await c.stop()
@@ -100,16 +109,30 @@ class Processes:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         log = self.log_dir / f"proc-{len(self.procs)}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
         self.procs.append(proc)
         self.logs.append(log)
         return proc
 
     def agent(self, controller: str, node_id: str, vendor: str, *extra: str) -> subprocess.Popen[bytes]:
         """An `xpu-agent run` of 8 simulated devices of `vendor`."""
-        return self.start("xpuctl.agent.cli", "run", "--node-id", node_id, "--controller", controller,
-                          "--sim-vendor", vendor, "--sim-devices", "8", "--reconnect-max-s", "0.5", *extra)
+        return self.start(
+            "xpuctl.agent.cli",
+            "run",
+            "--node-id",
+            node_id,
+            "--controller",
+            controller,
+            "--sim-vendor",
+            vendor,
+            "--sim-devices",
+            "8",
+            "--reconnect-max-s",
+            "0.5",
+            *extra,
+        )
 
     def stop_all(self) -> None:
         """SIGTERM, then SIGKILL what lingers."""
@@ -172,7 +195,7 @@ class Mosquitto:
                     return
             if self.proc.poll() is not None:
                 pytest.fail(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)  # noqa: ASYNC251 - startup poll of a child process, before any loop work
+            time.sleep(0.02)
         pytest.fail("mosquitto did not listen within 10 s")
 
     def kill(self) -> None:

@@ -16,19 +16,35 @@ import pytest
 
 from tests.conftest import ROOT, Controller, Processes, free_port, wait_until
 
-ONCE_KEYS = {"index", "uuid", "vendor", "model", "bus_id", "memory_total_bytes", "power_limit_min_w",
-             "power_limit_max_w", "power_limit_default_w", "power_cap_settable", "power_w", "power_limit_w",
-             "temperature_c", "utilization", "memory_used_bytes"}
+ONCE_KEYS = {
+    "index",
+    "uuid",
+    "vendor",
+    "model",
+    "bus_id",
+    "memory_total_bytes",
+    "power_limit_min_w",
+    "power_limit_max_w",
+    "power_limit_default_w",
+    "power_cap_settable",
+    "power_w",
+    "power_limit_w",
+    "temperature_c",
+    "utilization",
+    "memory_used_bytes",
+}
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 async def arun(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", *args, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -40,15 +56,18 @@ def test_agent_once_prints_normalised_json() -> None:
     rows = json.loads(r.stdout)
     assert len(rows) == 3
     for i, row in enumerate(rows):
-        assert ONCE_KEYS <= row.keys()
+        assert row.keys() >= ONCE_KEYS
         assert (row["index"], row["vendor"], row["model"]) == (i, "kunlunxin", "P800 PCIe")
         assert row["power_cap_settable"] is False
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--sim-vendor", "acme"], "unknown vendor 'acme'"), (["--sim-fault", "melt"], "unknown kind 'melt'"),
-     (["--sim-devices", "0"], "must be a number > 0")],
+    [
+        (["--sim-vendor", "acme"], "unknown vendor 'acme'"),
+        (["--sim-fault", "melt"], "unknown kind 'melt'"),
+        (["--sim-devices", "0"], "must be a number > 0"),
+    ],
 )
 def test_agent_bad_arguments_are_named(args: list[str], message: str) -> None:
     r = run("xpuctl.agent.cli", "once", *args)
@@ -69,8 +88,11 @@ async def test_xpuctl_against_a_live_controller(controller: Controller, processe
     processes.agent(controller.target, "ctl-b", "thead", "--interval-s", "0.2")
     st = controller.state
     assert st is not None
-    await wait_until(lambda: len(st.registry) == 16 and all(n.acked_seq > 1 for n in st.registry.nodes.values()),
-                     timeout_s=30, what="two agents")
+    await wait_until(
+        lambda: len(st.registry) == 16 and all(n.acked_seq > 1 for n in st.registry.nodes.values()),
+        timeout_s=30,
+        what="two agents",
+    )
     c = ("xpuctl.controller.ctl", "--controller", controller.target)
     rc, out, err = await arun(*c, "summary", "--json")
     assert rc == 0, err
@@ -81,8 +103,19 @@ async def test_xpuctl_against_a_live_controller(controller: Controller, processe
     rc, out, _ = await arun(*c, "devices", "--json", "--vendor", "thead", "--sort", "power")
     devices = json.loads(out)
     assert rc == 0 and len(devices) == 8
-    assert {"node_id", "uuid", "index", "vendor", "model", "health", "power_w", "power_limit_w",
-            "temperature_c", "utilization", "cordoned"} <= devices[0].keys()
+    assert {
+        "node_id",
+        "uuid",
+        "index",
+        "vendor",
+        "model",
+        "health",
+        "power_w",
+        "power_limit_w",
+        "temperature_c",
+        "utilization",
+        "cordoned",
+    } <= devices[0].keys()
     powers = [d["power_w"] for d in devices]
     assert powers == sorted(powers, reverse=True)
     rc, out, _ = await arun(*c, "nodes", "--json")
@@ -102,27 +135,53 @@ def test_xpuctl_unreachable_controller_exits_3() -> None:
 
 
 def test_bench_reports_the_contract_keys() -> None:
-    r = run("xpuctl.controller.cli", "bench", "--devices", "40", "--interval-s", "0.5", "--duration-s", "6",
-            "--ramp-s", "1", "--json", timeout=120)
+    r = run(
+        "xpuctl.controller.cli",
+        "bench",
+        "--devices",
+        "40",
+        "--interval-s",
+        "0.5",
+        "--duration-s",
+        "6",
+        "--ramp-s",
+        "1",
+        "--json",
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    for key in ("samples_per_s", "controller_cpu_us_per_sample", "ingest_p50_ms", "ingest_p99_ms",
-                "controller_rss_bytes"):
+    for key in (
+        "samples_per_s",
+        "controller_cpu_us_per_sample",
+        "ingest_p50_ms",
+        "ingest_p99_ms",
+        "controller_rss_bytes",
+    ):
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     assert result["devices_registered"] == 40
     assert 0.5 * 80 < result["samples_per_s"] < 1.5 * 80  # 40 devices every 0.5 s
 
 
 def test_demo_runs_a_mixed_fleet_and_exits() -> None:
-    r = run("xpuctl.controller.cli", "--log-level", "WARNING", "demo", "--nodes", "16", "--duration-s", "4",
-            timeout=60)
+    r = run("xpuctl.controller.cli", "--log-level", "WARNING", "demo", "--nodes", "16", "--duration-s", "4", timeout=60)
     assert r.returncode == 0, r.stderr
     assert "demo: 128 devices of 13 vendors on 16 nodes" in r.stdout
 
 
 def test_bench_power_reports_each_policy() -> None:
-    r = run("xpuctl.controller.cli", "bench", "--scenario", "power", "--nodes", "4", "--simulated-s", "40", "--json",
-            timeout=120)
+    r = run(
+        "xpuctl.controller.cli",
+        "bench",
+        "--scenario",
+        "power",
+        "--nodes",
+        "4",
+        "--simulated-s",
+        "40",
+        "--json",
+        timeout=120,
+    )
     assert r.returncode in (0, 1), r.stderr  # 1 = the loop did not beat the static cap on this tiny run
     out = json.loads(r.stdout)
     assert [x["policy"] for x in out["runs"]] == ["uncapped", "static", "xpuctl"]
@@ -133,13 +192,33 @@ def test_bench_power_reports_each_policy() -> None:
 
 
 def test_bench_detect_reports_false_alarms_and_delays() -> None:
-    r = run("xpuctl.controller.cli", "bench", "--scenario", "detect", "--nodes", "2", "--simulated-s", "60",
-            "--devices", "800", "--json", timeout=120)
+    r = run(
+        "xpuctl.controller.cli",
+        "bench",
+        "--scenario",
+        "detect",
+        "--nodes",
+        "2",
+        "--simulated-s",
+        "60",
+        "--devices",
+        "800",
+        "--json",
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["healthy"]["false_alarms"] == 0
-    assert set(out["faults"]) == {"thermal_runaway", "power_spike", "ecc_storm", "xid", "stuck", "straggler",
-                                  "fall_off_bus", "driver_hang"}
+    assert set(out["faults"]) == {
+        "thermal_runaway",
+        "power_spike",
+        "ecc_storm",
+        "xid",
+        "stuck",
+        "straggler",
+        "fall_off_bus",
+        "driver_hang",
+    }
     assert all(f["detector"] for f in out["faults"].values())
     assert out["pass"]["devices"] == 800
 
@@ -166,12 +245,28 @@ def test_reserved_node_id_is_refused() -> None:
 
 
 def test_demo_headless_reports_anomalies_and_actions() -> None:
-    r = run("xpuctl.controller.cli", "--log-level", "WARNING", "demo", "--headless", "--duration-s", "20", "--json",
-            timeout=90)
+    r = run(
+        "xpuctl.controller.cli",
+        "--log-level",
+        "WARNING",
+        "demo",
+        "--headless",
+        "--duration-s",
+        "20",
+        "--json",
+        timeout=90,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) >= {"devices", "vendors", "anomalies_raised", "anomalies_cleared", "actions_applied",
-                        "max_power_w", "budget_w"}
+    assert set(out) >= {
+        "devices",
+        "vendors",
+        "anomalies_raised",
+        "anomalies_cleared",
+        "actions_applied",
+        "max_power_w",
+        "budget_w",
+    }
     assert out["devices"] == 128 and out["vendors"] >= 6
     assert out["anomalies_raised"] >= 1 and out["actions_applied"] >= 1
     assert out["budget_w"] is not None and out["max_power_w"] > 0
@@ -187,7 +282,9 @@ def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pa
         deadline = time.monotonic() + 45
         screen = ""
         while time.monotonic() < deadline:
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+            screen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
             if re.search(r"anomalies open [1-9]", screen) and "budget" in screen and "no budget" not in screen:
                 break
             time.sleep(0.5)  # polling another process's screen; there is nothing to wait on
@@ -208,8 +305,18 @@ def test_agent_parse_prints_normalised_json_or_a_clear_error(tmp_path: pathlib.P
     rows = json.loads(r.stdout)
     assert [x["model"] for x in rows] == ["Ascend 310P3", "Ascend 310P3"]
     assert rows[0]["power_w"] is None and rows[0]["temperature_c"] == 37.0  # NA is absent, not 0
-    for key in ("index", "uuid", "vendor", "bus_id", "memory_total_bytes", "power_limit_max_w", "power_cap_settable",
-                "power_limit_w", "utilization", "memory_used_bytes"):
+    for key in (
+        "index",
+        "uuid",
+        "vendor",
+        "bus_id",
+        "memory_total_bytes",
+        "power_limit_max_w",
+        "power_cap_settable",
+        "power_limit_w",
+        "utilization",
+        "memory_used_bytes",
+    ):
         assert key in rows[0]
     bad = tmp_path / "bad.txt"
     bad.write_text("not an npu-smi table\n")
@@ -224,17 +331,33 @@ def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
     read_end, write_end = os.pipe()
     os.close(read_end)  # every write is EPIPE
     try:
-        return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
-                              text=True, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         os.close(write_end)
 
 
-@pytest.mark.parametrize("args", [
-    ("xpuctl.agent.cli", "parse", "hygon", str(ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json")),
-    ("xpuctl.agent.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-agent.example.toml")),
-    ("xpuctl.controller.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-controller.example.toml")),
-], ids=["xpu-agent parse", "xpu-agent validate", "xpu-controller validate"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (
+            "xpuctl.agent.cli",
+            "parse",
+            "hygon",
+            str(ROOT / "tests" / "fixtures" / "vendor-smi" / "hygon" / "rocm-smi-hygon-24.04.3_json.json"),
+        ),
+        ("xpuctl.agent.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-agent.example.toml")),
+        ("xpuctl.controller.cli", "validate", "--config", str(ROOT / "deploy" / "xpu-controller.example.toml")),
+    ],
+    ids=["xpu-agent parse", "xpu-agent validate", "xpu-controller validate"],
+)
 def test_output_into_a_reader_that_left_exits_quietly(args: tuple[str, ...]) -> None:
     """`... | head`: no traceback, exit 141 like other tools that SIGPIPE ends."""
     r = run_into_a_closed_pipe(*args)

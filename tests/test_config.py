@@ -1,5 +1,6 @@
 """Controller settings: the example file, precedence (flags > XPU_* environment > file > defaults),
-and bad input named by its path."""
+and bad input named by its path.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pathlib
 
 import pytest
 
-from xpuctl.controller import cli, config
 from tests.conftest import ROOT
+from xpuctl.controller import cli, config
 
 EXAMPLE = ROOT / "deploy" / "xpu-controller.example.toml"
 
@@ -26,22 +27,25 @@ def test_example_config_is_fresh_and_valid() -> None:
 
 def test_precedence_flags_over_environment_over_file(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = tmp_path / "c.toml"
-    f.write_text("[power]\nbudget_w = 1000.0\nperiod_s = 2.0\n[bus]\nroot = \"site/v1\"\n")
+    f.write_text('[power]\nbudget_w = 1000.0\nperiod_s = 2.0\n[bus]\nroot = "site/v1"\n')
     cfg = config.load(f, {"XPU_POWER_BUDGET_W": "2000", "XPU_DETECT_SPIKE_Z": "7.5", "HOME": "/root"})
     assert (cfg.power.budget_w, cfg.power.period_s, cfg.detect.spike_z, cfg.bus.root) == (2000.0, 2.0, 7.5, "site/v1")
     args = argparse.Namespace(config=str(f), budget_w=3000.0, control_period_s=None, mqtt=None)
     monkeypatch.setenv("XPU_POWER_BUDGET_W", "2000")
-    assert cli._config(args).power.budget_w == 3000.0  # noqa: SLF001 - the flag wins
+    assert cli._config(args).power.budget_w == 3000.0
     args.budget_w = None
-    assert cli._config(args).power.budget_w == 2000.0  # noqa: SLF001 - then the environment
+    assert cli._config(args).power.budget_w == 2000.0
 
 
-@pytest.mark.parametrize(("text", "env", "fragment"), [
-    ("[power]\nbudjet = 5\n", {}, "unknown field `budjet` - at `$.power`"),
-    ("[power]\nbudget_w = -1.0\n", {}, "$.power.budget_w"),
-    ("[power\n", {}, "not valid TOML"),
-    ("", {"XPU_DETECT_STUCK_SAMPLES": "zero"}, "$.detect.stuck_samples"),
-])
+@pytest.mark.parametrize(
+    ("text", "env", "fragment"),
+    [
+        ("[power]\nbudjet = 5\n", {}, "unknown field `budjet` - at `$.power`"),
+        ("[power]\nbudget_w = -1.0\n", {}, "$.power.budget_w"),
+        ("[power\n", {}, "not valid TOML"),
+        ("", {"XPU_DETECT_STUCK_SAMPLES": "zero"}, "$.detect.stuck_samples"),
+    ],
+)
 def test_bad_settings_name_the_key(tmp_path: pathlib.Path, text: str, env: dict[str, str], fragment: str) -> None:
     f = tmp_path / "bad.toml"
     f.write_text(text)
@@ -55,12 +59,22 @@ def test_validate_exits_78_naming_the_key(tmp_path: pathlib.Path) -> None:
     import sys  # noqa: PLC0415
 
     bad = tmp_path / "bad.toml"
-    bad.write_text("[detect]\nthermal_margin_c = \"hot\"\n")
-    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "validate", "--config", str(bad)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=30)
+    bad.write_text('[detect]\nthermal_margin_c = "hot"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "xpuctl.controller.cli", "validate", "--config", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 78 and "$.detect.thermal_margin_c" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "validate", "--config", str(EXAMPLE)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "xpuctl.controller.cli", "validate", "--config", str(EXAMPLE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0 and '"budget_w": null' in r.stdout
 
 
@@ -71,8 +85,8 @@ def test_agent_config_precedence_and_validate(tmp_path: pathlib.Path, monkeypatc
     f = tmp_path / "agent.toml"
     f.write_text('[agent]\ncontroller = "10.0.0.1:50051"\ninterval_s = 2.0\nbuffer_batches = 50\n')
     monkeypatch.setenv("XPU_AGENT_BUFFER_BATCHES", "70")
-    parser = agent_cli._parser()  # noqa: SLF001
-    args = agent_cli._with_config(parser, ["run", "--config", str(f), "--interval-s", "0.5"])  # noqa: SLF001
+    parser = agent_cli._parser()
+    args = agent_cli._with_config(parser, ["run", "--config", str(f), "--interval-s", "0.5"])
     assert (args.controller, args.interval_s, args.buffer_batches) == ("10.0.0.1:50051", 0.5, 70)
     f.write_text("[agent]\nbuffer_batches = 0\n")
     monkeypatch.delenv("XPU_AGENT_BUFFER_BATCHES")  # (it would override the file's bad value)
@@ -86,6 +100,9 @@ def test_agent_example_config_is_valid() -> None:
 
     cfg = agent_config.load(ROOT / "deploy" / "xpu-agent.example.toml", {}).agent
     assert cfg.driver == "auto" and cfg.controller and cfg.failsafe_after_s == 15.0
-    documented = {line.split("=")[0].strip("# ").strip() for line in
-                  (ROOT / "deploy" / "xpu-agent.example.toml").read_text().splitlines() if "=" in line}
+    documented = {
+        line.split("=")[0].strip("# ").strip()
+        for line in (ROOT / "deploy" / "xpu-agent.example.toml").read_text().splitlines()
+        if "=" in line
+    }
     assert documented == set(agent_config.Agent.__struct_fields__)  # every key is in the example

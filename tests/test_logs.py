@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from xpuctl.common import logs
 from tests.conftest import ROOT, free_port
+from xpuctl.common import logs
 
 
 def record(level: int, msg: str, **extra: object) -> logging.LogRecord:
@@ -41,9 +41,16 @@ def test_a_traceback_stays_in_one_json_line() -> None:
     assert "\n" not in line and "ValueError: boom" in json.loads(line)["exc"]
 
 
-@pytest.mark.parametrize(("level", "prefix"), [(logging.DEBUG, "<7>"), (logging.INFO, "<6>"),
-                                                (logging.WARNING, "<4>"), (logging.ERROR, "<3>"),
-                                                (logging.CRITICAL, "<2>")])
+@pytest.mark.parametrize(
+    ("level", "prefix"),
+    [
+        (logging.DEBUG, "<7>"),
+        (logging.INFO, "<6>"),
+        (logging.WARNING, "<4>"),
+        (logging.ERROR, "<3>"),
+        (logging.CRITICAL, "<2>"),
+    ],
+)
 def test_journald_priority_prefix(level: int, prefix: str) -> None:
     text = logs.JournalPrefix(logging.Formatter("%(message)s")).format(record(level, "one\ntwo"))
     assert text == f"{prefix}one\n{prefix}two"
@@ -66,8 +73,13 @@ def test_controller_logs_json_with_priorities_under_journald(tmp_path: pathlib.P
     with err.open("wb") as out:
         st = os.fstat(out.fileno())
         env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "xpuctl.controller.cli", "serve", "--listen", f"127.0.0.1:{free_port()}"],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=out)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "xpuctl.controller.cli", "serve", "--listen", f"127.0.0.1:{free_port()}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
         try:
             deadline = time.monotonic() + 60
             while "serving on port" not in err.read_text():
@@ -85,9 +97,21 @@ def test_controller_logs_json_with_priorities_under_journald(tmp_path: pathlib.P
 def test_log_level_and_text_format(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[power]\nbudjet_w = 1\n")
-    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "--log-format", "text", "serve", "--config", str(bad)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "xpuctl.controller.cli", "--log-format", "text", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 78 and " ERROR xpu.controller: config " in r.stderr
-    r = subprocess.run([sys.executable, "-m", "xpuctl.controller.cli", "--log-level", "CRITICAL", "serve", "--config", str(bad)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "xpuctl.controller.cli", "--log-level", "CRITICAL", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 2 and "invalid choice: 'CRITICAL'" in r.stderr

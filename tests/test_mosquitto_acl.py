@@ -24,8 +24,9 @@ from tests.conftest import ROOT, Mosquitto
 ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
 USERS = ("node-a", "node-b", "controller")
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto_passwd") is None,
-                                reason="mosquitto_passwd is not installed (package mosquitto)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed (package mosquitto)"
+)
 
 
 @pytest.fixture
@@ -45,16 +46,26 @@ def broker(tmp_path: pathlib.Path) -> Mosquitto:
 
 
 @contextlib.asynccontextmanager
-async def client(m: Mosquitto, user: str, *subscriptions: str) -> AsyncIterator[tuple[aiomqtt.Client, asyncio.Queue[tuple[str, bytes]]]]:
+async def client(
+    m: Mosquitto, user: str, *subscriptions: str
+) -> AsyncIterator[tuple[aiomqtt.Client, asyncio.Queue[tuple[str, bytes]]]]:
     inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-    async with aiomqtt.Client("127.0.0.1", m.port, username=user, password=f"pw-{user}", identifier=f"t-{user}",
-                              protocol=aiomqtt.ProtocolVersion.V311) as c:
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        m.port,
+        username=user,
+        password=f"pw-{user}",
+        identifier=f"t-{user}",
+        protocol=aiomqtt.ProtocolVersion.V311,
+    ) as c:
         for s in subscriptions:
             await c.subscribe(s, qos=1)
 
         async def pump() -> None:
             async for msg in c.messages:
-                await inbox.put((msg.topic.value, bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b""))
+                await inbox.put(
+                    (msg.topic.value, bytes(msg.payload) if isinstance(msg.payload, bytes | bytearray) else b"")
+                )
 
         task = asyncio.create_task(pump(), name=f"test.acl[{user}]")
         try:
@@ -76,9 +87,11 @@ async def received_until_fence(inbox: asyncio.Queue[tuple[str, bytes]]) -> list[
 
 
 async def test_nodes_are_confined_to_their_own_topics(broker: Mosquitto) -> None:
-    async with client(broker, "controller", "xpu/v1/state/+", "xpu/v1/cmd/+/res") as (ctl, ctl_in), \
-            client(broker, "node-b", "xpu/v1/cmd/node-b/req") as (b, b_in), \
-            client(broker, "node-a", "xpu/v1/cmd/node-b/req", "#") as (a, a_in):
+    async with (
+        client(broker, "controller", "xpu/v1/state/+", "xpu/v1/cmd/+/res") as (ctl, ctl_in),
+        client(broker, "node-b", "xpu/v1/cmd/node-b/req") as (b, b_in),
+        client(broker, "node-a", "xpu/v1/cmd/node-b/req", "#") as (a, a_in),
+    ):
         # the controller may command B; B gets it, A (subscribed to B's topic and to #) does not
         await ctl.publish("xpu/v1/cmd/node-b/req", b"cap", qos=1)
         assert await asyncio.wait_for(b_in.get(), 10) == ("xpu/v1/cmd/node-b/req", b"cap")
@@ -102,7 +115,8 @@ async def test_nodes_are_confined_to_their_own_topics(broker: Mosquitto) -> None
 
 async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_path: pathlib.Path) -> None:
     """`mqtt://USER@HOST:PORT?password_file=F`, as the programs read it: the right password gets in
-    (and the ACL applies to that user), a wrong one is refused."""
+    (and the ACL applies to that user), a wrong one is refused.
+    """
     from xpuctl.common import mqtt_session  # noqa: PLC0415
     from xpuctl.protos.xpu.v1 import bus  # noqa: PLC0415
 
@@ -110,8 +124,14 @@ async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_p
         secret = tmp_path / f"{user}.{password}"
         secret.write_text(password + "\n")
         u = bus.parse_url(f"mqtt://{user}@127.0.0.1:{broker.port}?password_file={secret}&protocol=3.1.1")
-        return aiomqtt.Client(u.host, u.port, identifier=f"u-{user}", protocol=aiomqtt.ProtocolVersion.V311,
-                              timeout=5, **mqtt_session.connect_kwargs(u))
+        return aiomqtt.Client(
+            u.host,
+            u.port,
+            identifier=f"u-{user}",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            timeout=5,
+            **mqtt_session.connect_kwargs(u),
+        )
 
     async with url_client("node-a", "pw-node-a") as a, client(broker, "controller") as (ctl, _):
         await a.subscribe("xpu/v1/cmd/node-a/req", qos=1)

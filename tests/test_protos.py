@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import sys
+import types
 
 from xpuctl.agent.core import model as agent_model
 from xpuctl.controller.core import model as controller_model
@@ -13,7 +14,7 @@ from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _generator():  # type: ignore[no-untyped-def]
+def _generator() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -33,7 +34,7 @@ def test_generated_code_is_fresh(tmp_path: pathlib.Path) -> None:
 
 
 def test_metric_order_matches_proto() -> None:
-    names = [pb.Metric.Name(n)[len("METRIC_"):].lower() for n in sorted(pb.Metric.values()) if n]
+    names = [pb.Metric.Name(n)[len("METRIC_") :].lower() for n in sorted(pb.Metric.values()) if n]
     assert list(agent_model.METRICS) == names
     assert list(controller_model.METRICS) == names
 

@@ -32,8 +32,9 @@ EXPOSURE_THRESHOLD = {"xpu-agent.service": 30, "xpu-controller.service": 20}
 
 SO_TIMESTAMP = 29  # Linux asm-generic/socket.h (also SCM_TIMESTAMP); Python's socket does not export it
 
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                   reason="systemd-analyze is not installed (package systemd)")
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (package systemd)"
+)
 
 
 def installed_unit(name: str, tmp: pathlib.Path) -> pathlib.Path:
@@ -50,8 +51,12 @@ def installed_unit(name: str, tmp: pathlib.Path) -> pathlib.Path:
 @needs_analyze
 @pytest.mark.parametrize("name", sorted(EXPOSURE_THRESHOLD))
 def test_unit_verifies_cleanly(name: str, tmp_path: pathlib.Path) -> None:
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(installed_unit(name, tmp_path))],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(installed_unit(name, tmp_path))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     # verify exits 0 on unknown keys too, so any message is a failure
     assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
 
@@ -60,8 +65,18 @@ def test_unit_verifies_cleanly(name: str, tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize("name", sorted(EXPOSURE_THRESHOLD))
 def test_unit_exposure_is_within_its_threshold(name: str, tmp_path: pathlib.Path) -> None:
     threshold = EXPOSURE_THRESHOLD[name]
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--threshold={threshold}",
-                        str(installed_unit(name, tmp_path))], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=true",
+            f"--threshold={threshold}",
+            str(installed_unit(name, tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     score = re.search(r"Overall exposure level for \S+: ([0-9.]+)", r.stdout)
     assert score is not None, r.stdout[-2000:] + r.stderr
     assert r.returncode == 0, f"{name}: exposure {score.group(1)} is above {threshold / 10}"
@@ -74,9 +89,12 @@ def test_units_match_the_cli() -> None:
         program = name.removesuffix(".service")
         line = next(x for x in (UNITS / name).read_text().splitlines() if x.startswith("ExecStart="))
         module = {"xpu-agent": "xpuctl.agent.cli", "xpu-controller": "xpuctl.controller.cli"}[program]
-        helps = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
-        helps += subprocess.run([sys.executable, "-m", module, line.split()[3], "--help"], capture_output=True,
-                                text=True, check=True).stdout
+        helps = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        helps += subprocess.run(
+            [sys.executable, "-m", module, line.split()[3], "--help"], capture_output=True, text=True, check=True
+        ).stdout
         for flag in re.findall(r"(--[a-z-]+)", line):
             assert flag in helps, f"{name}: {flag} is not an option of {program}"
 
@@ -106,9 +124,15 @@ class Manager:
                 data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(16))
             except TimeoutError:
                 break
-            arrived = next((sec + usec / 1e6 for level, kind, raw in ancillary
-                            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP
-                            for sec, usec in [struct.unpack("qq", raw[:16])]), time.time())
+            arrived = next(
+                (
+                    sec + usec / 1e6
+                    for level, kind, raw in ancillary
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP
+                    for sec, usec in [struct.unpack("qq", raw[:16])]
+                ),
+                time.time(),
+            )
             self.got.append((arrived, data.decode()))
             if field in data.decode().split("\n"):
                 return arrived
@@ -122,8 +146,14 @@ class Manager:
 
 
 def xpuctl_nodes(target: str) -> str:
-    return subprocess.run([sys.executable, "-m", "xpuctl.controller.ctl", "--controller", target, "nodes", "--json"],
-                          capture_output=True, text=True, check=False, cwd=ROOT, timeout=60).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "xpuctl.controller.ctl", "--controller", target, "nodes", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=60,
+    ).stdout
 
 
 def test_notify_protocol_of_agent_and_controller(processes: Processes) -> None:
@@ -131,8 +161,19 @@ def test_notify_protocol_of_agent_and_controller(processes: Processes) -> None:
     try:
         target = f"127.0.0.1:{free_port()}"
         # the agent first, with no controller to talk to: it must not say READY
-        agent = processes.start("xpuctl.agent.cli", "run", "--node-id", "sd-node", "--controller", target,
-                                "--sim-devices", "2", "--reconnect-max-s", "0.5", env=agent_mgr.env(1_000_000))
+        agent = processes.start(
+            "xpuctl.agent.cli",
+            "run",
+            "--node-id",
+            "sd-node",
+            "--controller",
+            target,
+            "--sim-devices",
+            "2",
+            "--reconnect-max-s",
+            "0.5",
+            env=agent_mgr.env(1_000_000),
+        )
         agent_mgr.wait_for("WATCHDOG=1", 30)  # alive, its loop turning
         wait_status(agent_mgr, f"STATUS=waiting for the controller at {target}: UNAVAILABLE", 30)
         assert not agent_mgr.times("READY=1"), "READY before the stream was up"
@@ -202,6 +243,7 @@ def test_documented_systemd_run_one_liners_are_valid(tmp_path: pathlib.Path) -> 
             assert flag in helps, f"systemd-run example {k}: {flag} is not an option of xpu-agent run"
         unit = tmp_path / f"xpu-adhoc-{k}.service"
         unit.write_text(service + f"ExecStart={script} {shlex.join(command[1:])}\n")
-        r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
-                           capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, check=False
+        )
         assert r.returncode == 0 and r.stdout + r.stderr == "", f"example {k}: {r.stdout}{r.stderr}"

@@ -19,8 +19,7 @@ import grpc
 import grpc.aio
 
 from xpuctl.agent.core import buffer
-from xpuctl.common import backoff
-from xpuctl.common import tls
+from xpuctl.common import backoff, tls
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.agent.link")
@@ -67,7 +66,7 @@ class Link:
         self.batches = batches
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._channel = channel
         self.tls_files = tls_files
         self._wake = asyncio.Event()
@@ -106,7 +105,7 @@ class Link:
                     raise StreamClosedError  # noqa: TRY301 - a normal end still means reconnect
                 except* grpc.aio.AioRpcError as group:
                     exc = group.exceptions[0]
-                    assert isinstance(exc, grpc.aio.AioRpcError)
+                    assert isinstance(exc, grpc.aio.AioRpcError)  # noqa: S101 - narrows the type: holds by construction
                     self._lost(f"{exc.code().name}: {exc.details()}")
                 except* StreamClosedError:
                     self._lost("controller closed the stream")
@@ -127,7 +126,9 @@ class Link:
 
     def _lost(self, reason: str) -> None:
         if reason != self.last_error or self.connected:
-            log.warning("node %s: stream to %s lost: %s", self.node_id, self.target, reason, extra={"node_id": self.node_id})
+            log.warning(
+                "node %s: stream to %s lost: %s", self.node_id, self.target, reason, extra={"node_id": self.node_id}
+            )
         self.last_error = reason
 
     async def _session(self, stream: grpc.aio.StreamStreamMultiCallable) -> None:
@@ -168,7 +169,12 @@ class Link:
                 )
         elif kind == "throttle":
             self._resume_at = time.monotonic() + msg.throttle.retry_after_ms / 1000.0
-            log.info("node %s: throttled for %d ms", self.node_id, msg.throttle.retry_after_ms, extra={"node_id": self.node_id})
+            log.info(
+                "node %s: throttled for %d ms",
+                self.node_id,
+                msg.throttle.retry_after_ms,
+                extra={"node_id": self.node_id},
+            )
 
     async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
         while True:

@@ -64,7 +64,10 @@ class AgentBus:
         """Keep the session up and check the lease, until cancelled."""
         async with asyncio.TaskGroup() as tg:
             sessions = mqtt_session.Sessions(
-                self.url, make_client=self._client, session=self._session, lost=self._lost,
+                self.url,
+                make_client=self._client,
+                session=self._session,
+                lost=self._lost,
                 reconnect_max_s=self.reconnect_max_s,
             )
             self.sessions = sessions

@@ -99,8 +99,9 @@ class Sampler:
                 devices = await asyncio.shield(future)
         except TimeoutError:
             if i not in self.missing:
-                log.error("%s driver: discover did not answer within %.1fs; trying again later",
-                          driver.vendor, self.timeout_s)
+                log.error(
+                    "%s driver: discover did not answer within %.1fs; trying again later", driver.vendor, self.timeout_s
+                )
         except base.DriverError as exc:
             if i not in self.missing:
                 log.error("%s driver: discover failed: %s; trying again later", driver.vendor, exc)
@@ -117,9 +118,7 @@ class Sampler:
             The samples and, parallel to them, each device's row: its position in the list
             `discover` returned (the Hello's device list).
         """
-        results = await asyncio.gather(
-            *(self._sample_driver(i, timestamp_ns) for i in range(len(self.drivers)))
-        )
+        results = await asyncio.gather(*(self._sample_driver(i, timestamp_ns) for i in range(len(self.drivers))))
         samples: list[model.DeviceSample] = []
         rows: list[int] = []
         offset = 0
@@ -152,9 +151,7 @@ class Sampler:
             pending = self._inflight.get(i)
             if pending is not None and not pending[0].done():
                 blocked_s = time.monotonic() - pending[1]
-                return self._unknown(
-                    i, timestamp_ns, f"{driver.vendor} driver still blocked after {blocked_s:.0f}s"
-                )
+                return self._unknown(i, timestamp_ns, f"{driver.vendor} driver still blocked after {blocked_s:.0f}s")
             loop = asyncio.get_running_loop()
             future = loop.run_in_executor(self._executor, driver.sample, timestamp_ns)
             self._inflight[i] = (future, time.monotonic())

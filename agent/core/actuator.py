@@ -81,9 +81,7 @@ class Actuator:
 
     MAX_REMEMBERED_IDS = 4096
 
-    def __init__(
-        self, node_id: str, devices: list[DeviceRange], *, failsafe_after_s: float, now_ns: int
-    ) -> None:
+    def __init__(self, node_id: str, devices: list[DeviceRange], *, failsafe_after_s: float, now_ns: int) -> None:
         """Devices by uuid; the lease starts now (a controller has `failsafe_after_s` to show up)."""
         self.node_id = node_id
         self.devices = {d.uuid: d for d in devices}
@@ -204,7 +202,10 @@ class Actuator:
             fail_safe=self.fail_safe,
             devices=[
                 bus.DeviceState(
-                    uuid=d.uuid, power_limit_w=self.enforced_w.get(d.uuid), default_w=d.default_w, fail_safe=self.fail_safe
+                    uuid=d.uuid,
+                    power_limit_w=self.enforced_w.get(d.uuid),
+                    default_w=d.default_w,
+                    fail_safe=self.fail_safe,
                 )
                 for d in self.devices.values()
             ],

@@ -25,6 +25,7 @@ class BatchBuffer:
         self.acked_seq = 0
 
     def __len__(self) -> int:
+        """Batches held (sent or not), not yet acknowledged."""
         return len(self._items)
 
     def make_room(self) -> None:

@@ -108,9 +108,7 @@ class DeviceSample(msgspec.Struct, frozen=True, kw_only=True):
 
 def unknown_sample(index: int, timestamp_ns: int, reason: str) -> DeviceSample:
     """A sample that says only that the device could not be read, and why."""
-    return DeviceSample(
-        index=index, timestamp_ns=timestamp_ns, health=Health.UNKNOWN, health_reason=reason
-    )
+    return DeviceSample(index=index, timestamp_ns=timestamp_ns, health=Health.UNKNOWN, health_reason=reason)
 
 
 def as_json_row(info: DeviceInfo, sample: DeviceSample | None) -> dict[str, object]:

@@ -43,15 +43,25 @@ class Limitation(ctypes.Structure):
 class PowerInfo(ctypes.Structure):
     """cndevDevicePowerInfo_t (W, no version field; layout from gpustack-runtime's pycndev)."""
 
-    _fields_ = [("usage", ctypes.c_int32), ("cap", ctypes.c_int32), ("machine", ctypes.c_int32),
-                ("tdp", ctypes.c_int32), ("max_power", ctypes.c_int32), ("reserved", ctypes.c_int32 * 16)]
+    _fields_ = [
+        ("usage", ctypes.c_int32),
+        ("cap", ctypes.c_int32),
+        ("machine", ctypes.c_int32),
+        ("tdp", ctypes.c_int32),
+        ("max_power", ctypes.c_int32),
+        ("reserved", ctypes.c_int32 * 16),
+    ]
 
 
 class LimitationRange(ctypes.Structure):
     """cndevPowerManagementLimitationRange_t: version, minPowerLimit, maxPowerLimit (W)."""
 
-    _fields_ = [("version", ctypes.c_int), ("min_w", ctypes.c_uint16), ("max_w", ctypes.c_uint16),
-                ("_spare", ctypes.c_uint32)]  # room, should the library write wider fields
+    _fields_ = [
+        ("version", ctypes.c_int),
+        ("min_w", ctypes.c_uint16),
+        ("max_w", ctypes.c_uint16),
+        ("_spare", ctypes.c_uint32),
+    ]  # room, should the library write wider fields
 
 
 def find_library(environ: Mapping[str, str]) -> str | None:
@@ -109,7 +119,9 @@ class CndevCaps:
                 self._handles[device] = device
             else:
                 handle = ctypes.c_int32(0)
-                self._check(f"handle of card {device}", self.lib.cndevGetDeviceHandleByIndex(device, ctypes.byref(handle)))
+                self._check(
+                    f"handle of card {device}", self.lib.cndevGetDeviceHandleByIndex(device, ctypes.byref(handle))
+                )
                 self._handles[device] = handle.value
         return self._handles[device]
 
@@ -126,24 +138,32 @@ class CndevCaps:
         """
         out = LimitationRange(version=VERSION)
         with self._lock:
-            self._check(f"cap range of card {device}",
-                        self.lib.cndevGetPowerManagementLimitationRange(ctypes.byref(out), self._handle(device)))
+            self._check(
+                f"cap range of card {device}",
+                self.lib.cndevGetPowerManagementLimitationRange(ctypes.byref(out), self._handle(device)),
+            )
             current = self._limitation("cndevGetPowerManagementLimitation", device)
             enforced = self._power_info(device).cap
         lo, hi = float(out.min_w), float(out.max_w)
         if not 0 < lo <= hi <= MAX_PLAUSIBLE_W:
-            msg = (f"CNDev cap range of card {device} reads {lo:g}..{hi:g} W, which no MLU has: this libcndev "
-                   "lays the range out differently from the header we know; leaving the card read-only")
+            msg = (
+                f"CNDev cap range of card {device} reads {lo:g}..{hi:g} W, which no MLU has: this libcndev "
+                "lays the range out differently from the header we know; leaving the card read-only"
+            )
             raise base.DriverError(msg)
         if abs(current - enforced) > 1:
-            msg = (f"CNDev limit of card {device} reads {current:g} W but its power info says {enforced} W: this "
-                   "libcndev lays the limitation out differently from the header we know; leaving the card read-only")
+            msg = (
+                f"CNDev limit of card {device} reads {current:g} W but its power info says {enforced} W: this "
+                "libcndev lays the limitation out differently from the header we know; leaving the card read-only"
+            )
             raise base.DriverError(msg)
         return lo, hi
 
     def _power_info(self, device: int) -> PowerInfo:
         out = PowerInfo()
-        self._check(f"power info of card {device}", self.lib.cndevGetDevicePowerInfo(ctypes.byref(out), self._handle(device)))
+        self._check(
+            f"power info of card {device}", self.lib.cndevGetDevicePowerInfo(ctypes.byref(out), self._handle(device))
+        )
         return out
 
     def default_w(self, device: int) -> float:
@@ -165,6 +185,8 @@ class CndevCaps:
         lo, hi = self.range_w(device)
         request = Limitation(version=VERSION, power_limit_w=round(min(max(power_w, lo), hi)))
         with self._lock:
-            self._check(f"set cap of card {device}",
-                        self.lib.cndevSetPowerManagementLimitation(ctypes.byref(request), self._handle(device)))
+            self._check(
+                f"set cap of card {device}",
+                self.lib.cndevSetPowerManagementLimitation(ctypes.byref(request), self._handle(device)),
+            )
         return self.cap_w(device)

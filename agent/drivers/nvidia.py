@@ -106,10 +106,12 @@ class NvmlDriver:
             where = ctypes.cast(data.device, ctypes.c_void_p).value
             index = addresses.index(where) if where in addresses else -1
             if index >= 0:
-                out.setdefault(index, []).append(model.ErrorEvent(code=str(data.eventData), text=f"XID {data.eventData}"))
+                out.setdefault(index, []).append(
+                    model.ErrorEvent(code=str(data.eventData), text=f"XID {data.eventData}")
+                )
         return out
 
-    def _info(self, index: int, h: Any, driver: str) -> model.DeviceInfo:
+    def _info(self, index: int, h: Any, driver: str) -> model.DeviceInfo:  # noqa: ANN401 - pynvml's handles are untyped
         n = self.nvml
         limits = self._opt(n.nvmlDeviceGetPowerManagementLimitConstraints, h)
         default = self._opt(n.nvmlDeviceGetPowerManagementDefaultLimit, h)
@@ -127,8 +129,12 @@ class NvmlDriver:
             power_limit_max_w=limits[1] * MW if limits else None,
             power_limit_default_w=default * MW if default is not None else None,
             power_cap_settable=limits is not None and self._can_set(),
-            temp_slowdown_c=_f(self._opt(n.nvmlDeviceGetTemperatureThreshold, h, n.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)),
-            temp_shutdown_c=_f(self._opt(n.nvmlDeviceGetTemperatureThreshold, h, n.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN)),
+            temp_slowdown_c=_f(
+                self._opt(n.nvmlDeviceGetTemperatureThreshold, h, n.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN)
+            ),
+            temp_shutdown_c=_f(
+                self._opt(n.nvmlDeviceGetTemperatureThreshold, h, n.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN)
+            ),
         )
 
     def _can_set(self) -> bool:
@@ -154,8 +160,12 @@ class NvmlDriver:
                 limit = self._opt(n.nvmlDeviceGetEnforcedPowerLimit, h)
                 sm = self._opt(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_SM)
                 mem_clock = self._opt(n.nvmlDeviceGetClockInfo, h, n.NVML_CLOCK_MEM)
-                corrected = self._opt(n.nvmlDeviceGetTotalEccErrors, h, n.NVML_MEMORY_ERROR_TYPE_CORRECTED, n.NVML_AGGREGATE_ECC)
-                uncorrected = self._opt(n.nvmlDeviceGetTotalEccErrors, h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_AGGREGATE_ECC)
+                corrected = self._opt(
+                    n.nvmlDeviceGetTotalEccErrors, h, n.NVML_MEMORY_ERROR_TYPE_CORRECTED, n.NVML_AGGREGATE_ECC
+                )
+                uncorrected = self._opt(
+                    n.nvmlDeviceGetTotalEccErrors, h, n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, n.NVML_AGGREGATE_ECC
+                )
                 out.append(
                     model.DeviceSample(
                         index=i,
@@ -188,12 +198,14 @@ class NvmlDriver:
             if limits is None:
                 msg = f"{self.vendor} device {index} has no settable power limit ({self.api}: not supported)"
                 raise base.DriverError(msg)
-            mw = int(round(min(max(power_w * 1000, limits[0]), limits[1])))
+            mw = round(min(max(power_w * 1000, limits[0]), limits[1]))
             try:
                 n.nvmlDeviceSetPowerManagementLimit(h, mw)
             except n.NVMLError_NoPermission:
-                msg = (f"setting {self.vendor} device {index}'s power limit needs root (or CAP_SYS_ADMIN): run the agent "
-                       "as root (deploy/ has the unit)")
+                msg = (
+                    f"setting {self.vendor} device {index}'s power limit needs root (or CAP_SYS_ADMIN): run the agent "
+                    "as root (deploy/ has the unit)"
+                )
                 raise base.DriverError(msg) from None
             except n.NVMLError as exc:
                 msg = f"{self.api} refused a {mw / 1000:.0f} W limit on {self.vendor} device {index}: {exc}"

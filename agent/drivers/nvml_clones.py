@@ -45,16 +45,17 @@ class Prefixed:
         """Wrap `lib`."""
         self._lib, self._prefix = lib, prefix
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - ctypes functions of any signature
         """The library's function for an NVML name."""
         if name.startswith("nvml"):
             name = self._prefix + name.removeprefix("nvml")
         return getattr(self._lib, name)
 
 
-def _private_pynvml(vendor: str) -> Any:
+def _private_pynvml(vendor: str) -> Any:  # noqa: ANN401 - pynvml is untyped
     """A copy of the pynvml module for `vendor`. pynvml creates its error classes on
-    `sys.modules[__name__]`, so the copy is registered under a name of its own before it runs."""
+    `sys.modules[__name__]`, so the copy is registered under a name of its own before it runs.
+    """
     spec = importlib.util.find_spec("pynvml")
     if spec is None or spec.origin is None:
         msg = f"the {vendor} driver needs nvidia-ml-py: pip install 'xpuctl[nvidia]'"
@@ -63,7 +64,9 @@ def _private_pynvml(vendor: str) -> Any:
     if name in sys.modules:
         return sys.modules[name]
     copy_spec = importlib.util.spec_from_file_location(name, spec.origin)
-    assert copy_spec is not None and copy_spec.loader is not None  # a .py file found a moment ago
+    if copy_spec is None or copy_spec.loader is None:  # a .py file found a moment ago: cannot happen
+        msg = f"cannot load a private copy of pynvml from {spec.origin}"
+        raise base.DriverError(msg)
     module = importlib.util.module_from_spec(copy_spec)
     sys.modules[name] = module
     copy_spec.loader.exec_module(module)

@@ -102,7 +102,8 @@ def _auto(timeout_s: float) -> list[base.Driver]:
 
 def tool_driver(vendor: str, timeout_s: float) -> base.Driver:
     """The vendor's tool driver, with caps through the vendor library when it loads: ROCm SMI for
-    AMD and Hygon, CNDev for Cambricon."""
+    AMD and Hygon, CNDev for Cambricon.
+    """
     from xpuctl.agent.drivers import cndev, rsmi, tool  # noqa: PLC0415
 
     try:

@@ -50,7 +50,9 @@ class RsmiCaps:
         """(minimum, maximum) cap in W."""
         hi, lo = ctypes.c_uint64(), ctypes.c_uint64()
         with self._lock:
-            self._check("cap range", self.lib.rsmi_dev_power_cap_range_get(device, 0, ctypes.byref(hi), ctypes.byref(lo)))
+            self._check(
+                "cap range", self.lib.rsmi_dev_power_cap_range_get(device, 0, ctypes.byref(hi), ctypes.byref(lo))
+            )
         return lo.value * UW, hi.value * UW
 
     def default_w(self, device: int) -> float:
@@ -74,7 +76,7 @@ class RsmiCaps:
             DriverError: permission (needs root) or the library refused.
         """
         lo, hi = self.range_w(device)
-        uw = int(round(min(max(power_w, lo), hi) / UW))
+        uw = round(min(max(power_w, lo), hi) / UW)
         with self._lock:
             self._check(f"set cap of device {device}", self.lib.rsmi_dev_power_cap_set(device, 0, uw))
         return self.cap_w(device)

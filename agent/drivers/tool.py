@@ -24,10 +24,16 @@ log = logging.getLogger("xpu.agent.tool")
 
 # vendor -> the command whose output agent/core/parse reads (sources: shared/notes/vendor-tools.md)
 COMMANDS: dict[str, list[str]] = {
-    "nvidia": ["nvidia-smi", "--format=csv", "--query-gpu=index,name,uuid,pci.bus_id,driver_version,memory.total,"
-               "memory.used,utilization.gpu,power.draw,enforced.power.limit,power.min_limit,power.max_limit,"
-               "power.default_limit,temperature.gpu,temperature.memory,clocks.sm,clocks.mem,"
-               "ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total"],
+    "nvidia": [
+        "nvidia-smi",
+        "--format=csv",
+        (
+            "--query-gpu=index,name,uuid,pci.bus_id,driver_version,memory.total,"
+            "memory.used,utilization.gpu,power.draw,enforced.power.limit,power.min_limit,power.max_limit,"
+            "power.default_limit,temperature.gpu,temperature.memory,clocks.sm,clocks.mem,"
+            "ecc.errors.corrected.aggregate.total,ecc.errors.uncorrected.aggregate.total"
+        ),
+    ],
     "ascend": ["npu-smi", "info"],
     "cambricon": ["cnmon"],
     "metax": ["mx-smi"],
@@ -35,11 +41,31 @@ COMMANDS: dict[str, list[str]] = {
     "kunlunxin": ["xpu-smi"],
     "moorethreads": ["mthreads-gmi"],
     "enflame": ["efsmi", "-q"],
-    "amd": ["rocm-smi", "--showid", "--showmeminfo", "vram", "--showpower", "--showuse", "--showtemp",
-            "--showproductname", "--showuniqueid", "--json"],
+    "amd": [
+        "rocm-smi",
+        "--showid",
+        "--showmeminfo",
+        "vram",
+        "--showpower",
+        "--showuse",
+        "--showtemp",
+        "--showproductname",
+        "--showuniqueid",
+        "--json",
+    ],
     # Hygon's renamed rocm-smi takes the same flags (vendor-tools.md section 6)
-    "hygon": ["hy-smi", "--showid", "--showmeminfo", "vram", "--showpower", "--showuse", "--showtemp",
-              "--showproductname", "--showuniqueid", "--json"],
+    "hygon": [
+        "hy-smi",
+        "--showid",
+        "--showmeminfo",
+        "vram",
+        "--showpower",
+        "--showuse",
+        "--showtemp",
+        "--showproductname",
+        "--showuniqueid",
+        "--json",
+    ],
 }
 MAX_OUTPUT_BYTES = 4 << 20
 
@@ -132,15 +158,21 @@ class CappedToolDriver(ToolDriver):
                 out.append(info)  # no cap on this one: a fixed load
                 continue
             if not lo <= default <= hi:
-                log.warning("%s device %d: default cap %g W outside %g..%g W; read-only", self.vendor, info.index,
-                            default, lo, hi)
+                log.warning(
+                    "%s device %d: default cap %g W outside %g..%g W; read-only",
+                    self.vendor,
+                    info.index,
+                    default,
+                    lo,
+                    hi,
+                )
                 out.append(info)
                 continue
-            info = msgspec.structs.replace(
+            capped = msgspec.structs.replace(
                 info, power_limit_min_w=lo, power_limit_max_w=hi, power_limit_default_w=default, power_cap_settable=True
             )
-            self._infos[info.index] = info
-            out.append(info)
+            self._infos[capped.index] = capped
+            out.append(capped)
         return out
 
     def set_power_cap(self, index: int, power_w: float) -> float:

@@ -33,9 +33,21 @@ DEVICE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("energy_j", "hw_energy_joules_total", "counter", "Energy consumed by the device (OTel hw.energy).", ""),
     ("temperature_c", "hw_temperature_celsius", "gauge", "Device temperatures (OTel hw.temperature).", 'sensor="core"'),
     ("memory_temperature_c", "hw_temperature_celsius", "gauge", "", 'sensor="memory"'),
-    ("utilization", "hw_gpu_utilization_ratio", "gauge", "Fraction of time the device was busy (OTel hw.gpu.utilization).", ""),
+    (
+        "utilization",
+        "hw_gpu_utilization_ratio",
+        "gauge",
+        "Fraction of time the device was busy (OTel hw.gpu.utilization).",
+        "",
+    ),
     ("memory_used_bytes", "hw_gpu_memory_usage_bytes", "gauge", "Device memory in use (OTel hw.gpu.memory.usage).", ""),
-    ("ecc_corrected_total", "hw_errors_total", "counter", "Errors reported by the device (OTel hw.errors).", 'error_type="ecc_corrected"'),
+    (
+        "ecc_corrected_total",
+        "hw_errors_total",
+        "counter",
+        "Errors reported by the device (OTel hw.errors).",
+        'error_type="ecc_corrected"',
+    ),
     ("ecc_uncorrected_total", "hw_errors_total", "counter", "", 'error_type="ecc_uncorrected"'),
     ("power_limit_w", "xpu_power_limit_watts", "gauge", "Power limit the device enforces now.", ""),
     ("core_clock_hz", "xpu_core_clock_hertz", "gauge", "Core clock.", ""),
@@ -77,14 +89,13 @@ def render(state: hub.Hub, now_ns: int) -> str:
             declared.add(name)
         col = latest[:, model.M[metric]] if n else np.zeros(0)
         sep = "," + extra if extra else ""
-        out.extend(f"{name}{{{labels[s]}{sep}}} {_num(v)}" for s, v in enumerate(col.tolist()) if v == v)
+        out.extend(f"{name}{{{labels[s]}{sep}}} {_num(v)}" for s, v in enumerate(col.tolist()) if not math.isnan(v))
     out.append("# HELP hw_status Operational status of the device (OTel hw.status): 1 for its state.")
     out.append("# TYPE hw_status gauge")
     health = latest[:, model.HEALTH] if n else np.zeros(0)
     for s, code in enumerate(health.tolist()):
-        state_name = model.HEALTH_NAMES.get(int(code), "unknown") if code == code else "unknown"
-        for h in HEALTH_STATES:
-            out.append(f'hw_status{{{labels[s]},hw_state="{h}"}} {1 if h == state_name else 0}')
+        state_name = "unknown" if math.isnan(code) else model.HEALTH_NAMES.get(int(code), "unknown")
+        out.extend(f'hw_status{{{labels[s]},hw_state="{h}"}} {1 if h == state_name else 0}' for h in HEALTH_STATES)
     out.extend(_cluster(state, now_ns))
     out.append("")
     return "\n".join(out)
@@ -106,26 +117,38 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     out += ["# HELP xpu_nodes Nodes by liveness.", "# TYPE xpu_nodes gauge"]
     for status in ("online", "stale", "offline"):
         out.append(f'xpu_nodes{{status="{status}"}} {s.nodes_by_status.get(status, 0)}')
-    out += ["# HELP xpu_devices Devices known to the controller.", "# TYPE xpu_devices gauge", f"xpu_devices {s.devices}"]
+    out += [
+        "# HELP xpu_devices Devices known to the controller.",
+        "# TYPE xpu_devices gauge",
+        f"xpu_devices {s.devices}",
+    ]
     out += ["# HELP xpu_anomalies_open Open anomalies by detector.", "# TYPE xpu_anomalies_open gauge"]
     for kind, mask in state.control.detectors.open.items():
         out.append(f'xpu_anomalies_open{{detector="{kind}"}} {int(mask.sum())}')
     counters = (
         ("xpu_ingest_batches_total", "Telemetry batches received.", c.batches_total),
         ("xpu_ingest_samples_total", "Device samples stored.", c.samples_total),
-        ("xpu_ingest_duplicate_batches_total", "Batches received twice (after a reconnect) and dropped.", c.duplicate_batches_total),
+        (
+            "xpu_ingest_duplicate_batches_total",
+            "Batches received twice (after a reconnect) and dropped.",
+            c.duplicate_batches_total,
+        ),
         ("xpu_ingest_gap_batches_total", "Batches agents dropped before sending them.", c.gap_batches_total),
         ("xpu_ingest_error_events_total", "Vendor error events (XID, ...) received.", c.error_events_total),
         ("xpu_events_dropped_total", "Events a slow WatchEvents client did not take.", state.events_dropped),
     )
     for name, text, value in counters:
         out += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
-    out += ["# HELP xpu_ingest_rejected_total Samples or messages rejected, by reason.",
-            "# TYPE xpu_ingest_rejected_total counter"]
+    out += [
+        "# HELP xpu_ingest_rejected_total Samples or messages rejected, by reason.",
+        "# TYPE xpu_ingest_rejected_total counter",
+    ]
     for reason, value in sorted(c.rejected_by_reason.items()):
         out.append(f'xpu_ingest_rejected_total{{reason="{reason}"}} {value}')
-    out += ["# HELP xpu_api_denied_total Cluster API calls refused by the access rules, by gRPC status.",
-            "# TYPE xpu_api_denied_total counter"]
+    out += [
+        "# HELP xpu_api_denied_total Cluster API calls refused by the access rules, by gRPC status.",
+        "# TYPE xpu_api_denied_total counter",
+    ]
     for code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         out.append(f'xpu_api_denied_total{{code="{code}"}} {state.denied.get(code, 0)}')
     out += ["# HELP xpu_actions_total Power-cap commands by outcome.", "# TYPE xpu_actions_total counter"]
@@ -154,8 +177,16 @@ async def _handle(state: hub.Hub, reader: asyncio.StreamReader, writer: asyncio.
         else:
             body = render(state, time.time_ns()).encode()
             status, ctype = b"200 OK", b"text/plain; version=0.0.4; charset=utf-8"
-        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: "
-                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        writer.write(
+            b"HTTP/1.1 "
+            + status
+            + b"\r\nContent-Type: "
+            + ctype
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
         await writer.drain()
     except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
         log.info("metrics request dropped: %s", exc)
@@ -172,5 +203,4 @@ async def serve(state: hub.Hub, listen: str) -> asyncio.Server:
         OSError: the address cannot be bound.
     """
     host, _, port = listen.rpartition(":")
-    server = await asyncio.start_server(lambda r, w: _handle(state, r, w), host or "127.0.0.1", int(port))
-    return server
+    return await asyncio.start_server(lambda r, w: _handle(state, r, w), host or "127.0.0.1", int(port))

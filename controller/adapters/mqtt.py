@@ -21,8 +21,8 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from xpuctl.controller.core import events, ledger
 from xpuctl.common import mqtt_session
+from xpuctl.controller.core import events, ledger
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller.mqtt")
@@ -78,7 +78,7 @@ class ControllerBus:
 
     # -- outgoing --------------------------------------------------------------------------------
 
-    def _offer(self, topic: str, payload: bytes, retain: bool = False, props: Properties | None = None) -> bool:
+    def _offer(self, topic: str, payload: bytes, *, retain: bool = False, props: Properties | None = None) -> bool:
         try:
             self.outgoing.put_nowait((topic, payload, retain, props))
         except asyncio.QueueFull:
@@ -123,7 +123,10 @@ class ControllerBus:
     async def run(self) -> None:
         """Keep the session up until cancelled (call `say_offline` first for a clean goodbye)."""
         self.sessions = mqtt_session.Sessions(
-            self.url, make_client=self._client, session=self._session, lost=self._lost,
+            self.url,
+            make_client=self._client,
+            session=self._session,
+            lost=self._lost,
             reconnect_max_s=self.reconnect_max_s,
         )
         await self.sessions.run()

@@ -70,10 +70,10 @@ def parse_tokens(text: str, where: str) -> dict[bytes, str]:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        if len(fields) != 2:  # noqa: PLR2004 - NAME TOKEN
+        if len(fields) != 2:
             raise TokenFileError(where, line_no, f"{len(fields)} field(s)")
         name, token = fields
-        if len(token) < 16:  # noqa: PLR2004 - a guessable token is no credential
+        if len(token) < 16:
             raise TokenFileError(where, line_no, f"the token of {name!r} is shorter than 16 characters")
         key = digest(token)
         if key in out:
@@ -101,7 +101,9 @@ def check_call(policy: Policy, method: str, identities: frozenset[str], token: s
     what = "read-only" if method in READS else "mutating"
     need = "an operator certificate (auth.operator_identities) or `authorization: Bearer TOKEN` (auth.operator_tokens_file)"
     if token is not None:
-        return Denial(code="UNAUTHENTICATED", message=f"{method}: the bearer token matches no operator; {what} calls need {need}")
+        return Denial(
+            code="UNAUTHENTICATED", message=f"{method}: the bearer token matches no operator; {what} calls need {need}"
+        )
     if not identities:
         return Denial(code="UNAUTHENTICATED", message=f"{method}: no credential; {what} calls need {need}")
     return Denial(

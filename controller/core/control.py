@@ -96,7 +96,10 @@ class Control:
         slots = np.arange(n, dtype=np.int64)
         latest = self.store.latest(slots)
         online = np.array(
-            [self.registry.nodes[name].status(now_ns, self.liveness) == registry.NodeStatus.ONLINE for name in self._nodes],
+            [
+                self.registry.nodes[name].status(now_ns, self.liveness) == registry.NodeStatus.ONLINE
+                for name in self._nodes
+            ],
             dtype=bool,
         )
         node_ok = online[self._group] if n else np.zeros(0, dtype=bool)
@@ -269,7 +272,13 @@ class Control:
         return out
 
     def on_result(
-        self, now_ns: int, *, id: str, ok: bool, applied_cap_w: float | None, error: str  # noqa: A002
+        self,
+        now_ns: int,
+        *,
+        id: str,  # noqa: A002 - the payload's own name
+        ok: bool,
+        applied_cap_w: float | None,
+        error: str,
     ) -> Output:
         """An agent's answer to a command."""
         entry, evs = self.ledger.result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)

@@ -153,7 +153,7 @@ def sparkline(values: tuple[float, ...], width: int, top: float | None = None) -
     vals = [v for v in values if math.isfinite(v)][-width:]
     if not vals:
         return ""
-    hi = max(max(vals), top or 0.0)
+    hi = max(*vals, top or 0.0)
     lo = min(vals)
     lo = min(lo, hi * 0.5)
     span = hi - lo or 1.0

@@ -40,9 +40,7 @@ REASONS: tuple[str, ...] = (
     "out_of_range",
 )
 
-_NONNEG = np.array(
-    [name not in ("temperature_c", "memory_temperature_c") for name in model.METRICS], dtype=bool
-)
+_NONNEG = np.array([name not in ("temperature_c", "memory_temperature_c") for name in model.METRICS], dtype=bool)
 _MIN_TEMP_C = -273.15
 _UTIL = model.M["utilization"]
 
@@ -98,7 +96,8 @@ ErrorEvent = tuple[int, str, int, str, str]
 
 class Stored(msgspec.Struct, frozen=True, kw_only=True):
     """What one batch left in the store: the Ack's fields, and for the critical path the slots
-    of the devices it stored and the error events it carried."""
+    of the devices it stored and the error events it carried.
+    """
 
     answer: Answer
     slots: I64 = msgspec.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -237,9 +236,7 @@ class Ingest:
         stream.boot_id = facts.boot_id
         stream.epoch = node.stream_epoch
         first = next(iter(problems.values()), "")
-        return Answer(
-            boot_id=node.boot_id, acked_seq=node.acked_seq, rejected=len(problems), rejection=first
-        )
+        return Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, rejected=len(problems), rejection=first)
 
     def stream_closed(self, stream: StreamState) -> None:
         """Forget a stream."""
@@ -266,9 +263,7 @@ class Ingest:
                 f"Batch seq {cols.seq} before Hello; open the stream with Hello",
             )
         if node.stream_epoch != stream.epoch:
-            raise self.violation(
-                "ABORTED", "superseded", f"node {node.node_id!r} opened a newer stream; this one ends"
-            )
+            raise self.violation("ABORTED", "superseded", f"node {node.node_id!r} opened a newer stream; this one ends")
         if cols.seq == 0:
             raise self.violation("INVALID_ARGUMENT", "bad_seq", "Batch seq 0; seqs start at 1")
         if cols.seq <= stream.last_seq:
@@ -327,9 +322,7 @@ class Ingest:
         out[:, model.HEALTH] = cols.health[good]
         return out
 
-    def _note_health_and_errors(
-        self, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64
-    ) -> list[ErrorEvent]:
+    def _note_health_and_errors(self, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64) -> list[ErrorEvent]:
         """Keep the good rows' health reasons; return (and remember) their error events."""
         good_rows = np.flatnonzero(good).tolist()
         reasons = self.registry.health_reason
@@ -350,9 +343,7 @@ class Ingest:
         del self.recent_errors[: -self.MAX_RECENT_ERRORS]
         return stored
 
-    def _check(
-        self, node: registry.NodeState, cols: BatchColumns
-    ) -> tuple[npt.NDArray[np.bool_], int, str]:
+    def _check(self, node: registry.NodeState, cols: BatchColumns) -> tuple[npt.NDArray[np.bool_], int, str]:
         """Per row: the first failing check (0 = good); counts; the first reason's text."""
         k = cols.device.size
         reason = np.zeros(k, dtype=np.int64)
@@ -379,9 +370,7 @@ class Ingest:
         not_finite = present & ~np.isfinite(vals)
         mark(6, not_finite.any(axis=1))
         with np.errstate(invalid="ignore"):
-            negative = present & (
-                (_NONNEG[None, :] & (vals < 0)) | (~_NONNEG[None, :] & (vals < _MIN_TEMP_C))
-            )
+            negative = present & ((_NONNEG[None, :] & (vals < 0)) | (~_NONNEG[None, :] & (vals < _MIN_TEMP_C)))
             util_high = present[:, _UTIL] & (vals[:, _UTIL] > 1.0)
         mark(7, negative.any(axis=1))
         mark(8, util_high)

@@ -112,7 +112,11 @@ class Ledger:
         )
         self.open[e.id] = e
         self.open_by_slot[slot] = e.id
-        what = f"cap {device_uuid} at {cap_w:.0f} W ({reason})" if kind == "set_power_cap" else f"restore the default cap of {device_uuid} ({reason})"
+        what = (
+            f"cap {device_uuid} at {cap_w:.0f} W ({reason})"
+            if kind == "set_power_cap"
+            else f"restore the default cap of {device_uuid} ({reason})"
+        )
         out.append(self._event(e, ISSUED, now_ns, what))
         return e, out
 
@@ -122,7 +126,13 @@ class Ledger:
         e.last_sent_ns = now_ns
 
     def result(
-        self, now_ns: int, *, id: str, ok: bool, applied_cap_w: float | None, error: str  # noqa: A002
+        self,
+        now_ns: int,
+        *,
+        id: str,  # noqa: A002 - the payload's own name
+        ok: bool,
+        applied_cap_w: float | None,
+        error: str,
     ) -> tuple[Entry | None, list[events.Event]]:
         """An agent's answer. Answers to unknown or finished ids are counted and ignored."""
         e = self.open.get(id)
@@ -145,7 +155,9 @@ class Ledger:
                 self._finish(e, EXPIRED, now_ns)
                 expired.append(e)
                 out.append(
-                    self._event(e, EXPIRED, now_ns, f"no answer from {e.node_id} after {e.attempts} attempt(s)", "warning")
+                    self._event(
+                        e, EXPIRED, now_ns, f"no answer from {e.node_id} after {e.attempts} attempt(s)", "warning"
+                    )
                 )
             elif e.attempts == 0 or now_ns - e.last_sent_ns >= self.retry_ns:
                 send.append(e)

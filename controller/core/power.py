@@ -241,7 +241,8 @@ class PowerController:
 
     def _reclaim(self, inputs: Inputs) -> float:
         """Slack feedback: estimates are peaks, so measured power runs below the budget; hand the
-        measured slack out too, and take it back at once (and more) when power exceeds the budget."""
+        measured slack out too, and take it back at once (and more) when power exceeds the budget.
+        """
         if self.budget_w is None or not math.isfinite(inputs.measured_w):
             return self.reclaim_w
         target = self.budget_w * (1 - self.cfg.reclaim_margin_frac)
@@ -261,9 +262,7 @@ class PowerController:
             limited = inputs.power_w >= 0.97 * enforced
         return np.where(limited, np.fmax(current, enforced) + margin * span, recent * (1 + margin))
 
-    def _moves(
-        self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64
-    ) -> list[Command]:
+    def _moves(self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64) -> list[Command]:
         span = inputs.max_w - inputs.min_w
         slew = self.cfg.slew_frac * span
         deadband = np.maximum(self.cfg.deadband_w, self.cfg.deadband_frac * span)
@@ -280,7 +279,10 @@ class PowerController:
                 skipped = np.flatnonzero(s & ~move & (new < base))
                 for i in skipped[np.argsort(new[skipped] - base[skipped])]:
                     move[i] = True
-                    over -= float(expected_w(base[i : i + 1], demand[i : i + 1])[0] - expected_w(new[i : i + 1], demand[i : i + 1])[0])
+                    over -= float(
+                        expected_w(base[i : i + 1], demand[i : i + 1])[0]
+                        - expected_w(new[i : i + 1], demand[i : i + 1])[0]
+                    )
                     if over <= 0:
                         break
         out = []

@@ -81,6 +81,7 @@ class Registry:
         self.version = 0  # bumped whenever a slot is added or moves to another node
 
     def __len__(self) -> int:
+        """Device slots in use."""
         return len(self.infos)
 
     def node(self, node_id: str) -> NodeState:

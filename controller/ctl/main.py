@@ -18,8 +18,8 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from xpuctl.controller.core import dashboard
 from xpuctl.common import cli, exits, pipes, tls
+from xpuctl.controller.core import dashboard
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
@@ -270,9 +270,20 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 METRIC_NAMES = [
-    "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c",
-    "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total",
-    "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "work_done",
+    "utilization",
+    "memory_used_bytes",
+    "power_w",
+    "energy_j",
+    "power_limit_w",
+    "temperature_c",
+    "memory_temperature_c",
+    "core_clock_hz",
+    "memory_clock_hz",
+    "ecc_corrected_total",
+    "ecc_uncorrected_total",
+    "pcie_rx_bytes_per_s",
+    "pcie_tx_bytes_per_s",
+    "work_done",
 ]
 
 
@@ -298,8 +309,10 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
             _print_devices(console, [r.device])
             values = [p.value for p in r.history]
             if values:
-                console.print(f"{args.metric}: last {len(values)} samples, min {min(values):,.4g}, "
-                              f"max {max(values):,.4g}, now {values[-1]:,.4g}")
+                console.print(
+                    f"{args.metric}: last {len(values)} samples, min {min(values):,.4g}, "
+                    f"max {max(values):,.4g}, now {values[-1]:,.4g}"
+                )
                 console.print(dashboard.sparkline(tuple(values), 80))
             else:
                 console.print(f"{args.metric}: no samples")
@@ -319,8 +332,9 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
             state = "feasible" if b.feasible else "INFEASIBLE: the cappable devices' floors exceed it"
             console.print(f"budget {budget}; cluster power {b.power_w:,.0f} W; {state}")
     elif args.command == "priority":
-        stub.SetPriority(cpb.SetPriorityRequest(device_uuid=args.device, node_id=args.node, weight=args.weight),
-                         timeout=TIMEOUT_S)
+        stub.SetPriority(
+            cpb.SetPriorityRequest(device_uuid=args.device, node_id=args.node, weight=args.weight), timeout=TIMEOUT_S
+        )
         console.print(f"priority of {args.device or args.node} set to {args.weight:g}")
     elif args.command in ("cordon", "uncordon"):
         req = cpb.CordonRequest(device_uuid=args.device, node_id=args.node, reason=args.reason)
@@ -358,10 +372,15 @@ def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | Non
     if args.tls_ca_file is None:
         if args.token_file or args.tls_cert_file:
             what = "--token-file" if args.token_file else "--tls-cert-file"
-            raise tls.TlsError(what, args.token_file or args.tls_cert_file, "needs --tls-ca-file (credentials go over TLS only)")
+            raise tls.TlsError(
+                what, args.token_file or args.tls_cert_file, "needs --tls-ca-file (credentials go over TLS only)"
+            )
         return None, []
     files = tls.ClientFiles(
-        ca_file=args.tls_ca_file, cert_file=args.tls_cert_file, key_file=args.tls_key_file, server_name=args.tls_server_name
+        ca_file=args.tls_ca_file,
+        cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file,
+        server_name=args.tls_server_name,
     )
     token = tls.read_secret("token file", args.token_file) if args.token_file else None
     return tls.operator_credentials(files, token), tls.channel_options(files)
@@ -380,12 +399,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xpuctl.controller.ctl import top  # noqa: PLC0415 - only top needs the async client
 
         try:
-            return top.run(args.controller, interval_s=args.interval_s, once=args.once, credentials=creds, options=options)
+            return top.run(
+                args.controller, interval_s=args.interval_s, once=args.once, credentials=creds, options=options
+            )
         except KeyboardInterrupt:
             return 0
     console = Console()
     channel_cm = (
-        grpc.secure_channel(args.controller, creds, options=options) if creds else grpc.insecure_channel(args.controller)
+        grpc.secure_channel(args.controller, creds, options=options)
+        if creds
+        else grpc.insecure_channel(args.controller)
     )
     with channel_cm as channel:
         stub = cluster_pb2_grpc.ClusterStub(channel)
@@ -398,7 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             details = exc.details()  # type: ignore[attr-defined]
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
-                print("xpuctl: pass an operator credential: --token-file, or --tls-cert-file/--tls-key-file", file=sys.stderr)
+                print(
+                    "xpuctl: pass an operator credential: --token-file, or --tls-cert-file/--tls-key-file",
+                    file=sys.stderr,
+                )
                 return EXIT_DENIED
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 print(f"xpuctl: cannot reach the controller at {args.controller}: {details}", file=sys.stderr)

@@ -66,7 +66,9 @@ class Top:
             try:
                 async for e in stub.WatchEvents(cpb.WatchEventsRequest()):
                     self.events.append(
-                        dashboard.EventRow(timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message)
+                        dashboard.EventRow(
+                            timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message
+                        )
                     )
             except grpc.aio.AioRpcError:
                 pass  # the poll reports the problem; try again
@@ -81,10 +83,13 @@ class Top:
         except grpc.aio.AioRpcError as exc:
             self.problem = f"controller {self.target}: {exc.code().name}: {exc.details()}"
             if self.snapshot is not None:
-                self.snapshot = dashboard.Snapshot(**{
-                    **{f: getattr(self.snapshot, f) for f in self.snapshot.__struct_fields__},
-                    "connected": False, "problem": self.problem,
-                })
+                self.snapshot = dashboard.Snapshot(
+                    **{
+                        **{f: getattr(self.snapshot, f) for f in self.snapshot.__struct_fields__},
+                        "connected": False,
+                        "problem": self.problem,
+                    }
+                )
             return
         self.problem = ""
         self.history.append(summary.power_w)
@@ -103,18 +108,34 @@ class Top:
 
 def waiting(target: str, problem: str) -> dashboard.Snapshot:
     """The frame before the first answer."""
-    return dashboard.build([], title=f"xpuctl top - {target}", timestamp_ns=time.time_ns(), budget_w=None,
-                           power_history_w=[], nodes_total=0, nodes_online=0, events=[], connected=False,
-                           problem=problem or "connecting ...")
+    return dashboard.build(
+        [],
+        title=f"xpuctl top - {target}",
+        timestamp_ns=time.time_ns(),
+        budget_w=None,
+        power_history_w=[],
+        nodes_total=0,
+        nodes_online=0,
+        events=[],
+        connected=False,
+        problem=problem or "connecting ...",
+    )
 
 
 async def _main(
-    target: str, interval_s: float, once: bool, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, str]]
+    target: str,
+    interval_s: float,
+    *,
+    once: bool,
+    credentials: grpc.ChannelCredentials | None,
+    options: list[tuple[str, str]],
 ) -> int:
     app = Top(target)
     console = Console()
     channel_cm = (
-        grpc.aio.secure_channel(target, credentials, options=options) if credentials else grpc.aio.insecure_channel(target)
+        grpc.aio.secure_channel(target, credentials, options=options)
+        if credentials
+        else grpc.aio.insecure_channel(target)
     )
     async with channel_cm as channel:
         stub = cluster_pb2_grpc.ClusterStub(channel)
@@ -147,6 +168,8 @@ def run(
 ) -> int:
     """Run until Ctrl-C (or one frame with `once`); TLS with `credentials`."""
     try:
-        return asyncio.run(_main(target, max(interval_s, 0.2), once, credentials, options or []))
+        return asyncio.run(
+            _main(target, max(interval_s, 0.2), once=once, credentials=credentials, options=options or [])
+        )
     except KeyboardInterrupt:
         return 0

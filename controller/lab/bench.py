@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import pathlib
 import platform
 import socket
 import subprocess
@@ -36,32 +37,29 @@ def _free_port() -> int:
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
     return 0
 
 
 def _cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or "unknown"
 
 
-def _say(quiet: bool, text: str) -> None:
+def _say(text: str, *, quiet: bool) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
 
@@ -85,9 +83,19 @@ def run(args: argparse.Namespace) -> int:
     target = f"127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
-    controller = subprocess.Popen(
-        [py, "-m", "xpuctl.controller.cli", "--log-level", "WARNING", "serve", "--listen", target,
-         "--window", str(args.window)],
+    controller = subprocess.Popen(  # noqa: S603 - our own program, argv list
+        [
+            py,
+            "-m",
+            "xpuctl.controller.cli",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--listen",
+            target,
+            "--window",
+            str(args.window),
+        ],
         env=env,
     )
     fleet: subprocess.Popen[bytes] | None = None
@@ -95,18 +103,38 @@ def run(args: argparse.Namespace) -> int:
         channel = grpc.insecure_channel(target)
         stub = cluster_pb2_grpc.ClusterStub(channel)
         stub.GetSummary(cpb.GetSummaryRequest(), timeout=30, wait_for_ready=True)
-        _say(args.json, f"bench: controller pid {controller.pid} on {target}; starting fleet of "
-             f"{nodes} nodes x {per_node} devices every {args.interval_s:g}s, ramp {ramp_s:g}s")
-        fleet = subprocess.Popen(
-            [py, "-m", "xpuctl.agent.cli", "--log-level", "WARNING", "fleet", "--controller", target,
-             "--nodes", str(nodes), "--devices-per-node", str(per_node),
-             "--interval-s", str(args.interval_s), "--ramp-s", str(ramp_s), "--node-prefix", "bench"],
+        _say(
+            quiet=args.json,
+            text=f"bench: controller pid {controller.pid} on {target}; starting fleet of "
+            f"{nodes} nodes x {per_node} devices every {args.interval_s:g}s, ramp {ramp_s:g}s",
+        )
+        fleet = subprocess.Popen(  # noqa: S603 - our own program, argv list
+            [
+                py,
+                "-m",
+                "xpuctl.agent.cli",
+                "--log-level",
+                "WARNING",
+                "fleet",
+                "--controller",
+                target,
+                "--nodes",
+                str(nodes),
+                "--devices-per-node",
+                str(per_node),
+                "--interval-s",
+                str(args.interval_s),
+                "--ramp-s",
+                str(ramp_s),
+                "--node-prefix",
+                "bench",
+            ],
             env=env,
         )
         time.sleep(ramp_s + settle_s)
         s0 = stub.GetSummary(cpb.GetSummaryRequest(), timeout=10)
         t0, c0, f0 = time.monotonic(), cpu_s(controller.pid), cpu_s(fleet.pid)
-        _say(args.json, f"bench: {s0.devices} devices registered; measuring for {measure_s:.0f}s")
+        _say(quiet=args.json, text=f"bench: {s0.devices} devices registered; measuring for {measure_s:.0f}s")
         time.sleep(measure_s)
         s1 = stub.GetSummary(cpb.GetSummaryRequest(), timeout=10)
         t1, c1, f1 = time.monotonic(), cpu_s(controller.pid), cpu_s(fleet.pid)

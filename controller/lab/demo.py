@@ -33,10 +33,14 @@ log = logging.getLogger("xpu.controller.demo")
 AUTO_BUDGET_AFTER_S = 15.0
 # faults over time, on the first node (NVIDIA, training) and beyond: what the detectors catch
 FAULTS = (
-    "--sim-fault", "thermal_runaway:dev=2:at=8",
-    "--sim-fault", "xid:dev=5:at=12",
-    "--sim-fault", "ecc_storm:dev=6:at=30:for=30",
-    "--sim-fault", "straggler:dev=1:at=45:for=30",
+    "--sim-fault",
+    "thermal_runaway:dev=2:at=8",
+    "--sim-fault",
+    "xid:dev=5:at=12",
+    "--sim-fault",
+    "ecc_storm:dev=6:at=30:for=30",
+    "--sim-fault",
+    "straggler:dev=1:at=45:for=30",
 )
 AUTO_BUDGET_FRAC = 0.85
 # every vendor, with NVIDIA on a quarter of the nodes as on most sites; half the nodes can be capped
@@ -111,10 +115,24 @@ async def run(args: argparse.Namespace) -> int:
         await svc_task  # raises what stopped it (a port in use, ...)
         return 1
     fleet = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xpuctl.agent.cli", "--log-level", "WARNING", "fleet",
-        "--controller", f"127.0.0.1:{svc.port}", "--mqtt", str(svc.bus_url),
-        "--nodes", str(args.nodes), "--devices-per-node", str(args.devices_per_node),
-        "--vendors", DEMO_VENDORS, "--workloads", "training,inference,mixed",
+        sys.executable,
+        "-m",
+        "xpuctl.agent.cli",
+        "--log-level",
+        "WARNING",
+        "fleet",
+        "--controller",
+        f"127.0.0.1:{svc.port}",
+        "--mqtt",
+        str(svc.bus_url),
+        "--nodes",
+        str(args.nodes),
+        "--devices-per-node",
+        str(args.devices_per_node),
+        "--vendors",
+        DEMO_VENDORS,
+        "--workloads",
+        "training,inference,mixed",
         *FAULTS,
     )
     state = svc.state

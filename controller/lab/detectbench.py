@@ -22,8 +22,21 @@ from xpuctl.agent.drivers.sim import faults
 from xpuctl.controller.core import detect, ingest, model, registry, ring
 from xpuctl.controller.lab.simcluster import SimCluster
 
-VENDORS = ["nvidia", "amd", "ascend", "cambricon", "hygon", "metax", "moorethreads", "enflame",
-           "iluvatar", "kunlunxin", "biren", "thead", "sunrise"]
+VENDORS = [
+    "nvidia",
+    "amd",
+    "ascend",
+    "cambricon",
+    "hygon",
+    "metax",
+    "moorethreads",
+    "enflame",
+    "iluvatar",
+    "kunlunxin",
+    "biren",
+    "thead",
+    "sunrise",
+]
 FAULT_AT_S = 40
 
 
@@ -55,7 +68,9 @@ def detection(seed: int) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for kind in faults.FAULT_KINDS:
         fault = faults.parse(f"{kind}:dev=2:at={FAULT_AT_S}:for=60")
-        cluster = SimCluster(["nvidia", "nvidia", "amd"], seed=seed, workloads=["training"] * 3, node_faults={0: [fault]})
+        cluster = SimCluster(
+            ["nvidia", "nvidia", "amd"], seed=seed, workloads=["training"] * 3, node_faults={0: [fault]}
+        )
         first: tuple[int, str] | None = None
         for s in range(FAULT_AT_S + 60):
             o = cluster.step()
@@ -78,9 +93,17 @@ def pass_cost(devices: int, window: int = 120) -> dict[str, object]:
     for k in range(devices // per_node):
         node = reg.node(f"n{k}")
         infos = [
-            model.DeviceInfo(uuid=f"n{k}-{i}", index=i, vendor="nvidia", model="sim", power_limit_min_w=200.0,
-                             power_limit_max_w=700.0, power_limit_default_w=700.0, power_cap_settable=True,
-                             temp_slowdown_c=87.0)
+            model.DeviceInfo(
+                uuid=f"n{k}-{i}",
+                index=i,
+                vendor="nvidia",
+                model="sim",
+                power_limit_min_w=200.0,
+                power_limit_max_w=700.0,
+                power_limit_default_w=700.0,
+                power_cap_settable=True,
+                temp_slowdown_c=87.0,
+            )
             for i in range(per_node)
         ]
         reg.register(node, infos)
@@ -105,11 +128,14 @@ def pass_cost(devices: int, window: int = 120) -> dict[str, object]:
         dets.run(reg, store, now)
         times.append(time.perf_counter() - start)
         now += 1_000_000_000
-    return {"devices": len(reg), "pass_ms_median": round(1e3 * statistics.median(times), 2),
-            "pass_ms_max": round(1e3 * max(times), 2)}
+    return {
+        "devices": len(reg),
+        "pass_ms_median": round(1e3 * statistics.median(times), 2),
+        "pass_ms_max": round(1e3 * max(times), 2),
+    }
 
 
-def run(nodes: int, seconds: int, devices: int, seed: int, as_json: bool) -> int:
+def run(nodes: int, seconds: int, devices: int, seed: int, *, as_json: bool) -> int:
     """All three parts; print a report (or JSON)."""
     print(f"bench detect: healthy fleet, {nodes} nodes x {seconds} simulated s ...", file=sys.stderr)
     fa = false_alarms(nodes, seconds, seed)
@@ -122,10 +148,14 @@ def run(nodes: int, seconds: int, devices: int, seed: int, as_json: bool) -> int
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
         return 0
-    print(f"healthy fleet: {fa['devices']} devices x {fa['simulated_s']} s = {fa['device_hours']} device-hours: "
-          f"{fa['false_alarms']} false alarms ({fa['per_device_hour']} per device-hour) {fa['by_detector']}")
+    print(
+        f"healthy fleet: {fa['devices']} devices x {fa['simulated_s']} s = {fa['device_hours']} device-hours: "
+        f"{fa['false_alarms']} false alarms ({fa['per_device_hour']} per device-hour) {fa['by_detector']}"
+    )
     print(f"{'fault':<18}{'first detector':<18}{'delay s':>8}")
     for kind, d in det.items():
         print(f"{kind:<18}{d['detector'] or '-':<18}{d['delay_s'] if d['delay_s'] is not None else 'missed':>8}")
-    print(f"detector pass over {cost['devices']} devices: {cost['pass_ms_median']} ms median, {cost['pass_ms_max']} ms max")
+    print(
+        f"detector pass over {cost['devices']} devices: {cost['pass_ms_median']} ms median, {cost['pass_ms_max']} ms max"
+    )
     return 0

@@ -26,9 +26,18 @@ from xpuctl.controller.lab.simcluster import SimCluster
 # A site that is mostly NVIDIA with AMD, Hygon, Cambricon and Iluvatar beside it (cappable), and
 # a fifth of its nodes on vendors with no public cap setter (fixed loads), per 64 nodes.
 MIX: tuple[tuple[str, int], ...] = (
-    ("nvidia", 26), ("amd", 10), ("hygon", 6), ("cambricon", 6), ("iluvatar", 3),
-    ("ascend", 5), ("metax", 2), ("moorethreads", 2), ("enflame", 1), ("kunlunxin", 1),
-    ("biren", 1), ("thead", 1),
+    ("nvidia", 26),
+    ("amd", 10),
+    ("hygon", 6),
+    ("cambricon", 6),
+    ("iluvatar", 3),
+    ("ascend", 5),
+    ("metax", 2),
+    ("moorethreads", 2),
+    ("enflame", 1),
+    ("kunlunxin", 1),
+    ("biren", 1),
+    ("thead", 1),
 )
 
 
@@ -112,7 +121,7 @@ def simulate(
     )
 
 
-def run(nodes: int, seconds: int, budget_frac: float, seed: int, as_json: bool) -> int:
+def run(nodes: int, seconds: int, budget_frac: float, seed: int, *, as_json: bool) -> int:
     """Three runs; print a table (or JSON); exit 0 when xpuctl did more work than the static cap."""
     t0 = time.process_time()
     print(f"bench power: {nodes} nodes, {seconds} simulated s; run 1/3 uncapped ...", file=sys.stderr)

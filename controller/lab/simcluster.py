@@ -40,9 +40,7 @@ class SimCluster:
         self.store = ring.RingStore(n_metrics=model.N_STORED, window=window)
         self.ingest = ingest.Ingest(self.registry, self.store)
         self.liveness = registry.Liveness()
-        self.control = control.Control(
-            self.registry, self.store, self.liveness, self.cfg, prefix="sim"
-        )
+        self.control = control.Control(self.registry, self.store, self.liveness, self.cfg, prefix="sim")
         self.now_ns = T0_NS
         self.nodes: list[engine.SimNode] = []
         self.node_ids: list[str] = []
@@ -54,8 +52,14 @@ class SimCluster:
         for k, vendor in enumerate(vendors):
             node_id = f"sim-{k:04d}"
             # the simulated driver describes its devices as an agent would; its node is stepped here
-            driver = SimDriver(vendor=vendor, node_id=node_id, devices=devices_per_node, seed=seed,
-                               fault_specs=node_faults.get(k, []), workload=workloads[k])
+            driver = SimDriver(
+                vendor=vendor,
+                node_id=node_id,
+                devices=devices_per_node,
+                seed=seed,
+                fault_specs=node_faults.get(k, []),
+                workload=workloads[k],
+            )
             self.nodes.append(driver.node)
             self.node_ids.append(node_id)
             stream = ingest.StreamState()

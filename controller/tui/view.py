@@ -28,7 +28,7 @@ def _bar(frac: float | None, width: int) -> Text:
     if frac is None:
         return Text("-".ljust(width))
     frac = min(max(frac, 0.0), 1.0)
-    full = int(round(frac * width))
+    full = round(frac * width)
     style = "green" if frac < 0.7 else "yellow" if frac < 0.9 else "red"
     return Text("█" * full, style=style) + Text("·" * (width - full), style="dim")
 
@@ -60,8 +60,14 @@ def header(s: dashboard.Snapshot, width: int) -> RenderableType:
 def devices_table(s: dashboard.Snapshot, rows: int, width: int) -> Table:
     """The worst devices."""
     wide = width >= 120
-    t = Table(box=None, pad_edge=False, expand=False, title_justify="left", show_edge=False,
-              title=f"worst {min(rows, len(s.worst_devices))} of {s.devices_total} devices")
+    t = Table(
+        box=None,
+        pad_edge=False,
+        expand=False,
+        title_justify="left",
+        show_edge=False,
+        title=f"worst {min(rows, len(s.worst_devices))} of {s.devices_total} devices",
+    )
     t.add_column("node", no_wrap=True, overflow="ellipsis", max_width=18 if wide else 10)
     t.add_column("#", justify="right", no_wrap=True)
     t.add_column("vendor", no_wrap=True, max_width=12 if wide else 9, overflow="ellipsis")
@@ -89,13 +95,25 @@ def devices_table(s: dashboard.Snapshot, rows: int, width: int) -> Table:
 
 def nodes_table(s: dashboard.Snapshot, rows: int) -> Table:
     """The worst nodes."""
-    t = Table(box=None, pad_edge=False, expand=False, show_edge=False, title_justify="left",
-              title=f"worst {min(rows, len(s.worst_nodes))} of {s.nodes_total} nodes")
+    t = Table(
+        box=None,
+        pad_edge=False,
+        expand=False,
+        show_edge=False,
+        title_justify="left",
+        title=f"worst {min(rows, len(s.worst_nodes))} of {s.nodes_total} nodes",
+    )
     for col in ("node", "devices", "power W", "hottest", "worst health", "anomalies"):
         t.add_column(col, no_wrap=True)
     for n in s.worst_nodes[:rows]:
-        t.add_row(n.node_id, str(n.devices), f"{n.power_w:,.0f}", _num(n.hottest_c, "{:.0f}C"),
-                  Text(n.worst_health, style=HEALTH_STYLE.get(n.worst_health, "")), str(n.anomalies))
+        t.add_row(
+            n.node_id,
+            str(n.devices),
+            f"{n.power_w:,.0f}",
+            _num(n.hottest_c, "{:.0f}C"),
+            Text(n.worst_health, style=HEALTH_STYLE.get(n.worst_health, "")),
+            str(n.anomalies),
+        )
     return t
 
 
@@ -104,8 +122,14 @@ def feed(s: dashboard.Snapshot, rows: int) -> Group:
     lines = [Text("events", style="bold")]
     for e in s.events[-rows:] if rows > 0 else ():
         stamp = time.strftime("%H:%M:%S", time.gmtime(e.timestamp_ns / 1e9))
-        lines.append(Text(f"{stamp} {e.kind}: {e.message}", style=SEVERITY_STYLE.get(e.severity, ""),
-                          overflow="ellipsis", no_wrap=True))
+        lines.append(
+            Text(
+                f"{stamp} {e.kind}: {e.message}",
+                style=SEVERITY_STYLE.get(e.severity, ""),
+                overflow="ellipsis",
+                no_wrap=True,
+            )
+        )
     return Group(*lines)
 
 

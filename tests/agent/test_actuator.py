@@ -20,7 +20,9 @@ def act() -> actuator.Actuator:
 
 
 def cmd(i: str = "c1", cap: float = 300.0, uuid: str = "d0", expires: int = 100 * S) -> bytes:
-    return msgspec.json.encode(bus.SetPowerCap(id=i, device_uuid=uuid, power_cap_w=cap, issued_at_ns=0, expires_at_ns=expires))
+    return msgspec.json.encode(
+        bus.SetPowerCap(id=i, device_uuid=uuid, power_cap_w=cap, issued_at_ns=0, expires_at_ns=expires)
+    )
 
 
 def test_apply_clamps_and_answers_the_enforced_value() -> None:
@@ -37,8 +39,14 @@ def test_apply_clamps_and_answers_the_enforced_value() -> None:
     [
         (b"\x00\xff", "malformed"),
         (b"{}", "kind"),
-        (b'{"kind":"set_power_cap","id":"x","device_uuid":"d0","power_cap_w":-1,"issued_at_ns":0,"expires_at_ns":9}', "power_cap_w"),
-        (b'{"kind":"set_power_cap","id":"x","device_uuid":"d0","power_cap_w":1e300,"issued_at_ns":0,"expires_at_ns":9}', "power_cap_w"),
+        (
+            b'{"kind":"set_power_cap","id":"x","device_uuid":"d0","power_cap_w":-1,"issued_at_ns":0,"expires_at_ns":9}',
+            "power_cap_w",
+        ),
+        (
+            b'{"kind":"set_power_cap","id":"x","device_uuid":"d0","power_cap_w":1e300,"issued_at_ns":0,"expires_at_ns":9}',
+            "power_cap_w",
+        ),
         (b'{"kind":"reboot","id":"x"}', "kind"),
     ],
 )

@@ -48,5 +48,5 @@ def test_make_room_counts_before_the_append() -> None:
 @given(attempt=st.integers(0, 200), u=st.floats(0, 1))
 def test_backoff_is_bounded_and_grows(attempt: int, u: float) -> None:
     d = backoff.delay_s(attempt, base_s=0.5, cap_s=30.0, uniform01=u)
-    assert 0 <= d <= min(30.0, 0.5 * 2**min(attempt, 32))
+    assert 0 <= d <= min(30.0, 0.5 * 2 ** min(attempt, 32))
     assert backoff.delay_s(attempt, base_s=0.5, cap_s=30.0, uniform01=1.0) == min(30.0, 0.5 * 2 ** min(attempt, 32))

@@ -1,6 +1,7 @@
 """The NVML driver against a fake libnvidia-ml built here with gcc (the DCGM injection idea), so
 the ctypes signatures, units and error codes of nvidia-ml-py are exercised for real; and, where
-the machine has an NVIDIA GPU, a read-only pass over the real one."""
+the machine has an NVIDIA GPU, a read-only pass over the real one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import ctypes.util
 import pathlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -30,20 +32,25 @@ def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def driver(fake_lib: str):  # type: ignore[no-untyped-def]
+def driver(fake_lib: str) -> Iterator[nvidia.NvmlDriver]:
     saved = pynvml.nvmlLib
     d = nvidia.NvmlDriver(library=fake_lib)
     yield d
     d.close()
     pynvml.nvmlLib = saved
-    pynvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001 - function pointers of the fake
+    pynvml._nvmlGetFunctionPointer_cache.clear()
 
 
 def test_discover_reads_capabilities_in_base_units(driver: nvidia.NvmlDriver) -> None:
     infos = driver.discover()
     assert [i.index for i in infos] == [0, 1]
     i = infos[0]
-    assert (i.model, i.vendor, i.bus_id, i.driver_version) == ("NVIDIA H100 80GB HBM3", "nvidia", "00000000:18:00.0", "590.48.01")
+    assert (i.model, i.vendor, i.bus_id, i.driver_version) == (
+        "NVIDIA H100 80GB HBM3",
+        "nvidia",
+        "00000000:18:00.0",
+        "590.48.01",
+    )
     assert i.uuid.startswith("GPU-fake")
     assert (i.power_limit_min_w, i.power_limit_max_w, i.power_limit_default_w) == (200.0, 700.0, 700.0)
     assert (i.temp_slowdown_c, i.temp_shutdown_c) == (87.0, 92.0)
@@ -76,8 +83,10 @@ def test_permission_failure_names_what_is_needed(driver: nvidia.NvmlDriver, monk
         driver.set_power_cap(0, 300.0)
 
 
-@pytest.mark.skipif(ctypes.util.find_library("nvidia-ml") is None and not pathlib.Path("/dev/nvidia0").exists(),
-                    reason="no NVIDIA GPU on this machine (no libnvidia-ml, no /dev/nvidia0)")
+@pytest.mark.skipif(
+    ctypes.util.find_library("nvidia-ml") is None and not pathlib.Path("/dev/nvidia0").exists(),
+    reason="no NVIDIA GPU on this machine (no libnvidia-ml, no /dev/nvidia0)",
+)
 def test_real_gpu_read_only() -> None:
     d = nvidia.NvmlDriver()
     try:
@@ -103,7 +112,7 @@ def test_xid_events_reach_the_sample_of_their_gpu(fake_lib: str, monkeypatch: py
     finally:
         d.close()
         pynvml.nvmlLib = saved
-        pynvml._nvmlGetFunctionPointer_cache.clear()  # noqa: SLF001
+        pynvml._nvmlGetFunctionPointer_cache.clear()
 
 
 # -- NVML's API in other vendors' libraries: Iluvatar IXML (NVML's names), T-Head HGML (prefix hgml) --
@@ -158,8 +167,9 @@ def test_ixml_without_the_setter_is_read_only(fake_ixml: dict[str, str]) -> None
         d.close()
 
 
-def test_hgml_reads_thead_devices_through_the_hgml_prefix(tmp_path: pathlib.Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hgml_reads_thead_devices_through_the_hgml_prefix(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fake with every nvml symbol renamed hgml, as libhgml.so exports them."""
     lib = build(tmp_path, source=SRC.read_text().replace("nvml", "hgml"))
     assert not hasattr(ctypes.CDLL(lib), "nvmlInitWithFlags") and hasattr(ctypes.CDLL(lib), "hgmlInitWithFlags")

@@ -1,5 +1,6 @@
 """Vendor-tool parsers against real captures (tests/fixtures/vendor-smi, sources in SOURCES.md),
-value by value: device count, model, power, limit, temperature, memory, utilisation, health."""
+value by value: device count, model, power, limit, temperature, memory, utilisation, health.
+"""
 
 from __future__ import annotations
 
@@ -15,28 +16,43 @@ MIB = 1 << 20
 
 # file -> (devices, [(row, index, model, bus_id, power_w, temp_c, util, mem_used_MiB, mem_total_MiB, health)])
 ASCEND = {
-    "npu-smi-info_310P3_v25.5.1.txt": (2, [
-        (0, 0, "Ascend 310P3", "0000:81:00.0", None, 37.0, 0.0, 1848, 21525, "OK"),
-        (1, 1, "Ascend 310P3", "0000:85:00.0", None, 40.0, 0.0, 1849, 21525, "OK"),
-    ]),
-    "npu-smi-info_910A_v21.0.rc1.txt": (4, [
-        (0, 4, "Ascend 910A", "0000:C2:00.0", 67.2, 30.0, 0.0, 0, 32768, "OK"),
-        (3, 7, "Ascend 910A", "0000:02:00.0", 65.5, 30.0, 0.0, 0, 32768, "OK"),
-    ]),
-    "npu-smi-info_atlas800-3000_310_v20.2.0.txt": (4, [
-        (0, 0, "Ascend 310", "0000:DA:00.0", 12.8, 56.0, 0.0, 2703, 8192, "OK"),
-        (3, 3, "Ascend 310", None, 12.8, 55.0, 0.0, 2703, 8192, "OK"),
-    ]),
-    "npu-smi-info_atlas800-3000_310_v21.0.4.txt": (4, [
-        (0, 3, "Ascend 310", "0000:89:00.0", 12.8, 73.0, 0.0, 2703, 8192, "OK"),
-        (1, 4, "Ascend 310", "0000:8A:00.0", 12.8, 74.0, 0.0, 2867, 8192, "OK"),
-        (2, 5, "Ascend 310", "0000:8B:00.0", 12.8, 70.0, 0.0, 2867, 8192, "OK"),
-    ]),
-    "npu-smi-info_atlas800-9010_910_v24.1.RC2.txt": (8, [
-        (0, 0, "Ascend", "0000:C1:00.0", 70.5, 42.0, 0.0, 0, 32768, "OK"),
-        (3, 3, "Ascend", "0000:01:00.0", 206.9, 39.0, 0.0, 0, 32768, "DEGRADED"),
-        (7, 7, "Ascend", "0000:02:00.0", 203.2, 42.0, 0.0, 0, 32768, "DEGRADED"),
-    ]),
+    "npu-smi-info_310P3_v25.5.1.txt": (
+        2,
+        [
+            (0, 0, "Ascend 310P3", "0000:81:00.0", None, 37.0, 0.0, 1848, 21525, "OK"),
+            (1, 1, "Ascend 310P3", "0000:85:00.0", None, 40.0, 0.0, 1849, 21525, "OK"),
+        ],
+    ),
+    "npu-smi-info_910A_v21.0.rc1.txt": (
+        4,
+        [
+            (0, 4, "Ascend 910A", "0000:C2:00.0", 67.2, 30.0, 0.0, 0, 32768, "OK"),
+            (3, 7, "Ascend 910A", "0000:02:00.0", 65.5, 30.0, 0.0, 0, 32768, "OK"),
+        ],
+    ),
+    "npu-smi-info_atlas800-3000_310_v20.2.0.txt": (
+        4,
+        [
+            (0, 0, "Ascend 310", "0000:DA:00.0", 12.8, 56.0, 0.0, 2703, 8192, "OK"),
+            (3, 3, "Ascend 310", None, 12.8, 55.0, 0.0, 2703, 8192, "OK"),
+        ],
+    ),
+    "npu-smi-info_atlas800-3000_310_v21.0.4.txt": (
+        4,
+        [
+            (0, 3, "Ascend 310", "0000:89:00.0", 12.8, 73.0, 0.0, 2703, 8192, "OK"),
+            (1, 4, "Ascend 310", "0000:8A:00.0", 12.8, 74.0, 0.0, 2867, 8192, "OK"),
+            (2, 5, "Ascend 310", "0000:8B:00.0", 12.8, 70.0, 0.0, 2867, 8192, "OK"),
+        ],
+    ),
+    "npu-smi-info_atlas800-9010_910_v24.1.RC2.txt": (
+        8,
+        [
+            (0, 0, "Ascend", "0000:C1:00.0", 70.5, 42.0, 0.0, 0, 32768, "OK"),
+            (3, 3, "Ascend", "0000:01:00.0", 206.9, 39.0, 0.0, 0, 32768, "DEGRADED"),
+            (7, 7, "Ascend", "0000:02:00.0", 203.2, 42.0, 0.0, 0, 32768, "DEGRADED"),
+        ],
+    ),
 }
 
 
@@ -78,9 +94,13 @@ def test_nvidia_smi_query_csv() -> None:
 def test_ixsmi_noheader_csv() -> None:
     got = parse.parse("iluvatar", (FIX / "iluvatar" / "ixsmi_query-gpu_csv-noheader_MR-V50_MR-V100.csv").read_text())
     assert [(p.info.index, p.info.model, p.info.memory_total_bytes) for p in got] == [
-        (0, "Iluvatar MR-V50", 16384 * MIB), (1, "Iluvatar MR-V100", 32768 * MIB)]
+        (0, "Iluvatar MR-V50", 16384 * MIB),
+        (1, "Iluvatar MR-V100", 32768 * MIB),
+    ]
     assert [(p.sample.memory_used_bytes, p.sample.utilization, p.sample.temperature_c) for p in got] == [
-        (116 * MIB, 0.0, 30.0), (27996 * MIB, 0.0, 36.0)]
+        (116 * MIB, 0.0, 30.0),
+        (27996 * MIB, 0.0, 36.0),
+    ]
     assert all(p.sample.power_w is None for p in got)
 
 
@@ -89,23 +109,46 @@ def test_absent_markers(text: str) -> None:
     assert common.number(text) is None
 
 
-@pytest.mark.parametrize(("text", "unit", "value"), [
-    ("69.33 W", "", 69.33), ("81559 MiB", "", 81559 * MIB), ("45 %", "", 0.45), ("1980 MHz", "", 1.98e9),
-    ("12", "W", 12.0), ("2500 mW", "", 2.5)])
+@pytest.mark.parametrize(
+    ("text", "unit", "value"),
+    [
+        ("69.33 W", "", 69.33),
+        ("81559 MiB", "", 81559 * MIB),
+        ("45 %", "", 0.45),
+        ("1980 MHz", "", 1.98e9),
+        ("12", "W", 12.0),
+        ("2500 mW", "", 2.5),
+    ],
+)
 def test_units(text: str, unit: str, value: float) -> None:
     assert common.number(text, unit) == pytest.approx(value)
 
 
-@pytest.mark.parametrize(("vendor", "text", "fragment"), [
-    ("ascend", "garbage\n", "no `NPU"),
-    ("ascend", "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
-               "| 0 910B | OK | 70.5 42 |\n+===+\n", "record has 1 lines"),
-    ("ascend", "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
-               "| 0 910B | OK | hot 42 |\n| 0 | 0000:01:00.0 | 5 |\n+===+\n", "not a number"),
-    ("nvidia", "index, name, power.draw [W]\n0, H100, 70 W, extra\n", "4 values for 3 fields"),
-    ("nvidia", "0, H100, 70 W\n", "no header"),
-    ("nvidia", "index, power.draw [W]\n0, 70 furlongs\n", "unknown unit"),
-])
+@pytest.mark.parametrize(
+    ("vendor", "text", "fragment"),
+    [
+        ("ascend", "garbage\n", "no `NPU"),
+        (
+            "ascend",
+            (
+                "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
+                "| 0 910B | OK | 70.5 42 |\n+===+\n"
+            ),
+            "record has 1 lines",
+        ),
+        (
+            "ascend",
+            (
+                "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
+                "| 0 910B | OK | hot 42 |\n| 0 | 0000:01:00.0 | 5 |\n+===+\n"
+            ),
+            "not a number",
+        ),
+        ("nvidia", "index, name, power.draw [W]\n0, H100, 70 W, extra\n", "4 values for 3 fields"),
+        ("nvidia", "0, H100, 70 W\n", "no header"),
+        ("nvidia", "index, power.draw [W]\n0, 70 furlongs\n", "unknown unit"),
+    ],
+)
 def test_unknown_layouts_fail_loudly_naming_tool_and_line(vendor: str, text: str, fragment: str) -> None:
     with pytest.raises(parse.ParseError) as err:
         parse.parse(vendor, text)
@@ -120,8 +163,16 @@ def test_vendor_without_parser_is_named() -> None:
 
 # file -> (vendor, model, power_w, junction temp, memory temp, util, used MiB, total MiB)
 ROCM = {
-    "amd/rocm-smi-6.2.4_showall-json.json": ("amd", "Navi 32 [Radeon RX 7700 XT / 7800 XT]", 53.0, 51.0, 54.0, 1.0,
-                                            11615076352 / MIB, 17163091968 / MIB),
+    "amd/rocm-smi-6.2.4_showall-json.json": (
+        "amd",
+        "Navi 32 [Radeon RX 7700 XT / 7800 XT]",
+        53.0,
+        51.0,
+        54.0,
+        1.0,
+        11615076352 / MIB,
+        17163091968 / MIB,
+    ),
     "hygon/rocm-smi-hygon-24.04.3_json.json": ("hygon", "DCU xxxx", 80.0, 39.0, 44.0, 0.0, 2, 65520),
     "hygon/rocm-smi-json_Z100L_docstring.json": ("hygon", "Z100L", 38.0, 41.0, 39.0, 0.0, 2, 32752),
     "hygon/rocm-smi-json_K100_AI_dtk2504plus_docstring.json": ("hygon", "K100_AI", 77.0, 35.0, 38.0, 0.0, 2, 65520),
@@ -147,29 +198,66 @@ def test_rocm_smi_not_json_names_the_line() -> None:
 
 # nvidia-smi-style tables: file -> (vendor, devices, [(row, index, model, bus, power, cap, temp, util, used MiB, total MiB, ecc)])
 TABLES = {
-    "nvidia/nvidia-smi_H100_590.48.01_load.txt": ("nvidia", 1, [
-        (0, 0, "NVIDIA H100 80GB HBM3", "00000000:00:09.0", 629.0, 700.0, 59.0, 1.0, 19818, 81559, 0.0)]),
-    "nvidia/nvidia-smi_H100_590.48.01_idle.txt": ("nvidia", 1, [
-        (0, 0, "NVIDIA H100 80GB HBM3", "00000000:00:09.0", 69.0, 700.0, 41.0, 0.0, 0, 81559, 0.0)]),
-    "nvidia/nvidia-smi_H200-MIG_590.48.01_idle.txt": ("nvidia", 1, [
-        (0, 0, "NVIDIA H200", "00000000:83:00.0", 78.0, 700.0, 28.0, None, 55, 143771, None)]),
-    "nvidia/nvidia-smi_RTX4080S_595.71.05_load.txt": ("nvidia", 1, [
-        (0, 0, "NVIDIA GeForce RTX 4080 ...", "00000000:01:00.0", 83.0, 320.0, 45.0, 0.07, 1474, 16376, None)]),
-    "cambricon/cnmon_8card_v5.10.31_anonymised.txt": ("cambricon", 8, [
-        (0, 0, "MLUXXX-XX", "0000:4F:00.0", 105.0, 550.0, 35.0, 0.0, 0, None, 0.0),
-        (1, 1, "MLUXXX-XX", "0000:53:00.0", 100.0, 550.0, 34.0, 0.0, 0, None, 0.0)]),
-    "cambricon/cnmon_MLU370-X4_v4.20.11.txt": ("cambricon", 3, [
-        (0, 0, "MLU370-X4", "", 30.0, 150.0, 32.0, 0.0, 0, 23308, None),
-        (2, 2, "MLU370-X4", "", 26.0, 150.0, 30.0, 0.0, 0, 23308, None)]),
-    "metax/mx-smi_C500x8_v2.2.9.txt": ("metax", 8, [
-        (0, 0, "MetaX C500", "0000:0e:00.0", 57.0, 350.0, 35.0, 0.0, 826, 65536, None),
-        (1, 1, "MetaX C500", "0000:0f:00.0", 58.0, 350.0, 37.0, 0.0, 826, 65536, None)]),
-    "iluvatar/ixsmi_BI-V150x16_v4.1.0.txt": ("iluvatar", 16, [
-        (0, 0, "Iluvatar BI-V150", "00000000:13:00.0", None, None, 32.0, 0.0, 116, 32768, None),
-        (1, 1, "Iluvatar BI-V150", "00000000:16:00.0", 93.0, 350.0, 30.0, 0.0, 116, 32768, None)]),
-    "kunlunxin/xpu-smi_P800-OAM_v5.19.0.0_trimmed.txt": ("kunlunxin", 3, [
-        (0, 0, "P800 OAM", "00000000:03:00.0", 87.0, 400.0, 35.0, 0.0, 0, 98304, 0.0),
-        (1, 1, "P800 OAM", "00000000:05:00.0", 84.0, 400.0, 37.0, 0.0, 0, 98304, 0.0)]),
+    "nvidia/nvidia-smi_H100_590.48.01_load.txt": (
+        "nvidia",
+        1,
+        [(0, 0, "NVIDIA H100 80GB HBM3", "00000000:00:09.0", 629.0, 700.0, 59.0, 1.0, 19818, 81559, 0.0)],
+    ),
+    "nvidia/nvidia-smi_H100_590.48.01_idle.txt": (
+        "nvidia",
+        1,
+        [(0, 0, "NVIDIA H100 80GB HBM3", "00000000:00:09.0", 69.0, 700.0, 41.0, 0.0, 0, 81559, 0.0)],
+    ),
+    "nvidia/nvidia-smi_H200-MIG_590.48.01_idle.txt": (
+        "nvidia",
+        1,
+        [(0, 0, "NVIDIA H200", "00000000:83:00.0", 78.0, 700.0, 28.0, None, 55, 143771, None)],
+    ),
+    "nvidia/nvidia-smi_RTX4080S_595.71.05_load.txt": (
+        "nvidia",
+        1,
+        [(0, 0, "NVIDIA GeForce RTX 4080 ...", "00000000:01:00.0", 83.0, 320.0, 45.0, 0.07, 1474, 16376, None)],
+    ),
+    "cambricon/cnmon_8card_v5.10.31_anonymised.txt": (
+        "cambricon",
+        8,
+        [
+            (0, 0, "MLUXXX-XX", "0000:4F:00.0", 105.0, 550.0, 35.0, 0.0, 0, None, 0.0),
+            (1, 1, "MLUXXX-XX", "0000:53:00.0", 100.0, 550.0, 34.0, 0.0, 0, None, 0.0),
+        ],
+    ),
+    "cambricon/cnmon_MLU370-X4_v4.20.11.txt": (
+        "cambricon",
+        3,
+        [
+            (0, 0, "MLU370-X4", "", 30.0, 150.0, 32.0, 0.0, 0, 23308, None),
+            (2, 2, "MLU370-X4", "", 26.0, 150.0, 30.0, 0.0, 0, 23308, None),
+        ],
+    ),
+    "metax/mx-smi_C500x8_v2.2.9.txt": (
+        "metax",
+        8,
+        [
+            (0, 0, "MetaX C500", "0000:0e:00.0", 57.0, 350.0, 35.0, 0.0, 826, 65536, None),
+            (1, 1, "MetaX C500", "0000:0f:00.0", 58.0, 350.0, 37.0, 0.0, 826, 65536, None),
+        ],
+    ),
+    "iluvatar/ixsmi_BI-V150x16_v4.1.0.txt": (
+        "iluvatar",
+        16,
+        [
+            (0, 0, "Iluvatar BI-V150", "00000000:13:00.0", None, None, 32.0, 0.0, 116, 32768, None),
+            (1, 1, "Iluvatar BI-V150", "00000000:16:00.0", 93.0, 350.0, 30.0, 0.0, 116, 32768, None),
+        ],
+    ),
+    "kunlunxin/xpu-smi_P800-OAM_v5.19.0.0_trimmed.txt": (
+        "kunlunxin",
+        3,
+        [
+            (0, 0, "P800 OAM", "00000000:03:00.0", 87.0, 400.0, 35.0, 0.0, 0, 98304, 0.0),
+            (1, 1, "P800 OAM", "00000000:05:00.0", 84.0, 400.0, 37.0, 0.0, 0, 98304, 0.0),
+        ],
+    ),
 }
 
 
@@ -195,17 +283,22 @@ def test_ixsmi_table_reads_clocks() -> None:
 
 
 def test_a_table_record_that_does_not_match_its_header_is_refused() -> None:
-    text = (FIX / "metax" / "mx-smi_C500x8_v2.2.9.txt").read_text().replace("| 57W / 350W       |", "| 57W / 350W |x|", 1)
+    text = (
+        (FIX / "metax" / "mx-smi_C500x8_v2.2.9.txt").read_text().replace("| 57W / 350W       |", "| 57W / 350W |x|", 1)
+    )
     with pytest.raises(parse.ParseError) as err:
         parse.parse("metax", text)
     assert "mx-smi output, line" in str(err.value) and "cells under a 4-cell header" in str(err.value)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    # the S4000 capture shows more memory used than there is: parsed as shown (the tool's numbers)
-    ("mthreads-gmi_S4000_v1.12.2_mem-anomaly.txt", (0, "MTT S4000", "00000000:08:00.0", 0.88, 44302, 32768, 65.0)),
-    ("mthreads-gmi_S5000_v2.3.3_truncated.txt", (0, "MTT S5000", "00000000:18:00.0", 0.0, 0, 81920, 47.0)),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # the S4000 capture shows more memory used than there is: parsed as shown (the tool's numbers)
+        ("mthreads-gmi_S4000_v1.12.2_mem-anomaly.txt", (0, "MTT S4000", "00000000:08:00.0", 0.88, 44302, 32768, 65.0)),
+        ("mthreads-gmi_S5000_v2.3.3_truncated.txt", (0, "MTT S5000", "00000000:18:00.0", 0.0, 0, 81920, 47.0)),
+    ],
+)
 def test_mthreads_gmi(name: str, expected: tuple[object, ...]) -> None:
     (p,) = parse.parse("moorethreads", (FIX / "mthreads" / name).read_text())
     index, model_name, bus, util, used, total, temp = expected
@@ -226,9 +319,14 @@ def test_efsmi_q() -> None:
 
 def test_efsmi_default_table() -> None:
     got = parse.parse("enflame", (FIX / "enflame" / "efsmi_S60_v1.2.0.301.txt").read_text())
-    assert [(p.info.index, p.info.model, p.info.bus_id) for p in got] == [(0, "S60", "00:01:00.0"), (1, "S60", "00:09:00.0")]
+    assert [(p.info.index, p.info.model, p.info.bus_id) for p in got] == [
+        (0, "S60", "00:01:00.0"),
+        (1, "S60", "00:09:00.0"),
+    ]
     assert [(p.sample.temperature_c, p.sample.power_w, p.sample.power_limit_w) for p in got] == [
-        (39.0, 105.0, 300.0), (46.0, 128.0, 300.0)]
+        (39.0, 105.0, 300.0),
+        (46.0, 128.0, 300.0),
+    ]
     assert got[0].info.memory_total_bytes == 49120 * MIB and got[0].sample.memory_used_bytes == 0
 
 
@@ -250,7 +348,12 @@ def test_amd_smi_static_json() -> None:
 def test_nvidia_smi_q() -> None:
     (p,) = parse.parse("nvidia", (FIX / "nvidia" / "nvidia-smi-q_H100_590.48.01_load.txt").read_text())
     i, s = p.info, p.sample
-    assert (i.model, i.bus_id, i.driver_version, i.uuid) == ("NVIDIA H100 80GB HBM3", "00000000:00:09.0", "590.48.01", "nvidia-0")
+    assert (i.model, i.bus_id, i.driver_version, i.uuid) == (
+        "NVIDIA H100 80GB HBM3",
+        "00000000:00:09.0",
+        "590.48.01",
+        "nvidia-0",
+    )
     assert (i.power_limit_min_w, i.power_limit_max_w, i.power_limit_default_w) == (200.0, 700.0, 700.0)
     assert i.memory_total_bytes == 81559 * MIB and s.memory_used_bytes == 19818 * MIB
     assert (s.power_w, s.power_limit_w, s.temperature_c, s.memory_temperature_c) == (629.45, 700.0, 59.0, 55.0)
@@ -261,14 +364,21 @@ def test_nvidia_smi_q() -> None:
 def test_kv_tree_keeps_sections_and_colons_in_values() -> None:
     text = "Top : 1\nGPU 0000:01:00.0\n    PCI\n        Bus Id : 0000:01:00.0\n    Name : x\n"
     assert common.kv_tree(text) == [
-        (("Top",), "1", 1), (("GPU 0000:01:00.0", "PCI", "Bus Id"), "0000:01:00.0", 4), (("GPU 0000:01:00.0", "Name"), "x", 5)]
+        (("Top",), "1", 1),
+        (("GPU 0000:01:00.0", "PCI", "Bus Id"), "0000:01:00.0", 4),
+        (("GPU 0000:01:00.0", "Name"), "x", 5),
+    ]
 
 
 def test_xpu_smi_q() -> None:
     (p,) = parse.parse("kunlunxin", (FIX / "kunlunxin" / "xpu-smi-q-id_P800-PCIe_v5.0.21.26.txt").read_text())
     i, s = p.info, p.sample
-    assert (i.model, i.uuid, i.bus_id, i.vendor) == ("P800 PCIe", "GPU-420716f2-9928-5108-a5b2-e6b7cf36b37c",
-                                                    "00000000:01:00.0", "kunlunxin")
+    assert (i.model, i.uuid, i.bus_id, i.vendor) == (
+        "P800 PCIe",
+        "GPU-420716f2-9928-5108-a5b2-e6b7cf36b37c",
+        "00000000:01:00.0",
+        "kunlunxin",
+    )
     assert i.memory_total_bytes == 98304 * MIB and s.memory_used_bytes == 0
     assert (s.power_w, s.power_limit_w, s.temperature_c, s.utilization) == (76.0, 350.0, 46.0, 0.0)
     assert s.core_clock_hz == 1450e6 and (s.ecc_corrected_total, s.ecc_uncorrected_total) == (0.0, 0.0)
@@ -338,11 +448,15 @@ def test_npu_smi_mapping(name: str) -> None:
 
 # npu-smi info -t: file -> [(uuid, total MiB, util, temp, power, cur freq MHz, used share)]
 T_VIEWS = {
-    "npu-smi-info-t-common_310P_2chip.txt": [("ascend-npu1-chip0", None, 0.0, 60.0, None, 960, None),
-                                              ("ascend-npu1-chip1", None, 0.0, 59.0, None, 960, None)],
+    "npu-smi-info-t-common_310P_2chip.txt": [
+        ("ascend-npu1-chip0", None, 0.0, 60.0, None, 960, None),
+        ("ascend-npu1-chip1", None, 0.0, 59.0, None, 960, None),
+    ],
     "npu-smi-info-t-common_910B.txt": [("ascend-npu0-chip0", None, 0.0, 46.0, 69.0, 1000, None)],
-    "npu-smi-info-t-usages_310P_2chip.txt": [("ascend-npu1-chip0", 44280, 0.0, None, None, None, 0.03),
-                                              ("ascend-npu1-chip1", 43693, 0.0, None, None, None, 0.03)],
+    "npu-smi-info-t-usages_310P_2chip.txt": [
+        ("ascend-npu1-chip0", 44280, 0.0, None, None, None, 0.03),
+        ("ascend-npu1-chip1", 43693, 0.0, None, None, None, 0.03),
+    ],
     "npu-smi-info-t-usages_910B.txt": [("ascend-npu0-chip0", 32768, 0.0, None, None, None, 0.0)],
 }
 
@@ -368,7 +482,9 @@ def test_identity_only_views() -> None:
     assert [p.info.index for p in topo] == list(range(8)) and all(p.sample.power_w is None for p in topo)
     virt = parse.parse("hygon", (FIX / "hygon" / "hy-smi_virtual-show-device-info.txt").read_text())
     assert [(p.info.index, p.info.memory_total_bytes, p.info.model) for p in virt] == [
-        (0, 4294967296, "virtual on DCU 0"), (1, 8589934592, "virtual on DCU 0")]
+        (0, 4294967296, "virtual on DCU 0"),
+        (1, 8589934592, "virtual on DCU 0"),
+    ]
 
 
 def test_every_shared_fixture_has_a_parser() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
+from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import base
 from xpuctl.agent.drivers.sim import SimDriver
-from xpuctl.agent.adapters.sampler import Sampler
 
 
 class HangingDriver:

@@ -19,8 +19,9 @@ def run(node: engine.SimNode, seconds: int, dt: float = 1.0) -> list[dict[str, n
 
 
 def series(seed: int, vendor: str = "nvidia", fault: str | None = None, seconds: int = 200) -> dict[str, np.ndarray]:
-    node = engine.SimNode([profiles.PROFILES[vendor]] * 4, node_id="n0", seed=seed,
-                          faults=[faults.parse(fault)] if fault else [])
+    node = engine.SimNode(
+        [profiles.PROFILES[vendor]] * 4, node_id="n0", seed=seed, faults=[faults.parse(fault)] if fault else []
+    )
     steps = run(node, seconds)
     return {k: np.array([s[k] for s in steps]) for k in steps[0]}
 
@@ -111,8 +112,12 @@ def test_straggler_is_far_below_its_peers_when_busy() -> None:
 
 
 def test_fall_off_bus_and_xid_events_and_health() -> None:
-    drv = SimDriver(vendor="nvidia", node_id="f", devices=3,
-                    fault_specs=[faults.parse("fall_off_bus:dev=1:at=2"), faults.parse("xid:dev=2:at=2")])
+    drv = SimDriver(
+        vendor="nvidia",
+        node_id="f",
+        devices=3,
+        fault_specs=[faults.parse("fall_off_bus:dev=1:at=2"), faults.parse("xid:dev=2:at=2")],
+    )
     events: list[tuple[int, str]] = []
     last: list[model.DeviceSample] = []
     for t in range(40):
@@ -144,8 +149,13 @@ def test_caps_on_read_only_vendors_are_refused_clearly() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "problem"),
-    [("melt", "unknown kind 'melt'"), ("xid:dev=x", "dev='x' is not a number"), ("xid:at=-1", "must be a finite"),
-     ("xid:when=3", "unknown option 'when=3'"), ("xid:dev=1.5", "whole device index")],
+    [
+        ("melt", "unknown kind 'melt'"),
+        ("xid:dev=x", "dev='x' is not a number"),
+        ("xid:at=-1", "must be a finite"),
+        ("xid:when=3", "unknown option 'when=3'"),
+        ("xid:dev=1.5", "whole device index"),
+    ],
 )
 def test_bad_fault_specs_name_the_problem(spec: str, problem: str) -> None:
     with pytest.raises(faults.FaultSpecError, match=problem):
@@ -166,13 +176,15 @@ def test_throughput_curve_matches_the_cited_power_capping_measurements() -> None
     idle = np.array([h100.idle_w])
     training_demand = np.array([0.86 * h100.tdp_w])  # the simulator's steady training draw
     # McDonald et al. 2022: training capped at 60% of TDP runs roughly 5-15% slower
-    speed = engine.throughput_fraction(np.array([0.6 * h100.tdp_w]), training_demand, idle,
-                                       np.array([profiles.ALPHA_TRAINING]))[0]
+    speed = engine.throughput_fraction(
+        np.array([0.6 * h100.tdp_w]), training_demand, idle, np.array([profiles.ALPHA_TRAINING])
+    )[0]
     assert 0.85 <= speed <= 0.95
     # Patel et al. 2024: inference loses only a few percent at a cap 20-30% under its peak draw
     inference_peak = np.array([0.85 * h100.tdp_w])
-    speed = engine.throughput_fraction(0.75 * inference_peak, inference_peak, idle,
-                                       np.array([profiles.ALPHA_INFERENCE]))[0]
+    speed = engine.throughput_fraction(
+        0.75 * inference_peak, inference_peak, idle, np.array([profiles.ALPHA_INFERENCE])
+    )[0]
     assert 0.95 <= speed < 1.0
     # and in both, capping costs less work than it saves power
     assert 1 - speed < 0.25

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
+from tests.conftest import ROOT, Controller, Processes, wait_until
+from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import tool
-from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.controller.core.registry import NodeState
-from tests.conftest import ROOT, Controller, Processes, wait_until
 
 FIX = ROOT / "tests" / "fixtures" / "vendor-smi"
 
@@ -45,12 +45,17 @@ def test_tool_driver_reads_a_capture(bin_dir: pathlib.Path) -> None:
     assert "ascend" in tool.available()
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    ("sleep 30", "did not answer within"),
-    ("echo 'NVML: driver not loaded' >&2; exit 9", "exited with status 9: NVML: driver not loaded"),
-    ("echo 'Segmentation fault, no table today'", "line 1"),
-])
-async def test_a_bad_tool_makes_its_devices_unknown_and_the_rest_goes_on(bin_dir: pathlib.Path, body: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("sleep 30", "did not answer within"),
+        ("echo 'NVML: driver not loaded' >&2; exit 9", "exited with status 9: NVML: driver not loaded"),
+        ("echo 'Segmentation fault, no table today'", "line 1"),
+    ],
+)
+async def test_a_bad_tool_makes_its_devices_unknown_and_the_rest_goes_on(
+    bin_dir: pathlib.Path, body: str, reason: str
+) -> None:
     from xpuctl.agent.drivers.sim import SimDriver  # noqa: PLC0415
 
     fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
@@ -82,8 +87,14 @@ def test_agent_once_with_driver_auto(bin_dir: pathlib.Path) -> None:
     fake(bin_dir, "mx-smi", f"cat {FIX / 'metax' / 'mx-smi_C500x8_v2.2.9.txt'}")
     fake(bin_dir, "xpu-smi", f"cat {FIX / 'kunlunxin' / 'xpu-smi_P800-OAM_v5.19.0.0_trimmed.txt'}")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    r = subprocess.run([sys.executable, "-m", "xpuctl.agent.cli", "once", "--driver", "auto"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "xpuctl.agent.cli", "once", "--driver", "auto"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     vendors_present = set(tool.available())
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
@@ -96,8 +107,14 @@ def test_agent_once_with_driver_auto(bin_dir: pathlib.Path) -> None:
 
 
 def test_driver_without_its_tool_says_what_to_install(bin_dir: pathlib.Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "xpuctl.agent.cli", "once", "--driver", "kunlunxin"], cwd=ROOT,
-                       env={**os.environ, "PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "xpuctl.agent.cli", "once", "--driver", "kunlunxin"],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(bin_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0  # the agent degrades: devices it cannot read are not invented
     assert json.loads(r.stdout) == [] and "xpu-smi is not on PATH" in r.stderr
 
@@ -109,7 +126,9 @@ def fake_rsmi(tmp_path_factory: pytest.TempPathFactory) -> str:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed: the fake ROCm SMI library cannot be built")
     out = tmp_path_factory.mktemp("rsmi") / "librocm_smi64.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(out), str(ROOT / "tests" / "fakes" / "fake_rsmi.c")], check=True)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(out), str(ROOT / "tests" / "fakes" / "fake_rsmi.c")], check=True
+    )
     return str(out)
 
 
@@ -145,14 +164,17 @@ def fake_cndev(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     for variant, flags in (("header", []), ("wide_range", ["-DWIDE_RANGE"]), ("wide_limit", ["-DWIDE_LIMIT"])):
         lib = tmp_path_factory.mktemp(f"neuware-{variant}") / "lib64" / "libcndev.so"
         lib.parent.mkdir()
-        subprocess.run(["gcc", "-shared", "-fPIC", *flags, "-o", str(lib), str(ROOT / "tests" / "fakes" / "fake_cndev.c")],
-                       check=True)
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", *flags, "-o", str(lib), str(ROOT / "tests" / "fakes" / "fake_cndev.c")],
+            check=True,
+        )
         out[variant] = str(lib)
     return out
 
 
-def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[str, str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cambricon_caps_through_cndev(
+    bin_dir: pathlib.Path, fake_cndev: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from xpuctl.agent.drivers import base, cndev  # noqa: PLC0415
 
     home = str(pathlib.Path(fake_cndev["header"]).parent.parent)
@@ -162,7 +184,11 @@ def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[st
     infos = d.discover()
     # cards 0 and 1 are the library's; the others it does not know stay read-only (a fixed load)
     assert [i.power_cap_settable for i in infos[:3]] == [True, True, False]
-    assert (infos[0].power_limit_min_w, infos[0].power_limit_max_w, infos[0].power_limit_default_w) == (75.0, 150.0, 150.0)
+    assert (infos[0].power_limit_min_w, infos[0].power_limit_max_w, infos[0].power_limit_default_w) == (
+        75.0,
+        150.0,
+        150.0,
+    )
     assert d.set_power_cap(1, 100.4) == 100.0  # whole watts, read back
     assert d.set_power_cap(0, 10.0) == 75.0  # clamped to the range
     assert d.set_power_cap(0, 900.0) == 150.0
@@ -171,10 +197,13 @@ def test_cambricon_caps_through_cndev(bin_dir: pathlib.Path, fake_cndev: dict[st
         d.set_power_cap(0, 120.0)
 
 
-@pytest.mark.parametrize(("variant", "why"), [("wide_range", "lays the range out differently"),
-                                             ("wide_limit", "lays the limitation out differently")])
-def test_a_cndev_with_another_layout_is_left_read_only(bin_dir: pathlib.Path, fake_cndev: dict[str, str],
-                                                       variant: str, why: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "why"),
+    [("wide_range", "lays the range out differently"), ("wide_limit", "lays the limitation out differently")],
+)
+def test_a_cndev_with_another_layout_is_left_read_only(
+    bin_dir: pathlib.Path, fake_cndev: dict[str, str], variant: str, why: str
+) -> None:
     from xpuctl.agent.drivers import base, cndev  # noqa: PLC0415
 
     caps = cndev.CndevCaps(fake_cndev[variant])
@@ -194,18 +223,37 @@ def test_cndev_missing_library_is_a_clear_error(tmp_path: pathlib.Path) -> None:
         cndev.CndevCaps(str(tmp_path / "libcndev.so"))
 
 
-async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(bin_dir: pathlib.Path, controller: Controller,
-                                                                 processes: Processes) -> None:
+async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(
+    bin_dir: pathlib.Path, controller: Controller, processes: Processes
+) -> None:
     """npu-smi fails while the agent starts (driver not loaded yet); once it works, its NPUs stream."""
     ready = bin_dir.parent / "npu-driver-loaded"
     fake(bin_dir, "cnmon", f"cat {FIX / 'cambricon' / 'cnmon_MLU370-X4_v4.20.11.txt'}")
-    fake(bin_dir, "npu-smi", f"if [ -f {ready} ]; then cat {FIX / 'ascend' / 'npu-smi-info_910A_v21.0.rc1.txt'}; "
-                             "else echo 'dcmi module initialize failed. ret is -8005' >&2; exit 9; fi")
+    fake(
+        bin_dir,
+        "npu-smi",
+        f"if [ -f {ready} ]; then cat {FIX / 'ascend' / 'npu-smi-info_910A_v21.0.rc1.txt'}; "
+        "else echo 'dcmi module initialize failed. ret is -8005' >&2; exit 9; fi",
+    )
     st = controller.state
     assert st is not None
-    processes.start("xpuctl.agent.cli", "--log-format", "text", "run", "--node-id", "late", "--controller", controller.target,
-                    "--driver", "auto", "--rediscover-s", "0.3", "--interval-s", "0.2",
-                    env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"})
+    processes.start(
+        "xpuctl.agent.cli",
+        "--log-format",
+        "text",
+        "run",
+        "--node-id",
+        "late",
+        "--controller",
+        controller.target,
+        "--driver",
+        "auto",
+        "--rediscover-s",
+        "0.3",
+        "--interval-s",
+        "0.2",
+        env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+    )
 
     def node() -> NodeState | None:
         return st.registry.nodes.get("late")
@@ -215,8 +263,11 @@ async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(bin_dir: pathlib
     assert first is not None and len(first.slots) == 3  # cambricon only: npu-smi failed
     first_boot = first.boot_id
     ready.touch()
-    await wait_until(lambda: (n := node()) is not None and n.boot_id != first_boot and n.batches_stored >= 3,
-                     timeout_s=30, what="a new boot with the NPUs")
+    await wait_until(
+        lambda: (n := node()) is not None and n.boot_id != first_boot and n.batches_stored >= 3,
+        timeout_s=30,
+        what="a new boot with the NPUs",
+    )
     n = node()
     assert n is not None and len(n.slots) == 7
     vendors = sorted(st.registry.infos[s].vendor for s in n.slots)

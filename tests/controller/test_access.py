@@ -34,8 +34,9 @@ NODE = frozenset({"node-a"})
         (access.Policy(enforced=True, open_reads=True), "Cordon", NODE, None, "PERMISSION_DENIED"),
     ],
 )
-def test_check_call(policy: access.Policy, method: str, identities: frozenset[str], token: str | None,
-                    code: str | None) -> None:
+def test_check_call(
+    policy: access.Policy, method: str, identities: frozenset[str], token: str | None, code: str | None
+) -> None:
     denial = access.check_call(policy, method, identities, token)
     assert (denial.code if denial else None) == code
     if denial is not None:
@@ -82,8 +83,9 @@ def test_tokens_are_kept_as_digests() -> None:
         ("[auth]\nopen_reads = 3\n", "$.auth.open_reads"),
     ],
 )
-def test_bad_security_config_exits_78(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], toml: str,
-                                      path: str) -> None:
+def test_bad_security_config_exits_78(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], toml: str, path: str
+) -> None:
     f = tmp_path / "c.toml"
     f.write_text(toml)
     with pytest.raises(config.ConfigError):
@@ -96,7 +98,9 @@ def test_a_bad_token_file_stops_serve(tmp_path: pathlib.Path, capsys: pytest.Cap
     tokens = tmp_path / "tokens"
     tokens.write_text("bob short\n")
     f = tmp_path / "c.toml"
-    f.write_text(f'[tls]\ncert_file = "a"\nkey_file = "b"\nclient_ca_file = "c"\n[auth]\noperator_tokens_file = "{tokens}"\n')
+    f.write_text(
+        f'[tls]\ncert_file = "a"\nkey_file = "b"\nclient_ca_file = "c"\n[auth]\noperator_tokens_file = "{tokens}"\n'
+    )
     assert cli.main(["--log-format", "text", "serve", "--listen", "127.0.0.1:0", "--config", str(f)]) == 78
     err = capsys.readouterr().err
     assert "operator_tokens_file, line 1" in err and "shorter than 16" in err

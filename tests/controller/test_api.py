@@ -9,9 +9,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from tests.conftest import Processes, RunningService, make_service, wait_until, xpuctl
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
-from tests.conftest import Processes, RunningService, make_service, wait_until, xpuctl
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,22 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
         stub = cluster_pb2_grpc.ClusterStub(ch)
         watch = stub.WatchEvents(cpb.WatchEventsRequest(kinds=["anomaly."]))
         await wait_until(lambda: bool(st.watchers), timeout_s=5, what="the watcher")
-        processes.start("xpuctl.agent.cli", "run", "--node-id", "api", "--controller", ctl.target, "--sim-vendor", "nvidia",
-                        "--sim-workload", "training", "--sim-fault", "thermal_runaway:dev=2:at=4:for=60",
-                        "--reconnect-max-s", "0.5")
+        processes.start(
+            "xpuctl.agent.cli",
+            "run",
+            "--node-id",
+            "api",
+            "--controller",
+            ctl.target,
+            "--sim-vendor",
+            "nvidia",
+            "--sim-workload",
+            "training",
+            "--sim-fault",
+            "thermal_runaway:dev=2:at=4:for=60",
+            "--reconnect-max-s",
+            "0.5",
+        )
         # WatchEvents delivers the fault's anomaly
         event = await asyncio.wait_for(watch.read(), 30)
         assert event.kind == "anomaly.raised" and event.device_uuid == "nvidia-api-2"
@@ -46,8 +59,10 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
         assert r.device.info.uuid == "nvidia-api-2" and 1 <= len(r.history) <= 5
         stamps = [p.timestamp_ns for p in r.history]
         assert stamps == sorted(stamps) and all(20 < p.value < 120 for p in r.history)
-        for bad, code in ((cpb.GetDeviceRequest(uuid="nope"), grpc.StatusCode.NOT_FOUND),
-                          (cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=99), grpc.StatusCode.INVALID_ARGUMENT)):
+        for bad, code in (
+            (cpb.GetDeviceRequest(uuid="nope"), grpc.StatusCode.NOT_FOUND),
+            (cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=99), grpc.StatusCode.INVALID_ARGUMENT),
+        ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetDevice(bad)
             assert err.value.code() == code and err.value.details()
@@ -78,7 +93,9 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
     assert rc == 0 and json.loads(out)["budget_w"] == 20000
     rc, _, err = await xpuctl(ctl.target, "budget", "-5")
     assert rc == 4 and "INVALID_ARGUMENT" in err and "-5.0" in err
-    rc, out, _ = await xpuctl(ctl.target, "device", "nvidia-api-2", "--metric", "temperature_c", "--limit", "3", "--json")
+    rc, out, _ = await xpuctl(
+        ctl.target, "device", "nvidia-api-2", "--metric", "temperature_c", "--limit", "3", "--json"
+    )
     body = json.loads(out)
     assert rc == 0 and body["device"]["uuid"] == "nvidia-api-2" and len(body["history"]) <= 3
     rc, _, err = await xpuctl(ctl.target, "device", "nope")
@@ -124,8 +141,8 @@ async def test_a_slow_watcher_never_slows_ingest() -> None:
 
 
 async def test_top_reconnects_by_itself() -> None:
-    from xpuctl.controller.ctl import top  # noqa: PLC0415
     from tests.conftest import free_port  # noqa: PLC0415
+    from xpuctl.controller.ctl import top  # noqa: PLC0415
 
     port = free_port()
     app = top.Top(f"127.0.0.1:{port}")

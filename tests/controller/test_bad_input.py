@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Awaitable, Callable
 
 import grpc
 import grpc.aio
 import pytest
 
-from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 from tests.conftest import Controller, Processes, wait_until
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
+
+Healthy = Callable[[], Awaitable[None]]
 
 POWER, UTIL = 3, 1  # xpu.v1.Metric numbers
 
@@ -25,15 +28,22 @@ def _device(i: int, vendor: str = "nvidia") -> pb.DeviceInfo:
 
 
 def hello(node: str, devices: int = 2, vendor: str = "nvidia") -> bytes:
-    return pb.AgentMessage(hello=pb.Hello(node_id=node, boot_id=str(uuid.uuid4()),
-                                          devices=[_device(i, vendor) for i in range(devices)])).SerializeToString()
+    return pb.AgentMessage(
+        hello=pb.Hello(node_id=node, boot_id=str(uuid.uuid4()), devices=[_device(i, vendor) for i in range(devices)])
+    ).SerializeToString()
 
 
-def batch(seq: int, power: list[float], util: list[float] | None = None, device: list[int] | None = None,
-          ts: int = 1_700_000_000_000_000_000) -> bytes:
+def batch(
+    seq: int,
+    power: list[float],
+    util: list[float] | None = None,
+    device: list[int] | None = None,
+    ts: int = 1_700_000_000_000_000_000,
+) -> bytes:
     rows = len(power)
-    b = pb.Batch(seq=seq, device=device if device is not None else list(range(rows)),
-                 timestamp_ns=[ts] * rows, health=[1] * rows)
+    b = pb.Batch(
+        seq=seq, device=device if device is not None else list(range(rows)), timestamp_ns=[ts] * rows, health=[1] * rows
+    )
     b.columns.add(metric=POWER, values=power)
     if util is not None:
         b.columns.add(metric=UTIL, values=util)
@@ -44,8 +54,9 @@ class RawStream:
     """A Telemetry.Stream call that writes bytes and reads ControllerMessages."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        method = channel.stream_stream("/xpu.v1.Telemetry/Stream", request_serializer=None,
-                                       response_deserializer=pb.ControllerMessage.FromString)
+        method = channel.stream_stream(
+            "/xpu.v1.Telemetry/Stream", request_serializer=None, response_deserializer=pb.ControllerMessage.FromString
+        )
         self.call = method()
 
     async def send(self, raw: bytes) -> pb.Ack:
@@ -62,19 +73,25 @@ class RawStream:
 
 
 @pytest.fixture
-async def healthy(controller: Controller, processes: Processes):  # type: ignore[no-untyped-def]
+async def healthy(controller: Controller, processes: Processes) -> Healthy:
     """A real agent streaming beside the bad input; yields a function that says it is still fine."""
     processes.agent(controller.target, "healthy", "iluvatar", "--interval-s", "0.1")
     st = controller.state
     assert st is not None
-    await wait_until(lambda: "healthy" in st.registry.nodes and st.registry.nodes["healthy"].acked_seq > 2,
-                     timeout_s=20, what="the healthy agent")
+    await wait_until(
+        lambda: "healthy" in st.registry.nodes and st.registry.nodes["healthy"].acked_seq > 2,
+        timeout_s=20,
+        what="the healthy agent",
+    )
 
     async def still_fine() -> None:
         node = st.registry.nodes["healthy"]
         before = node.acked_seq
-        await wait_until(lambda: node.acked_seq >= before + 3 and node.streams == 1,
-                         timeout_s=10, what="the healthy agent to keep streaming")
+        await wait_until(
+            lambda: node.acked_seq >= before + 3 and node.streams == 1,
+            timeout_s=10,
+            what="the healthy agent to keep streaming",
+        )
         assert node.gap_batches == 0
 
     return still_fine
@@ -92,8 +109,13 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize(("case", "raw", "reason", "text"), BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
-async def test_bad_values_are_a_partial_success(  # noqa: PLR0913
-    controller: Controller, healthy, case: str, raw: bytes, reason: str, text: str  # type: ignore[no-untyped-def]
+async def test_bad_values_are_a_partial_success(
+    controller: Controller,
+    healthy: Healthy,
+    case: str,
+    raw: bytes,
+    reason: str,
+    text: str,  # type: ignore[no-untyped-def]
 ) -> None:
     st = controller.state
     assert st is not None
@@ -114,11 +136,12 @@ async def test_bad_values_are_a_partial_success(  # noqa: PLR0913
     await healthy()
 
 
-async def test_unknown_vendor_device_is_rejected_rest_served(controller: Controller, healthy) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_vendor_device_is_rejected_rest_served(controller: Controller, healthy: Healthy) -> None:
     st = controller.state
     assert st is not None
-    msg = pb.AgentMessage(hello=pb.Hello(node_id="mixed", boot_id="b1",
-                                         devices=[_device(0), _device(1, vendor="voodoo")]))
+    msg = pb.AgentMessage(
+        hello=pb.Hello(node_id="mixed", boot_id="b1", devices=[_device(0), _device(1, vendor="voodoo")])
+    )
     async with grpc.aio.insecure_channel(controller.target) as ch:
         s = RawStream(ch)
         ack = await s.send(msg.SerializeToString())
@@ -135,31 +158,69 @@ def _oversize() -> bytes:
 
 
 VIOLATIONS = [
-    ("batch before hello", None, batch(1, [1.0]), grpc.StatusCode.FAILED_PRECONDITION,
-     "Batch seq 1 before Hello", "batch_before_hello"),
-    ("second hello", hello("v"), hello("v"), grpc.StatusCode.FAILED_PRECONDITION, "second Hello",
-     "second_hello"),
-    ("seq backwards", hello("v"), "backwards", grpc.StatusCode.INVALID_ARGUMENT,
-     "seq went backwards within boot", "seq_backwards"),
-    ("malformed protobuf", None, b"\xff\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT,
-     "malformed AgentMessage", "malformed"),
-    ("ragged columns", hello("v"), pb.AgentMessage(batch=pb.Batch(seq=1, device=[0, 1], timestamp_ns=[1],
-                                                                   health=[1, 1])).SerializeToString(),
-     grpc.StatusCode.INVALID_ARGUMENT, "timestamp_ns has 1 entries for 2 rows", "bad_batch"),
-    ("too many rows", hello("v"), _oversize(), grpc.StatusCode.RESOURCE_EXHAUSTED,
-     "has 100 rows; the limit is 64", "oversize"),
-    ("oversize message", hello("v"), b"\x12" + b"\xff\xff\x05" + b"\x00" * 90_000,
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit of 65536 bytes", "oversize"),
-    ("bad node id", None, hello("no/slashes"), grpc.StatusCode.INVALID_ARGUMENT,
-     "node_id 'no/slashes'", "bad_node_id"),
+    (
+        "batch before hello",
+        None,
+        batch(1, [1.0]),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "Batch seq 1 before Hello",
+        "batch_before_hello",
+    ),
+    ("second hello", hello("v"), hello("v"), grpc.StatusCode.FAILED_PRECONDITION, "second Hello", "second_hello"),
+    (
+        "seq backwards",
+        hello("v"),
+        "backwards",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "seq went backwards within boot",
+        "seq_backwards",
+    ),
+    (
+        "malformed protobuf",
+        None,
+        b"\xff\xff\xff\xff",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "malformed AgentMessage",
+        "malformed",
+    ),
+    (
+        "ragged columns",
+        hello("v"),
+        pb.AgentMessage(batch=pb.Batch(seq=1, device=[0, 1], timestamp_ns=[1], health=[1, 1])).SerializeToString(),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "timestamp_ns has 1 entries for 2 rows",
+        "bad_batch",
+    ),
+    (
+        "too many rows",
+        hello("v"),
+        _oversize(),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "has 100 rows; the limit is 64",
+        "oversize",
+    ),
+    (
+        "oversize message",
+        hello("v"),
+        b"\x12" + b"\xff\xff\x05" + b"\x00" * 90_000,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "exceeds the limit of 65536 bytes",
+        "oversize",
+    ),
+    ("bad node id", None, hello("no/slashes"), grpc.StatusCode.INVALID_ARGUMENT, "node_id 'no/slashes'", "bad_node_id"),
 ]
 
 
-@pytest.mark.parametrize(("case", "first", "raw", "code", "text", "reason"), VIOLATIONS,
-                         ids=[c[0] for c in VIOLATIONS])
-async def test_protocol_violations_end_the_stream(  # noqa: PLR0913
-    controller: Controller, healthy, case: str, first: bytes | None, raw: bytes | str,  # type: ignore[no-untyped-def]
-    code: grpc.StatusCode, text: str, reason: str,
+@pytest.mark.parametrize(("case", "first", "raw", "code", "text", "reason"), VIOLATIONS, ids=[c[0] for c in VIOLATIONS])
+async def test_protocol_violations_end_the_stream(
+    controller: Controller,
+    healthy: Healthy,
+    case: str,
+    first: bytes | None,
+    raw: bytes | str,  # type: ignore[no-untyped-def]
+    code: grpc.StatusCode,
+    text: str,
+    reason: str,
 ) -> None:
     st = controller.state
     assert st is not None

@@ -13,8 +13,21 @@ from xpuctl.agent.drivers.sim import faults
 from xpuctl.controller.core import detect
 from xpuctl.controller.lab.simcluster import SimCluster
 
-VENDORS = ["nvidia", "amd", "ascend", "cambricon", "hygon", "metax", "moorethreads", "enflame",
-           "iluvatar", "kunlunxin", "biren", "thead", "sunrise"]
+VENDORS = [
+    "nvidia",
+    "amd",
+    "ascend",
+    "cambricon",
+    "hygon",
+    "metax",
+    "moorethreads",
+    "enflame",
+    "iluvatar",
+    "kunlunxin",
+    "biren",
+    "thead",
+    "sunrise",
+]
 
 # fault kind -> detectors that must raise on the faulty device (and within how many seconds)
 EXPECTED = {
@@ -58,7 +71,11 @@ def test_each_fault_is_caught_on_the_faulty_device_only(kind: str, vendor: str) 
     # and spike (a peer's sudden change) may touch the others
     noisy = [e for _, e in events if e.kind == "anomaly.raised" and not e.device_uuid.startswith(f"{vendor}-sim-0000-")]
     assert not noisy, [e.message for e in noisy[:3]]
-    cleared = {e.detector for s, e in events if e.kind == "anomaly.cleared" and e.device_uuid == uuid and s > raised[e.detector]}
+    cleared = {
+        e.detector
+        for s, e in events
+        if e.kind == "anomaly.cleared" and e.device_uuid == uuid and s > raised[e.detector]
+    }
     if kind not in ("xid", "fall_off_bus", "ecc_storm"):  # those clear after a quiet spell, past the run
         assert must <= cleared, f"{kind}: {must - cleared} did not clear"
 
@@ -78,7 +95,7 @@ def test_group_median_matches_numpy() -> None:
     got = detect.base.group_median(values, group)
     layout = detect.base.Layout(group)
     for g in range(9):
-        sel = (group == g)
+        sel = group == g
         assert np.allclose(got[sel], np.nanmedian(values[sel]))
     assert np.allclose(layout.median(values), got)
     assert np.array_equal(layout.size(values), detect.base.group_size(values, group))

@@ -13,9 +13,9 @@ import msgspec
 import numpy as np
 import pytest
 
+from tests.conftest import Mosquitto, Processes, RunningService, Watcher, make_service, wait_until
 from xpuctl.controller.core import model
 from xpuctl.protos.xpu.v1 import bus
-from tests.conftest import Mosquitto, Processes, RunningService, Watcher, make_service, wait_until
 
 pytestmark = pytest.mark.slow
 TOPICS = bus.Topics()
@@ -24,8 +24,21 @@ TOPICS = bus.Topics()
 def agent_args(ctl: RunningService, mq: Mosquitto, node: str, vendor: str, *extra: str) -> list[str]:
     """`xpu-agent run` arguments for a simulated node on the bus."""
     return [
-        "xpuctl.agent.cli", "run", "--node-id", node, "--controller", ctl.target, "--mqtt", mq.url + "?protocol=5",
-        "--sim-vendor", vendor, "--sim-devices", "8", "--reconnect-max-s", "0.5", *extra,
+        "xpuctl.agent.cli",
+        "run",
+        "--node-id",
+        node,
+        "--controller",
+        ctl.target,
+        "--mqtt",
+        mq.url + "?protocol=5",
+        "--sim-vendor",
+        vendor,
+        "--sim-devices",
+        "8",
+        "--reconnect-max-s",
+        "0.5",
+        *extra,
     ]
 
 
@@ -45,28 +58,56 @@ async def test_thermal_runaway_is_capped_at_once_and_clears(mosquitto: Mosquitto
     watch = Watcher(mosquitto.url, "xpu/v1/#")
     await watch.start()
     try:
-        processes.start(*agent_args(ctl, mosquitto, "hot", "nvidia", "--sim-workload", "training",
-                                    "--sim-fault", "thermal_runaway:dev=2:at=6:for=60"))
+        processes.start(
+            *agent_args(
+                ctl,
+                mosquitto,
+                "hot",
+                "nvidia",
+                "--sim-workload",
+                "training",
+                "--sim-fault",
+                "thermal_runaway:dev=2:at=6:for=60",
+            )
+        )
         st = ctl.svc.state
-        await wait_until(lambda: "nvidia-hot-2" in st.registry.slot_of_uuid and st.store.count[st.registry.slot_of_uuid["nvidia-hot-2"]] > 0,
-                         timeout_s=20, what="the agent's first samples")
+        await wait_until(
+            lambda: (
+                "nvidia-hot-2" in st.registry.slot_of_uuid
+                and st.store.count[st.registry.slot_of_uuid["nvidia-hot-2"]] > 0
+            ),
+            timeout_s=20,
+            what="the agent's first samples",
+        )
         slot = st.registry.slot_of_uuid["nvidia-hot-2"]
         ts, _ = st.store.history(slot, model.M["temperature_c"])
         onset_wall_s = ts[0] / 1e9 + 6.0  # the fault starts 6 simulated (= wall) seconds after the first sample
-        await wait_until(lambda: any(c.device_uuid == "nvidia-hot-2" for _, c in commands(watch, "hot")),
-                         timeout_s=20, what="a set_power_cap command for the hot device")
+        await wait_until(
+            lambda: any(c.device_uuid == "nvidia-hot-2" for _, c in commands(watch, "hot")),
+            timeout_s=20,
+            what="a set_power_cap command for the hot device",
+        )
         t_cmd, first = next((t, c) for t, c in commands(watch, "hot") if c.device_uuid == "nvidia-hot-2")
         lag_s = (time.time() - (time.monotonic() - t_cmd)) - onset_wall_s
         assert isinstance(first, bus.SetPowerCap)
         assert first.power_cap_w < 700
         assert lag_s <= 2 * ctl.svc.cfg.power.period_s, f"command came {lag_s:.2f}s after the fault"
-        await wait_until(lambda: any(r.id == first.id and r.ok for r in results(watch, "hot")),
-                         timeout_s=10, what="the agent's ack of the command")
+        await wait_until(
+            lambda: any(r.id == first.id and r.ok for r in results(watch, "hot")),
+            timeout_s=10,
+            what="the agent's ack of the command",
+        )
         ack = next(r for r in results(watch, "hot") if r.id == first.id)
         assert ack.applied_cap_w == pytest.approx(first.power_cap_w)
         # the temperature falls and the anomaly clears
-        await wait_until(lambda: any(e.kind == "anomaly.cleared" and e.device_uuid == "nvidia-hot-2" and e.detector.startswith("thermal")
-                                     for e in st.recent_events), timeout_s=40, what="the thermal anomaly to clear")
+        await wait_until(
+            lambda: any(
+                e.kind == "anomaly.cleared" and e.device_uuid == "nvidia-hot-2" and e.detector.startswith("thermal")
+                for e in st.recent_events
+            ),
+            timeout_s=40,
+            what="the thermal anomaly to clear",
+        )
         _, temps = st.store.history(slot, model.M["temperature_c"])
         peak = int(np.nanargmax(temps))
         assert temps[-1] < temps[peak], "temperature did not fall after the cap"
@@ -91,12 +132,28 @@ async def test_budget_is_held_while_the_workload_changes(mosquitto: Mosquitto, p
     try:
         # 6 nodes: cappable NVIDIA, AMD, Hygon, Cambricon and a fixed-load Ascend; training and
         # bursty inference (the workload changes every few seconds)
-        processes.start("xpuctl.agent.cli", "fleet", "--controller", ctl.target, "--mqtt", mosquitto.url + "?protocol=5",
-                        "--nodes", "6", "--vendors", "nvidia,amd,hygon,cambricon,ascend,nvidia",
-                        "--workloads", "training,inference", "--seed", "3")
+        processes.start(
+            "xpuctl.agent.cli",
+            "fleet",
+            "--controller",
+            ctl.target,
+            "--mqtt",
+            mosquitto.url + "?protocol=5",
+            "--nodes",
+            "6",
+            "--vendors",
+            "nvidia,amd,hygon,cambricon,ascend,nvidia",
+            "--workloads",
+            "training,inference",
+            "--seed",
+            "3",
+        )
         st = ctl.svc.state
-        await wait_until(lambda: len(st.registry) == 48 and int(st.store.count[:48].min()) >= 12,
-                         timeout_s=40, what="48 devices with 12 samples each")
+        await wait_until(
+            lambda: len(st.registry) == 48 and int(st.store.count[:48].min()) >= 12,
+            timeout_s=40,
+            what="48 devices with 12 samples each",
+        )
         demand_w = np.mean([fleet_power_w(ctl)])
         budget_w = round(0.7 * demand_w)
         st.set_budget(budget_w, time.time_ns())
@@ -132,15 +189,27 @@ async def test_agents_fail_safe_when_the_controller_is_gone(mosquitto: Mosquitto
     watch = Watcher(mosquitto.url, "xpu/v1/#")
     await watch.start()
     try:
-        processes.start(*agent_args(ctl, mosquitto, "fs", "amd", "--sim-workload", "training", "--failsafe-after-s", "3"))
+        processes.start(
+            *agent_args(ctl, mosquitto, "fs", "amd", "--sim-workload", "training", "--failsafe-after-s", "3")
+        )
         st = ctl.svc.state
-        await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")
+        await wait_until(
+            lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples"
+        )
         st.set_budget(0.5 * fleet_power_w(ctl), time.time_ns())
-        await wait_until(lambda: (s := state_of(watch, "fs")) is not None and all(
-            d.power_limit_w is not None and d.power_limit_w < 300 for d in s.devices), timeout_s=15, what="caps below default")
+        await wait_until(
+            lambda: (
+                (s := state_of(watch, "fs")) is not None
+                and all(d.power_limit_w is not None and d.power_limit_w < 300 for d in s.devices)
+            ),
+            timeout_s=15,
+            what="caps below default",
+        )
         stopped_at = time.monotonic()
         await ctl.stop()  # says `offline` on the bus; the agents' lease runs out 3 s later
-        await wait_until(lambda: (s := state_of(watch, "fs")) is not None and s.fail_safe, timeout_s=15, what="fail-safe state")
+        await wait_until(
+            lambda: (s := state_of(watch, "fs")) is not None and s.fail_safe, timeout_s=15, what="fail-safe state"
+        )
         # the lease runs from the last heartbeat heard (every 0.5 s), not from the stop
         assert time.monotonic() - stopped_at >= 3.0 - 0.5 - 0.1
         s = state_of(watch, "fs")
@@ -186,8 +255,9 @@ async def test_agent_command_hygiene(mosquitto: Mosquitto, processes: Processes)
             now = time.time_ns()
 
             def cmd(i: str, cap: float, expires_ns: int, uuid: str = "nvidia-hy-1") -> bytes:
-                return msgspec.json.encode(bus.SetPowerCap(id=i, device_uuid=uuid, power_cap_w=cap,
-                                                           issued_at_ns=now, expires_at_ns=expires_ns))
+                return msgspec.json.encode(
+                    bus.SetPowerCap(id=i, device_uuid=uuid, power_cap_w=cap, issued_at_ns=now, expires_at_ns=expires_ns)
+                )
 
             req = TOPICS.cmd_req("hy")
             # an expired command that sat in the agent's socket while it was stopped
@@ -195,7 +265,9 @@ async def test_agent_command_hygiene(mosquitto: Mosquitto, processes: Processes)
             await c.publish(req, cmd("exp-1", 250, time.time_ns() + 500_000_000), qos=1)
             await asyncio.sleep(1.0)  # the command expires while the agent cannot read it
             proc.send_signal(18)  # SIGCONT
-            await wait_until(lambda: any(r.id == "exp-1" for r in results(watch, "hy")), timeout_s=10, what="exp-1 answer")
+            await wait_until(
+                lambda: any(r.id == "exp-1" for r in results(watch, "hy")), timeout_s=10, what="exp-1 answer"
+            )
             r = next(r for r in results(watch, "hy") if r.id == "exp-1")
             assert not r.ok and "expired" in r.error
             # duplicates: applied once, answered twice the same
@@ -208,13 +280,21 @@ async def test_agent_command_hygiene(mosquitto: Mosquitto, processes: Processes)
             await c.publish(req, cmd("for-1", 250, later, uuid="nvidia-other-1"), qos=1)
             await c.publish(TOPICS.cmd_req("other"), cmd("other-1", 250, later), qos=1)
             # garbage
-            for junk in (b"\x00\xffgarbage", b"{}", b'{"kind":"set_power_cap","id":"nan-1","device_uuid":"nvidia-hy-1",'
-                         b'"power_cap_w":NaN,"issued_at_ns":1,"expires_at_ns":99999999999999999999}',
-                         cmd("neg-1", 100, later).replace(b'"power_cap_w":100', b'"power_cap_w":-5')):
+            for junk in (
+                b"\x00\xffgarbage",
+                b"{}",
+                (
+                    b'{"kind":"set_power_cap","id":"nan-1","device_uuid":"nvidia-hy-1",'
+                    b'"power_cap_w":NaN,"issued_at_ns":1,"expires_at_ns":99999999999999999999}'
+                ),
+                cmd("neg-1", 100, later).replace(b'"power_cap_w":100', b'"power_cap_w":-5'),
+            ):
                 await c.publish(req, junk, qos=1)
             # and it keeps working
             await c.publish(req, cmd("ok-1", 300, later, uuid="nvidia-hy-3"), qos=1)
-            await wait_until(lambda: any(r.id == "ok-1" for r in results(watch, "hy")), timeout_s=10, what="ok-1 answer")
+            await wait_until(
+                lambda: any(r.id == "ok-1" for r in results(watch, "hy")), timeout_s=10, what="ok-1 answer"
+            )
         rs = results(watch, "hy")
         by_id: dict[str, list[bus.Result]] = {}
         for r in rs:
@@ -240,19 +320,28 @@ async def test_agent_command_hygiene(mosquitto: Mosquitto, processes: Processes)
 async def test_both_sides_reconnect_after_a_broker_restart(mosquitto: Mosquitto, processes: Processes) -> None:
     ctl = await RunningService(make_service(mosquitto.url)).start()
     try:
-        processes.start(*agent_args(ctl, mosquitto, "rb", "hygon", "--sim-workload", "training", "--failsafe-after-s", "60"))
+        processes.start(
+            *agent_args(ctl, mosquitto, "rb", "hygon", "--sim-workload", "training", "--failsafe-after-s", "60")
+        )
         st = ctl.svc.state
-        await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")
+        await wait_until(
+            lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples"
+        )
         ledger = st.control.ledger
         st.set_budget(0.6 * fleet_power_w(ctl), time.time_ns())
-        await wait_until(lambda: ledger.totals.get("applied", 0) >= 8, timeout_s=15, what="caps applied before the restart")
+        await wait_until(
+            lambda: ledger.totals.get("applied", 0) >= 8, timeout_s=15, what="caps applied before the restart"
+        )
         mosquitto.kill()
         await asyncio.sleep(1.5)
         mosquitto.start()
         before = ledger.totals.get("applied", 0)
         st.set_budget(0.8 * fleet_power_w(ctl), time.time_ns())
-        await wait_until(lambda: ledger.totals.get("applied", 0) >= before + 4, timeout_s=25,
-                         what="caps applied after the broker came back")
+        await wait_until(
+            lambda: ledger.totals.get("applied", 0) >= before + 4,
+            timeout_s=25,
+            what="caps applied after the broker came back",
+        )
         assert ctl.svc.bus is not None and ctl.svc.bus.counters.connects >= 2
         assert "rb" in ctl.svc.node_states
     finally:
@@ -267,11 +356,29 @@ async def test_the_loop_runs_on_the_embedded_mqtt311_broker(processes: Processes
     ctl = await RunningService(svc).start()
     try:
         assert ctl.svc.bus_url is not None and ctl.svc.bus_url.endswith("protocol=3.1.1")
-        processes.start("xpuctl.agent.cli", "run", "--node-id", "emb", "--controller", ctl.target, "--mqtt", ctl.svc.bus_url,
-                        "--sim-vendor", "cambricon", "--sim-workload", "training", "--reconnect-max-s", "0.5")
+        processes.start(
+            "xpuctl.agent.cli",
+            "run",
+            "--node-id",
+            "emb",
+            "--controller",
+            ctl.target,
+            "--mqtt",
+            ctl.svc.bus_url,
+            "--sim-vendor",
+            "cambricon",
+            "--sim-workload",
+            "training",
+            "--reconnect-max-s",
+            "0.5",
+        )
         st = ctl.svc.state
-        await wait_until(lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples")
+        await wait_until(
+            lambda: len(st.registry) == 8 and int(st.store.count[:8].min()) >= 3, timeout_s=20, what="samples"
+        )
         st.set_budget(0.6 * fleet_power_w(ctl), time.time_ns())
-        await wait_until(lambda: st.control.ledger.totals.get("applied", 0) >= 8, timeout_s=15, what="caps applied over 3.1.1")
+        await wait_until(
+            lambda: st.control.ledger.totals.get("applied", 0) >= 8, timeout_s=15, what="caps applied over 3.1.1"
+        )
     finally:
         await ctl.stop()

@@ -21,25 +21,52 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[str, str]:
     return head, body
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (scripts/test installs prometheus)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed (scripts/test installs prometheus)"
+)
 async def test_promtool_accepts_a_scrape_of_a_running_controller(processes: Processes) -> None:
     svc = make_service(None, budget_w=50_000.0)
     svc.metrics_listen = "127.0.0.1:0"
     ctl = await RunningService(svc).start()
     try:
-        processes.start("xpuctl.agent.cli", "fleet", "--controller", ctl.target, "--nodes", "3",
-                        "--vendors", "nvidia,ascend,cambricon", "--workloads", "training")
+        processes.start(
+            "xpuctl.agent.cli",
+            "fleet",
+            "--controller",
+            ctl.target,
+            "--nodes",
+            "3",
+            "--vendors",
+            "nvidia,ascend,cambricon",
+            "--workloads",
+            "training",
+        )
         st = svc.state
-        await wait_until(lambda: len(st.registry) == 24 and int(st.store.count[:24].min()) >= 2,
-                         timeout_s=30, what="24 devices reporting")
+        await wait_until(
+            lambda: len(st.registry) == 24 and int(st.store.count[:24].min()) >= 2,
+            timeout_s=30,
+            what="24 devices reporting",
+        )
         head, body = await scrape(svc.metrics_port)
         assert head.startswith("HTTP/1.1 200") and "version=0.0.4" in head
-        check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, text=True)
+        check = await asyncio.to_thread(
+            subprocess.run, ["promtool", "check", "metrics"], input=body, capture_output=True, text=True
+        )
         assert check.returncode == 0, check.stdout + check.stderr
-        for name in ("hw_power_watts{", "hw_energy_joules_total{", "hw_temperature_celsius{", "hw_gpu_utilization_ratio{",
-                     "hw_gpu_memory_usage_bytes{", "xpu_power_limit_watts{", 'hw_status{', "xpu_cluster_power_watts ",
-                     "xpu_cluster_power_budget_watts 50000.0", "xpu_ingest_batches_total ", 'xpu_actions_total{state="applied"}',
-                     'xpu_nodes{status="online"} 3'):
+        for name in (
+            "hw_power_watts{",
+            "hw_energy_joules_total{",
+            "hw_temperature_celsius{",
+            "hw_gpu_utilization_ratio{",
+            "hw_gpu_memory_usage_bytes{",
+            "xpu_power_limit_watts{",
+            "hw_status{",
+            "xpu_cluster_power_watts ",
+            "xpu_cluster_power_budget_watts 50000.0",
+            "xpu_ingest_batches_total ",
+            'xpu_actions_total{state="applied"}',
+            'xpu_nodes{status="online"} 3',
+        ):
             assert name in body, name
         assert 'hw_vendor="ascend"' in body and 'hw_id="nvidia-sim-00000-0"' in body
         assert body.count("hw_power_watts{") == 24

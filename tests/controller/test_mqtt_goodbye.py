@@ -13,9 +13,9 @@ import contextlib
 import aiomqtt
 import msgspec
 
+from tests.conftest import Mosquitto, wait_until
 from xpuctl.controller.adapters import mqtt
 from xpuctl.protos.xpu.v1 import bus
-from tests.conftest import Mosquitto, wait_until
 
 TOPICS = bus.Topics()
 
@@ -35,8 +35,11 @@ async def test_no_lease_after_the_goodbye(mosquitto: Mosquitto) -> None:
     # a heartbeat of 1 ms keeps the publisher busy with leases, so one is always in flight or queued
     for attempt in range(10):
         ctl_bus = mqtt.ControllerBus(
-            url=bus.parse_url(mosquitto.url + "?protocol=5"), boot_id=f"boot-{attempt}",
-            on_result=lambda *_: None, on_state=lambda *_: None, on_status=lambda *_: None,
+            url=bus.parse_url(mosquitto.url + "?protocol=5"),
+            boot_id=f"boot-{attempt}",
+            on_result=lambda *_: None,
+            on_state=lambda *_: None,
+            on_status=lambda *_: None,
             heartbeat_s=0.001,
         )
         task = asyncio.create_task(ctl_bus.run(), name="test.controller-bus")

@@ -7,7 +7,7 @@ stranger. Refusals are checked by status code and by the counters the controller
 from __future__ import annotations
 
 import asyncio
-import datetime
+import datetime as dt
 import pathlib
 import uuid
 from collections.abc import AsyncIterator
@@ -17,17 +17,17 @@ import grpc.aio
 import pytest
 import trustme
 
+from tests.conftest import Processes, RunningService, free_port, xpuctl
+from tests.pki import Pki
 from xpuctl.agent.adapters import codec
 from xpuctl.agent.core import model
+from xpuctl.common import tls
 from xpuctl.controller import config, service
 from xpuctl.controller.adapters import metrics
 from xpuctl.controller.core import registry
-from xpuctl.common import tls
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
-from tests.conftest import Processes, RunningService, free_port, xpuctl
-from tests.pki import Pki
 
 TOKEN = "tok-" + "0123456789abcdef" * 2
 
@@ -42,8 +42,8 @@ class Site(Pki):
         for name in ("node-a", "node-b", "alice"):
             self.issue(name, name, common_name=name)
         self.issue("stranger-node-a", "node-a", common_name="node-a", ca=trustme.CA(organization_name="somebody else"))
-        past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-        self.issue("expired-node-a", "node-a", not_before=past, not_after=past + datetime.timedelta(days=1))
+        past = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+        self.issue("expired-node-a", "node-a", not_before=past, not_after=past + dt.timedelta(days=1))
         self.tokens = self.write("tokens", f"# operators\nalice-token {TOKEN}\n".encode())
 
     def client(self, name: str | None) -> tls.ClientFiles:
@@ -67,8 +67,11 @@ def tls_config(p: Site, *, open_reads: bool = False) -> config.Config:
 
 @pytest.fixture
 async def running(pki: Site) -> AsyncIterator[RunningService]:
-    svc = service.Service(tls_config(pki), listen=f"127.0.0.1:{free_port()}",
-                          liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0))
+    svc = service.Service(
+        tls_config(pki),
+        listen=f"127.0.0.1:{free_port()}",
+        liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0),
+    )
     r = await RunningService(svc).start()
     yield r
     await r.stop()
@@ -76,15 +79,23 @@ async def running(pki: Site) -> AsyncIterator[RunningService]:
 
 def hello(node_id: str) -> bytes:
     info = model.DeviceInfo(uuid=f"{node_id}-0", index=0, vendor="nvidia", model="H100")
-    return codec.hello(node_id=node_id, boot_id=str(uuid.uuid4()), agent_version="t", devices=[info],
-                       labels={}, interval_s=1.0, acked_seq=0)
+    return codec.hello(
+        node_id=node_id,
+        boot_id=str(uuid.uuid4()),
+        agent_version="t",
+        devices=[info],
+        labels={},
+        interval_s=1.0,
+        acked_seq=0,
+    )
 
 
 async def stream_hello(target: str, files: tls.ClientFiles, node_id: str) -> pb.ControllerMessage:
     """Open Telemetry.Stream with `files`, say Hello as `node_id`, return the first answer (or raise)."""
     async with tls.secure_channel(target, files) as ch:
-        call = ch.stream_stream("/xpu.v1.Telemetry/Stream", request_serializer=None,
-                                response_deserializer=pb.ControllerMessage.FromString)()
+        call = ch.stream_stream(
+            "/xpu.v1.Telemetry/Stream", request_serializer=None, response_deserializer=pb.ControllerMessage.FromString
+        )()
         await call.write(hello(node_id))
         first = await asyncio.wait_for(call.read(), 10)
         call.cancel()
@@ -100,8 +111,11 @@ async def test_a_node_streams_as_itself_over_mtls(running: RunningService, pki: 
 
 @pytest.mark.parametrize(
     ("who", "why"),
-    [(None, "no client certificate"), ("stranger-node-a", "a certificate from another CA"),
-     ("expired-node-a", "an expired certificate")],
+    [
+        (None, "no client certificate"),
+        ("stranger-node-a", "a certificate from another CA"),
+        ("expired-node-a", "an expired certificate"),
+    ],
 )
 async def test_the_handshake_refuses(running: RunningService, pki: Site, who: str | None, why: str) -> None:
     files = pki.client(who)
@@ -185,8 +199,9 @@ async def test_open_reads(pki: Site) -> None:
         await r.stop()
 
 
-async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Site, tmp_path: pathlib.Path,
-                                                               processes: Processes) -> None:
+async def test_agent_controller_and_xpuctl_processes_over_mtls(
+    pki: Site, tmp_path: pathlib.Path, processes: Processes
+) -> None:
     """The programs as an operator runs them: config file, agent flags, xpuctl with a token file."""
     port = free_port()
     conf = tmp_path / "controller.toml"
@@ -196,12 +211,34 @@ async def test_agent_controller_and_xpuctl_processes_over_mtls(pki: Site, tmp_pa
     )
     target = f"127.0.0.1:{port}"
     processes.start("xpuctl.controller.cli", "serve", "--listen", target, "--config", str(conf))
-    processes.start("xpuctl.agent.cli", "run", "--node-id", "node-a", "--controller", target, "--sim-devices", "2",
-                    "--reconnect-max-s", "0.5", "--tls-ca-file", pki.ca_file,
-                    "--tls-cert-file", pki.cert("node-a"), "--tls-key-file", pki.key("node-a"))
+    processes.start(
+        "xpuctl.agent.cli",
+        "run",
+        "--node-id",
+        "node-a",
+        "--controller",
+        target,
+        "--sim-devices",
+        "2",
+        "--reconnect-max-s",
+        "0.5",
+        "--tls-ca-file",
+        pki.ca_file,
+        "--tls-cert-file",
+        pki.cert("node-a"),
+        "--tls-key-file",
+        pki.key("node-a"),
+    )
     token_file = tmp_path / "alice.token"
     token_file.write_text(TOKEN + "\n")
-    tls_flags = ["--tls-ca-file", pki.ca_file, "--tls-cert-file", pki.cert("node-b"), "--tls-key-file", pki.key("node-b")]
+    tls_flags = [
+        "--tls-ca-file",
+        pki.ca_file,
+        "--tls-cert-file",
+        pki.cert("node-b"),
+        "--tls-key-file",
+        pki.key("node-b"),
+    ]
 
     async def node_a_listed() -> bool:
         rc, out, _ = await xpuctl(target, *tls_flags, "--token-file", str(token_file), "nodes")

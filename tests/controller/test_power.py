@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,9 +12,12 @@ from xpuctl.controller import config
 from xpuctl.controller.core import power
 from xpuctl.controller.errors import InfeasibleBudget
 
+F64 = npt.NDArray[np.float64]
+Fleet = tuple[F64, F64, F64, F64]  # floor, ceiling, demand, weight per device
+
 
 @st.composite
-def fleets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fleets(draw: st.DrawFn) -> Fleet:
     n = draw(st.integers(1, 40))
     floor = np.array(draw(st.lists(st.floats(10, 400), min_size=n, max_size=n)))
     span = np.array(draw(st.lists(st.floats(0, 600), min_size=n, max_size=n)))
@@ -24,26 +28,28 @@ def fleets(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 
 @settings(max_examples=300, deadline=None)
 @given(fleet=fleets(), budget_w=st.floats(0, 30_000))
-def test_caps_are_in_range_and_the_expected_draw_fits_the_budget(fleet, budget_w) -> None:  # type: ignore[no-untyped-def]
+def test_caps_are_in_range_and_the_expected_draw_fits_the_budget(fleet: Fleet, budget_w: float) -> None:
     floor, ceiling, demand, weight = fleet
     try:
         caps = power.allocate(budget_w, floor, ceiling, demand, weight)
     except InfeasibleBudget as exc:
         assert np.minimum(floor, np.clip(demand, 0, ceiling)).sum() > budget_w
-        assert f"{budget_w:.0f} W" in str(exc)
+        assert f"{budget_w:.0f} W" in str(exc)  # noqa: PT017 - Hypothesis decides which branch holds
         return
     assert np.all(caps >= floor - 1e-6)
     assert np.all(caps <= ceiling + 1e-6)
     assert power.expected_w(caps, demand).sum() <= budget_w + 1e-6
     # nothing is left on the table: either the budget is spent or every cap is at its ceiling
-    assert power.expected_w(caps, demand).sum() >= budget_w - 1e-6 or np.allclose(caps, ceiling) or np.all(
-        caps >= np.minimum(demand, ceiling) - 1e-6
+    assert (
+        power.expected_w(caps, demand).sum() >= budget_w - 1e-6
+        or np.allclose(caps, ceiling)
+        or np.all(caps >= np.minimum(demand, ceiling) - 1e-6)
     )
 
 
 @settings(max_examples=200, deadline=None)
 @given(fleet=fleets(), budget_w=st.floats(0, 30_000))
-def test_fill_spends_exactly_the_amount(fleet, budget_w) -> None:  # type: ignore[no-untyped-def]
+def test_fill_spends_exactly_the_amount(fleet: Fleet, budget_w: float) -> None:
     floor, ceiling, _, weight = fleet
     out = power.fill(floor, ceiling, weight, budget_w)
     room = (ceiling - floor).sum()

@@ -22,13 +22,13 @@ def appends(draw: st.DrawFn) -> list[list[int]]:
 def test_ring_matches_deques(window: int, script: list[list[int]], capacity: int) -> None:
     store = ring.RingStore(n_metrics=N_METRICS, window=window, capacity=capacity)
     model: dict[int, collections.deque[tuple[int, list[float]]]] = collections.defaultdict(
-        lambda: collections.deque(maxlen=window))
-    t = 0
-    for slots in script:
+        lambda: collections.deque(maxlen=window)
+    )
+    for step, slots in enumerate(script):
         store.ensure_capacity(max(slots, default=0) + 1)
-        vals = np.array([[t * 100 + s * 10 + m for m in range(N_METRICS)] for s in slots], dtype=float)
+        vals = np.array([[step * 100 + s * 10 + m for m in range(N_METRICS)] for s in slots], dtype=float)
         vals = vals.reshape(len(slots), N_METRICS)
-        t += 1
+        t = step + 1  # the timestamp of this step's samples
         store.append(np.array(slots, dtype=np.int64), np.full(len(slots), t, dtype=np.int64), vals)
         for s, row in zip(slots, vals.tolist(), strict=True):
             model[s].append((t, row))
@@ -42,7 +42,7 @@ def test_ring_matches_deques(window: int, script: list[list[int]], capacity: int
             assert store.latest(np.array([s]))[0].tolist() == expect[-1][1]
             view = store.window_view(np.array([s]), 2, window)[0]
             tail = [e[1][2] for e in expect]
-            assert view[window - len(tail):].tolist() == tail
+            assert view[window - len(tail) :].tolist() == tail
             assert np.isnan(view[: window - len(tail)]).all()
         else:
             assert np.isnan(store.latest(np.array([s]))).all()

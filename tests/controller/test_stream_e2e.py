@@ -8,10 +8,10 @@ import math
 import grpc.aio
 import pytest
 
-from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
-from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from tests.conftest import Controller, Processes, free_port, wait_until
 from tests.faultproxy import FaultProxy
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +25,20 @@ RANGES = {  # field -> (low, high), all devices, any vendor
 
 
 async def test_three_vendors_list_devices(controller: Controller, processes: Processes) -> None:
-    vendors = {"n-nvidia": ("nvidia", "NVIDIA H100 80GB HBM3"), "n-ascend": ("ascend", "Ascend 910B"),
-               "n-cambricon": ("cambricon", "MLU370-X4")}
+    vendors = {
+        "n-nvidia": ("nvidia", "NVIDIA H100 80GB HBM3"),
+        "n-ascend": ("ascend", "Ascend 910B"),
+        "n-cambricon": ("cambricon", "MLU370-X4"),
+    }
     for node, (vendor, _) in vendors.items():
         processes.agent(controller.target, node, vendor, "--interval-s", "0.2")
     st = controller.state
     assert st is not None
-    await wait_until(lambda: len(st.registry) == 24 and all(
-        n.batches_stored >= 2 for n in st.registry.nodes.values()), timeout_s=30, what="24 devices")
+    await wait_until(
+        lambda: len(st.registry) == 24 and all(n.batches_stored >= 2 for n in st.registry.nodes.values()),
+        timeout_s=30,
+        what="24 devices",
+    )
     async with grpc.aio.insecure_channel(controller.target) as ch:
         reply = await cluster_pb2_grpc.ClusterStub(ch).ListDevices(cpb.ListDevicesRequest(), timeout=5)
     assert len(reply.devices) == 24
@@ -47,16 +53,17 @@ async def test_three_vendors_list_devices(controller: Controller, processes: Pro
         assert d.power_w <= d.power_limit_w + 1e-9
 
 
-async def test_controller_outage_loses_nothing_but_counted_drops(
-    controller: Controller, processes: Processes
-) -> None:
+async def test_controller_outage_loses_nothing_but_counted_drops(controller: Controller, processes: Processes) -> None:
     """Stop the controller for 10 s: every batch arrives, or the gap equals the agent's drops."""
     processes.agent(controller.target, "keeps-all", "metax", "--interval-s", "0.2", "--buffer-batches", "1000")
     processes.agent(controller.target, "drops", "hygon", "--interval-s", "0.2", "--buffer-batches", "20")
     st = controller.state
     assert st is not None
-    await wait_until(lambda: all(st.registry.nodes.get(n) and st.registry.nodes[n].acked_seq >= 5
-                                 for n in ("keeps-all", "drops")), timeout_s=30, what="agents streaming")
+    await wait_until(
+        lambda: all(st.registry.nodes.get(n) and st.registry.nodes[n].acked_seq >= 5 for n in ("keeps-all", "drops")),
+        timeout_s=30,
+        what="agents streaming",
+    )
     await controller.stop()
     acked_before = {n: st.registry.nodes[n].acked_seq for n in ("keeps-all", "drops")}
     # drops before the outage (a loaded CI machine can lag 4 s) were gaps of the old controller
@@ -66,8 +73,11 @@ async def test_controller_outage_loses_nothing_but_counted_drops(
     # 15 s of batches: past the outage's (50 at 0.2 s) and past the backlog the agent held, so the
     # newest batch stored was encoded after the reconnect and carries the agent's final drop count
     target = {n: a + 75 for n, a in acked_before.items()}
-    await wait_until(lambda: all(new.registry.nodes.get(n) and new.registry.nodes[n].acked_seq >= t
-                                 for n, t in target.items()), timeout_s=30, what="agents catching up")
+    await wait_until(
+        lambda: all(new.registry.nodes.get(n) and new.registry.nodes[n].acked_seq >= t for n, t in target.items()),
+        timeout_s=30,
+        what="agents catching up",
+    )
     keep = new.registry.nodes["keeps-all"]
     assert keep.dropped_total == 0
     assert keep.gap_batches == 0
@@ -77,8 +87,11 @@ async def test_controller_outage_loses_nothing_but_counted_drops(
     assert drop.dropped_total > 0
     # the backlog arrives oldest first, each batch carrying the drop count of its own moment: the
     # count settles once the newest pre-reconnect batch is in (a wrong count never settles)
-    await wait_until(lambda: drop.gap_batches == drop.dropped_total - dropped_before, timeout_s=30,
-                     what=f"gap {drop.gap_batches} == dropped {drop.dropped_total} - {dropped_before}")
+    await wait_until(
+        lambda: drop.gap_batches == drop.dropped_total - dropped_before,
+        timeout_s=30,
+        what=f"gap {drop.gap_batches} == dropped {drop.dropped_total} - {dropped_before}",
+    )
     # what the agent had acked when it reconnected is at most what the old controller stored
     assert drop.first_seq - 1 - drop.gap_batches <= acked_before["drops"]
     assert drop.batches_stored == drop.acked_seq - drop.first_seq + 1  # contiguous after the gap
@@ -93,14 +106,21 @@ async def test_cut_streams_store_each_batch_once(controller: Controller, process
         st = controller.state
         assert st is not None
         for _ in range(5):
-            await wait_until(lambda: len(st.registry.nodes) == 2 and all(
-                n.streams == 1 for n in st.registry.nodes.values()), timeout_s=20, what="streams up")
+            await wait_until(
+                lambda: len(st.registry.nodes) == 2 and all(n.streams == 1 for n in st.registry.nodes.values()),
+                timeout_s=20,
+                what="streams up",
+            )
             seen = {k: n.acked_seq for k, n in st.registry.nodes.items()}
-            await wait_until(lambda: all(n.acked_seq >= seen[k] + 5 for k, n in st.registry.nodes.items()),
-                             timeout_s=20, what="batches flowing")
+            await wait_until(
+                lambda seen=seen: all(n.acked_seq >= seen[k] + 5 for k, n in st.registry.nodes.items()),
+                timeout_s=20,
+                what="batches flowing",
+            )
             proxy.cut()
-        await wait_until(lambda: all(n.streams == 1 for n in st.registry.nodes.values()),
-                         timeout_s=20, what="streams back")
+        await wait_until(
+            lambda: all(n.streams == 1 for n in st.registry.nodes.values()), timeout_s=20, what="streams back"
+        )
         assert proxy.cuts == 5
         for node in st.registry.nodes.values():
             assert node.first_seq == 1
@@ -120,7 +140,8 @@ async def test_health_and_reflection_are_served(controller: Controller) -> None:
     await controller.server.set_serving(serving=True)
     async with grpc.aio.insecure_channel(controller.target) as ch:
         reply = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service="xpu.v1.Telemetry"), timeout=5)
+            health_pb2.HealthCheckRequest(service="xpu.v1.Telemetry"), timeout=5
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo()
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))

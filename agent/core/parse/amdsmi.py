@@ -39,7 +39,9 @@ def parse_static(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         lines = text.splitlines()
-        raise common.ParseError(TOOL, exc.lineno, lines[exc.lineno - 1] if lines else "", f"not JSON: {exc.msg}") from None
+        raise common.ParseError(
+            TOOL, exc.lineno, lines[exc.lineno - 1] if lines else "", f"not JSON: {exc.msg}"
+        ) from None
     gpus = doc.get("gpu_data") if isinstance(doc, dict) else doc
     if not isinstance(gpus, list) or not all(isinstance(g, dict) and "gpu" in g for g in gpus):
         raise common.ParseError(TOOL, 1, text.splitlines()[0] if text else "", "no `gpu_data` list of GPUs")
@@ -57,7 +59,7 @@ def parse_static(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
                 bus_id=str(g.get("bus", {}).get("bdf", "")),
                 memory_total_bytes=int(total) if total is not None else None,
                 # a 0 W minimum means "not reported" on this part: the floor is unknown, not 0
-                power_limit_min_w=lo if lo else None,
+                power_limit_min_w=lo or None,
                 power_limit_max_w=hi,
                 power_limit_default_w=hi,
                 power_cap_settable=hi is not None,  # DESIGN 7: amdsmi sets caps
@@ -66,6 +68,8 @@ def parse_static(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             )
         except ValueError as exc:
             raise common.ParseError(TOOL, 1, f"gpu {index}", str(exc)) from None
-        sample = model.DeviceSample(index=index, timestamp_ns=timestamp_ns, power_limit_w=_v(g, "limit", "socket_power"))
+        sample = model.DeviceSample(
+            index=index, timestamp_ns=timestamp_ns, power_limit_w=_v(g, "limit", "socket_power")
+        )
         out.append(common.Parsed(info=info, sample=sample))
     return out

@@ -17,8 +17,12 @@ from xpuctl.agent.core import model
 from xpuctl.agent.core.parse import common
 
 TOOL = "npu-smi"
-HEALTH = {"ok": model.Health.OK, "warning": model.Health.DEGRADED, "alarm": model.Health.FAILED,
-          "critical": model.Health.FAILED}
+HEALTH = {
+    "ok": model.Health.OK,
+    "warning": model.Health.DEGRADED,
+    "alarm": model.Health.FAILED,
+    "critical": model.Health.FAILED,
+}
 _TOKENS = re.compile(r"\S+\s*/\s*\S+|\S+")
 _LABEL = re.compile(r"\S+(?:\([^)]*\))?")
 
@@ -137,7 +141,9 @@ def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     lines = text.splitlines()
     head = next((i for i, line in enumerate(lines) if line.startswith("NPU ID") and "Chip Logic ID" in line), None)
     if head is None:
-        raise common.ParseError("npu-smi info -m", 1, lines[0] if lines else "", "no `NPU ID  Chip ID  Chip Logic ID` header")
+        raise common.ParseError(
+            "npu-smi info -m", 1, lines[0] if lines else "", "no `NPU ID  Chip ID  Chip Logic ID` header"
+        )
     labels = [x.strip() for x in re.split(r"\s{2,}", lines[head].strip())]
     out = []
     for n in range(head + 1, len(lines)):
@@ -145,16 +151,27 @@ def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             continue
         cells = [x.strip() for x in re.split(r"\s{2,}", lines[n].strip())]
         if len(cells) != len(labels):
-            raise common.ParseError("npu-smi info -m", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels")
+            raise common.ParseError(
+                "npu-smi info -m", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels"
+            )
         v = dict(zip(labels, cells, strict=True))
         logic = v.get("Chip Logic ID", "-")
         if not logic.isdigit():
             continue  # the board's MCU, not a compute chip
         name = v.get("Chip Name", "")
-        model_name = "Ascend" if name.lower().endswith("xxx") else (name if name.lower().startswith("ascend") else f"Ascend {name}")
+        model_name = (
+            "Ascend"
+            if name.lower().endswith("xxx")
+            else (name if name.lower().startswith("ascend") else f"Ascend {name}")
+        )
         index = int(logic)
-        info = model.DeviceInfo(uuid=f"ascend-npu{v['NPU ID']}-chip{v['Chip ID']}", index=index, vendor="ascend",
-                                model=model_name, power_cap_settable=False)
+        info = model.DeviceInfo(
+            uuid=f"ascend-npu{v['NPU ID']}-chip{v['Chip ID']}",
+            index=index,
+            vendor="ascend",
+            model=model_name,
+            power_cap_settable=False,
+        )
         out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
     return out
 
@@ -207,9 +224,19 @@ def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             if power is None and count == 1 and "NPU Real-time Power(W)" in board:
                 power = common.number(board["NPU Real-time Power(W)"][0], "W")
             hbm = num("HBM Capacity(MB)", "MB")
-            cap, rate = (hbm, num("HBM Usage Rate(%)", "%")) if hbm else (num("DDR Capacity(MB)", "MB"), num("DDR Usage Rate(%)", "%"))
-            info = model.DeviceInfo(uuid=f"ascend-npu{npu}-chip{chip}", index=chip, vendor="ascend", model="Ascend",
-                                    memory_total_bytes=int(cap) if cap else None, power_cap_settable=False)
+            cap, rate = (
+                (hbm, num("HBM Usage Rate(%)", "%"))
+                if hbm
+                else (num("DDR Capacity(MB)", "MB"), num("DDR Usage Rate(%)", "%"))
+            )
+            info = model.DeviceInfo(
+                uuid=f"ascend-npu{npu}-chip{chip}",
+                index=chip,
+                vendor="ascend",
+                model="Ascend",
+                memory_total_bytes=int(cap) if cap else None,
+                power_cap_settable=False,
+            )
             sample = model.DeviceSample(
                 index=chip,
                 timestamp_ns=timestamp_ns,

@@ -14,17 +14,47 @@ import msgspec
 from xpuctl.agent.core import model
 
 ABSENT: frozenset[str] = frozenset(
-    {"", "n/a", "na", "-", "--", "[n/a]", "[not supported]", "not supported", "unknown", "[unknown error]",
-     "xxx", "***", "[requested functionality has been deprecated]"}
+    {
+        "",
+        "n/a",
+        "na",
+        "-",
+        "--",
+        "[n/a]",
+        "[not supported]",
+        "not supported",
+        "unknown",
+        "[unknown error]",
+        "xxx",
+        "***",
+        "[requested functionality has been deprecated]",
+    }
 )
 MIB = 1 << 20
 # unit suffix -> factor to the base unit (W, J, bytes, Hz, Celsius, ratio)
 UNITS: dict[str, float] = {
-    "w": 1.0, "mw": 1e-3, "kw": 1e3,
-    "j": 1.0, "mj": 1e-3, "kj": 1e3,
-    "b": 1.0, "kib": 1 << 10, "mib": MIB, "gib": 1 << 30, "kb": 1e3, "mb": MIB, "gb": 1 << 30,
-    "hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9,
-    "c": 1.0, "%": 0.01, "us": 1e-6, "ms": 1e-3, "s": 1.0,
+    "w": 1.0,
+    "mw": 1e-3,
+    "kw": 1e3,
+    "j": 1.0,
+    "mj": 1e-3,
+    "kj": 1e3,
+    "b": 1.0,
+    "kib": 1 << 10,
+    "mib": MIB,
+    "gib": 1 << 30,
+    "kb": 1e3,
+    "mb": MIB,
+    "gb": 1 << 30,
+    "hz": 1.0,
+    "khz": 1e3,
+    "mhz": 1e6,
+    "ghz": 1e9,
+    "c": 1.0,
+    "%": 0.01,
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
 }
 _ANONYMISED = re.compile(r"^\s*[xX*]+\s*[A-Za-z%]*\s*$")  # `xxxxx MiB`: hidden by the capture's author
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%]*)\s*$")

@@ -23,8 +23,10 @@ def parse(text: str, vendor: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     """
     tool = "rocm-smi" if vendor == "amd" else "hy-smi"
     lines = text.splitlines()
-    head = next((i for i, line in enumerate(lines) if line.split()[:1] and line.split()[0] in INDEX
-                 and "Temp" in line.split()), None)
+    head = next(
+        (i for i, line in enumerate(lines) if line.split()[:1] and line.split()[0] in INDEX and "Temp" in line.split()),
+        None,
+    )
     if head is None:
         raise common.ParseError(tool, 1, lines[0] if lines else "", "no `GPU  Temp  AvgPwr ...` header")
     labels = lines[head].split()
@@ -39,8 +41,9 @@ def parse(text: str, vendor: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         index = int(cells[0])
         try:
             util = next((v[k] for k in UTIL if k in v), "")
-            info = model.DeviceInfo(uuid=f"{vendor}-card{index}", index=index, vendor=vendor, model="",
-                                    power_cap_settable=True)  # DESIGN 7: ROCm SMI sets caps on both
+            info = model.DeviceInfo(
+                uuid=f"{vendor}-card{index}", index=index, vendor=vendor, model="", power_cap_settable=True
+            )  # DESIGN 7: ROCm SMI sets caps on both
             sample = model.DeviceSample(
                 index=index,
                 timestamp_ns=timestamp_ns,

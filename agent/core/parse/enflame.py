@@ -68,8 +68,12 @@ def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
                 index=dev,
                 vendor="enflame",
                 model=v.get("Device Info/Dev Name", ""),
-                bus_id=(f"{v.get('PCIe Info/Domain', '0000')}:{bus}:{v.get('PCIe Info/Dev', '00')}."
-                        f"{v.get('PCIe Info/Func', '0')}") if bus else "",
+                bus_id=(
+                    f"{v.get('PCIe Info/Domain', '0000')}:{bus}:{v.get('PCIe Info/Dev', '00')}."
+                    f"{v.get('PCIe Info/Func', '0')}"
+                )
+                if bus
+                else "",
                 driver_version=v.get("Driver Info/Ver", ""),
                 memory_total_bytes=int(total) if total is not None else None,
                 power_cap_settable=False,
@@ -77,7 +81,11 @@ def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             sample = model.DeviceSample(
                 index=dev,
                 timestamp_ns=timestamp_ns,
-                health=model.Health.OK if health == "true" else model.Health.DEGRADED if health == "false" else model.Health.UNKNOWN,
+                health=model.Health.OK
+                if health == "true"
+                else model.Health.DEGRADED
+                if health == "false"
+                else model.Health.UNKNOWN,
                 health_reason="" if health == "true" else f"efsmi health {health or '(absent)'}",
                 utilization=_num(v, "Device Usage Info/GCU Usage", "%"),
                 memory_used_bytes=_num(v, "Device Mem Info/Used Size", "MiB"),
@@ -111,7 +119,7 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     head = next((i for i, line in enumerate(lines) if line.startswith("|") and "DEV" in line and "NAME" in line), None)
     if head is None:
         raise common.ParseError(TABLE_TOOL, 1, lines[0] if lines else "", "no `| DEV  NAME | ...` header")
-    header = [[table._labels(c) for c in table._cells(line)] for line in lines[head:head + 2]]  # noqa: SLF001
+    header = [[table._labels(c) for c in table._cells(line)] for line in lines[head : head + 2]]  # noqa: SLF001
     out: list[common.Parsed] = []
     record: list[tuple[int, str]] = []
     for n in range(head + 3, len(lines)):
@@ -148,8 +156,12 @@ def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[in
         total = common.number(v.get("Mem", ""), "MiB")
         share = common.number(v.get("DUsed", ""), "%")
         info = model.DeviceInfo(
-            uuid=f"enflame-{index}", index=index, vendor="enflame", model=v.get("NAME", ""),
-            bus_id=v.get("BUS-ID", ""), memory_total_bytes=int(total) if total is not None else None,
+            uuid=f"enflame-{index}",
+            index=index,
+            vendor="enflame",
+            model=v.get("NAME", ""),
+            bus_id=v.get("BUS-ID", ""),
+            memory_total_bytes=int(total) if total is not None else None,
             power_cap_settable=False,
         )
         sample = model.DeviceSample(

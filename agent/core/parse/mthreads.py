@@ -55,10 +55,14 @@ def parse(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     return out
 
 
-def _device(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], width: int, ts: int) -> common.Parsed:
+def _device(
+    record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], width: int, ts: int
+) -> common.Parsed:
     line_no, first = record[0]
     if len(record) != len(header):
-        raise common.ParseError(TOOL, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}")
+        raise common.ParseError(
+            TOOL, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}"
+        )
     v: dict[str, str] = {}
     for (_, line), labels in zip(record, header, strict=True):
         for cell, cell_labels in zip(_cells(line, width), labels, strict=False):

@@ -35,8 +35,14 @@ def _field(header: str) -> str:
     return header.split("[", 1)[0].strip()
 
 
-def parse_query_csv(text: str, *, vendor: str = "nvidia", tool: str = "nvidia-smi",
-                    fields: list[str] | None = None, timestamp_ns: int = 0) -> list[common.Parsed]:
+def parse_query_csv(
+    text: str,
+    *,
+    vendor: str = "nvidia",
+    tool: str = "nvidia-smi",
+    fields: list[str] | None = None,
+    timestamp_ns: int = 0,
+) -> list[common.Parsed]:
     """Every GPU row of a `--query-gpu` CSV.
 
     Raises:
@@ -119,10 +125,17 @@ Q_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "mem_total": (("FB Memory Usage", "Total"), ("Memory Usage", "Total")),
     "mem_used": (("FB Memory Usage", "Used"), ("Memory Usage", "Used")),
     "util": (("Utilization", "GPU"), ("Utilization", "Xpu")),
-    "power": (("GPU Power Readings", "Average Power Draw"), ("GPU Power Readings", "Power Draw"),
-              ("Power Readings", "Average Power Draw"), ("Power Readings", "Power Draw")),
-    "limit": (("GPU Power Readings", "Current Power Limit"), ("Power Readings", "Enforced Power Limit"),
-              ("Power Readings", "Current Power Limit")),
+    "power": (
+        ("GPU Power Readings", "Average Power Draw"),
+        ("GPU Power Readings", "Power Draw"),
+        ("Power Readings", "Average Power Draw"),
+        ("Power Readings", "Power Draw"),
+    ),
+    "limit": (
+        ("GPU Power Readings", "Current Power Limit"),
+        ("Power Readings", "Enforced Power Limit"),
+        ("Power Readings", "Current Power Limit"),
+    ),
     "min": (("GPU Power Readings", "Min Power Limit"), ("Power Readings", "Min Power Limit")),
     "max": (("GPU Power Readings", "Max Power Limit"), ("Power Readings", "Max Power Limit")),
     "default": (("GPU Power Readings", "Default Power Limit"), ("Power Readings", "Default Power Limit")),
@@ -152,12 +165,15 @@ def parse_q(text: str, timestamp_ns: int = 0, *, vendor: str = "nvidia") -> list
     if not devices:
         lines = text.splitlines()
         raise common.ParseError(tool, 1, lines[0] if lines else "", "no `GPU <bus id>` or `XPU <bus id>` section")
-    return [_q_device(section, v, index, vendor, tool, driver, timestamp_ns)
-            for index, (section, v) in enumerate(devices.items())]
+    return [
+        _q_device(section, v, index, vendor, tool, driver, timestamp_ns)
+        for index, (section, v) in enumerate(devices.items())
+    ]
 
 
-def _q_device(section: str, v: dict[tuple[str, ...], tuple[str, int]], index: int, vendor: str, tool: str,
-              driver: str, ts: int) -> common.Parsed:
+def _q_device(
+    section: str, v: dict[tuple[str, ...], tuple[str, int]], index: int, vendor: str, tool: str, driver: str, ts: int
+) -> common.Parsed:
     def raw(field: str) -> str | None:
         return next((v[p][0] for p in Q_PATHS[field] if p in v), None)
 
@@ -205,8 +221,12 @@ def _q_device(section: str, v: dict[tuple[str, ...], tuple[str, int]], index: in
 
 # dmon column -> (DeviceSample field, unit)
 DMON: dict[str, tuple[str, str]] = {
-    "pwr": ("power_w", "W"), "gtemp": ("temperature_c", "C"), "mtemp": ("memory_temperature_c", "C"),
-    "sm": ("utilization", "%"), "mclk": ("memory_clock_hz", "MHz"), "pclk": ("core_clock_hz", "MHz"),
+    "pwr": ("power_w", "W"),
+    "gtemp": ("temperature_c", "C"),
+    "mtemp": ("memory_temperature_c", "C"),
+    "sm": ("utilization", "%"),
+    "mclk": ("memory_clock_hz", "MHz"),
+    "pclk": ("core_clock_hz", "MHz"),
 }
 
 
@@ -227,7 +247,9 @@ def parse_dmon(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             continue
         cells = lines[n].split()
         if len(cells) != len(labels):
-            raise common.ParseError("nvidia-smi dmon", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels")
+            raise common.ParseError(
+                "nvidia-smi dmon", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels"
+            )
         newest[int(cells[0])] = (n + 1, dict(zip(labels, cells, strict=True)))
     out = []
     for index, (line_no, v) in sorted(newest.items()):
@@ -236,5 +258,7 @@ def parse_dmon(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         except ValueError as exc:
             raise common.ParseError("nvidia-smi dmon", line_no, lines[line_no - 1], str(exc)) from None
         info = model.DeviceInfo(uuid=f"nvidia-{index}", index=index, vendor="nvidia", model="", power_cap_settable=True)
-        out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns, **values)))
+        out.append(
+            common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns, **values))
+        )
     return out

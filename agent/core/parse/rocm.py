@@ -27,7 +27,7 @@ VRAM_USED = ("vram total used memory",)
 
 
 def _table(card: dict[str, object]) -> dict[str, tuple[str, str]]:
-    """label (lower case) -> (value, unit)."""
+    """Label (lower case) -> (value, unit)."""
     out = {}
     for key, value in card.items():
         m = _KEY.match(key)
@@ -54,8 +54,14 @@ def parse_json(text: str, vendor: str = "amd", timestamp_ns: int = 0) -> list[co
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise common.ParseError(tool, exc.lineno, text.splitlines()[exc.lineno - 1] if text else "", f"not JSON: {exc.msg}") from None
-    cards = {k: v for k, v in doc.items() if isinstance(v, dict) and re.fullmatch(r"card\d+", k)} if isinstance(doc, dict) else {}
+        raise common.ParseError(
+            tool, exc.lineno, text.splitlines()[exc.lineno - 1] if text else "", f"not JSON: {exc.msg}"
+        ) from None
+    cards = (
+        {k: v for k, v in doc.items() if isinstance(v, dict) and re.fullmatch(r"card\d+", k)}
+        if isinstance(doc, dict)
+        else {}
+    )
     if not cards:
         raise common.ParseError(tool, 1, text.splitlines()[0] if text else "", "no `cardN` objects")
     out = []
@@ -156,7 +162,12 @@ def parse_virtual(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         except ValueError as exc:
             raise common.ParseError("hy-smi virtual", line_no, raw, str(exc)) from None
         actual = v.get("Actual Device", ("?", 0))[0]
-        info = model.DeviceInfo(uuid=f"hygon-vdev{index}", index=index, vendor="hygon", model=f"virtual on DCU {actual}",
-                                memory_total_bytes=int(size) if size is not None else None)
+        info = model.DeviceInfo(
+            uuid=f"hygon-vdev{index}",
+            index=index,
+            vendor="hygon",
+            model=f"virtual on DCU {actual}",
+            memory_total_bytes=int(size) if size is not None else None,
+        )
         out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
     return out

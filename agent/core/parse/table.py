@@ -103,26 +103,33 @@ def parse(text: str, vendor: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     for i in range(rule + 1, len(lines)):
         line = lines[i]
         stripped = line.strip()
-        if stripped.startswith("+") or stripped.startswith("|-"):
+        if stripped.startswith(("+", "|-")):
             if record:
-                out.append(_record(record, header, tool, vendor, settable, timestamp_ns))
+                out.append(_record(record, header, tool, vendor, settable=settable, ts=timestamp_ns))
                 record = []
             continue
         if not stripped.startswith("|"):
             break  # end of the device table
         record.append((i + 1, line))
     if record:
-        out.append(_record(record, header, tool, vendor, settable, timestamp_ns))
+        out.append(_record(record, header, tool, vendor, settable=settable, ts=timestamp_ns))
     return out
 
 
 def _record(
-    record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], tool: str, vendor: str,
-    settable: bool, ts: int,
+    record: list[tuple[int, str]],
+    header: list[list[list[tuple[int, str]]]],
+    tool: str,
+    vendor: str,
+    *,
+    settable: bool,
+    ts: int,
 ) -> common.Parsed:
     line_no, first = record[0]
     if len(record) != len(header):
-        raise common.ParseError(tool, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}")
+        raise common.ParseError(
+            tool, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}"
+        )
     v: dict[str, str] = {}
     for (n, line), labels in zip(record, header, strict=True):
         cells = _cells(line)
@@ -131,7 +138,7 @@ def _record(
         for cell, cell_labels in zip(cells, labels, strict=True):
             v.update(_values(cell, cell_labels))
     try:
-        return _device(v, vendor, settable, ts)
+        return _device(v, vendor, settable=settable, ts=ts)
     except (ValueError, KeyError) as exc:
         raise common.ParseError(tool, line_no, first, str(exc)) from None
 
@@ -140,7 +147,7 @@ def _get(v: dict[str, str], field: str) -> str | None:
     return next((v[label] for label in LABELS[field] if label in v), None)
 
 
-def _device(v: dict[str, str], vendor: str, settable: bool, ts: int) -> common.Parsed:
+def _device(v: dict[str, str], vendor: str, *, settable: bool, ts: int) -> common.Parsed:
     raw_index = _get(v, "index")
     if raw_index is None or not raw_index.isdigit():
         msg = f"no device number (a {'/'.join(LABELS['index'])} column) in {raw_index!r}"
@@ -183,16 +190,25 @@ def parse_topology(text: str, vendor: str = "metax", timestamp_ns: int = 0) -> l
         ParseError: no matrix header of `GPU0 GPU1 ...` columns.
     """
     lines = text.splitlines()
-    head = next((i for i, line in enumerate(lines) if line.split()[:1] == ["GPU0"] and line.startswith((" ", "\t"))), None)
+    head = next(
+        (i for i, line in enumerate(lines) if line.split()[:1] == ["GPU0"] and line.startswith((" ", "\t"))), None
+    )
     if head is None:
-        raise common.ParseError(f"{TOOLS.get(vendor, (vendor,))[0]} topo", 1, lines[0] if lines else "", "no `GPU0 GPU1 ...` header")
+        raise common.ParseError(
+            f"{TOOLS.get(vendor, (vendor,))[0]} topo", 1, lines[0] if lines else "", "no `GPU0 GPU1 ...` header"
+        )
     out = []
-    for line in lines[head + 1:]:
+    for line in lines[head + 1 :]:
         first = line.split()[:1]
         if not first or not re.fullmatch(r"GPU\d+", first[0]):
             break
         index = int(first[0][3:])
-        info = model.DeviceInfo(uuid=f"{vendor}-{index}", index=index, vendor=vendor, model="",
-                                power_cap_settable=TOOLS.get(vendor, ("", False))[1])
+        info = model.DeviceInfo(
+            uuid=f"{vendor}-{index}",
+            index=index,
+            vendor=vendor,
+            model="",
+            power_cap_settable=TOOLS.get(vendor, ("", False))[1],
+        )
         out.append(common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns)))
     return out

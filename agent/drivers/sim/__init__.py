@@ -98,10 +98,7 @@ class SimDriver:
             by_device.setdefault(i, []).append(model.ErrorEvent(code=code, text=text))
         out = []
         for i in range(self.node.n):
-            values = {
-                name: (None if np.isnan(v := float(readings[name][i])) else v)
-                for name in model.METRICS
-            }
+            values = {name: (None if np.isnan(v := float(readings[name][i])) else v) for name in model.METRICS}
             code, reason = health[i]
             out.append(
                 model.DeviceSample(

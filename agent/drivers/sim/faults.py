@@ -25,6 +25,7 @@ class FaultSpecError(ValueError):
     """A `--sim-fault` spec that cannot be parsed; the message says which part and the fix."""
 
     def __init__(self, spec: str, problem: str) -> None:
+        """`problem` is the part of `spec` that is wrong."""
         super().__init__(
             f"bad --sim-fault {spec!r}: {problem}; expected KIND[:dev=I][:at=SECONDS][:for=SECONDS] "
             f"with KIND one of {', '.join(FAULT_KINDS)}"

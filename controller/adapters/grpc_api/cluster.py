@@ -7,6 +7,7 @@ a status code, with the error's own message.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import NoReturn
@@ -91,7 +92,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         return cpb.GetDeviceResponse(
             device=codec.device_pb(device),
             history=[
-                cpb.Point(timestamp_ns=int(t), value=float(v)) for t, v in zip(ts, values, strict=True) if v == v
+                cpb.Point(timestamp_ns=int(t), value=float(v))
+                for t, v in zip(ts, values, strict=True)
+                if not math.isnan(v)
             ],
         )
 

@@ -28,7 +28,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 class Server:
     """A started-or-not grpc.aio server, its port, and the health servicer behind `set_serving`."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer, names: list[str]) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer, names: list[str]
+    ) -> None:
         """Built by `build_server`."""
         self.server = server
         self.port = port

@@ -61,9 +61,7 @@ class TelemetryService:
             st.streams_open -= 1
             st.ingest.stream_closed(stream)
 
-    def _handle(
-        self, stream: ingest.StreamState, raw: bytes, now_ns: int, identities: frozenset[str]
-    ) -> ingest.Answer:
+    def _handle(self, stream: ingest.StreamState, raw: bytes, now_ns: int, identities: frozenset[str]) -> ingest.Answer:
         limit = self.state.ingest.limits.max_message_bytes
         if len(raw) > limit:
             msg = f"message of {len(raw)} bytes exceeds the limit of {limit} bytes"

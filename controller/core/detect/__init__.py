@@ -17,7 +17,7 @@ from xpuctl.controller import config
 from xpuctl.controller.core import registry, ring
 from xpuctl.controller.core.detect import base, critical, ecc, overcap, spike, stale, straggler, stuck, thermal
 
-__all__ = ["Detectors", "Finding", "KINDS"]
+__all__ = ["KINDS", "Detectors", "Finding"]
 
 Finding = base.Finding
 
@@ -148,20 +148,18 @@ class Detectors:
         mask = self.open[det.kind]
         mask[frame.slots[raised]] = True
         mask[frame.slots[cleared]] = False
-        out = []
-        for i in np.flatnonzero(raised | cleared).tolist():
-            out.append(
-                base.Finding(
-                    slot=int(frame.slots[i]),
-                    kind=det.kind,
-                    severity=det.severity,
-                    raised=bool(raised[i]),
-                    value=float(verdict.value[i]),
-                    threshold=float(verdict.threshold[i]),
-                    detail=det.detail(frame, i),
-                )
+        return [
+            base.Finding(
+                slot=int(frame.slots[i]),
+                kind=det.kind,
+                severity=det.severity,
+                raised=bool(raised[i]),
+                value=float(verdict.value[i]),
+                threshold=float(verdict.threshold[i]),
+                detail=det.detail(frame, i),
             )
-        return out
+            for i in np.flatnonzero(raised | cleared).tolist()
+        ]
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -180,5 +178,3 @@ class Detectors:
 
 def _num(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-

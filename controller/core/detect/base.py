@@ -120,7 +120,9 @@ class Layout:
         """Place every element by its group number."""
         order = np.argsort(group, kind="stable")
         sorted_g = group[order]
-        starts = np.flatnonzero(np.r_[True, sorted_g[1:] != sorted_g[:-1]]) if group.size else np.zeros(0, dtype=np.int64)
+        starts = (
+            np.flatnonzero(np.r_[True, sorted_g[1:] != sorted_g[:-1]]) if group.size else np.zeros(0, dtype=np.int64)
+        )
         sizes = np.diff(np.r_[starts, group.size])
         self.n_groups = starts.size
         self.width = int(sizes.max()) if sizes.size else 0

@@ -46,9 +46,7 @@ class EccUncorrected(base.Detector):
         self.prev[frame.slots] = np.where(np.isfinite(total), total, prev)
         quiet_s = (frame.now_ns - self.last_increase_ns[frame.slots]) / 1e9
         clear = quiet_s > self.cfg.ecc_clear_after_s
-        return base.Verdict(
-            value=increase, threshold=np.zeros(increase.shape), raise_=rose, clear=clear & ~rose
-        )
+        return base.Verdict(value=increase, threshold=np.zeros(increase.shape), raise_=rose, clear=clear & ~rose)
 
 
 class EccStorm(base.Detector):
