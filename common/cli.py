@@ -35,15 +35,32 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def positive(kind: type[N]) -> Callable[[str], N]:
     """An argument type: a finite number of `kind` greater than 0."""
+    return number(kind, lambda v: v > 0, "must be a number > 0", what=kind.__name__)
+
+
+def fraction(text: str) -> float:
+    """An argument type: a number in (0, 1]."""
+    return number(float, lambda v: 0 < v <= 1, "must be in (0, 1]", what="number")(text)
+
+
+def number(kind: type[N], ok: Callable[[N], bool], rule: str, *, what: str) -> Callable[[str], N]:
+    """An argument type: a finite number of `kind` for which `ok` holds.
+
+    Args:
+        kind: int or float.
+        ok: the rule the value must meet.
+        rule: what the error says when `ok` fails ("must be ...").
+        what: what the error calls a text that is no number of `kind` ("is not a WHAT").
+    """
 
     def parse(text: str) -> N:
         try:
             value = kind(text)
         except ValueError:
-            msg = f"{text!r} is not a {kind.__name__}"
+            msg = f"{text!r} is not a {what}"
             raise argparse.ArgumentTypeError(msg) from None
-        if not (math.isfinite(value) and value > 0):
-            msg = f"{text!r} must be a number > 0"
+        if not (math.isfinite(value) and ok(value)):
+            msg = f"{text!r} {rule}"
             raise argparse.ArgumentTypeError(msg)
         return value
 

@@ -81,7 +81,7 @@ def under_journald(environ: Mapping[str, str], stream: TextIO) -> bool:
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever `sys.stderr` is at the time of the record (as logging's last resort does)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         """The current standard error."""
         return sys.stderr

@@ -21,10 +21,11 @@ from typing import Any
 import aiomqtt
 import msgspec
 
-from xpuctl.common import tls
+from xpuctl.common import backoff, tls
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.mqtt")
+RECONNECT_BASE_S = 0.2  # the first retry waits up to this; each further one up to twice as long
 
 
 def protocols(url: bus.BusUrl) -> list[aiomqtt.ProtocolVersion]:
@@ -131,6 +132,8 @@ class Sessions:
             except Exception:  # a bug while handling one message must not end the bus for good
                 log.exception("MQTT session to %s:%d failed; reconnecting", self.url.host, self.url.port)
                 self.lost("internal error (logged above)")
-            ceiling = min(self.reconnect_max_s, 0.2 * 2.0 ** min(attempt, 16))
+            delay = backoff.delay_s(
+                attempt, base_s=RECONNECT_BASE_S, cap_s=self.reconnect_max_s, uniform01=rng.random()
+            )
             attempt += 1
-            await asyncio.sleep(ceiling * rng.random())
+            await asyncio.sleep(delay)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import ssl
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -139,7 +140,7 @@ def server_credentials(files: ServerFiles) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
 
 
-def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
+def peer_identities(context: grpc.aio.ServicerContext[Any, Any]) -> frozenset[str]:
     """The names in the peer's verified certificate (SANs and CN); empty without TLS."""
     auth = context.auth_context()
     names: set[str] = set()

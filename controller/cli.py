@@ -24,16 +24,7 @@ log = logging.getLogger("xpu.controller")
 _positive = cli.positive
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        msg = f"{text!r} is not a number"
-        raise argparse.ArgumentTypeError(msg) from None
-    if not 0 < value <= 1:
-        msg = f"{text!r} must be in (0, 1]"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_fraction = cli.fraction
 
 
 def _bus_url(text: str) -> str:

@@ -15,6 +15,7 @@ import logging
 import pathlib
 import time
 import uuid
+from typing import Any
 
 from xpuctl.common import tls
 from xpuctl.controller import config, hub
@@ -182,7 +183,7 @@ class Service:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
                     self.ready.set()
                     stopped = tg.create_task(stop.wait(), name="controller.stop")
-                    waits: set[asyncio.Future[object]] = {stopped}
+                    waits: set[asyncio.Future[Any]] = {stopped}
                     if bus_task is not None:
                         waits.add(bus_task)
                     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -25,9 +25,9 @@ def docstrings() -> dict[tuple[str, str], str]:
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
         body = cls.body
         for a, b in itertools.pairwise(body):
-            is_field = isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
-            is_doc = isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)
-            if is_field and is_doc:
+            if not (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)):
+                continue
+            if isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
                 out[(cls.name, a.target.id)] = " ".join(b.value.value.split())
     return out
 

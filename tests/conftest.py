@@ -1,85 +1,46 @@
-"""Shared fixtures: free ports, an in-process controller on 127.0.0.1, agent processes, waiting."""
+"""The fixtures: an in-process controller, child processes, a Mosquitto; and the suite's guards.
+
+Every piece they are built from lives in tests/helpers.py, which the tests import directly.
+Guards: an async test that leaves tasks running fails (kopf's `_no_asyncio_pending_tasks`), and a
+unit test (not marked `slow`) fails past UNIT_TIMEOUT_S.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import pathlib
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
-import aiomqtt
 import pytest
 
-from xpuctl.controller import config, hub, service
-from xpuctl.controller.adapters.grpc_api import server as grpc_server
+from tests.helpers import Controller, Mosquitto, Processes, free_port
 from xpuctl.controller.core import ingest, registry
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+UNIT_TIMEOUT_S = 2.0
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests (not marked slow) run under UNIT_TIMEOUT_S; a slow test keeps the global timeout."""
+    for item in items:
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT_S))
 
 
-async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    """Poll a condition on the event loop until it holds; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:
-    """Run the xpuctl CLI against `target` without blocking the loop that serves it: (rc, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "xpuctl.controller.ctl",
-        "--controller",
-        target,
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-class Controller:
-    """An in-process controller (real grpc.aio server on 127.0.0.1) that tests can stop and restart."""
-
-    def __init__(self, port: int, **state_kwargs: object) -> None:
-        """Not started yet."""
-        self.port = port
-        self.target = f"127.0.0.1:{port}"
-        self.state_kwargs = state_kwargs
-        self.state: hub.Hub | None = None
-        self.server: grpc_server.Server | None = None
-
-    async def start(self) -> hub.Hub:
-        """Start with empty state (as a restarted controller process would have)."""
-        self.state = hub.Hub(**self.state_kwargs)  # type: ignore[arg-type]
-        self.server = grpc_server.build_server(self.state, self.target)
-        await self.server.start()
-        return self.state
-
-    async def stop(self) -> None:
-        """Stop at once, cutting every stream."""
-        if self.server is not None:
-            await self.server.stop(None)
-            self.server = None
+@pytest.fixture(autouse=True)
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running after its own fixtures have stopped."""
+    before = asyncio.all_tasks()
+    yield
+    me = asyncio.current_task()
+    for _ in range(3):  # let tasks cancelled by the teardown run their last step
+        await asyncio.sleep(0)
+    leaked = [t for t in asyncio.all_tasks() if t is not me and t not in before and not t.done()]
+    for t in leaked:
+        t.cancel()
+    if leaked:
+        names = ", ".join(sorted(t.get_name() for t in leaked))
+        pytest.fail(f"the test left {len(leaked)} asyncio task(s) running: {names}")
 
 
 @pytest.fixture
@@ -95,58 +56,6 @@ async def controller() -> AsyncIterator[Controller]:
     await c.stop()
 
 
-class Processes:
-    """Child processes of a test, terminated at teardown."""
-
-    def __init__(self, log_dir: pathlib.Path) -> None:
-        """None yet; each child's output goes to a file in `log_dir`."""
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.log_dir = log_dir
-        self.logs: list[pathlib.Path] = []
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Run `python -m <args>` from the repository root (with `env` added to the environment)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        log = self.log_dir / f"proc-{len(self.procs)}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        self.procs.append(proc)
-        self.logs.append(log)
-        return proc
-
-    def agent(self, controller: str, node_id: str, vendor: str, *extra: str) -> subprocess.Popen[bytes]:
-        """An `xpu-agent run` of 8 simulated devices of `vendor`."""
-        return self.start(
-            "xpuctl.agent.cli",
-            "run",
-            "--node-id",
-            node_id,
-            "--controller",
-            controller,
-            "--sim-vendor",
-            vendor,
-            "--sim-devices",
-            "8",
-            "--reconnect-max-s",
-            "0.5",
-            *extra,
-        )
-
-    def stop_all(self) -> None:
-        """SIGTERM, then SIGKILL what lingers."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 @pytest.fixture
 def processes(tmp_path: pathlib.Path) -> Iterator[Processes]:
     """Start child processes; all are stopped after the test, and their output is shown on failure."""
@@ -157,66 +66,6 @@ def processes(tmp_path: pathlib.Path) -> Iterator[Processes]:
         sys.stderr.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
 
 
-MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "test.conf"
-
-
-def mosquitto_binary() -> str | None:
-    """Where Mosquitto is (scripts/test installs it when it is missing)."""
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-class Mosquitto:
-    """A real Mosquitto on a free loopback port, with the repo's test config; killable, restartable."""
-
-    def __init__(self, tmp: pathlib.Path) -> None:
-        """Not started."""
-        binary = mosquitto_binary()
-        if binary is None:
-            pytest.skip("mosquitto is not installed (scripts/test installs it with apt-get)")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(MOSQUITTO_CONF.read_text() + f"\nlistener {self.port} 127.0.0.1\n")
-        self.log = tmp / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start and wait until the port accepts connections."""
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None:
-                pytest.fail(f"mosquitto exited: {self.log.read_text()[-2000:]}")
-            time.sleep(0.02)
-        pytest.fail("mosquitto did not listen within 10 s")
-
-    def kill(self) -> None:
-        """SIGKILL: no clean goodbye to anyone."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def stop(self) -> None:
-        """Terminate."""
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
 @pytest.fixture
 def mosquitto(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
     """A started Mosquitto for one test."""
@@ -224,87 +73,6 @@ def mosquitto(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
     m.start()
     yield m
     m.stop()
-
-
-class Watcher:
-    """An MQTT client that records every message under a filter, for assertions."""
-
-    def __init__(self, url: str, topic_filter: str) -> None:
-        """Not connected yet."""
-        self.url = url
-        self.filter = topic_filter
-        self.messages: list[tuple[float, str, bytes]] = []
-        self._task: asyncio.Task[None] | None = None
-        self.subscribed = asyncio.Event()
-
-    async def _run(self) -> None:
-        host, port = self.url.removeprefix("mqtt://").split("?")[0].rsplit(":", 1)
-        while True:
-            try:
-                async with aiomqtt.Client(host, int(port), identifier=f"test-watch-{id(self)}") as client:
-                    await client.subscribe(self.filter, qos=1)
-                    self.subscribed.set()
-                    async for m in client.messages:
-                        payload = m.payload if isinstance(m.payload, bytes) else b""
-                        self.messages.append((time.monotonic(), m.topic.value, payload))
-            except aiomqtt.MqttError:
-                self.subscribed.clear()
-                await asyncio.sleep(0.2)
-
-    async def start(self) -> None:
-        """Connect and subscribe."""
-        self._task = asyncio.create_task(self._run(), name="test.watcher")
-        await asyncio.wait_for(self.subscribed.wait(), 10)
-
-    async def stop(self) -> None:
-        """Disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def on(self, topic: str) -> list[tuple[float, bytes]]:
-        """Messages on one topic: (monotonic arrival, payload)."""
-        return [(t, p) for t, top, p in self.messages if top == topic]
-
-
-class RunningService:
-    """An in-process controller Service (gRPC + bus + loop) on 127.0.0.1."""
-
-    def __init__(self, svc: service.Service) -> None:
-        """Wrap a built service."""
-        self.svc = svc
-        self.stop_event = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def target(self) -> str:
-        """Its gRPC address."""
-        return f"127.0.0.1:{self.svc.port}"
-
-    async def start(self) -> RunningService:
-        """Run until `stop`."""
-        self.task = asyncio.create_task(self.svc.run(self.stop_event), name="test.controller")
-        await asyncio.wait_for(self.svc.ready.wait(), 10)
-        return self
-
-    async def stop(self) -> None:
-        """Stop cleanly (says offline on the bus)."""
-        self.stop_event.set()
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 15)
-            self.task = None
-
-
-def make_service(bus_url: str | None, *, budget_w: float | None = None, period_s: float = 1.0) -> service.Service:
-    """A controller with the loop on, fast liveness, and the given bus and budget."""
-    cfg = config.Config(
-        power=config.Power(budget_w=budget_w, period_s=period_s),
-        bus=config.Bus(url=bus_url, heartbeat_s=0.5),
-    )
-    return service.Service(
-        cfg, listen=f"127.0.0.1:{free_port()}", liveness=registry.Liveness(stale_after_s=3.0, offline_after_s=10.0)
-    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

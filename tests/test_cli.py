@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, Controller, Processes, free_port, wait_until
+from tests.helpers import ROOT, Controller, Processes, free_port, wait_until
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 ONCE_KEYS = {
     "index",

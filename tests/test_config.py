@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from xpuctl.controller import cli, config
 
 EXAMPLE = ROOT / "deploy" / "xpu-controller.example.toml"
@@ -54,6 +54,7 @@ def test_bad_settings_name_the_key(tmp_path: pathlib.Path, text: str, env: dict[
     assert fragment in str(err.value) and str(f) in str(err.value)
 
 
+@pytest.mark.slow  # runs the program as a process
 def test_validate_exits_78_naming_the_key(tmp_path: pathlib.Path) -> None:
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 from xpuctl.common import logs
 
 
@@ -60,13 +60,14 @@ def test_journald_is_detected_by_the_stream_identity(tmp_path: pathlib.Path) -> 
     with (tmp_path / "a").open("w") as a, (tmp_path / "b").open("w") as b:
         st = os.fstat(a.fileno())
         env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
-        assert logs.under_journald(env, a)  # type: ignore[arg-type]
-        assert not logs.under_journald(env, b)  # type: ignore[arg-type]  # inherited by a child with other stderr
-        assert not logs.under_journald({}, a)  # type: ignore[arg-type]
-        assert not logs.under_journald({"JOURNAL_STREAM": "garbage"}, a)  # type: ignore[arg-type]
-        assert not logs.under_journald(env, io.StringIO())  # type: ignore[arg-type]
+        assert logs.under_journald(env, a)
+        assert not logs.under_journald(env, b)  # inherited by a child with other stderr
+        assert not logs.under_journald({}, a)
+        assert not logs.under_journald({"JOURNAL_STREAM": "garbage"}, a)
+        assert not logs.under_journald(env, io.StringIO())
 
 
+@pytest.mark.slow  # starts the controller as a process
 def test_controller_logs_json_with_priorities_under_journald(tmp_path: pathlib.Path) -> None:
     """A real `xpu-controller serve`, its stderr a file that JOURNAL_STREAM names, as systemd sets it up."""
     err = tmp_path / "stderr"
@@ -94,6 +95,7 @@ def test_controller_logs_json_with_priorities_under_journald(tmp_path: pathlib.P
     assert first["logger"] == "xpu.controller" and "serving on port" in first["event"]
 
 
+@pytest.mark.slow  # starts the controller as a process
 def test_log_level_and_text_format(tmp_path: pathlib.Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[power]\nbudjet_w = 1\n")

@@ -14,23 +14,26 @@ import os
 import pathlib
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiomqtt
 import pytest
 
-from tests.conftest import ROOT, Mosquitto
+from tests.helpers import ROOT, Mosquitto
 
 ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
 USERS = ("node-a", "node-b", "controller")
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed (package mosquitto)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed (package mosquitto)"
+    ),
+]
 
 
 @pytest.fixture
-def broker(tmp_path: pathlib.Path) -> Mosquitto:
+def broker(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
     passwords = tmp_path / "passwd"
     passwords.write_text("")
     for user in USERS:
@@ -78,7 +81,7 @@ async def client(
 
 async def received_until_fence(inbox: asyncio.Queue[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Everything delivered before the b"fence" payload."""
-    got = []
+    got: list[tuple[str, bytes]] = []
     while True:
         topic, payload = await asyncio.wait_for(inbox.get(), 10)
         if payload == b"fence":

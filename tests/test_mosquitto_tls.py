@@ -9,17 +9,20 @@ import asyncio
 import os
 import pathlib
 import re
+from collections.abc import Iterator
 
 import aiomqtt
 import pytest
 import trustme
 
-from tests.conftest import ROOT, Mosquitto, Processes, RunningService, free_port, wait_until
+from tests.helpers import ROOT, Mosquitto, Processes, RunningService, free_port, wait_until
 from tests.pki import Pki
 from xpuctl.common import mqtt_session, tls
 from xpuctl.controller import config, service
 from xpuctl.controller.core import registry
 from xpuctl.protos.xpu.v1 import bus
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
 
@@ -50,7 +53,7 @@ class TlsBroker(Mosquitto):
 
 
 @pytest.fixture
-def broker(tmp_path: pathlib.Path) -> TlsBroker:
+def broker(tmp_path: pathlib.Path) -> Iterator[TlsBroker]:
     b = TlsBroker(tmp_path)
     b.start()
     yield b

@@ -7,8 +7,12 @@ import pathlib
 import sys
 import types
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
 from xpuctl.agent.core import model as agent_model
 from xpuctl.controller.core import model as controller_model
+from xpuctl.protos import names
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -33,12 +37,22 @@ def test_generated_code_is_fresh(tmp_path: pathlib.Path) -> None:
         )
 
 
-def test_metric_order_matches_proto() -> None:
-    names = [pb.Metric.Name(n)[len("METRIC_") :].lower() for n in sorted(pb.Metric.values()) if n]
-    assert list(agent_model.METRICS) == names
-    assert list(controller_model.METRICS) == names
+def enum_names(enum: EnumTypeWrapper, prefix: str) -> dict[int, str]:
+    """A proto enum's numbers and lower-case names without the prefix, UNSPECIFIED left out."""
+    return {n: enum.Name(n)[len(prefix) :].lower() for n in enum.values() if n}
 
 
-def test_vendor_lists_agree() -> None:
-    assert set(agent_model.VENDORS) == controller_model.VENDORS
-    assert len(agent_model.VENDORS) == 13
+def test_the_shared_names_match_the_proto() -> None:
+    assert dict(enumerate(names.METRICS, start=1)) == enum_names(pb.Metric, "METRIC_")
+    assert enum_names(pb.Health, "HEALTH_") == names.HEALTH
+    assert names.HEALTH[names.HEALTH_UNKNOWN] == "unknown"
+    assert enum_names(cpb.NodeStatus, "NODE_STATUS_") == names.NODE_STATUS
+    assert (names.health_name(0), names.node_status_name(0)) == ("unknown", "unknown")
+
+
+def test_both_sides_use_the_shared_names() -> None:
+    assert agent_model.METRICS is names.METRICS
+    assert controller_model.METRICS is names.METRICS
+    assert set(agent_model.VENDORS) == controller_model.VENDORS == set(names.VENDORS)
+    assert len(names.VENDORS) == 13
+    assert {int(h): h.name.lower() for h in agent_model.Health} == names.HEALTH

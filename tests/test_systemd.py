@@ -23,7 +23,9 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, Processes, free_port
+from tests.helpers import ROOT, Processes, free_port
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 UNITS = ROOT / "deploy" / "systemd"
 # systemd-analyze security's exposure, 0-100 (shown as 0.0-10.0): the gate for each unit, a little

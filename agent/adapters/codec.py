@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from xpuctl.agent.core import model
+from xpuctl.protos import devices as devices_pb
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 # model.METRICS[i] is xpu.v1.Metric number i + 1
 METRIC_NUMBERS: dict[str, int] = {name: i + 1 for i, name in enumerate(model.METRICS)}
-_OPTIONAL_INFO = (
-    "memory_total_bytes",
-    "power_limit_min_w",
-    "power_limit_max_w",
-    "power_limit_default_w",
-    "temp_slowdown_c",
-    "temp_shutdown_c",
-)
-
-
-def device_info(info: model.DeviceInfo) -> pb.DeviceInfo:
-    """DeviceInfo struct -> proto (absent capabilities stay unset)."""
-    msg = pb.DeviceInfo(
-        uuid=info.uuid,
-        index=info.index,
-        vendor=info.vendor,
-        model=info.model,
-        bus_id=info.bus_id,
-        driver_version=info.driver_version,
-        power_cap_settable=info.power_cap_settable,
-        simulated=info.simulated,
-    )
-    for name in _OPTIONAL_INFO:
-        value = getattr(info, name)
-        if value is not None:
-            setattr(msg, name, value)
-    return msg
 
 
 def hello(
@@ -54,7 +29,7 @@ def hello(
             node_id=node_id,
             boot_id=boot_id,
             agent_version=agent_version,
-            devices=[device_info(d) for d in devices],
+            devices=[devices_pb.to_pb(d) for d in devices],
             labels=labels,
             interval_s=interval_s,
             acked_seq=acked_seq,
@@ -79,7 +54,8 @@ def batch(
         dropped_total=dropped_total,
         device=rows,
         timestamp_ns=[s.timestamp_ns for s in samples],
-        health=[int(s.health) for s in samples],
+        # protoc's stubs type enum fields as the enum class; on the wire they are ints
+        health=cast("list[pb.Health]", [int(s.health) for s in samples]),
     )
     if any(s.health_reason for s in samples):
         b.health_reason.extend(s.health_reason for s in samples)

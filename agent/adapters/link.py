@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import TypeAlias, cast
 
 import grpc
 import grpc.aio
@@ -25,6 +26,10 @@ from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 log = logging.getLogger("xpu.agent.link")
 
 STREAM_METHOD = "/xpu.v1.Telemetry/Stream"
+# Batches go out already encoded (bytes); answers come back decoded.
+Stream: TypeAlias = "grpc.aio.StreamStreamMultiCallable[bytes, pb.ControllerMessage]"
+Call: TypeAlias = "grpc.aio.StreamStreamCall[bytes, pb.ControllerMessage]"
+EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # the stubs lag grpc.aio
 
 # gRPC keepalive for a long-lived stream (notes A2): ping every 30 s, give up after 10 s silence.
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
@@ -122,7 +127,7 @@ class Link:
                 await asyncio.sleep(delay)
         finally:
             if self._channel is None:
-                await channel.close()
+                await channel.close(None)
 
     def _lost(self, reason: str) -> None:
         if reason != self.last_error or self.connected:
@@ -131,14 +136,14 @@ class Link:
             )
         self.last_error = reason
 
-    async def _session(self, stream: grpc.aio.StreamStreamMultiCallable) -> None:
-        call = stream()
+    async def _session(self, stream: Stream) -> None:
+        call = stream(None)
         try:
             await call.write(self.make_hello(self.batches.acked_seq))
             first = await call.read()
-            if first is grpc.aio.EOF:
+            if first is EOF:
                 raise StreamClosedError
-            self._handle(first)
+            self._handle(cast("pb.ControllerMessage", first))
             self.sessions_total += 1
             if not self.connected:
                 log.info("node %s: streaming to %s", self.node_id, self.target, extra={"node_id": self.node_id})
@@ -176,14 +181,14 @@ class Link:
                 extra={"node_id": self.node_id},
             )
 
-    async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _receive(self, call: Call) -> None:
         while True:
             msg = await call.read()
-            if msg is grpc.aio.EOF:
+            if msg is EOF:
                 raise StreamClosedError
-            self._handle(msg)
+            self._handle(cast("pb.ControllerMessage", msg))
 
-    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _send(self, call: Call) -> None:
         sent = self.batches.acked_seq
         while True:
             self._wake.clear()

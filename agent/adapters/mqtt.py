@@ -157,7 +157,7 @@ class AgentBus:
             return
         props = None
         if correlation and self.sessions and self.sessions.protocol == aiomqtt.ProtocolVersion.V5:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
             props.CorrelationData = correlation
         # always our own res topic, whatever a response-topic property says: the ACL allows no other
         await client.publish(self.topics.cmd_res(self.node_id), msgspec.json.encode(result), qos=1, properties=props)

@@ -10,21 +10,9 @@ import enum
 
 import msgspec
 
-VENDORS: tuple[str, ...] = (
-    "nvidia",
-    "amd",
-    "ascend",
-    "cambricon",
-    "hygon",
-    "metax",
-    "moorethreads",
-    "enflame",
-    "iluvatar",
-    "kunlunxin",
-    "biren",
-    "thead",
-    "sunrise",
-)
+from xpuctl.protos import devices, names
+
+VENDORS = names.VENDORS
 
 
 class Health(enum.IntEnum):
@@ -36,43 +24,12 @@ class Health(enum.IntEnum):
     UNKNOWN = 4
 
 
-# Sample metrics in the order of `xpu.v1.Metric` (number = position + 1). The controller's ring
-# store uses the same order for its metric axis.
-METRICS: tuple[str, ...] = (
-    "utilization",
-    "memory_used_bytes",
-    "power_w",
-    "energy_j",
-    "power_limit_w",
-    "temperature_c",
-    "memory_temperature_c",
-    "core_clock_hz",
-    "memory_clock_hz",
-    "ecc_corrected_total",
-    "ecc_uncorrected_total",
-    "pcie_rx_bytes_per_s",
-    "pcie_tx_bytes_per_s",
-    "work_done",
-)
+# Sample metrics in the order of `xpu.v1.Metric` (number = position + 1).
+METRICS = names.METRICS
 
 
-class DeviceInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """Identity and capabilities of one device."""
-
-    uuid: str
-    index: int
-    vendor: str
-    model: str
-    bus_id: str = ""
-    driver_version: str = ""
-    memory_total_bytes: int | None = None
-    power_limit_min_w: float | None = None
-    power_limit_max_w: float | None = None
-    power_limit_default_w: float | None = None
-    power_cap_settable: bool = False
-    temp_slowdown_c: float | None = None
-    temp_shutdown_c: float | None = None
-    simulated: bool = False
+# Identity and capabilities: one struct for both sides of the wire (xpuctl/protos/devices.py).
+DeviceInfo = devices.DeviceInfo
 
 
 class ErrorEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,7 +1,7 @@
 """The driver interface every vendor module implements.
 
 A driver's methods block (they call vendor libraries or tools); the agent runs each call off the
-event loop with a timeout (agent/sampler.py), so a driver never needs asyncio.
+event loop with a timeout (agent/adapters/sampler.py), so a driver never needs asyncio.
 """
 
 from __future__ import annotations

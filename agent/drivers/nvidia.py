@@ -210,7 +210,8 @@ class NvmlDriver:
             except n.NVMLError as exc:
                 msg = f"{self.api} refused a {mw / 1000:.0f} W limit on {self.vendor} device {index}: {exc}"
                 raise base.DriverError(msg) from None
-            return self._call("enforced limit", n.nvmlDeviceGetEnforcedPowerLimit, h) * MW
+            enforced_mw: int = self._call("enforced limit", n.nvmlDeviceGetEnforcedPowerLimit, h)
+            return enforced_mw * MW
 
     def close(self) -> None:
         """Shut NVML down."""

@@ -22,6 +22,17 @@ from xpuctl.agent.drivers import base
 
 log = logging.getLogger("xpu.agent.tool")
 
+ROCM_SMI_FLAGS = [
+    "--showid",
+    "--showmeminfo",
+    "vram",
+    "--showpower",
+    "--showuse",
+    "--showtemp",
+    "--showproductname",
+    "--showuniqueid",
+    "--json",
+]
 # vendor -> the command whose output agent/core/parse reads (sources: shared/notes/vendor-tools.md)
 COMMANDS: dict[str, list[str]] = {
     "nvidia": [
@@ -41,31 +52,9 @@ COMMANDS: dict[str, list[str]] = {
     "kunlunxin": ["xpu-smi"],
     "moorethreads": ["mthreads-gmi"],
     "enflame": ["efsmi", "-q"],
-    "amd": [
-        "rocm-smi",
-        "--showid",
-        "--showmeminfo",
-        "vram",
-        "--showpower",
-        "--showuse",
-        "--showtemp",
-        "--showproductname",
-        "--showuniqueid",
-        "--json",
-    ],
+    "amd": ["rocm-smi", *ROCM_SMI_FLAGS],
     # Hygon's renamed rocm-smi takes the same flags (vendor-tools.md section 6)
-    "hygon": [
-        "hy-smi",
-        "--showid",
-        "--showmeminfo",
-        "vram",
-        "--showpower",
-        "--showuse",
-        "--showtemp",
-        "--showproductname",
-        "--showuniqueid",
-        "--json",
-    ],
+    "hygon": ["hy-smi", *ROCM_SMI_FLAGS],
 }
 MAX_OUTPUT_BYTES = 4 << 20
 

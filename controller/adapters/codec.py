@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from xpuctl.controller.core import events, ingest, model, registry, views
 from xpuctl.controller.errors import ProtocolViolation
+from xpuctl.protos import devices
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
-_OPTIONAL_INFO = (
-    "memory_total_bytes",
-    "power_limit_min_w",
-    "power_limit_max_w",
-    "power_limit_default_w",
-    "temp_slowdown_c",
-    "temp_shutdown_c",
-)
 HEALTH_BY_NAME = {name: code for code, name in model.HEALTH_NAMES.items()}
 
 
@@ -49,48 +43,13 @@ def decode_agent_message(raw: bytes) -> pb.AgentMessage:
     return msg
 
 
-def device_info(d: pb.DeviceInfo) -> model.DeviceInfo:
-    """DeviceInfo proto -> struct."""
-    optional = {name: getattr(d, name) for name in _OPTIONAL_INFO if d.HasField(name)}
-    return model.DeviceInfo(
-        uuid=d.uuid,
-        index=d.index,
-        vendor=d.vendor,
-        model=d.model,
-        bus_id=d.bus_id,
-        driver_version=d.driver_version,
-        power_cap_settable=d.power_cap_settable,
-        simulated=d.simulated,
-        **optional,
-    )
-
-
-def device_info_pb(info: model.DeviceInfo) -> pb.DeviceInfo:
-    """DeviceInfo struct -> proto."""
-    msg = pb.DeviceInfo(
-        uuid=info.uuid,
-        index=info.index,
-        vendor=info.vendor,
-        model=info.model,
-        bus_id=info.bus_id,
-        driver_version=info.driver_version,
-        power_cap_settable=info.power_cap_settable,
-        simulated=info.simulated,
-    )
-    for name in _OPTIONAL_INFO:
-        value = getattr(info, name)
-        if value is not None:
-            setattr(msg, name, value)
-    return msg
-
-
 def hello_facts(h: pb.Hello) -> ingest.HelloFacts:
     """Hello proto -> facts."""
     return ingest.HelloFacts(
         node_id=h.node_id,
         boot_id=h.boot_id,
         agent_version=h.agent_version,
-        devices=[device_info(d) for d in h.devices],
+        devices=[devices.from_pb(d) for d in h.devices],
         labels=dict(h.labels),
         interval_s=h.interval_s if math.isfinite(h.interval_s) else 0.0,
         acked_seq=h.acked_seq,
@@ -172,14 +131,14 @@ def device_pb(v: views.DeviceView) -> cpb.Device:
     """DeviceView -> Device proto."""
     msg = cpb.Device(
         node_id=v.node_id,
-        info=device_info_pb(v.info),
-        health=HEALTH_BY_NAME.get(v.health, 4),
+        info=devices.to_pb(v.info),
+        health=cast("pb.Health", HEALTH_BY_NAME.get(v.health, 4)),
         health_reason=v.health_reason,
         timestamp_ns=v.timestamp_ns,
         cordoned=v.cordoned,
         headroom_cap_w=v.headroom_cap_w,
         headroom_ceiling_w=v.headroom_ceiling_w,
-        node_status=int(v.node_status),
+        node_status=cast("cpb.NodeStatus", int(v.node_status)),
         cordon_reason=v.cordon_reason,
         anomalies=list(v.anomalies),
     )
@@ -194,7 +153,7 @@ def node_pb(v: views.NodeView) -> cpb.Node:
     return cpb.Node(
         node_id=v.node_id,
         boot_id=v.boot_id,
-        status=int(v.status),
+        status=cast("cpb.NodeStatus", int(v.status)),
         agent_version=v.agent_version,
         labels=v.labels,
         devices=v.devices,

@@ -24,6 +24,7 @@ import numpy as np
 
 from xpuctl.controller import hub
 from xpuctl.controller.core import model
+from xpuctl.protos import names
 
 log = logging.getLogger("xpu.controller.metrics")
 
@@ -55,7 +56,7 @@ DEVICE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("pcie_rx_bytes_per_s", "xpu_pcie_receive_bytes_per_second", "gauge", "PCIe receive throughput.", ""),
     ("pcie_tx_bytes_per_s", "xpu_pcie_transmit_bytes_per_second", "gauge", "PCIe transmit throughput.", ""),
 )
-HEALTH_STATES = ("ok", "degraded", "failed", "unknown")
+HEALTH_STATES = tuple(names.HEALTH.values())
 
 
 def _esc(value: str) -> str:
@@ -115,7 +116,7 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     if state.budget_w is not None:
         out.append(f"xpu_cluster_power_budget_watts {_num(state.budget_w)}")
     out += ["# HELP xpu_nodes Nodes by liveness.", "# TYPE xpu_nodes gauge"]
-    for status in ("online", "stale", "offline"):
+    for status in names.NODE_STATUS.values():
         out.append(f'xpu_nodes{{status="{status}"}} {s.nodes_by_status.get(status, 0)}')
     out += [
         "# HELP xpu_devices Devices known to the controller.",

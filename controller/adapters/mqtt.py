@@ -90,21 +90,27 @@ class ControllerBus:
         """Queue a command; False when there is no session (the ledger will offer it again)."""
         if self.client is None:
             return False
-        common = {
-            "id": e.id,
-            "device_uuid": e.device_uuid,
-            "reason": e.reason[:1024],
-            "issued_at_ns": e.issued_at_ns,
-            "expires_at_ns": e.expires_at_ns,
-        }
         cmd: bus.Command
         if e.kind == "restore_default":
-            cmd = bus.RestoreDefault(**common)
+            cmd = bus.RestoreDefault(
+                id=e.id,
+                device_uuid=e.device_uuid,
+                reason=e.reason[:1024],
+                issued_at_ns=e.issued_at_ns,
+                expires_at_ns=e.expires_at_ns,
+            )
         else:
-            cmd = bus.SetPowerCap(power_cap_w=e.cap_w, **common)
+            cmd = bus.SetPowerCap(
+                id=e.id,
+                device_uuid=e.device_uuid,
+                power_cap_w=e.cap_w,
+                reason=e.reason[:1024],
+                issued_at_ns=e.issued_at_ns,
+                expires_at_ns=e.expires_at_ns,
+            )
         props = None
         if self.sessions is not None and self.sessions.protocol == aiomqtt.ProtocolVersion.V5:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho is untyped
             props.MessageExpiryInterval = max(1, math.ceil((e.expires_at_ns - now_ns) / 1e9))
             props.ResponseTopic = self.topics.cmd_res(e.node_id)
             props.CorrelationData = e.id.encode()

@@ -368,11 +368,11 @@ class Ingest:
         present = cols.present
         vals = cols.values
         not_finite = present & ~np.isfinite(vals)
-        mark(6, not_finite.any(axis=1))
+        mark(6, np.asarray(not_finite.any(axis=1)))
         with np.errstate(invalid="ignore"):
             negative = present & ((_NONNEG[None, :] & (vals < 0)) | (~_NONNEG[None, :] & (vals < _MIN_TEMP_C)))
             util_high = present[:, _UTIL] & (vals[:, _UTIL] > 1.0)
-        mark(7, negative.any(axis=1))
+        mark(7, np.asarray(negative.any(axis=1)))
         mark(8, util_high)
         good = reason == 0
         rejected = int(k - good.sum())

@@ -64,7 +64,8 @@ def fill(base: F64, top: F64, weight: F64, amount: float) -> F64:
     spent_at = full_spent + w_rest * reach_sorted
     j = int(np.searchsorted(spent_at, amount))
     level = (amount - full_spent[j]) / w_rest[j]
-    return base + np.minimum(room, w * level)
+    out: F64 = base + np.minimum(room, w * level)
+    return out
 
 
 def allocate(budget_w: float, floor_w: F64, ceiling_w: F64, demand_w: F64, weight: F64) -> F64:

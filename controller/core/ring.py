@@ -96,7 +96,7 @@ class RingStore:
         """
         offsets = np.arange(-last, 0)
         idx = (self.head[slots, None] + offsets[None, :]) % self.window
-        out = self.values[slots[:, None], metric, idx]
+        out: F64 = self.values[slots[:, None], metric, idx]
         out[(offsets[None, :] + self.count[slots, None]) < 0] = np.nan
         return out
 

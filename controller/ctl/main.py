@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import grpc
 from rich.console import Console
@@ -20,16 +21,15 @@ from rich.table import Table
 
 from xpuctl.common import cli, exits, pipes, tls
 from xpuctl.controller.core import dashboard
+from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 EXIT_UNREACHABLE = exits.UNREACHABLE
 EXIT_REFUSED = exits.REFUSED
 EXIT_DENIED = exits.DENIED
 TIMEOUT_S = 10.0
-
-HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
-NODE_STATUS = {1: "online", 2: "stale", 3: "offline", 0: "unknown"}
 
 
 def _opt(msg: object, name: str) -> float | None:
@@ -71,7 +71,7 @@ def device_json(d: cpb.Device) -> dict[str, object]:
         "index": info.index,
         "vendor": info.vendor,
         "model": info.model,
-        "health": HEALTH[d.health],
+        "health": names.health_name(d.health),
         "health_reason": d.health_reason or None,
         "power_w": _opt(d, "power_w"),
         "power_limit_w": _opt(d, "power_limit_w"),
@@ -85,7 +85,7 @@ def device_json(d: cpb.Device) -> dict[str, object]:
         "cordoned": d.cordoned,
         "headroom_cap_w": d.headroom_cap_w,
         "headroom_ceiling_w": d.headroom_ceiling_w,
-        "node_status": NODE_STATUS[d.node_status],
+        "node_status": names.node_status_name(d.node_status),
         "timestamp_ns": d.timestamp_ns,
         "cordon_reason": d.cordon_reason or None,
         "anomalies": list(d.anomalies),
@@ -118,7 +118,7 @@ def node_json(n: cpb.Node) -> dict[str, object]:
     return {
         "node_id": n.node_id,
         "boot_id": n.boot_id,
-        "status": NODE_STATUS[n.status],
+        "status": names.node_status_name(n.status),
         "agent_version": n.agent_version,
         "labels": dict(n.labels),
         "devices": n.devices,
@@ -170,7 +170,7 @@ def _print_nodes(console: Console, nodes: Sequence[cpb.Node]) -> None:
     for n in nodes:
         table.add_row(
             n.node_id,
-            NODE_STATUS[n.status],
+            names.node_status_name(n.status),
             str(n.devices),
             f"{n.power_w:,.0f}",
             str(n.acked_seq),
@@ -194,7 +194,7 @@ def _print_devices(console: Console, devices: Sequence[cpb.Device]) -> None:
             str(d.info.index),
             d.info.vendor,
             d.info.model,
-            HEALTH[d.health] + (" (cordoned)" if d.cordoned else ""),
+            names.health_name(d.health) + (" (cordoned)" if d.cordoned else ""),
             "-" if util is None else f"{util:.0%}",
             _fmt(_opt(d, "power_w"), ",.0f"),
             _fmt(_opt(d, "power_limit_w"), ",.0f"),
@@ -231,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.add_argument("--node", default="", help="only this node")
     d.add_argument("--vendor", default="", help="only this vendor")
-    d.add_argument("--health", default="", choices=["", "ok", "degraded", "failed", "unknown"])
+    d.add_argument("--health", default="", choices=["", *names.HEALTH.values()])
     d.add_argument("--sort", default="node", choices=sorted(SORT_KEYS))
     _add_commands(sub)
     return parser
@@ -269,22 +269,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     top.add_argument("--once", action="store_true", help="print one frame and exit")
 
 
-METRIC_NAMES = [
-    "utilization",
-    "memory_used_bytes",
-    "power_w",
-    "energy_j",
-    "power_limit_w",
-    "temperature_c",
-    "memory_temperature_c",
-    "core_clock_hz",
-    "memory_clock_hz",
-    "ecc_corrected_total",
-    "ecc_uncorrected_total",
-    "pcie_rx_bytes_per_s",
-    "pcie_tx_bytes_per_s",
-    "work_done",
-]
+METRIC_NAMES = list(names.METRICS)
 
 
 def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: Console) -> int:
@@ -295,13 +280,15 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
         nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes
         print(json.dumps([node_json(x) for x in nodes])) if args.json else _print_nodes(console, nodes)
     elif args.command == "devices":
-        health = {v: k for k, v in HEALTH.items() if k}.get(args.health, 0)
-        req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=health)
+        health = {v: k for k, v in names.HEALTH.items()}.get(args.health, 0)
+        req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=cast("pb.Health", health))
         devices = sorted(stub.ListDevices(req, timeout=TIMEOUT_S).devices, key=SORT_KEYS[args.sort])
         print(json.dumps([device_json(x) for x in devices])) if args.json else _print_devices(console, devices)
     elif args.command == "device":
         metric = METRIC_NAMES.index(args.metric) + 1
-        r = stub.GetDevice(cpb.GetDeviceRequest(uuid=args.uuid, metric=metric, limit=args.limit), timeout=TIMEOUT_S)
+        r = stub.GetDevice(
+            cpb.GetDeviceRequest(uuid=args.uuid, metric=cast("pb.Metric", metric), limit=args.limit), timeout=TIMEOUT_S
+        )
         history = [{"timestamp_ns": p.timestamp_ns, "value": p.value} for p in r.history]
         if args.json:
             print(json.dumps({"device": device_json(r.device), "metric": args.metric, "history": history}))
@@ -337,9 +324,9 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
         )
         console.print(f"priority of {args.device or args.node} set to {args.weight:g}")
     elif args.command in ("cordon", "uncordon"):
-        req = cpb.CordonRequest(device_uuid=args.device, node_id=args.node, reason=args.reason)
+        cordon = cpb.CordonRequest(device_uuid=args.device, node_id=args.node, reason=args.reason)
         call = stub.Cordon if args.command == "cordon" else stub.Uncordon
-        r = call(req, timeout=TIMEOUT_S)
+        r = call(cordon, timeout=TIMEOUT_S)
         if args.json:
             print(json.dumps({"devices": r.devices}))
         else:
@@ -358,7 +345,7 @@ def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int
                 stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
                 print(f"{stamp} {e.severity:<8} {e.kind:<18} {e.message}", flush=True)
     except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or args.follow:  # type: ignore[attr-defined]
+        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or args.follow:
             raise
     return 0
 
@@ -417,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 0
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            details = exc.details()  # type: ignore[attr-defined]
+            code = exc.code()
+            details = exc.details()
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
                 print(

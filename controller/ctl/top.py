@@ -20,10 +20,10 @@ from rich.live import Live
 
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.tui import view
+from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
-HEALTH = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown", 0: "unknown"}
 HISTORY = 300  # samples of cluster power kept for the sparkline
 
 
@@ -39,7 +39,7 @@ def row_of(d: cpb.Device) -> dashboard.DeviceRow:
         index=d.info.index,
         vendor=d.info.vendor,
         model=d.info.model,
-        health=HEALTH[d.health],
+        health=names.health_name(d.health),
         utilization=opt(d, "utilization"),
         power_w=opt(d, "power_w"),
         power_limit_w=opt(d, "power_limit_w"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from xpuctl.controller import lab
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
@@ -109,26 +110,12 @@ def run(args: argparse.Namespace) -> int:
             f"{nodes} nodes x {per_node} devices every {args.interval_s:g}s, ramp {ramp_s:g}s",
         )
         fleet = subprocess.Popen(  # noqa: S603 - our own program, argv list
-            [
-                py,
-                "-m",
-                "xpuctl.agent.cli",
-                "--log-level",
-                "WARNING",
-                "fleet",
-                "--controller",
+            lab.fleet_argv(
                 target,
-                "--nodes",
-                str(nodes),
-                "--devices-per-node",
-                str(per_node),
-                "--interval-s",
-                str(args.interval_s),
-                "--ramp-s",
-                str(ramp_s),
-                "--node-prefix",
-                "bench",
-            ],
+                nodes=nodes,
+                devices_per_node=per_node,
+                extra=["--interval-s", str(args.interval_s), "--ramp-s", str(ramp_s), "--node-prefix", "bench"],
+            ),
             env=env,
         )
         time.sleep(ramp_s + settle_s)

@@ -19,13 +19,13 @@ import logging
 import math
 import signal
 import socket
-import sys
 import time
+from typing import cast
 
 from rich.console import Console
 from rich.live import Live
 
-from xpuctl.controller import config, hub, service
+from xpuctl.controller import config, hub, lab, service
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.tui import view
 
@@ -115,25 +115,20 @@ async def run(args: argparse.Namespace) -> int:
         await svc_task  # raises what stopped it (a port in use, ...)
         return 1
     fleet = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "xpuctl.agent.cli",
-        "--log-level",
-        "WARNING",
-        "fleet",
-        "--controller",
-        f"127.0.0.1:{svc.port}",
-        "--mqtt",
-        str(svc.bus_url),
-        "--nodes",
-        str(args.nodes),
-        "--devices-per-node",
-        str(args.devices_per_node),
-        "--vendors",
-        DEMO_VENDORS,
-        "--workloads",
-        "training,inference,mixed",
-        *FAULTS,
+        *lab.fleet_argv(
+            f"127.0.0.1:{svc.port}",
+            nodes=args.nodes,
+            devices_per_node=args.devices_per_node,
+            extra=[
+                "--mqtt",
+                str(svc.bus_url),
+                "--vendors",
+                DEMO_VENDORS,
+                "--workloads",
+                "training,inference,mixed",
+                *FAULTS,
+            ],
+        )
     )
     state = svc.state
     console = Console()
@@ -189,7 +184,7 @@ async def run(args: argparse.Namespace) -> int:
         console.print(
             f"demo: {summary['devices']} devices of {summary['vendors']} vendors on {summary['nodes']} nodes; "
             f"{summary['samples']:,} samples stored; {summary['anomalies_raised']} anomalies raised "
-            f"({', '.join(summary['detectors_raised']) or 'none'}), {summary['anomalies_cleared']} cleared; "
+            f"({', '.join(cast('list[str]', summary['detectors_raised'])) or 'none'}), {summary['anomalies_cleared']} cleared; "
             f"{summary['actions_applied']} commands applied, {summary['actions_expired']} expired; "
             f"max power {summary['max_power_w']:,.0f} W, budget {budget}"
         )

@@ -21,22 +21,9 @@ import numpy as np
 from xpuctl.agent.drivers.sim import faults
 from xpuctl.controller.core import detect, ingest, model, registry, ring
 from xpuctl.controller.lab.simcluster import SimCluster
+from xpuctl.protos import names
 
-VENDORS = [
-    "nvidia",
-    "amd",
-    "ascend",
-    "cambricon",
-    "hygon",
-    "metax",
-    "moorethreads",
-    "enflame",
-    "iluvatar",
-    "kunlunxin",
-    "biren",
-    "thead",
-    "sunrise",
-]
+VENDORS = list(names.VENDORS)
 FAULT_AT_S = 40
 
 

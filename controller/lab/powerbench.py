@@ -1,6 +1,6 @@
 """`xpu-controller bench --scenario power`: xpuctl's loop against the uniform static cap.
 
-A simulated mixed fleet runs in simulated time (controller/simcluster.py) three times with the
+A simulated mixed fleet runs in simulated time (controller/lab/simcluster.py) three times with the
 same seed: uncapped (to measure its demand), under the uniform static cap operators use today
 (budget / devices, clamped to each device's range, set once; devices without a cap setter run
 free), and under xpuctl's loop (detectors + allocator every 1 s period; a command takes effect one
@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 
 from xpuctl.controller import config
+from xpuctl.controller.core import ledger
 from xpuctl.controller.lab.simcluster import SimCluster
 
 # A site that is mostly NVIDIA with AMD, Hygon, Cambricon and Iluvatar beside it (cappable), and
@@ -82,7 +83,7 @@ def simulate(
             for i in range(node.n):
                 if node.profiles[i].power_cap_settable:
                     node.set_cap(i, per_device)
-    pending: list = []
+    pending: list[ledger.Entry] = []
     work0 = work_tdp0 = energy0 = 0.0
     above = above2 = commands = 0
     worst = 0.0

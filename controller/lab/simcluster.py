@@ -9,12 +9,11 @@ agents. This module and the demo are the only places where the controller import
 
 from __future__ import annotations
 
-import msgspec
 import numpy as np
 
 from xpuctl.agent.drivers.sim import SimDriver, engine, faults
 from xpuctl.controller import config
-from xpuctl.controller.core import control, ingest, model, registry, ring
+from xpuctl.controller.core import control, ingest, ledger, model, registry, ring
 
 SEC = 1_000_000_000
 T0_NS = 1_800_000_000 * SEC  # simulated wall clock starts here (a fixed date keeps runs equal)
@@ -63,7 +62,7 @@ class SimCluster:
             self.nodes.append(driver.node)
             self.node_ids.append(node_id)
             stream = ingest.StreamState()
-            infos = [model.DeviceInfo(**msgspec.structs.asdict(i)) for i in driver.discover()]
+            infos = driver.discover()  # the agent's DeviceInfo is the controller's (protos/devices.py)
             facts = ingest.HelloFacts(
                 node_id=node_id, boot_id="b", agent_version="sim", devices=infos, labels={}, interval_s=1.0, acked_seq=0
             )
@@ -90,7 +89,7 @@ class SimCluster:
         """One control period of the controller at the current simulated time."""
         return self.control.tick(self.now_ns)
 
-    def apply(self, send: list[control.ledger.Entry]) -> None:
+    def apply(self, send: list[ledger.Entry]) -> None:
         """Deliver commands as an agent would: clamp, set, answer with the enforced cap."""
         for e in send:
             k = self.node_ids.index(e.node_id)

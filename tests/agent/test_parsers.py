@@ -5,6 +5,7 @@ value by value: device count, model, power, limit, temperature, memory, utilisat
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,10 @@ FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "vendor-smi"
 MIB = 1 << 20
 
 # file -> (devices, [(row, index, model, bus_id, power_w, temp_c, util, mem_used_MiB, mem_total_MiB, health)])
-ASCEND = {
+# Expected values per capture, as written in the tables below (rows of mixed types).
+Row = tuple[Any, ...]
+
+ASCEND: dict[str, tuple[int, list[Row]]] = {
     "npu-smi-info_310P3_v25.5.1.txt": (
         2,
         [
@@ -162,7 +166,7 @@ def test_vendor_without_parser_is_named() -> None:
 
 
 # file -> (vendor, model, power_w, junction temp, memory temp, util, used MiB, total MiB)
-ROCM = {
+ROCM: dict[str, Row] = {
     "amd/rocm-smi-6.2.4_showall-json.json": (
         "amd",
         "Navi 32 [Radeon RX 7700 XT / 7800 XT]",
@@ -197,7 +201,7 @@ def test_rocm_smi_not_json_names_the_line() -> None:
 
 
 # nvidia-smi-style tables: file -> (vendor, devices, [(row, index, model, bus, power, cap, temp, util, used MiB, total MiB, ecc)])
-TABLES = {
+TABLES: dict[str, tuple[str, int, list[Row]]] = {
     "nvidia/nvidia-smi_H100_590.48.01_load.txt": (
         "nvidia",
         1,
@@ -299,7 +303,7 @@ def test_a_table_record_that_does_not_match_its_header_is_refused() -> None:
         ("mthreads-gmi_S5000_v2.3.3_truncated.txt", (0, "MTT S5000", "00000000:18:00.0", 0.0, 0, 81920, 47.0)),
     ],
 )
-def test_mthreads_gmi(name: str, expected: tuple[object, ...]) -> None:
+def test_mthreads_gmi(name: str, expected: Row) -> None:
     (p,) = parse.parse("moorethreads", (FIX / "mthreads" / name).read_text())
     index, model_name, bus, util, used, total, temp = expected
     assert (p.info.index, p.info.model, p.info.bus_id, p.info.vendor) == (index, model_name, bus, "moorethreads")
@@ -386,7 +390,7 @@ def test_xpu_smi_q() -> None:
 
 
 # concise tables: file -> (vendor, devices, first row: (temp, power, cap, util, sclk MHz))
-CONCISE = {
+CONCISE: dict[str, tuple[str, int, Row]] = {
     "amd/rocm-smi_concise_4gpu_rocm4.txt": ("amd", 4, (50.0, 23.0, 300.0, 0.0, 1319)),
     "hygon/rocm-smi_dcu_dtk23.10_concise.txt": ("hygon", 4, (30.0, 38.0, 280.0, 0.0, None)),
     "hygon/hy-smi_HCU-table_fragment.txt": ("hygon", 2, (61.0, 108.0, 400.0, 0.0, None)),
@@ -423,7 +427,7 @@ def test_nvidia_smi_dmon_takes_the_newest_row() -> None:
 
 
 # npu-smi info -m: file -> (chips with a logic id, model of logic id 0)
-MAPPING = {
+MAPPING: dict[str, tuple[int | None, str]] = {
     "npu-smi-info-m_4x310P_anonymised.txt": (8, "Ascend"),
     "npu-smi-info-m_8x910B_anonymised.txt": (8, "Ascend"),
     "npu-smi-info-m_atlas800-3000_310_v20.2.txt": (4, "Ascend MiniD"),
@@ -447,7 +451,7 @@ def test_npu_smi_mapping(name: str) -> None:
 
 
 # npu-smi info -t: file -> [(uuid, total MiB, util, temp, power, cur freq MHz, used share)]
-T_VIEWS = {
+T_VIEWS: dict[str, list[Row]] = {
     "npu-smi-info-t-common_310P_2chip.txt": [
         ("ascend-npu1-chip0", None, 0.0, 60.0, None, 960, None),
         ("ascend-npu1-chip1", None, 0.0, 59.0, None, 960, None),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import base
@@ -45,6 +47,7 @@ class FailingDriver(HangingDriver):
         raise base.DriverError("mx-smi exited with status 9")
 
 
+@pytest.mark.slow  # waits out real driver timeouts
 async def test_hung_driver_marks_its_devices_unknown_and_does_not_pile_up() -> None:
     hang = HangingDriver()
     sim = SimDriver(vendor="nvidia", node_id="n", devices=2)

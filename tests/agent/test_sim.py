@@ -75,7 +75,7 @@ def test_throughput_is_concave_in_power() -> None:
     assert at_80 > 0.9  # cutting 20% of power costs far less than 20% of work
 
 
-def _deviation(kind: str) -> dict[str, np.ndarray]:
+def _deviation(kind: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     healthy = series(5)
     faulty = series(5, fault=f"{kind}:dev=1:at=50")
     return {k: (healthy[k][60:, 1], faulty[k][60:, 1], healthy[k][60:, 0], faulty[k][60:, 0]) for k in healthy}
@@ -133,7 +133,13 @@ def test_driver_hang_blocks_the_call_until_closed() -> None:
 
     drv = SimDriver(vendor="ascend", node_id="h", devices=1, fault_specs=[faults.parse("driver_hang:at=0")])
     done = threading.Event()
-    worker = threading.Thread(target=lambda: (drv.sample(1), drv.sample(2), done.set()))
+
+    def sample_twice() -> None:
+        drv.sample(1)
+        drv.sample(2)
+        done.set()
+
+    worker = threading.Thread(target=sample_twice)
     worker.start()
     assert not done.wait(0.3)  # blocked, as a hung vendor driver is
     drv.close()

@@ -12,11 +12,13 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, Controller, Processes, wait_until
+from tests.helpers import ROOT, Controller, Processes, wait_until
 from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import tool
 from xpuctl.controller.core.registry import NodeState
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 FIX = ROOT / "tests" / "fixtures" / "vendor-smi"
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import grpc
 import grpc.aio
 import pytest
 
-from tests.conftest import Processes, RunningService, make_service, wait_until, xpuctl
+from tests.helpers import Processes, RunningService, make_service, wait_until, xpuctl
+from xpuctl.controller.core import dashboard
+from xpuctl.controller.ctl import top
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +59,13 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
             assert d.headroom_ceiling_w == pytest.approx(max(d.info.power_limit_max_w - d.power_limit_w, 0.0))
 
         # GetDevice with history, and its errors
-        r = await stub.GetDevice(cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=6, limit=5))  # temperature_c
+        r = await stub.GetDevice(cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=pb.METRIC_TEMPERATURE_C, limit=5))
         assert r.device.info.uuid == "nvidia-api-2" and 1 <= len(r.history) <= 5
         stamps = [p.timestamp_ns for p in r.history]
         assert stamps == sorted(stamps) and all(20 < p.value < 120 for p in r.history)
         for bad, code in (
             (cpb.GetDeviceRequest(uuid="nope"), grpc.StatusCode.NOT_FOUND),
-            (cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=99), grpc.StatusCode.INVALID_ARGUMENT),
+            (cpb.GetDeviceRequest(uuid="nvidia-api-2", metric=cast("pb.Metric", 99)), grpc.StatusCode.INVALID_ARGUMENT),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetDevice(bad)
@@ -70,7 +74,7 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
         # Cordon / Uncordon
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Cordon(cpb.CordonRequest(device_uuid="nvidia-api-1"))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in err.value.details()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in (err.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Cordon(cpb.CordonRequest(node_id="ghost", reason="x"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -91,19 +95,19 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
     assert rc == 0 and json.loads(out)["budget_w"] == 20000
     rc, out, _ = await xpuctl(ctl.target, "budget", "--json")
     assert rc == 0 and json.loads(out)["budget_w"] == 20000
-    rc, _, err = await xpuctl(ctl.target, "budget", "-5")
-    assert rc == 4 and "INVALID_ARGUMENT" in err and "-5.0" in err
+    rc, _, stderr = await xpuctl(ctl.target, "budget", "-5")
+    assert rc == 4 and "INVALID_ARGUMENT" in stderr and "-5.0" in stderr
     rc, out, _ = await xpuctl(
         ctl.target, "device", "nvidia-api-2", "--metric", "temperature_c", "--limit", "3", "--json"
     )
     body = json.loads(out)
     assert rc == 0 and body["device"]["uuid"] == "nvidia-api-2" and len(body["history"]) <= 3
-    rc, _, err = await xpuctl(ctl.target, "device", "nope")
-    assert rc == 4 and "NOT_FOUND" in err
+    rc, _, stderr = await xpuctl(ctl.target, "device", "nope")
+    assert rc == 4 and "NOT_FOUND" in stderr
     rc, out, _ = await xpuctl(ctl.target, "cordon", "--device", "nvidia-api-3", "--reason", "flaky", "--json")
     assert rc == 0 and json.loads(out) == {"devices": 1}
-    rc, _, err = await xpuctl(ctl.target, "cordon", "--device", "nvidia-api-3")
-    assert rc == 4 and "reason" in err
+    rc, _, stderr = await xpuctl(ctl.target, "cordon", "--device", "nvidia-api-3")
+    assert rc == 4 and "reason" in stderr
     rc, out, _ = await xpuctl(ctl.target, "devices", "--json")
     rows = {d["uuid"]: d for d in json.loads(out)}
     assert rows["nvidia-api-3"]["cordoned"] and rows["nvidia-api-3"]["cordon_reason"] == "flaky"
@@ -123,8 +127,8 @@ async def test_cluster_api_end_to_end(processes: Processes) -> None:
     rc, out, _ = await xpuctl(ctl.target, "top", "--once")
     assert rc == 0 and "nvidia" in out and "budget" in out
     await ctl.stop()
-    rc, _, err = await xpuctl(ctl.target, "summary")
-    assert rc == 3 and "cannot reach" in err
+    rc, _, stderr = await xpuctl(ctl.target, "summary")
+    assert rc == 3 and "cannot reach" in stderr
 
 
 async def test_a_slow_watcher_never_slows_ingest() -> None:
@@ -141,26 +145,32 @@ async def test_a_slow_watcher_never_slows_ingest() -> None:
 
 
 async def test_top_reconnects_by_itself() -> None:
-    from tests.conftest import free_port  # noqa: PLC0415
-    from xpuctl.controller.ctl import top  # noqa: PLC0415
+    from tests.helpers import free_port  # noqa: PLC0415
 
     port = free_port()
     app = top.Top(f"127.0.0.1:{port}")
     async with grpc.aio.insecure_channel(app.target) as ch:
         stub = cluster_pb2_grpc.ClusterStub(ch)
         await app.poll(stub)
-        assert app.snapshot is None and "UNAVAILABLE" in app.problem
+        assert snapshot(app) is None and "UNAVAILABLE" in app.problem
         svc = make_service(None)
         svc.listen = app.target
         ctl = await RunningService(svc).start()
         try:
             for _ in range(150):  # top polls once a second; here as fast as the channel reconnects
                 await app.poll(stub)
-                if app.snapshot is not None:
+                if snapshot(app) is not None:
                     break
                 await asyncio.sleep(0.1)
-            assert app.problem == "" and app.snapshot is not None and app.snapshot.connected
+            now = snapshot(app)
+            assert app.problem == "" and now is not None and now.connected
         finally:
             await ctl.stop()
         await app.poll(stub)
-        assert app.snapshot is not None and not app.snapshot.connected and app.problem
+        now = snapshot(app)
+        assert now is not None and not now.connected and app.problem
+
+
+def snapshot(app: top.Top) -> dashboard.Snapshot | None:
+    """What `app` shows now (a call, so that the type checker does not keep an earlier narrowing)."""
+    return app.snapshot

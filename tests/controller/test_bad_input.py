@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import grpc
 import grpc.aio
 import pytest
 
-from tests.conftest import Controller, Processes, wait_until
+from tests.helpers import Controller, Processes, RawStream, wait_until
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 Healthy = Callable[[], Awaitable[None]]
 
@@ -42,34 +45,15 @@ def batch(
 ) -> bytes:
     rows = len(power)
     b = pb.Batch(
-        seq=seq, device=device if device is not None else list(range(rows)), timestamp_ns=[ts] * rows, health=[1] * rows
+        seq=seq,
+        device=device if device is not None else list(range(rows)),
+        timestamp_ns=[ts] * rows,
+        health=cast("list[pb.Health]", [1] * rows),
     )
     b.columns.add(metric=POWER, values=power)
     if util is not None:
         b.columns.add(metric=UTIL, values=util)
     return pb.AgentMessage(batch=b).SerializeToString()
-
-
-class RawStream:
-    """A Telemetry.Stream call that writes bytes and reads ControllerMessages."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        method = channel.stream_stream(
-            "/xpu.v1.Telemetry/Stream", request_serializer=None, response_deserializer=pb.ControllerMessage.FromString
-        )
-        self.call = method()
-
-    async def send(self, raw: bytes) -> pb.Ack:
-        await self.call.write(raw)
-        msg = await self.call.read()
-        assert msg is not grpc.aio.EOF
-        return msg.ack
-
-    async def fails(self, raw: bytes) -> grpc.aio.AioRpcError:
-        await self.call.write(raw)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await self.call.read()
-        return err.value
 
 
 @pytest.fixture
@@ -115,7 +99,7 @@ async def test_bad_values_are_a_partial_success(
     case: str,
     raw: bytes,
     reason: str,
-    text: str,  # type: ignore[no-untyped-def]
+    text: str,
 ) -> None:
     st = controller.state
     assert st is not None
@@ -186,7 +170,9 @@ VIOLATIONS = [
     (
         "ragged columns",
         hello("v"),
-        pb.AgentMessage(batch=pb.Batch(seq=1, device=[0, 1], timestamp_ns=[1], health=[1, 1])).SerializeToString(),
+        pb.AgentMessage(
+            batch=pb.Batch(seq=1, device=[0, 1], timestamp_ns=[1], health=cast("list[pb.Health]", [1, 1]))
+        ).SerializeToString(),
         grpc.StatusCode.INVALID_ARGUMENT,
         "timestamp_ns has 1 entries for 2 rows",
         "bad_batch",
@@ -217,7 +203,7 @@ async def test_protocol_violations_end_the_stream(
     healthy: Healthy,
     case: str,
     first: bytes | None,
-    raw: bytes | str,  # type: ignore[no-untyped-def]
+    raw: bytes | str,
     code: grpc.StatusCode,
     text: str,
     reason: str,

@@ -11,23 +11,11 @@ import pytest
 
 from xpuctl.agent.drivers.sim import faults
 from xpuctl.controller.core import detect
+from xpuctl.controller.core import events as events_mod
 from xpuctl.controller.lab.simcluster import SimCluster
+from xpuctl.protos import names
 
-VENDORS = [
-    "nvidia",
-    "amd",
-    "ascend",
-    "cambricon",
-    "hygon",
-    "metax",
-    "moorethreads",
-    "enflame",
-    "iluvatar",
-    "kunlunxin",
-    "biren",
-    "thead",
-    "sunrise",
-]
+VENDORS = list(names.VENDORS)
 
 # fault kind -> detectors that must raise on the faulty device (and within how many seconds)
 EXPECTED = {
@@ -42,8 +30,8 @@ EXPECTED = {
 }
 
 
-def run(cluster: SimCluster, seconds: int) -> list[tuple[int, detect.Finding | object]]:
-    events = []
+def run(cluster: SimCluster, seconds: int) -> list[tuple[int, events_mod.Event]]:
+    events: list[tuple[int, events_mod.Event]] = []
     for s in range(seconds):
         out = cluster.step()
         tick = cluster.tick()
@@ -80,6 +68,7 @@ def test_each_fault_is_caught_on_the_faulty_device_only(kind: str, vendor: str) 
         assert must <= cleared, f"{kind}: {must - cleared} did not clear"
 
 
+@pytest.mark.slow  # 15 simulated minutes of 208 devices
 def test_a_healthy_mixed_fleet_raises_nothing() -> None:
     c = SimCluster(VENDORS * 2, seed=11)  # 26 nodes, 208 devices, mixed idle/training/inference
     events = run(c, 900)

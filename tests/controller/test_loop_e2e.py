@@ -13,7 +13,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from tests.conftest import Mosquitto, Processes, RunningService, Watcher, make_service, wait_until
+from tests.helpers import Mosquitto, Processes, RunningService, Watcher, agent_argv, make_service, wait_until
 from xpuctl.controller.core import model
 from xpuctl.protos.xpu.v1 import bus
 
@@ -23,23 +23,7 @@ TOPICS = bus.Topics()
 
 def agent_args(ctl: RunningService, mq: Mosquitto, node: str, vendor: str, *extra: str) -> list[str]:
     """`xpu-agent run` arguments for a simulated node on the bus."""
-    return [
-        "xpuctl.agent.cli",
-        "run",
-        "--node-id",
-        node,
-        "--controller",
-        ctl.target,
-        "--mqtt",
-        mq.url + "?protocol=5",
-        "--sim-vendor",
-        vendor,
-        "--sim-devices",
-        "8",
-        "--reconnect-max-s",
-        "0.5",
-        *extra,
-    ]
+    return agent_argv(ctl.target, node, vendor, "--mqtt", mq.url + "?protocol=5", *extra)
 
 
 def results(w: Watcher, node: str) -> list[bus.Result]:
@@ -349,7 +333,7 @@ async def test_both_sides_reconnect_after_a_broker_restart(mosquitto: Mosquitto,
 
 
 async def test_the_loop_runs_on_the_embedded_mqtt311_broker(processes: Processes) -> None:
-    from tests.conftest import free_port  # noqa: PLC0415
+    from tests.helpers import free_port  # noqa: PLC0415
 
     svc = make_service("embedded")
     svc.embedded_port = free_port()

@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import Processes, RunningService, make_service, wait_until
+from tests.helpers import Processes, RunningService, make_service, wait_until
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[str, str]:

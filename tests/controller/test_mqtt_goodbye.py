@@ -12,10 +12,13 @@ import contextlib
 
 import aiomqtt
 import msgspec
+import pytest
 
-from tests.conftest import Mosquitto, wait_until
+from tests.helpers import Mosquitto, wait_until
 from xpuctl.controller.adapters import mqtt
 from xpuctl.protos.xpu.v1 import bus
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 TOPICS = bus.Topics()
 
@@ -46,7 +49,11 @@ async def test_no_lease_after_the_goodbye(mosquitto: Mosquitto) -> None:
         try:
             await asyncio.wait_for(ctl_bus.connected.wait(), 10)
             before = ctl_bus.counters.connects
-            await wait_until(lambda b=ctl_bus: b.outgoing.qsize() > 0, timeout_s=5, what="a lease in the queue")
+            await wait_until(
+                lambda: ctl_bus.outgoing.qsize() > 0,  # noqa: B023 - awaited within this iteration
+                timeout_s=5,
+                what="a lease in the queue",
+            )
             await ctl_bus.say_offline()
             assert ctl_bus.counters.connects == before
         finally:

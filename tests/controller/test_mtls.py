@@ -17,7 +17,7 @@ import grpc.aio
 import pytest
 import trustme
 
-from tests.conftest import Processes, RunningService, free_port, xpuctl
+from tests.helpers import Processes, RawStream, RunningService, free_port, xpuctl
 from tests.pki import Pki
 from xpuctl.agent.adapters import codec
 from xpuctl.agent.core import model
@@ -28,6 +28,8 @@ from xpuctl.controller.core import registry
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
+
+pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
 TOKEN = "tok-" + "0123456789abcdef" * 2
 
@@ -93,14 +95,11 @@ def hello(node_id: str) -> bytes:
 async def stream_hello(target: str, files: tls.ClientFiles, node_id: str) -> pb.ControllerMessage:
     """Open Telemetry.Stream with `files`, say Hello as `node_id`, return the first answer (or raise)."""
     async with tls.secure_channel(target, files) as ch:
-        call = ch.stream_stream(
-            "/xpu.v1.Telemetry/Stream", request_serializer=None, response_deserializer=pb.ControllerMessage.FromString
-        )()
-        await call.write(hello(node_id))
-        first = await asyncio.wait_for(call.read(), 10)
-        call.cancel()
-        assert first is not grpc.aio.EOF
-        return first
+        s = RawStream(ch)
+        try:
+            return await s.exchange(hello(node_id))
+        finally:
+            s.call.cancel()
 
 
 async def test_a_node_streams_as_itself_over_mtls(running: RunningService, pki: Site) -> None:

@@ -26,6 +26,7 @@ def fleets(draw: st.DrawFn) -> Fleet:
     return floor, floor + span, demand, weight
 
 
+@pytest.mark.slow  # hundreds of Hypothesis examples
 @settings(max_examples=300, deadline=None)
 @given(fleet=fleets(), budget_w=st.floats(0, 30_000))
 def test_caps_are_in_range_and_the_expected_draw_fits_the_budget(fleet: Fleet, budget_w: float) -> None:
@@ -47,6 +48,7 @@ def test_caps_are_in_range_and_the_expected_draw_fits_the_budget(fleet: Fleet, b
     )
 
 
+@pytest.mark.slow  # hundreds of Hypothesis examples
 @settings(max_examples=200, deadline=None)
 @given(fleet=fleets(), budget_w=st.floats(0, 30_000))
 def test_fill_spends_exactly_the_amount(fleet: Fleet, budget_w: float) -> None:

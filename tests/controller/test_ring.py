@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ def appends(draw: st.DrawFn) -> list[list[int]]:
     return draw(st.lists(st.lists(st.integers(0, 11), unique=True, max_size=12), max_size=40))
 
 
+@pytest.mark.slow  # hundreds of Hypothesis examples
 @given(window=st.integers(1, 7), script=appends(), capacity=st.integers(1, 4))
 def test_ring_matches_deques(window: int, script: list[list[int]], capacity: int) -> None:
     store = ring.RingStore(n_metrics=N_METRICS, window=window, capacity=capacity)

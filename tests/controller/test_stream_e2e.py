@@ -8,8 +8,8 @@ import math
 import grpc.aio
 import pytest
 
-from tests.conftest import Controller, Processes, free_port, wait_until
 from tests.faultproxy import FaultProxy
+from tests.helpers import Controller, Processes, free_port, wait_until
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
@@ -112,8 +112,12 @@ async def test_cut_streams_store_each_batch_once(controller: Controller, process
                 what="streams up",
             )
             seen = {k: n.acked_seq for k, n in st.registry.nodes.items()}
+
+            def flowing(seen: dict[str, int] = seen) -> bool:
+                return all(n.acked_seq >= seen[k] + 5 for k, n in st.registry.nodes.items())
+
             await wait_until(
-                lambda seen=seen: all(n.acked_seq >= seen[k] + 5 for k, n in st.registry.nodes.items()),
+                flowing,
                 timeout_s=20,
                 what="batches flowing",
             )

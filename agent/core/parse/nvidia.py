@@ -11,6 +11,8 @@ import csv
 import io
 import re
 
+import msgspec
+
 from xpuctl.agent.core import model
 from xpuctl.agent.core.parse import common
 
@@ -100,7 +102,7 @@ def _device(cell: dict[str, str], vendor: str, row: int, timestamp_ns: int) -> c
             values[name] = num(field, unit)
     if values.get("power_limit_w") is None and "power.limit" in cell:
         values["power_limit_w"] = num("power.limit", "W")
-    sample = model.DeviceSample(index=index, timestamp_ns=timestamp_ns, **values)
+    sample = msgspec.structs.replace(model.DeviceSample(index=index, timestamp_ns=timestamp_ns), **values)
     return common.Parsed(info=info, sample=sample)
 
 
@@ -259,6 +261,9 @@ def parse_dmon(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             raise common.ParseError("nvidia-smi dmon", line_no, lines[line_no - 1], str(exc)) from None
         info = model.DeviceInfo(uuid=f"nvidia-{index}", index=index, vendor="nvidia", model="", power_cap_settable=True)
         out.append(
-            common.Parsed(info=info, sample=model.DeviceSample(index=index, timestamp_ns=timestamp_ns, **values))
+            common.Parsed(
+                info=info,
+                sample=msgspec.structs.replace(model.DeviceSample(index=index, timestamp_ns=timestamp_ns), **values),
+            )
         )
     return out

@@ -99,12 +99,12 @@ class SimDriver:
         out = []
         for i in range(self.node.n):
             values = {name: (None if np.isnan(v := float(readings[name][i])) else v) for name in model.METRICS}
-            code, reason = health[i]
+            health_code, reason = health[i]
             out.append(
                 model.DeviceSample(
                     index=self.first_index + i,
                     timestamp_ns=timestamp_ns,
-                    health=model.Health(code),
+                    health=model.Health(health_code),
                     health_reason=reason,
                     error_events=tuple(by_device.get(i, ())),
                     **values,

@@ -45,7 +45,8 @@ def throughput_fraction(power_w: F64, demand_w: F64, idle_w: F64, alpha: F64) ->
     """
     span = demand_w - idle_w
     ratio = np.divide(power_w - idle_w, span, out=np.ones_like(span), where=span > 1.0)
-    return np.power(np.clip(ratio, 0.0, 1.0), alpha)
+    out: F64 = np.power(np.clip(ratio, 0.0, 1.0), alpha)
+    return out
 
 
 def node_rng(seed: int, node_id: str) -> np.random.Generator:
@@ -217,11 +218,11 @@ class SimNode:
         self.ecc_corrected += np.where(storm, self.rng.poisson(300 * dt_s, self.n), 0)
         self.ecc_uncorrected += np.where(storm, self.rng.poisson(0.05 * dt_s, self.n), 0)
 
-        for i in np.flatnonzero(self._mask("xid")):
+        for i in np.flatnonzero(self._mask("xid")).tolist():
             if self.rng.random() < min(1.0, 0.5 * dt_s):
-                self._events.append((int(i), "13", "Graphics Engine Exception (simulated)"))
-        for i in np.flatnonzero(gone):
-            if int(i) not in self._reported_fall:
+                self._events.append((i, "13", "Graphics Engine Exception (simulated)"))
+        for i in np.flatnonzero(gone).tolist():
+            if i not in self._reported_fall:
                 self._reported_fall.add(int(i))
                 self._events.append((int(i), "79", "GPU has fallen off the bus (simulated)"))
 

@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 import grpc.aio
@@ -33,7 +33,7 @@ STATUS_OF_ERROR: dict[type[errors.XpuError], grpc.StatusCode] = {
     errors.UnknownVendor: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
-Context = grpc.aio.ServicerContext  # type: ignore[type-arg]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 async def refuse(context: Context, exc: errors.XpuError) -> NoReturn:

@@ -6,6 +6,8 @@ server is built.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,12 +27,17 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+class HealthServicer(Protocol):
+    """What we use of grpc_health's asyncio servicer (grpc_health ships no types)."""
+
+    async def set(self, service: str, status: int) -> None:
+        """Set the status of `service` ("" is the whole server)."""
+
+
 class Server:
     """A started-or-not grpc.aio server, its port, and the health servicer behind `set_serving`."""
 
-    def __init__(
-        self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer, names: list[str]
-    ) -> None:
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: HealthServicer, names: list[str]) -> None:
         """Built by `build_server`."""
         self.server = server
         self.port = port
@@ -75,7 +82,7 @@ def build_server(
     )
     server.add_generic_rpc_handlers((telemetry.TelemetryService(state).handler(),))
     cluster_pb2_grpc.add_ClusterServicer_to_server(cluster.ClusterService(state), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer: HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped package
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [telemetry.SERVICE, cluster.SERVICE, health.SERVICE_NAME]
     if reflection_on:

@@ -32,7 +32,7 @@ class TelemetryService:
         """Serve `state`."""
         self.state = state
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
         """The generic handler to add to a server."""
         return grpc.method_handlers_generic_handler(
             SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(self.stream)}
@@ -64,8 +64,8 @@ class TelemetryService:
     def _handle(self, stream: ingest.StreamState, raw: bytes, now_ns: int, identities: frozenset[str]) -> ingest.Answer:
         limit = self.state.ingest.limits.max_message_bytes
         if len(raw) > limit:
-            msg = f"message of {len(raw)} bytes exceeds the limit of {limit} bytes"
-            raise ProtocolViolation("RESOURCE_EXHAUSTED", "oversize", msg)
+            why = f"message of {len(raw)} bytes exceeds the limit of {limit} bytes"
+            raise ProtocolViolation("RESOURCE_EXHAUSTED", "oversize", why)
         msg = codec.decode_agent_message(raw)
         if msg.WhichOneof("kind") == "hello":
             facts = codec.hello_facts(msg.hello)

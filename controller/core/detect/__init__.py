@@ -42,7 +42,7 @@ class Detectors:
     def __init__(self, cfg: config.Detect | None = None) -> None:
         """All detectors with thresholds from `cfg`."""
         self.cfg = cfg or config.Detect()
-        self.detectors: list[base.Detector] = [cls(self.cfg) for cls in _CLASSES]  # type: ignore[call-arg]
+        self.detectors: list[base.Detector] = [cls(self.cfg) for cls in _CLASSES]
         self.open: dict[str, base.Mask] = {d.kind: np.zeros(0, dtype=bool) for d in self.detectors}
         self.prev_ts = np.zeros(0, dtype=np.int64)
         self.last_error_ns = np.zeros(0, dtype=np.int64)

@@ -10,8 +10,9 @@ import numpy as np
 
 from xpuctl.controller.core import model
 from xpuctl.controller.core.detect import base
+from xpuctl.protos import names
 
-HEALTH_UNKNOWN = 4
+HEALTH_UNKNOWN = names.HEALTH_UNKNOWN
 
 
 class Stale(base.Detector):
