@@ -113,6 +113,10 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """A cap command expires this long after it is issued; it is never applied after that."""
     retry_after_s: Positive = 2.0
     """An unacknowledged command is sent again after this long, until it expires."""
+    reconcile_periods: Count = 3
+    """For this many periods after a cap was asked for or applied (and while its command is open)
+    the loop takes its own target as the device's cap; after that, the enforced limit that
+    telemetry reports is the cap, so a fail-safe or a restarted agent is capped again."""
 
 
 class Bus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

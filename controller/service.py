@@ -110,8 +110,36 @@ class Service:
     def _on_state(self, node_id: str, state: bus.NodeState) -> None:
         before = self.node_states.get(node_id)
         self.node_states[node_id] = state
-        if state.fail_safe and not (before and before.fail_safe):
+        was = before is not None and before.fail_safe
+        if state.fail_safe == was:
+            return
+        # telemetry shows the restored caps, and the loop caps the devices again (power.py,
+        # reconcile_periods); the event says why the node's power jumped
+        now_ns = time.time_ns()
+        if state.fail_safe:
+            self.state.publish(
+                [
+                    events.Event(
+                        timestamp_ns=now_ns,
+                        kind="node.fail_safe",
+                        node_id=node_id,
+                        severity="warning",
+                        message=f"node {node_id} lost the controller's lease and restored its default caps",
+                    )
+                ]
+            )
             log.warning("node %s reports fail-safe: default caps restored", node_id, extra={"node_id": node_id})
+        else:
+            self.state.publish(
+                [
+                    events.Event(
+                        timestamp_ns=now_ns,
+                        kind="node.fail_safe_ended",
+                        node_id=node_id,
+                        message=f"node {node_id} hears the controller again; its caps are set by the loop",
+                    )
+                ]
+            )
 
     def _on_status(self, node_id: str, status: bus.Status) -> None:
         self.node_bus_status[node_id] = status.state

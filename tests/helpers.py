@@ -263,7 +263,9 @@ class RunningService:
         return f"127.0.0.1:{self.svc.port}"
 
     async def start(self) -> RunningService:
-        """Run until `stop`."""
+        """Run until `stop` (again after a stop: the same service, with the state it holds)."""
+        self.stop_event = asyncio.Event()
+        self.svc.ready.clear()
         self.task = asyncio.create_task(self.svc.run(self.stop_event), name="test.controller")
         await asyncio.wait_for(self.svc.ready.wait(), 10)
         return self

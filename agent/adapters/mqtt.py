@@ -118,7 +118,9 @@ class AgentBus:
                 self.controller_garbage += 1
                 log.warning("unreadable controller status on %s: %r", topic, bytes(payload[:80]))
                 return
-            self.act.on_controller_status(status.state, now_ns)
+            if self.act.on_controller_status(status.state, now_ns):
+                log.info("controller lease back: fail-safe ended", extra={"node_id": self.node_id})
+                await self._publish_state()
             return
         decision = self.act.on_command(self.topics.node_of(topic), bytes(payload), now_ns)
         correlation = getattr(message.properties, "CorrelationData", None) if message.properties else None

@@ -166,12 +166,19 @@ class Actuator:
 
     # -- the lease -------------------------------------------------------------------------------
 
-    def on_controller_status(self, state: str, now_ns: int) -> None:
-        """The controller's retained status (or heartbeat) arrived."""
+    def on_controller_status(self, state: str, now_ns: int) -> bool:
+        """The controller's retained status (or heartbeat) arrived.
+
+        Returns:
+            True when it ends a fail-safe: the node's reported state must say so, so that the
+            controller knows its caps are its own to set again.
+        """
         self.controller_online = state == bus.ONLINE
-        if self.controller_online:
-            self.last_heard_ns = now_ns
-            self.fail_safe = False
+        if not self.controller_online:
+            return False
+        self.last_heard_ns = now_ns
+        ended, self.fail_safe = self.fail_safe, False
+        return ended
 
     def on_bus_lost(self) -> None:
         """The broker connection is gone: the controller cannot be heard."""

@@ -128,7 +128,16 @@ class Control:
             limit_w=latest[:, model.M["power_limit_w"]],
             hot=hot,
             measured_w=float(np.nansum(latest[:, model.M["power_w"]])),
+            pending=self._pending(n),
         )
+
+    def _pending(self, n: int) -> npt.NDArray[np.bool_]:
+        """Devices with an open command (the loop waits for its answer before it re-reads telemetry)."""
+        out = np.zeros(n, dtype=bool)
+        for slot in self.ledger.open_by_slot:
+            if slot < n:
+                out[slot] = True
+        return out
 
     # -- findings --------------------------------------------------------------------------------
 
@@ -284,8 +293,7 @@ class Control:
         entry, evs = self.ledger.result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)
         if entry is not None:
             if ok and applied_cap_w is not None and math.isfinite(applied_cap_w):
-                self.power.grow(entry.slot + 1)
-                self.power.target_w[entry.slot] = applied_cap_w
+                self.power.applied(entry.slot, applied_cap_w)
             elif not ok:
                 self.power.forget(entry.slot)
         return Output(events=evs)

@@ -19,7 +19,9 @@ healthy), its range, its weight, its recent power and its enforced limit. It the
    is the device's maximum, lowered after a thermal event;
 4. moves each cap towards its target: a rise by at most `slew_frac` of the range per period, a
    cut at once (the budget is the hard constraint); a change inside the deadband is skipped
-   unless skipping cuts would break the budget.
+   unless skipping cuts would break the budget. "Each cap" is the cap telemetry says is
+   enforced, once the device's last command is answered and `reconcile_periods` have passed
+   (`_current`): a fail-safe, a restarted agent or a lost command is corrected, not believed away.
 
 A thermal anomaly does not wait for the period: `emergency` cuts the device's ceiling to
 (1 - emergency_step_frac) of its power at once, and each period while the anomaly stays open it
@@ -113,6 +115,7 @@ class Inputs(msgspec.Struct, kw_only=True):
     limit_w: F64
     hot: Mask
     measured_w: float = math.nan  # the cluster's power now (all devices), for the slack feedback
+    pending: Mask | None = None  # a command for the device is open (issued, not answered)
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,6 +146,7 @@ class PowerController:
         self.cfg = cfg or config.Power()
         self.budget_w: float | None = self.cfg.budget_w
         self.target_w = np.zeros(0)  # last cap asked for, NaN = unknown (use the enforced limit)
+        self.age = np.zeros(0, dtype=np.int64)  # periods since the target was asked for or applied
         self.thermal_ceiling_w = np.zeros(0)  # inf = none
         self.cut_now = np.zeros(0, dtype=bool)  # cut by `emergency` since the last period
         self.reclaim_w = 0.0  # budget handed out beyond the estimates, learnt from measured power
@@ -152,6 +156,7 @@ class PowerController:
         if n > self.target_w.size:
             k = n - self.target_w.size
             self.target_w = np.concatenate([self.target_w, np.full(k, np.nan)])
+            self.age = np.concatenate([self.age, np.full(k, self.cfg.reconcile_periods, dtype=np.int64)])
             self.thermal_ceiling_w = np.concatenate([self.thermal_ceiling_w, np.full(k, np.inf)])
             self.cut_now = np.concatenate([self.cut_now, np.zeros(k, dtype=bool)])
 
@@ -159,6 +164,15 @@ class PowerController:
         """The cap of `slot` is unknown again (its command failed or expired)."""
         self.grow(slot + 1)
         self.target_w[slot] = np.nan
+
+    def applied(self, slot: int, cap_w: float) -> None:
+        """The agent enforces `cap_w` on `slot` now (its answer); telemetry shows it shortly."""
+        self.grow(slot + 1)
+        self._ask(slot, cap_w)
+
+    def _ask(self, slot: int, cap_w: float) -> None:
+        self.target_w[slot] = cap_w
+        self.age[slot] = 0
 
     # -- the emergency path ----------------------------------------------------------------------
 
@@ -168,20 +182,30 @@ class PowerController:
         """Cut a hot (settable) device's cap at once; None when it is already at or below the cut."""
         self.grow(slot + 1)
         target = float(self.target_w[slot])
-        current = target if math.isfinite(target) else limit_w
+        settled = self.age[slot] >= self.cfg.reconcile_periods and math.isfinite(limit_w)
+        current = limit_w if settled or not math.isfinite(target) else target
         now = min((v for v in (power_w, current) if math.isfinite(v)), default=max_w)
         ceiling = max(min_w, (1.0 - self.cfg.emergency_step_frac) * now)
         self.thermal_ceiling_w[slot] = min(float(self.thermal_ceiling_w[slot]), ceiling)
         self.cut_now[slot] = True
         if math.isfinite(current) and current <= ceiling + 0.5:
             return None
-        self.target_w[slot] = ceiling
+        self._ask(slot, ceiling)
         return Command(slot=slot, cap_w=ceiling, reason=f"emergency: {why}", emergency=True)
 
     # -- the period ------------------------------------------------------------------------------
 
     def _current(self, inputs: Inputs) -> F64:
-        return np.where(np.isfinite(self.target_w), self.target_w, inputs.limit_w)
+        """Each device's cap as the loop believes it: its own target while a command is open or
+        was just answered; after that, what telemetry says is enforced (the truth: a fail-safe,
+        a restarted agent or an operator's tool may have changed it), and the target again only
+        where telemetry does not report the limit.
+        """
+        asked = np.where(np.isfinite(self.target_w), self.target_w, inputs.limit_w)
+        settled = self.age >= self.cfg.reconcile_periods
+        if inputs.pending is not None:
+            settled &= ~inputs.pending
+        return np.where(settled & np.isfinite(inputs.limit_w), inputs.limit_w, asked)
 
     def _thermal_step(self, inputs: Inputs) -> None:
         """Cut the ceilings of devices still hot (once per period); let the others recover."""
@@ -204,6 +228,7 @@ class PowerController:
         """One control period: the commands that move caps towards the allocation."""
         n = inputs.settable.size
         self.grow(n)
+        self.age += 1
         with np.errstate(invalid="ignore"):
             self._thermal_step(inputs)
         s = inputs.settable & np.isfinite(inputs.min_w) & np.isfinite(inputs.max_w)
@@ -289,7 +314,7 @@ class PowerController:
         out = []
         for i in np.flatnonzero(move).tolist():
             cap = float(np.clip(new[i], inputs.min_w[i], inputs.max_w[i]))
-            self.target_w[i] = cap
+            self._ask(i, cap)
             reason = "budget" if self.budget_w is not None else "restore after thermal"
             out.append(Command(slot=i, cap_w=cap, reason=reason))
         return out

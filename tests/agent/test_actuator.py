@@ -89,16 +89,18 @@ def test_non_settable_device_is_refused() -> None:
 
 def test_lease_lost_restores_defaults_once() -> None:
     a = act()
-    a.on_controller_status(bus.ONLINE, 1 * S)
+    assert a.on_controller_status(bus.ONLINE, 1 * S) is False  # no fail-safe to end
     assert a.check_lease(5 * S) == []
-    a.on_controller_status(bus.LOST, 6 * S)
+    assert a.on_controller_status(bus.LOST, 6 * S) is False
     assert a.check_lease(10 * S) == []  # lost, but not for long enough yet
     restores = a.check_lease(11 * S + 1)
     assert [(r.uuid, r.cap_w, r.restore) for r in restores] == [("d0", 700.0, True)]
     assert a.fail_safe and a.state(12 * S).fail_safe
     assert a.check_lease(20 * S) == []  # once
-    a.on_controller_status(bus.ONLINE, 21 * S)
-    assert not a.fail_safe
+    # the controller is back: the fail-safe ends, and the adapter must report it (issue 18.1)
+    assert a.on_controller_status(bus.ONLINE, 21 * S) is True
+    assert not a.state(21 * S).fail_safe
+    assert a.on_controller_status(bus.ONLINE, 22 * S) is False  # reported once
 
 
 def test_lease_starts_at_agent_start() -> None:

@@ -200,6 +200,20 @@ async def test_agents_fail_safe_when_the_controller_is_gone(mosquitto: Mosquitto
         assert s is not None
         assert all(d.fail_safe and d.power_limit_w == d.default_w == 300.0 for d in s.devices)
         assert statuses(watch, TOPICS.controller_status)[-1] == bus.OFFLINE
+        # the controller comes back with what it held (as after SIGSTOP and SIGCONT): the agent
+        # ends its fail-safe and says so, and the loop caps its devices again (issue 18.1)
+        await ctl.start()
+        await wait_until(
+            lambda: (
+                (s := state_of(watch, "fs")) is not None
+                and not s.fail_safe
+                and all(d.power_limit_w is not None and d.power_limit_w < 300 for d in s.devices)
+            ),
+            timeout_s=20,
+            what="the fail-safe ended and the caps enforced again",
+        )
+        kinds = [e.kind for e in st.recent_events if e.node_id == "fs"]
+        assert "node.fail_safe" in kinds and "node.fail_safe_ended" in kinds
     finally:
         await watch.stop()
         await ctl.stop()

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from xpuctl.controller import config
 from xpuctl.controller.core import power
 from xpuctl.controller.errors import InfeasibleBudget
+from xpuctl.controller.lab.simcluster import SimCluster
 
 F64 = npt.NDArray[np.float64]
 Fleet = tuple[F64, F64, F64, F64]  # floor, ceiling, demand, weight per device
@@ -138,3 +139,68 @@ def test_emergency_cuts_at_once_and_the_ceiling_recovers_slowly() -> None:
 def test_a_device_at_its_floor_is_not_cut_again() -> None:
     ctl = power.PowerController(config.Power())
     assert ctl.emergency(0, min_w=200.0, max_w=700.0, power_w=200.0, limit_w=200.0, why="thermal") is None
+
+
+def test_caps_lost_to_a_fail_safe_are_enforced_again() -> None:
+    # Issue 18.1: the loop took its own last target as the device's cap, so devices that an agent's
+    # fail-safe (or a restart) put back on their default cap were never capped again.
+    ctl = power.PowerController(config.Power(budget_w=8 * 400.0, reconcile_periods=3))
+    inp = inputs(8, power_w=700.0, limit_w=700.0)
+    for _ in range(10):  # converge: the agents apply every command, telemetry shows it
+        for c in ctl.decide(inp).commands:
+            ctl.applied(c.slot, c.cap_w)
+            inp.limit_w[c.slot] = c.cap_w
+        inp.power_w = np.minimum(700.0, inp.limit_w)
+        inp.recent_max_w = inp.power_w.copy()
+    assert inp.limit_w.sum() <= 8 * 400.0 + 1e-6
+    assert ctl.decide(inp).commands == []  # settled: nothing to do
+    # fail-safe: every agent restores its default cap; telemetry says so
+    inp.limit_w = np.full(8, 700.0)
+    inp.power_w = np.full(8, 700.0)
+    inp.recent_max_w = inp.power_w.copy()
+    recapped = {c.slot: c.cap_w for c in ctl.decide(inp).commands}
+    assert sorted(recapped) == list(range(8))
+    assert sum(recapped.values()) <= 8 * 400.0 + 1e-6
+
+
+def test_an_open_command_is_not_sent_again_before_telemetry_can_show_it() -> None:
+    ctl = power.PowerController(config.Power(budget_w=8 * 400.0, reconcile_periods=3))
+    inp = inputs(8, power_w=700.0, limit_w=700.0)
+    first = ctl.decide(inp).commands
+    assert len(first) == 8
+    # the commands are in flight: telemetry still shows the old limit
+    inp.pending = np.ones(8, dtype=bool)
+    for _ in range(5):
+        assert ctl.decide(inp).commands == []
+    # answered (no longer open), and telemetry caught up
+    inp.pending = None
+    for c in first:
+        ctl.applied(c.slot, c.cap_w)
+        inp.limit_w[c.slot] = c.cap_w
+    for _ in range(5):
+        assert ctl.decide(inp).commands == []
+
+
+def test_a_simulated_fleet_is_held_under_budget_again_after_a_fail_safe() -> None:
+    # Through telemetry, as the controller sees it: simulated nodes report their enforced limits.
+    cluster = SimCluster(["nvidia", "amd", "nvidia", "hygon"], seed=3, workloads=["training"] * 4)
+
+    def run(seconds: int) -> list[float]:
+        powers = []
+        for _ in range(seconds):
+            out = cluster.step()
+            tick = cluster.tick()
+            cluster.apply(out.send + tick.send)
+            powers.append(cluster.power_w())
+        return powers
+
+    uncapped = max(run(20))
+    budget_w = 0.7 * uncapped
+    cluster.control.set_budget(budget_w, cluster.now_ns)
+    assert max(run(20)[-5:]) <= budget_w * 1.02
+    # every agent fails safe: its devices go back to their default caps
+    for node in cluster.nodes:
+        for i in range(node.n):
+            node.set_cap(i, float(node.profiles[i].power_limit_default_w or node.profiles[i].power_limit_max_w))
+    assert max(run(2)) > budget_w * 1.05  # over budget right after the fail-safe
+    assert max(run(10)[-3:]) <= budget_w * 1.02  # and capped again within a few periods
