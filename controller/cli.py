@@ -15,6 +15,7 @@ import msgspec
 
 from xpuctl.common import cli, exits, logs, pipes, systemd, tls
 from xpuctl.controller import config, service
+from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import ingest, registry
 from xpuctl.protos.xpu.v1 import bus
 
@@ -25,6 +26,14 @@ _positive = cli.positive
 
 
 _fraction = cli.fraction
+
+
+def _listen(text: str) -> str:
+    try:
+        grpc_server.listen_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _bus_url(text: str) -> str:
@@ -60,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="ingest telemetry and serve the Cluster API")
-    serve.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    serve.add_argument("--listen", type=_listen, default="127.0.0.1:50051", metavar="HOST:PORT")
     serve.add_argument(
         "--mqtt",
         type=_bus_url,
@@ -71,14 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--budget-w", type=_positive(float), default=None, help="cluster power budget")
     serve.add_argument("--control-period-s", type=_positive(float), default=None, help="default 1 s")
     serve.add_argument("--config", default=None, metavar="FILE", help="TOML settings (see README)")
-    serve.add_argument("--metrics-listen", default=None, metavar="HOST:PORT", help="serve /metrics for Prometheus")
+    serve.add_argument(
+        "--metrics-listen", type=_listen, default=None, metavar="HOST:PORT", help="serve /metrics for Prometheus"
+    )
     serve.add_argument("--window", type=_positive(int), default=600, help="samples kept per device")
     serve.add_argument("--stale-after-s", type=_positive(float), default=5.0)
     serve.add_argument("--offline-after-s", type=_positive(float), default=30.0)
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
 
     demo = sub.add_parser("demo", help="a controller and a simulated mixed fleet, shown live")
-    demo.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
+    demo.add_argument("--listen", type=_listen, default="127.0.0.1:0", metavar="HOST:PORT")
     demo.add_argument("--nodes", type=_positive(int), default=16)
     demo.add_argument("--devices-per-node", type=_positive(int), default=8)
     demo.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this long")

@@ -364,3 +364,19 @@ def test_output_into_a_reader_that_left_exits_quietly(args: tuple[str, ...]) -> 
     """`... | head`: no traceback, exit 141 like other tools that SIGPIPE ends."""
     r = run_into_a_closed_pipe(*args)
     assert r.returncode == 141 and r.stderr == "", r.stderr
+
+
+async def test_a_second_controller_on_a_taken_address_is_refused(controller: Controller) -> None:
+    # Issue 18.5: gRPC's default SO_REUSEPORT let a second `serve` share the port silently.
+    rc, _, err = await arun("xpuctl.controller.cli", "--log-format", "text", "serve", "--listen", controller.target)
+    port = controller.target.rsplit(":", 1)[1]
+    assert rc == 1, err
+    assert f"port {port} is in use" in err and f"pid {os.getpid()}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("listen", ["50051", ":50051", "127.0.0.1:http", "127.0.0.1:70000", "localhost"])
+def test_a_listen_address_without_host_and_port_is_a_usage_error(listen: str) -> None:
+    r = run("xpuctl.controller.cli", "serve", "--listen", listen, timeout=30)
+    assert r.returncode == 2
+    assert f"--listen {listen!r} is not HOST:PORT" in r.stderr and "Traceback" not in r.stderr

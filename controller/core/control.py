@@ -238,20 +238,15 @@ class Control:
         if len(self.registry):
             decision = self.power.decide(self.inputs(now_ns))
             self.last_decision = decision
-            if decision.feasible != self.feasible:
-                self.feasible = decision.feasible
-                kind = "budget.feasible" if decision.feasible else "budget.infeasible"
-                msg = decision.problem or f"the budget covers the floors again ({decision.floors_w:.0f} W)"
-                out.events.append(
-                    events.Event(
-                        timestamp_ns=now_ns,
-                        kind=kind,
-                        severity="info" if decision.feasible else "critical",
-                        message=msg,
-                        value=decision.floors_w,
-                        threshold=decision.settable_budget_w,
-                    )
+            out.events.extend(
+                self._feasibility(
+                    now_ns,
+                    feasible=decision.feasible,
+                    message=decision.problem or f"the budget covers the floors again ({decision.floors_w:.0f} W)",
+                    value=decision.floors_w,
+                    threshold=decision.settable_budget_w,
                 )
+            )
             for cmd in decision.commands:
                 self._issue(cmd, now_ns, out)
         send, expired, evs = self.ledger.due(now_ns)
@@ -261,6 +256,24 @@ class Control:
         seen = {e.id for e in out.send}
         out.send.extend(e for e in send if e.id not in seen)
         return out
+
+    def _feasibility(
+        self, now_ns: int, *, feasible: bool, message: str, value: float = 0.0, threshold: float = 0.0
+    ) -> list[events.Event]:
+        """A budget.feasible / budget.infeasible event when feasibility changed; none otherwise."""
+        if feasible == self.feasible:
+            return []
+        self.feasible = feasible
+        return [
+            events.Event(
+                timestamp_ns=now_ns,
+                kind="budget.feasible" if feasible else "budget.infeasible",
+                severity="info" if feasible else "critical",
+                message=message,
+                value=value,
+                threshold=threshold,
+            )
+        ]
 
     def _liveness(self, now_ns: int) -> list[events.Event]:
         out = []
@@ -304,7 +317,7 @@ class Control:
         self.power.budget_w = budget_w
         text = "none" if budget_w is None else f"{budget_w:.0f} W"
         was = "none" if old is None else f"{old:.0f} W"
-        return Output(
+        out = Output(
             events=[
                 events.Event(
                     timestamp_ns=now_ns,
@@ -315,6 +328,11 @@ class Control:
                 )
             ]
         )
+        # the answer to whoever set it is about this budget, not the last period's (issue 18.12)
+        feasible, problem = self.power.assess(self.inputs(now_ns)) if len(self.registry) else (True, "")
+        message = problem or f"the budget {text} covers the floors"
+        out.events.extend(self._feasibility(now_ns, feasible=feasible, message=message))
+        return out
 
     def anomalies_open(self) -> int:
         """Open (device, detector) anomalies."""

@@ -51,6 +51,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_message_bytes: int = 4 << 20
     max_rows_per_batch: int = 4096
     max_devices_per_node: int = 1024
+    # Seqs rise by 1 per batch within a boot, also while an agent drops what it cannot send, so a
+    # gap can be long; this one is not a drop but a broken or hostile sender (and would overflow
+    # the gap counters): 2**40 batches is 35,000 years at 1 Hz.
+    max_seq_jump: int = 1 << 40
 
 
 class HelloFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -278,6 +282,14 @@ class Ingest:
                 "RESOURCE_EXHAUSTED",
                 "oversize",
                 f"Batch seq {cols.seq} has {rows} rows; the limit is {self.limits.max_rows_per_batch}",
+            )
+        if cols.seq - node.acked_seq - 1 > self.limits.max_seq_jump:
+            raise self.violation(
+                "INVALID_ARGUMENT",
+                "seq_jump",
+                f"Batch seq {cols.seq} jumps {cols.seq - node.acked_seq - 1} batches past the last stored seq "
+                f"{node.acked_seq} of boot {stream.boot_id}; no sender drops more than "
+                f"{self.limits.max_seq_jump}: start a new boot_id",
             )
         stream.last_seq = cols.seq
         node.last_seen_ns = now_ns

@@ -86,7 +86,7 @@ def allocate(budget_w: float, floor_w: F64, ceiling_w: F64, demand_w: F64, weigh
     ceiling = np.maximum(ceiling_w, floor_w)
     want = np.clip(demand_w, 0.0, ceiling)
     low = np.minimum(floor_w, want)
-    need = float(low.sum())
+    need = minimum_draw_w(floor_w, ceiling_w, demand_w)
     if need > budget_w + 1e-9:
         raise InfeasibleBudget(need, budget_w)
     drawn = fill(low, want, weight, budget_w - need)
@@ -95,6 +95,14 @@ def allocate(budget_w: float, floor_w: F64, ceiling_w: F64, demand_w: F64, weigh
     if left > 0:
         caps = fill(caps, ceiling, weight, left)
     return caps
+
+
+def minimum_draw_w(floor_w: F64, ceiling_w: F64, demand_w: F64) -> float:
+    """The least the devices draw under any allocation: each min(floor, demand) (a budget below
+    this is infeasible).
+    """
+    want = np.clip(demand_w, 0.0, np.maximum(ceiling_w, floor_w))
+    return float(np.minimum(floor_w, want).sum())
 
 
 def expected_w(caps_w: F64, demand_w: F64) -> F64:
@@ -231,10 +239,10 @@ class PowerController:
         self.age += 1
         with np.errstate(invalid="ignore"):
             self._thermal_step(inputs)
-        s = inputs.settable & np.isfinite(inputs.min_w) & np.isfinite(inputs.max_w)
+        s = self._cappable(inputs)
         ceiling = np.minimum(inputs.max_w, self.thermal_ceiling_w)
         current = self._current(inputs)
-        fixed_w = float(np.nansum(np.where(s, 0.0, inputs.recent_max_w)))
+        fixed_w = self._fixed_w(inputs, s)
         feasible, problem = True, ""
         floors_w = float(inputs.min_w[s].sum())
         if self.budget_w is None:
@@ -242,7 +250,7 @@ class PowerController:
             settable_budget = math.inf
             demand = inputs.max_w
         else:
-            settable_budget = self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w + self._reclaim(inputs)
+            settable_budget = self._settable_budget_w(fixed_w, self._reclaim(inputs))
             demand = self._demand(inputs, current)
             # equal priority = an equal share of each device's range, so a 150 W and a 700 W card
             # give up the same fraction of their speed (their speed loss depends on that fraction)
@@ -264,6 +272,35 @@ class PowerController:
             floors_w=floors_w,
             problem=problem,
         )
+
+    def assess(self, inputs: Inputs) -> tuple[bool, str]:
+        """Whether the budget covers the cappable devices' minimum draw now, and the problem if not:
+        the test `decide` makes, without deciding (for an answer about a budget just set).
+        """
+        if self.budget_w is None or inputs.settable.size == 0:
+            return True, ""
+        self.grow(inputs.settable.size)
+        s = self._cappable(inputs)
+        budget_w = self._settable_budget_w(self._fixed_w(inputs, s), self.reclaim_w)
+        demand = self._demand(inputs, self._current(inputs))
+        ceiling = np.minimum(inputs.max_w, self.thermal_ceiling_w)
+        need_w = minimum_draw_w(inputs.min_w[s], ceiling[s], demand[s])
+        if need_w > budget_w + 1e-9:
+            return False, str(InfeasibleBudget(need_w, budget_w))
+        return True, ""
+
+    @staticmethod
+    def _cappable(inputs: Inputs) -> Mask:
+        return inputs.settable & np.isfinite(inputs.min_w) & np.isfinite(inputs.max_w)
+
+    @staticmethod
+    def _fixed_w(inputs: Inputs, cappable: Mask) -> float:
+        """What the devices the loop cannot cap draw at most (their recent peaks)."""
+        return float(np.nansum(np.where(cappable, 0.0, inputs.recent_max_w)))
+
+    def _settable_budget_w(self, fixed_w: float, reclaim_w: float) -> float:
+        assert self.budget_w is not None  # noqa: S101 - callers check; narrows the type
+        return self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w + reclaim_w
 
     def _reclaim(self, inputs: Inputs) -> float:
         """Slack feedback: estimates are peaks, so measured power runs below the budget; hand the

@@ -17,6 +17,8 @@ import grpc.aio
 import pytest
 
 from tests.helpers import Controller, Processes, RawStream, wait_until
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
@@ -194,6 +196,8 @@ VIOLATIONS = [
         "oversize",
     ),
     ("bad node id", None, hello("no/slashes"), grpc.StatusCode.INVALID_ARGUMENT, "node_id 'no/slashes'", "bad_node_id"),
+    # issue 18.6: two of these overflowed the uint64 gap total and broke GetSummary until restart
+    ("seq jump", hello("v"), batch(2**64 - 1, [1.0]), grpc.StatusCode.INVALID_ARGUMENT, "jumps", "seq_jump"),
 ]
 
 
@@ -222,4 +226,7 @@ async def test_protocol_violations_end_the_stream(
     assert err.code() == code
     assert text in (err.details() or ""), err.details()
     assert st.ingest.counters.rejected_by_reason[reason] == 1
+    async with grpc.aio.insecure_channel(controller.target) as ch:  # the API still answers
+        summary = await cluster_pb2_grpc.ClusterStub(ch).GetSummary(cpb.GetSummaryRequest())
+    assert summary.ingest.rejected_by_reason[reason] == 1
     await healthy()

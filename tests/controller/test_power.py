@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpuctl.controller import config
-from xpuctl.controller.core import power
+from xpuctl.controller.core import control, power
 from xpuctl.controller.errors import InfeasibleBudget
 from xpuctl.controller.lab.simcluster import SimCluster
 
@@ -204,3 +204,24 @@ def test_a_simulated_fleet_is_held_under_budget_again_after_a_fail_safe() -> Non
             node.set_cap(i, float(node.profiles[i].power_limit_default_w or node.profiles[i].power_limit_max_w))
     assert max(run(2)) > budget_w * 1.05  # over budget right after the fail-safe
     assert max(run(10)[-3:]) <= budget_w * 1.02  # and capped again within a few periods
+
+
+def test_setting_a_budget_answers_for_that_budget() -> None:
+    # Issue 18.12: SetPowerBudget answered with the feasibility of the previous period.
+    cluster = SimCluster(["nvidia", "amd"], seed=5, workloads=["training"] * 2)
+    for _ in range(5):
+        cluster.apply(cluster.step().send + cluster.tick().send)
+    ctl = cluster.control
+    out = ctl.set_budget(10.0, cluster.now_ns)
+    assert [e.kind for e in out.events] == ["budget.changed", "budget.infeasible"]
+    assert "raise the budget" in out.events[1].message
+    assert not feasible(ctl)
+    out = ctl.set_budget(1e6, cluster.now_ns)
+    assert feasible(ctl)
+    assert [e.kind for e in out.events] == ["budget.changed", "budget.feasible"]
+    assert [e.kind for e in ctl.set_budget(None, cluster.now_ns).events] == ["budget.changed"]
+
+
+def feasible(ctl: control.Control) -> bool:
+    """The loop's feasibility now (a call, so that the type checker keeps no earlier narrowing)."""
+    return ctl.feasible

@@ -13,7 +13,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xpuctl.common import tls
+from xpuctl.common import ports, tls
 from xpuctl.controller import hub
 from xpuctl.controller.adapters.grpc_api import access, cluster, telemetry
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
@@ -24,6 +24,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC sets SO_REUSEPORT by default: a second controller on the same address would start
+    # silently and share the agents with the first
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -59,6 +62,22 @@ class Server:
             await self.health.set(name, status)
 
 
+def listen_port(listen: str) -> int:
+    """The port of a `HOST:PORT` listen address (0: any free port).
+
+    Raises:
+        ValueError: not HOST:PORT with a host and a port number, naming the value and the form.
+    """
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        msg = (
+            f"--listen {listen!r} is not HOST:PORT; e.g. 127.0.0.1:50051, or 0.0.0.0:50051 for every "
+            "interface ([::]:50051 for IPv6)"
+        )
+        raise ValueError(msg)
+    return int(port)
+
+
 def build_server(
     state: hub.Hub, listen: str, *, reflection_on: bool = True, tls_files: tls.ServerFiles | None = None
 ) -> Server:
@@ -67,9 +86,11 @@ def build_server(
     With `tls_files` the port is mTLS and `state.policy` is enforced.
 
     Raises:
-        OSError: the address cannot be bound.
+        ValueError: `listen` is not HOST:PORT.
+        OSError: the address cannot be bound (the message names the port and what holds it).
         tls.TlsError: a TLS file cannot be used.
     """
+    listen_port(listen)
     limit = state.ingest.limits.max_message_bytes
     credentials = tls.server_credentials(tls_files) if tls_files is not None else None
     server = grpc.aio.server(
@@ -88,8 +109,17 @@ def build_server(
     if reflection_on:
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    wanted = listen_port(listen)
+    try:
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
     if port == 0:
-        msg = f"cannot listen on {listen!r}: address in use or not valid (expected HOST:PORT)"
+        who = ports.holder(wanted) if wanted else None
+        held = f" (held by {who})" if who else " (`ss -ltnp` shows by what)"
+        msg = (
+            f"cannot listen on {listen}: port {wanted} is in use{held} or the address is not one of "
+            "this host's; stop the other process, or choose another --listen HOST:PORT"
+        )
         raise OSError(msg)
     return Server(server, port, health_servicer, names)
