@@ -13,8 +13,9 @@ import msgspec
 
 from xpuctl.common import settings
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-Count = Annotated[int, msgspec.Meta(ge=1)]
+# finite, sane ranges: inf and NaN fail these bounds (as in the controller's config)
+Positive = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 
 
 class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,7 +1,6 @@
 """Layered settings, the part both programs share (DESIGN 6): a TOML file, then `XPU_<GROUP>_<KEY>`
 environment variables on top. Each program's config module turns the result into its typed
-Structs and its own ConfigError; flags are applied by the CLIs. Lives under protos/ for the same
-reason as systemd.py: both programs use it and neither may import the other.
+Structs and its own ConfigError; flags are applied by the CLIs.
 """
 
 from __future__ import annotations
@@ -42,11 +41,15 @@ def layered(
     if path is not None:
         where = str(path)
         try:
-            raw = tomllib.loads(pathlib.Path(path).read_text())
+            raw = tomllib.loads(pathlib.Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise SettingsError(where, f"cannot read it: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise SettingsError(where, f"not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(where, f"not valid TOML: {exc}") from exc
+        except RecursionError as exc:
+            raise SettingsError(where, "nested too deeply to be a config (arrays or tables in tables ...)") from exc
     wanted = set(groups)
     for key, value in sorted((environ or {}).items()):
         group, _, field = key.removeprefix("XPU_").lower().partition("_")

@@ -47,14 +47,22 @@ def _bus_url(text: str) -> str:
 
 
 def _config(args: argparse.Namespace) -> config.Config:
-    """The file's settings with the flags on top (flags win)."""
+    """The file's settings with the flags on top (flags win), checked against the same ranges.
+
+    Raises:
+        config.ConfigError: a bad file, or a flag outside its setting's range.
+    """
     cfg = config.load(args.config, os.environ)
     power = msgspec.structs.replace(
         cfg.power,
         **{k: v for k, v in (("budget_w", args.budget_w), ("period_s", args.control_period_s)) if v is not None},
     )
     bus_cfg = msgspec.structs.replace(cfg.bus, url=args.mqtt) if args.mqtt else cfg.bus
-    return msgspec.structs.replace(cfg, power=power, bus=bus_cfg)
+    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg)
+    try:  # replace() does not check constraints: a flag must meet its setting's range too
+        return msgspec.convert(msgspec.to_builtins(merged), config.Config)
+    except msgspec.ValidationError as exc:
+        raise config.ConfigError("command-line flags", f"{exc} (--budget-w, --control-period-s)") from exc
 
 
 def _parser() -> argparse.ArgumentParser:

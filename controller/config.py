@@ -16,10 +16,15 @@ import msgspec
 from xpuctl.common import settings
 from xpuctl.controller.errors import XpuError
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=1)]
+# Every number has a finite, sane range (issue 18.11): inf and NaN fail these bounds, and no
+# setting can spin a core (a period of a nanosecond) or overflow a timer (an infinite TTL).
+Positive = Annotated[float, msgspec.Meta(gt=0, le=1e6)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Seconds = Annotated[float, msgspec.Meta(ge=0.01, le=86_400)]  # a duration: up to a day
+Period = Annotated[float, msgspec.Meta(ge=0.05, le=3_600)]  # a loop period: at most 20 a second
+Watts = Annotated[float, msgspec.Meta(gt=0, le=1e9)]  # a budget: up to a gigawatt
 
 
 class Detect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,11 +52,11 @@ class Detect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """... and clear it below this rate."""
     ecc_window_samples: Count = 10
     """Samples over which ECC rates are measured."""
-    ecc_clear_after_s: Positive = 60.0
+    ecc_clear_after_s: Seconds = 60.0
     """`ecc_uncorrected` clears after this long without a new uncorrected error."""
-    error_clear_after_s: Positive = 30.0
+    error_clear_after_s: Seconds = 30.0
     """`error_event` clears this long after the device's last critical error event."""
-    stale_after_s: Positive = 5.0
+    stale_after_s: Seconds = 5.0
     """A device whose newest sample is older than this is `stale`."""
     unknown_samples: Count = 3
     """A device whose health was `unknown` this many samples in a row is `stale` too."""
@@ -82,9 +87,9 @@ class Detect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The power loop (DESIGN 8)."""
 
-    budget_w: Positive | None = None
+    budget_w: Watts | None = None
     """Cluster budget; None turns capping off (the loop still steps down hot devices)."""
-    period_s: Positive = 1.0
+    period_s: Period = 1.0
     """Control period."""
     deadband_w: NonNegative = 5.0
     """No command for a change smaller than this ..."""
@@ -109,9 +114,9 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """A hot device's cap is cut by this fraction of its power at once, and again each period."""
     recovery_frac: Fraction = 0.05
     """After a thermal event the device's ceiling rises by this fraction of its range per period."""
-    command_ttl_s: Positive = 10.0
+    command_ttl_s: Seconds = 10.0
     """A cap command expires this long after it is issued; it is never applied after that."""
-    retry_after_s: Positive = 2.0
+    retry_after_s: Seconds = 2.0
     """An unacknowledged command is sent again after this long, until it expires."""
     reconcile_periods: Count = 3
     """For this many periods after a cap was asked for or applied (and while its command is open)
@@ -126,7 +131,7 @@ class Bus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
     """mqtt://host:port, mqtts://host:port, or `embedded`; None runs without a bus."""
     root: str = "xpu/v1"
     """Topic root."""
-    heartbeat_s: Positive = 1.0
+    heartbeat_s: Period = 1.0
     """The controller republishes its retained `online` status (its lease) this often."""
     max_queued: Count = 10_000
     """Bound of the incoming and outgoing queues; beyond it messages are dropped and counted."""

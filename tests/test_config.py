@@ -44,6 +44,14 @@ def test_precedence_flags_over_environment_over_file(tmp_path: pathlib.Path, mon
         ("[power]\nbudget_w = -1.0\n", {}, "$.power.budget_w"),
         ("[power\n", {}, "not valid TOML"),
         ("", {"XPU_DETECT_STUCK_SAMPLES": "zero"}, "$.detect.stuck_samples"),
+        # issue 18.11: each of these validated, then crashed or spun `serve`
+        ("[power]\ncommand_ttl_s = inf\n", {}, "$.power.command_ttl_s"),
+        ("[power]\nperiod_s = 1e-9\n", {}, "$.power.period_s"),
+        ("[power]\nperiod_s = inf\n", {}, "$.power.period_s"),
+        ("[power]\nbudget_w = nan\n", {}, "$.power.budget_w"),
+        ("[bus]\nheartbeat_s = 0.0001\n", {}, "$.bus.heartbeat_s"),
+        ("[detect]\nstale_after_s = inf\n", {}, "$.detect.stale_after_s"),
+        ("", {"XPU_POWER_RETRY_AFTER_S": "inf"}, "$.power.retry_after_s"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: pathlib.Path, text: str, env: dict[str, str], fragment: str) -> None:
@@ -107,3 +115,36 @@ def test_agent_example_config_is_valid() -> None:
         if "=" in line
     }
     assert documented == set(agent_config.Agent.__struct_fields__)  # every key is in the example
+
+
+@pytest.mark.parametrize(
+    ("flags", "fragment"),
+    [({"control_period_s": 1e-9}, "$.power.period_s"), ({"budget_w": 1e12}, "$.power.budget_w")],
+)
+def test_flags_meet_the_same_ranges(flags: dict[str, float], fragment: str) -> None:
+    args = argparse.Namespace(**{"config": None, "budget_w": None, "control_period_s": None, "mqtt": None, **flags})
+    with pytest.raises(config.ConfigError) as err:
+        cli._config(args)
+    assert fragment in str(err.value) and "command-line flags" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"[power]\nbudget_w = 1000.0 # \xff\xfe\n", "not UTF-8 text"),
+        (b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+    ],
+    ids=["non-utf8", "deeply nested"],
+)
+def test_files_that_are_no_config_are_named_not_a_crash(tmp_path: pathlib.Path, content: bytes, fragment: str) -> None:
+    # issue 18.11: these crashed `validate` with a traceback and exit 1
+    f = tmp_path / "bad.toml"
+    f.write_bytes(content)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert fragment in str(err.value) and str(f) in str(err.value)
+    from xpuctl.agent import config as agent_config  # noqa: PLC0415
+
+    with pytest.raises(agent_config.ConfigError) as agent_err:
+        agent_config.load(f, {})
+    assert fragment in str(agent_err.value)
