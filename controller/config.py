@@ -101,6 +101,10 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Part of the budget kept free for noise in fixed loads."""
     demand_samples: Count = 30
     """Demand = the highest power over this many samples ..."""
+    demand_window_s: Seconds = 30.0
+    """... of the last this many seconds: a load is not reserved for longer after it is gone (the
+    same window bounds the fixed loads of devices the loop cannot cap; an offline node's are
+    forgotten)."""
     demand_margin_frac: Fraction = 0.05
     """... plus this margin; a device drawing its whole cap is offered this much more."""
     reclaim_gain: Fraction = 0.3

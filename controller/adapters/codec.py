@@ -56,8 +56,8 @@ def hello_facts(h: pb.Hello) -> ingest.HelloFacts:
     )
 
 
-def batch_columns(b: pb.Batch) -> ingest.BatchColumns:
-    """Column-wise Batch proto -> arrays.
+def batch_columns(b: pb.Batch, limits: ingest.Limits) -> ingest.BatchColumns:
+    """Column-wise Batch proto -> arrays; error events past `limits` are counted, not decoded.
 
     Raises:
         ProtocolViolation: INVALID_ARGUMENT when a column's length differs from the row count.
@@ -96,10 +96,11 @@ def batch_columns(b: pb.Batch) -> ingest.BatchColumns:
             present[:, m] = p
             values[~p, m] = np.nan
     errors = []
-    for e in b.errors:
+    chars = limits.max_error_text_chars
+    for e in itertools.islice(b.errors, limits.max_error_events_per_batch):
         if e.row >= k:
             raise _bad("bad_batch", f"Batch seq {b.seq}: error event for row {e.row} of {k}")
-        errors.append((e.row, e.code, e.text))
+        errors.append((e.row, e.code[:chars], e.text[:chars]))
     return ingest.BatchColumns(
         seq=b.seq,
         dropped_total=b.dropped_total,
@@ -110,6 +111,7 @@ def batch_columns(b: pb.Batch) -> ingest.BatchColumns:
         present=present,
         health_reason=list(b.health_reason),
         errors=errors,
+        errors_dropped=len(b.errors) - len(errors),
     )
 
 

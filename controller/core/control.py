@@ -95,17 +95,18 @@ class Control:
         n = len(self.registry)
         slots = np.arange(n, dtype=np.int64)
         latest = self.store.latest(slots)
-        online = np.array(
-            [
-                self.registry.nodes[name].status(now_ns, self.liveness) == registry.NodeStatus.ONLINE
-                for name in self._nodes
-            ],
-            dtype=bool,
-        )
+        statuses = [self.registry.nodes[name].status(now_ns, self.liveness) for name in self._nodes]
+        online = np.array([s == registry.NodeStatus.ONLINE for s in statuses], dtype=bool)
+        offline = np.array([s == registry.NodeStatus.OFFLINE for s in statuses], dtype=bool)
         node_ok = online[self._group] if n else np.zeros(0, dtype=bool)
         healthy = np.isin(latest[:, model.HEALTH], _OK_HEALTH)
-        window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples)
-        recent_max = np.fmax.reduce(window, axis=1) if n else np.zeros(0)
+        since_ns = now_ns - int(self.cfg.power.demand_window_s * 1e9)
+        window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples, since_ns=since_ns)
+        with np.errstate(invalid="ignore"):
+            recent_max = np.fmax.reduce(window, axis=1) if n else np.zeros(0)
+        # an offline node's devices are not reported: their last load is not reserved for good
+        if n:
+            recent_max[offline[self._group]] = np.nan
         weight = np.ones(n)
         if self.node_weight:
             by_node = np.array([self.node_weight.get(name, 1.0) for name in self._nodes])

@@ -38,11 +38,16 @@ REASONS: tuple[str, ...] = (
     "not_finite",
     "negative",
     "out_of_range",
+    "implausible_power",
+    "implausible_temperature",
+    "timestamp_out_of_range",
 )
 
 _NONNEG = np.array([name not in ("temperature_c", "memory_temperature_c") for name in model.METRICS], dtype=bool)
 _MIN_TEMP_C = -273.15
 _UTIL = model.M["utilization"]
+_POWER = model.M["power_w"]
+_TEMPS = [model.M["temperature_c"], model.M["memory_temperature_c"]]
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +60,22 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     # gap can be long; this one is not a drop but a broken or hostile sender (and would overflow
     # the gap counters): 2**40 batches is 35,000 years at 1 Hz.
     max_seq_jump: int = 1 << 40
+    # One batch with 400,000 error events held the event loop for 0.33 s (issue 18.10). A device
+    # has a handful of events per tick; what is past these bounds is counted and dropped.
+    max_error_events_per_batch: int = 256
+    max_error_events_per_device: int = 8
+    max_error_text_chars: int = 512
+    # Values no device produces, rejected at ingest (issue 18.3: one 700,000 W reading, a mW value
+    # read as W, floored the whole cluster): power above factor x the device's declared maximum
+    # plus a margin (or above an absolute bound when it declares none), temperatures above a bound,
+    # and samples stamped too far in the future or the past. A resent backlog is at most the
+    # agents' buffer old; the past bound is far beyond it.
+    implausible_power_factor: float = 2.0
+    implausible_power_margin_w: float = 200.0
+    max_power_w: float = 5_000.0
+    max_temperature_c: float = 200.0
+    max_future_s: float = 300.0
+    max_past_s: float = 7 * 86_400.0
 
 
 class HelloFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +102,7 @@ class BatchColumns(msgspec.Struct, kw_only=True):
     present: npt.NDArray[np.bool_]
     health_reason: list[str]
     errors: list[tuple[int, str, str]]
+    errors_dropped: int = 0  # error events past max_error_events_per_batch, not decoded
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
@@ -305,9 +327,11 @@ class Ingest:
         if gap:
             node.gap_batches += gap
             self.counters.gap_batches_total += gap
-        good, rejected, first = self._check(node, cols)
+        good, rejected, first = self._check(node, cols, now_ns)
         slots = node.slots[cols.device[good]]
         self.store.append(slots, cols.timestamp_ns[good], self._with_health(cols, good))
+        if cols.errors_dropped:
+            self.counters.reject("error_events_over_limit", cols.errors_dropped)
         errors = self._note_health_and_errors(cols, good, slots)
         stored = int(good.sum())
         self.counters.samples_total += stored
@@ -344,18 +368,28 @@ class Ingest:
             return []
         slot_of_row = dict(zip(good_rows, slots.tolist(), strict=True))
         stored: list[ErrorEvent] = []
+        per_row: dict[int, int] = {}
+        over = 0
         for row, code, text in cols.errors:
             slot = slot_of_row.get(row)
             if slot is None:
                 continue
+            per_row[row] = per_row.get(row, 0) + 1
+            if per_row[row] > self.limits.max_error_events_per_device:
+                over += 1
+                continue
             self.counters.error_events_total += 1
             uuid = self.registry.infos[slot].uuid
             stored.append((int(cols.timestamp_ns[row]), uuid, slot, code, text))
+        if over:
+            self.counters.reject("error_events_over_limit", over)
         self.recent_errors.extend(stored)
         del self.recent_errors[: -self.MAX_RECENT_ERRORS]
         return stored
 
-    def _check(self, node: registry.NodeState, cols: BatchColumns) -> tuple[npt.NDArray[np.bool_], int, str]:
+    def _check(
+        self, node: registry.NodeState, cols: BatchColumns, now_ns: int
+    ) -> tuple[npt.NDArray[np.bool_], int, str]:
         """Per row: the first failing check (0 = good); counts; the first reason's text."""
         k = cols.device.size
         reason = np.zeros(k, dtype=np.int64)
@@ -386,6 +420,20 @@ class Ingest:
             util_high = present[:, _UTIL] & (vals[:, _UTIL] > 1.0)
         mark(7, np.asarray(negative.any(axis=1)))
         mark(8, util_high)
+        lim = self.limits
+        declared = node.declared_max_w[known_rows] if n_rows else np.full(k, np.nan)
+        power_bound = np.where(
+            np.isfinite(declared),
+            lim.implausible_power_factor * declared + lim.implausible_power_margin_w,
+            lim.max_power_w,
+        )
+        with np.errstate(invalid="ignore"):
+            too_much = present[:, _POWER] & (vals[:, _POWER] > power_bound)
+            too_hot = (present[:, _TEMPS] & (vals[:, _TEMPS] > lim.max_temperature_c)).any(axis=1)
+        mark(9, too_much)
+        mark(10, np.asarray(too_hot))
+        future_ns, past_ns = now_ns + int(lim.max_future_s * 1e9), now_ns - int(lim.max_past_s * 1e9)
+        mark(11, (cols.timestamp_ns > future_ns) | (cols.timestamp_ns < past_ns))
         good = reason == 0
         rejected = int(k - good.sum())
         if not rejected:
@@ -410,6 +458,19 @@ class Ingest:
             text = f"{where}: health={int(cols.health[row])} is not a known Health"
         elif code == 8:
             text = f"{where}: utilization={float(vals[row, _UTIL])!r} is above 1 (expected a ratio 0..1)"
+        elif code == 9:
+            text = (
+                f"{where}: power_w={float(vals[row, _POWER])!r} is not plausible for a device declared up to "
+                f"{float(declared[row])!r} W (above {float(power_bound[row]):.0f} W; a mW value read as W?)"
+            )
+        elif code == 10:
+            text = f"{where}: a temperature above {lim.max_temperature_c:g} C is not plausible"
+        elif code == 11:
+            skew_s = (int(cols.timestamp_ns[row]) - now_ns) / 1e9
+            text = (
+                f"{where}: timestamp_ns={int(cols.timestamp_ns[row])} is {abs(skew_s):.0f} s in the "
+                f"{'future' if skew_s > 0 else 'past'} of the controller's clock; check the node's clock (NTP)"
+            )
         else:
             matrix = not_finite if code == 6 else negative
             m = int(np.flatnonzero(matrix[row])[0])

@@ -44,6 +44,8 @@ class NodeState:
         # row of the Hello's device list -> slot, or -1 where the device was rejected
         self.slots: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.row_problems: dict[int, str] = {}
+        # row -> the device's highest power limit as declared (NaN: not declared), for plausibility
+        self.declared_max_w: npt.NDArray[np.float64] = np.zeros(0)
         self.first_seq = 0
         self.acked_seq = 0
         self.batches_stored = 0
@@ -129,6 +131,9 @@ class Registry:
             slots[row] = slot
         node.slots = slots
         node.row_problems = problems
+        node.declared_max_w = np.array(
+            [max(info.power_limit_max_w or 0.0, info.power_limit_default_w or 0.0) or np.nan for info in devices]
+        )
         return problems
 
     def slots_of(self, node_id: str) -> npt.NDArray[np.int64]:

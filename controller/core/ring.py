@@ -89,15 +89,17 @@ class RingStore:
         idx = (self.head[slot] - n + np.arange(n)) % self.window
         return self.timestamps[slot, idx].copy(), self.values[slot, metric, idx].copy()
 
-    def window_view(self, slots: I64, metric: int, last: int) -> F64:
+    def window_view(self, slots: I64, metric: int, last: int, *, since_ns: int | None = None) -> F64:
         """The `last` newest values of one metric for many devices, shaped (k, last), oldest first.
 
-        Entries older than a device's fill are NaN.
+        Entries older than a device's fill, or (with `since_ns`) sampled before it, are NaN.
         """
         offsets = np.arange(-last, 0)
         idx = (self.head[slots, None] + offsets[None, :]) % self.window
         out: F64 = self.values[slots[:, None], metric, idx]
         out[(offsets[None, :] + self.count[slots, None]) < 0] = np.nan
+        if since_ns is not None:
+            out[self.timestamps[slots[:, None], idx] < since_ns] = np.nan
         return out
 
     def back(self, slots: I64, metric: int, n: int) -> tuple[I64, F64]:

@@ -8,6 +8,7 @@ a healthy agent streaming beside them is never disturbed.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -43,13 +44,13 @@ def batch(
     power: list[float],
     util: list[float] | None = None,
     device: list[int] | None = None,
-    ts: int = 1_700_000_000_000_000_000,
+    ts: int | None = None,
 ) -> bytes:
     rows = len(power)
     b = pb.Batch(
         seq=seq,
         device=device if device is not None else list(range(rows)),
-        timestamp_ns=[ts] * rows,
+        timestamp_ns=[time.time_ns() if ts is None else ts] * rows,
         health=cast("list[pb.Health]", [1] * rows),
     )
     b.columns.add(metric=POWER, values=power)
@@ -91,6 +92,8 @@ BAD_VALUES = [
     ("unknown device", batch(1, [100.0, 100.0], device=[0, 9]), "unknown_device", "unknown device 9"),
     ("repeated device", batch(1, [100.0, 100.0], device=[0, 0]), "duplicate_device", "appears twice"),
     ("bad timestamp", batch(1, [100.0, 100.0], ts=-1), "bad_timestamp", "timestamp_ns=-1"),
+    ("implausible power", batch(1, [700_000.0, 100.0]), "implausible_power", "power_w=700000.0 is not plausible"),
+    ("a day ahead", batch(1, [100.0, 100.0], ts=time.time_ns() + 86_400 * 10**9), "timestamp_out_of_range", "future"),
 ]
 
 
@@ -109,7 +112,7 @@ async def test_bad_values_are_a_partial_success(
         s = RawStream(ch)
         await s.send(hello("bad-values"))
         ack = await s.send(raw)
-        good_rows = 0 if reason == "bad_timestamp" else 1
+        good_rows = 0 if reason in ("bad_timestamp", "timestamp_out_of_range") else 1  # whole-batch stamps
         assert ack.acked_seq == 1 and ack.batch_seq == 1
         assert ack.rejected_samples == 2 - good_rows
         assert text in ack.rejection, ack.rejection

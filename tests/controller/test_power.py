@@ -225,3 +225,23 @@ def test_setting_a_budget_answers_for_that_budget() -> None:
 def feasible(ctl: control.Control) -> bool:
     """The loop's feasibility now (a call, so that the type checker keeps no earlier narrowing)."""
     return ctl.feasible
+
+
+def test_fixed_loads_are_held_for_a_time_window_and_forgotten_when_the_node_is_offline() -> None:
+    # Issue 18.3: a fixed load was the highest power of its last 30 samples however old, and an
+    # offline node's last load stayed reserved for good.
+    def silent_ascend_node(window_s: float, silent_s: int) -> npt.NDArray[np.float64]:
+        """The ascend devices' reserved loads after their node went silent for `silent_s`."""
+        cfg = config.Config(power=config.Power(demand_window_s=window_s))
+        cluster = SimCluster(["nvidia", "ascend"], seed=1, workloads=["training"] * 2, cfg=cfg, window=600)
+        for _ in range(10):
+            cluster.apply(cluster.step().send + cluster.tick().send)
+        ascend = [slot for slot, info in enumerate(cluster.registry.infos) if info.vendor == "ascend"]
+        cluster.offline.add(1)  # the ascend node (no cap setter: a fixed load) stops sending
+        for _ in range(silent_s):
+            cluster.apply(cluster.step().send + cluster.tick().send)
+        return cluster.control.inputs(cluster.now_ns).recent_max_w[ascend]
+
+    assert np.isfinite(silent_ascend_node(window_s=120, silent_s=10)).all()  # held within the window
+    assert np.isnan(silent_ascend_node(window_s=10, silent_s=12)).all()  # not past it (the node is stale)
+    assert np.isnan(silent_ascend_node(window_s=120, silent_s=35)).all()  # offline: forgotten

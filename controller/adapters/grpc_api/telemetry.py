@@ -72,4 +72,4 @@ class TelemetryService:
             if (denial := access.check_node(self.state.policy, facts.node_id, identities)) is not None:
                 raise ProtocolViolation(denial.code, "identity_mismatch", denial.message)
             return self.state.hello(stream, facts, now_ns)
-        return self.state.batch(stream, codec.batch_columns(msg.batch), now_ns)
+        return self.state.batch(stream, codec.batch_columns(msg.batch, self.state.ingest.limits), now_ns)

@@ -1,0 +1,103 @@
+"""Ingest's bounds on what one message may cost (issue 18): pure, through the codec, no server."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from xpuctl.controller.adapters import codec
+from xpuctl.controller.core import ingest, model, registry, ring
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
+
+NOW_NS = 1_800_000_000_000_000_000
+
+
+def ingest_with_node(devices: int = 2) -> tuple[ingest.Ingest, ingest.StreamState]:
+    reg = registry.Registry()
+    ing = ingest.Ingest(reg, ring.RingStore(n_metrics=model.N_STORED, window=8))
+    stream = ingest.StreamState()
+    infos = [model.DeviceInfo(uuid=f"d{i}", index=i, vendor="nvidia", model="H100") for i in range(devices)]
+    facts = ingest.HelloFacts(
+        node_id="n", boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+    )
+    ing.hello(stream, facts, NOW_NS)
+    return ing, stream
+
+
+def error_batch(seq: int, events_per_row: list[int]) -> pb.Batch:
+    rows = len(events_per_row)
+    b = pb.Batch(
+        seq=seq,
+        device=list(range(rows)),
+        timestamp_ns=[NOW_NS] * rows,
+        health=cast("list[pb.Health]", [1] * rows),
+    )
+    b.columns.add(metric=pb.METRIC_POWER_W, values=[300.0] * rows)
+    for row, n in enumerate(events_per_row):
+        for k in range(n):
+            b.errors.add(row=row, code="79", text=f"fell off the bus {k}" + "x" * 1000)
+    return b
+
+
+def test_error_events_are_bounded_per_batch_and_per_device() -> None:
+    # Issue 18.10: one Batch with 400,000 error events held the event loop for 0.33 s.
+    ing, stream = ingest_with_node()
+    limits = ing.limits
+    cols = codec.batch_columns(error_batch(1, [5_000, 3]), limits)
+    assert len(cols.errors) == limits.max_error_events_per_batch
+    assert cols.errors_dropped == 5_003 - limits.max_error_events_per_batch
+    assert all(len(text) <= limits.max_error_text_chars for _, _, text in cols.errors)
+    stored = ing.batch(stream, cols, NOW_NS)
+    assert stored.answer.rejected == 0  # the samples are fine: both stored
+    # row 0 keeps its first 8; row 1's three were past the per-batch bound (row 0 filled it)
+    assert [e[2] for e in stored.errors] == [0] * limits.max_error_events_per_device
+    assert ing.counters.error_events_total == limits.max_error_events_per_device
+    assert ing.counters.rejected_by_reason["error_events_over_limit"] == 5_003 - limits.max_error_events_per_device
+
+
+def test_a_few_error_events_all_arrive() -> None:
+    ing, stream = ingest_with_node()
+    stored = ing.batch(stream, codec.batch_columns(error_batch(1, [2, 3]), ing.limits), NOW_NS)
+    assert sorted(e[2] for e in stored.errors) == [0, 0, 1, 1, 1]
+    assert "error_events_over_limit" not in ing.counters.rejected_by_reason
+
+
+def sample_batch(seq: int, *, power_w: list[float], temp_c: float = 50.0, ts_ns: int = NOW_NS) -> pb.Batch:
+    rows = len(power_w)
+    b = pb.Batch(
+        seq=seq, device=list(range(rows)), timestamp_ns=[ts_ns] * rows, health=cast("list[pb.Health]", [1] * rows)
+    )
+    b.columns.add(metric=pb.METRIC_POWER_W, values=power_w)
+    b.columns.add(metric=pb.METRIC_TEMPERATURE_C, values=[temp_c] * rows)
+    return b
+
+
+def test_implausible_values_are_rejected_and_counted_by_reason() -> None:
+    # Issue 18.3: one 700,000 W reading (a mW value read as W) floored the whole cluster.
+    reg = registry.Registry()
+    ing = ingest.Ingest(reg, ring.RingStore(n_metrics=model.N_STORED, window=8))
+    stream = ingest.StreamState()
+    infos = [
+        model.DeviceInfo(uuid="h100", index=0, vendor="nvidia", model="H100", power_limit_max_w=700.0),
+        model.DeviceInfo(uuid="npu", index=1, vendor="ascend", model="910B"),  # declares no limit
+    ]
+    facts = ingest.HelloFacts(
+        node_id="n", boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+    )
+    ing.hello(stream, facts, NOW_NS)
+
+    def send(seq: int, **kw: object) -> ingest.Answer:
+        return ing.batch(stream, codec.batch_columns(sample_batch(seq, **kw), ing.limits), NOW_NS).answer  # type: ignore[arg-type]
+
+    assert send(1, power_w=[690.0, 400.0]).rejected == 0  # plausible: stored
+    a = send(2, power_w=[700_000.0, 400.0])
+    assert a.rejected == 1 and "power_w=700000.0 is not plausible" in a.rejection and "mW" in a.rejection
+    assert send(3, power_w=[600.0, 700_000.0]).rejected == 1  # no declared limit: the absolute bound
+    assert send(4, power_w=[600.0, 400.0], temp_c=900.0).rejected == 2
+    a = send(5, power_w=[600.0, 400.0], ts_ns=NOW_NS + 3_600 * 10**9)
+    assert a.rejected == 2 and "in the future" in a.rejection and "NTP" in a.rejection
+    assert send(6, power_w=[600.0, 400.0], ts_ns=NOW_NS - 8 * 86_400 * 10**9).rejected == 2
+    assert ing.counters.rejected_by_reason == {
+        "implausible_power": 2,
+        "implausible_temperature": 2,
+        "timestamp_out_of_range": 4,
+    }
