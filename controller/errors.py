@@ -10,12 +10,13 @@ class XpuError(Exception):
 class ProtocolViolation(XpuError):
     """An agent broke the stream protocol; the stream ends with `code` (a grpc.StatusCode name)."""
 
-    def __init__(self, code: str, reason: str, message: str) -> None:
-        """`reason` is the counter key, `message` what the agent is told."""
+    def __init__(self, code: str, reason: str, message: str, *, node_id: str = "") -> None:
+        """`reason` is the counter key, `message` what the agent is told, `node_id` the node it claimed."""
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.node_id = node_id
 
 
 class InfeasibleBudget(XpuError):

@@ -82,6 +82,21 @@ class Hub:
         self.handle(self.control.on_batch(stored, now_ns), now_ns)
         return stored.answer
 
+    def refused(self, violation: errors.ProtocolViolation, *, peer: str, now_ns: int) -> None:
+        """A stream ended for a protocol violation; a second machine with a node's id is an event."""
+        if violation.reason == "duplicate_node":
+            self.publish(
+                [
+                    events.Event(
+                        timestamp_ns=now_ns,
+                        kind="node.duplicate",
+                        node_id=violation.node_id,
+                        severity="warning",
+                        message=f"refused a second stream from {peer}: {violation.message}",
+                    )
+                ]
+            )
+
     # -- the loop --------------------------------------------------------------------------------
 
     def tick(self, now_ns: int) -> None:

@@ -65,6 +65,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_error_events_per_batch: int = 256
     max_error_events_per_device: int = 8
     max_error_text_chars: int = 512
+    # A Hello for a node id whose other boot streamed less than this ago is a second machine with
+    # the same id (issue 18.8): refused. Longer silent, the old one is gone and the new boot takes over.
+    takeover_after_s: float = 5.0
     # Values no device produces, rejected at ingest (issue 18.3: one 700,000 W reading, a mW value
     # read as W, floored the whole cluster): power above factor x the device's declared maximum
     # plus a margin (or above an absolute bound when it declares none), temperatures above a bound,
@@ -136,6 +139,7 @@ class StreamState:
     def __init__(self) -> None:
         """A stream that has not said Hello yet."""
         self.node: registry.NodeState | None = None
+        self.peer = ""  # the client's address, set by the adapter (for messages)
         self.boot_id = ""
         self.epoch = 0
         self.last_seq = 0
@@ -211,9 +215,9 @@ class Ingest:
         self.recent_errors: list[ErrorEvent] = []
 
     @staticmethod
-    def violation(code: str, reason: str, message: str) -> ProtocolViolation:
+    def violation(code: str, reason: str, message: str, *, node_id: str = "") -> ProtocolViolation:
         """The error that ends the stream; the adapter counts it under `reason` when it ends it."""
-        return ProtocolViolation(code, reason, message)
+        return ProtocolViolation(code, reason, message, node_id=node_id)
 
     # -- Hello -------------------------------------------------------------------------------------
 
@@ -243,6 +247,20 @@ class Ingest:
                 f"{self.limits.max_devices_per_node} per node",
             )
         node = self.registry.node(facts.node_id)
+        if (
+            node.streams > 0
+            and node.boot_id
+            and node.boot_id != facts.boot_id
+            and now_ns - node.last_seen_ns < self.limits.takeover_after_s * 1e9
+        ):
+            raise self.violation(
+                "ALREADY_EXISTS",
+                "duplicate_node",
+                f"node_id {facts.node_id!r} is streaming from {node.peer or 'another peer'} (boot "
+                f"{node.boot_id[:8]}, last batch {(now_ns - node.last_seen_ns) / 1e9:.1f} s ago); two machines "
+                "cannot share a node id: give each agent its own --node-id",
+                node_id=facts.node_id,
+            )
         if node.boot_id != facts.boot_id:
             node.boot_id = facts.boot_id
             node.acked_seq = facts.acked_seq  # a previous controller holds what came before
@@ -258,6 +276,7 @@ class Ingest:
             self.counters.reject("unknown_vendor", sum("unknown vendor" in p for p in problems.values()))
         node.stream_epoch += 1
         node.streams += 1
+        node.peer = stream.peer
         stream.node = node
         stream.boot_id = facts.boot_id
         stream.epoch = node.stream_epoch

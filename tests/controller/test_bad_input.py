@@ -233,3 +233,38 @@ async def test_protocol_violations_end_the_stream(
         summary = await cluster_pb2_grpc.ClusterStub(ch).GetSummary(cpb.GetSummaryRequest())
     assert summary.ingest.rejected_by_reason[reason] == 1
     await healthy()
+
+
+async def test_a_second_machine_with_a_live_node_id_is_refused(controller: Controller) -> None:
+    # Issue 18.8: two machines with one node id superseded each other every 2 s and their samples
+    # interleaved in one history.
+    st = controller.state
+    assert st is not None
+    async with grpc.aio.insecure_channel(controller.target) as a, grpc.aio.insecure_channel(controller.target) as b:
+        first = RawStream(a)
+        await first.send(hello("twin"))
+        assert (await first.send(batch(1, [100.0, 100.0]))).rejected_samples == 0
+        second = RawStream(b)
+        err = await second.fails(hello("twin"))  # another boot of the same id, while the first streams
+        assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "node_id 'twin' is streaming from" in (err.details() or "") and "--node-id" in (err.details() or "")
+        assert (await first.send(batch(2, [100.0, 100.0]))).acked_seq == 2  # the first goes on
+        first.call.cancel()
+    assert st.ingest.counters.rejected_by_reason["duplicate_node"] == 1
+    assert [e.node_id for e in st.recent_events if e.kind == "node.duplicate"] == ["twin"]
+
+
+async def test_a_new_boot_takes_over_once_the_old_one_is_silent(controller: Controller) -> None:
+    st = controller.state
+    assert st is not None
+    async with grpc.aio.insecure_channel(controller.target) as a, grpc.aio.insecure_channel(controller.target) as b:
+        old = RawStream(a)
+        await old.send(hello("phoenix"))
+        await old.send(batch(1, [100.0, 100.0]))
+        st.registry.nodes["phoenix"].last_seen_ns -= int(st.ingest.limits.takeover_after_s * 1e9) + 1  # silent since
+        new = RawStream(b)
+        ack = await new.send(hello("phoenix"))  # a restarted machine: accepted, a new boot
+        assert ack.acked_seq == 0
+        old.call.cancel()
+        new.call.cancel()
+    assert "duplicate_node" not in st.ingest.counters.rejected_by_reason

@@ -44,6 +44,7 @@ class TelemetryService:
         """One agent's stream: Hello, then Batches; an Ack for each."""
         st = self.state
         stream = ingest.StreamState()
+        stream.peer = context.peer()
         identities = tls.peer_identities(context) if st.policy.enforced else frozenset()
         st.streams_open += 1
         try:
@@ -53,6 +54,7 @@ class TelemetryService:
                     answer = self._handle(stream, raw, now_ns, identities)
                 except ProtocolViolation as v:
                     st.ingest.counters.reject(v.reason)
+                    st.refused(v, peer=stream.peer, now_ns=now_ns)
                     node = stream.node.node_id if stream.node else "?"
                     log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
                     await context.abort(getattr(grpc.StatusCode, v.code), v.message)
