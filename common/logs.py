@@ -6,7 +6,7 @@ call site gives them with `extra=`: `node_id`, `hw.id`, `seq`; `exc` holds a tra
 systemd (`JOURNAL_STREAM` names our stderr) each line starts with the `<N>` syslog priority
 that journald reads (sd-daemon(3)), so `journalctl -p warning` works. Notes A4 and A5.
 
-Lives under protos/ for the same reason as systemd.py: both programs use it.
+Both programs use it (common/ decides nothing).
 """
 
 from __future__ import annotations
@@ -105,3 +105,26 @@ def setup(level: str, fmt: str, environ: Mapping[str, str]) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+class Throttle:
+    """At most one log line per key per `every_s`; the next one says how many were held back.
+
+    A flood of the same warning (21,003 lines from one burst of MQTT garbage, issue 18.9) hides
+    everything else in the journal; the counters keep the exact count.
+    """
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        """One line per key per `every_s` seconds (monotonic clock of the caller)."""
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str, now_s: float) -> int | None:
+        """None: hold this line back; else log it, with the number held back since the last one."""
+        last = self._last.get(key)
+        if last is not None and now_s - last < self.every_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now_s
+        return self._held.pop(key, 0)

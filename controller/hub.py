@@ -64,6 +64,7 @@ class Hub:
         # set by the service when there is a bus: every event, and each command to send
         self.forward: Callable[[events.Event], None] | None = None
         self.send: Callable[[ledger.Entry, int], bool] | None = None
+        self.bus_stats: Callable[[], dict[str, int]] | None = None  # the bus's counters, for /metrics
 
     @property
     def budget_w(self) -> float | None:

@@ -17,6 +17,8 @@ import time
 import uuid
 from typing import Any
 
+import msgspec
+
 from xpuctl.common import tls
 from xpuctl.controller import config, hub
 from xpuctl.controller.adapters import broker, metrics, mqtt
@@ -141,6 +143,23 @@ class Service:
                 ]
             )
 
+    def _on_link(self, state: str, why: str) -> None:
+        up = state == "up"
+        kind, severity = ("bus.up", "info") if up else ("bus.down", "critical")
+        what = "up" if up else f"down: {why}; commands wait in the ledger until it is back"
+        self.state.publish(
+            [events.Event(timestamp_ns=time.time_ns(), kind=kind, severity=severity, message=f"action bus {what}")]
+        )
+
+    def _bus_stats(self) -> dict[str, int]:
+        """The bus counters for /metrics (the hub holds no adapter)."""
+        if self.bus is None:
+            return {}
+        stats = msgspec.structs.asdict(self.bus.counters)
+        stats["unknown_results"] = self.state.control.ledger.unknown_results
+        stats["up"] = int(self.bus.client is not None)
+        return stats
+
     def _on_status(self, node_id: str, status: bus.Status) -> None:
         self.node_bus_status[node_id] = status.state
 
@@ -180,10 +199,12 @@ class Service:
                     on_result=self._on_result,
                     on_state=self._on_state,
                     on_status=self._on_status,
+                    on_link=self._on_link,
                     topics=bus.Topics(self.cfg.bus.root),
                     heartbeat_s=self.cfg.bus.heartbeat_s,
                     max_queued=self.cfg.bus.max_queued,
                 )
+                self.state.bus_stats = self._bus_stats
             if self.metrics_listen:
                 msrv = await metrics.serve(self.state, self.metrics_listen)
                 self.metrics_port = int(msrv.sockets[0].getsockname()[1])

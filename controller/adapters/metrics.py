@@ -57,6 +57,16 @@ DEVICE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
     ("pcie_tx_bytes_per_s", "xpu_pcie_transmit_bytes_per_second", "gauge", "PCIe transmit throughput.", ""),
 )
 HEALTH_STATES = tuple(names.HEALTH.values())
+BUS_COUNTERS = {
+    "commands_sent": "Commands published to agents (each resend counts).",
+    "events_sent": "Events published on the bus.",
+    "dropped_outgoing": "Messages dropped because the outgoing queue was full.",
+    "garbage_in": "Unreadable messages received (answers, states, statuses).",
+    "results_in": "Answers of agents received.",
+    "unknown_results": "Answers to commands the controller does not know (late, forged or repeated).",
+    "connects": "Sessions with the broker that came up.",
+    "disconnects": "Sessions with the broker that were lost.",
+}
 
 
 def _esc(value: str) -> str:
@@ -126,7 +136,7 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     out += ["# HELP xpu_anomalies_open Open anomalies by detector.", "# TYPE xpu_anomalies_open gauge"]
     for kind, mask in state.control.detectors.open.items():
         out.append(f'xpu_anomalies_open{{detector="{kind}"}} {int(mask.sum())}')
-    counters = (
+    counters: tuple[tuple[str, str, int], ...] = (
         ("xpu_ingest_batches_total", "Telemetry batches received.", c.batches_total),
         ("xpu_ingest_samples_total", "Device samples stored.", c.samples_total),
         (
@@ -138,8 +148,20 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
         ("xpu_ingest_error_events_total", "Vendor error events (XID, ...) received.", c.error_events_total),
         ("xpu_events_dropped_total", "Events a slow WatchEvents client did not take.", state.events_dropped),
     )
+    bus_stats = state.bus_stats() if state.bus_stats is not None else {}
+    counters += tuple(
+        (f"xpu_bus_{name}_total", help_text, bus_stats[name])
+        for name, help_text in BUS_COUNTERS.items()
+        if name in bus_stats
+    )
     for name, text, value in counters:
         out += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
+    if "up" in bus_stats:
+        out += [
+            "# HELP xpu_bus_up 1 while the controller's session with the MQTT broker is up.",
+            "# TYPE xpu_bus_up gauge",
+            f"xpu_bus_up {bus_stats['up']}",
+        ]
     out += [
         "# HELP xpu_ingest_rejected_total Samples or messages rejected, by reason.",
         "# TYPE xpu_ingest_rejected_total counter",

@@ -21,7 +21,7 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from xpuctl.common import mqtt_session
+from xpuctl.common import logs, mqtt_session
 from xpuctl.controller.core import events, ledger
 from xpuctl.protos.xpu.v1 import bus
 
@@ -30,6 +30,7 @@ log = logging.getLogger("xpu.controller.mqtt")
 OnResult = Callable[[str, bus.Result, int], None]
 OnState = Callable[[str, bus.NodeState], None]
 OnStatus = Callable[[str, bus.Status], None]
+OnLink = Callable[[str, str], None]  # ("up" or "down", why): the session came up or went down
 _event_encoder = msgspec.json.Encoder()
 
 
@@ -42,6 +43,7 @@ class Counters(msgspec.Struct, kw_only=True):
     garbage_in: int = 0
     results_in: int = 0
     connects: int = 0
+    disconnects: int = 0
 
 
 class ControllerBus:
@@ -55,6 +57,7 @@ class ControllerBus:
         on_result: OnResult,
         on_state: OnState,
         on_status: OnStatus,
+        on_link: OnLink | None = None,
         topics: bus.Topics | None = None,
         heartbeat_s: float = 1.0,
         max_queued: int = 10_000,
@@ -65,6 +68,8 @@ class ControllerBus:
         self.connect_kwargs = mqtt_session.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.boot_id = boot_id
         self.on_result, self.on_state, self.on_status = on_result, on_state, on_status
+        self.on_link = on_link
+        self.throttle = logs.Throttle()
         self.topics = topics or bus.Topics()
         self.heartbeat_s = heartbeat_s
         self.max_queued = max_queued
@@ -151,8 +156,13 @@ class ControllerBus:
         )
 
     def _lost(self, why: str) -> None:
-        if self.client is not None or self.counters.connects == 0:
+        was_up = self.client is not None
+        if was_up or self.counters.connects == 0:
             log.warning("MQTT broker %s:%d: %s; reconnecting", self.url.host, self.url.port, why)
+        if was_up:
+            self.counters.disconnects += 1
+            if self.on_link is not None:
+                self.on_link("down", why)
         self.client = None
         self.connected.clear()
         while not self.outgoing.empty():  # stale by the next session; the ledger re-sends commands
@@ -167,6 +177,8 @@ class ControllerBus:
         self.counters.connects += 1
         self.connected.set()
         log.info("MQTT session up (%s:%d, session %d)", self.url.host, self.url.port, self.counters.connects)
+        if self.on_link is not None:
+            self.on_link("up", f"session {self.counters.connects}")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._publisher(client), name="mqtt[controller].tx")
@@ -213,7 +225,10 @@ class ControllerBus:
                 self.on_status(node, msgspec.json.decode(payload, type=bus.Status))
         except msgspec.DecodeError as exc:
             self.counters.garbage_in += 1
-            log.warning("unreadable message on %s: %s", topic, exc)
+            held = self.throttle.allow("garbage", time.monotonic())
+            if held is not None:
+                more = f" ({held} more held back)" if held else ""
+                log.warning("unreadable message on %s: %s%s", topic, exc, more)
 
     async def say_offline(self) -> None:
         """Retained status `offline`: the controller is leaving on purpose.

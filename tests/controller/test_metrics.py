@@ -6,9 +6,10 @@ import asyncio
 import shutil
 import subprocess
 
+import aiomqtt
 import pytest
 
-from tests.helpers import Processes, RunningService, make_service, wait_until
+from tests.helpers import Mosquitto, Processes, RunningService, make_service, wait_until
 
 pytestmark = pytest.mark.slow  # end-to-end: real processes, brokers or servers
 
@@ -74,5 +75,41 @@ async def test_promtool_accepts_a_scrape_of_a_running_controller(processes: Proc
         assert body.count("hw_power_watts{") == 24
         head, _ = await scrape(svc.metrics_port, "/other")
         assert head.startswith("HTTP/1.1 404")
+    finally:
+        await ctl.stop()
+
+
+async def test_bus_trouble_is_counted_shown_and_an_event(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 18.9: no counter for MQTT garbage, no event when the bus went down, and one flood wrote
+    # 21,003 warning lines.
+    svc = make_service(mosquitto.url)
+    svc.metrics_listen = "127.0.0.1:0"
+    ctl = await RunningService(svc).start()
+    try:
+        bus_ = svc.bus
+        assert bus_ is not None
+        await asyncio.wait_for(bus_.connected.wait(), 10)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+            for k in range(300):
+                await client.publish(f"xpu/v1/cmd/node-{k % 3}/res", b"\x00not json", qos=1)
+        await wait_until(lambda: bus_.counters.garbage_in == 300, timeout_s=15, what="300 garbage messages")
+        _, body = await scrape(svc.metrics_port)
+        assert "xpu_bus_garbage_in_total 300" in body and "xpu_bus_up 1" in body
+        garbage_lines = [r for r in caplog.records if r.getMessage().startswith("unreadable message")]
+        assert 1 <= len(garbage_lines) <= 2  # one line, the flood held back
+        mosquitto.stop()
+        await wait_until(
+            lambda: any(e.kind == "bus.down" for e in svc.state.recent_events), timeout_s=15, what="bus.down"
+        )
+        mosquitto.start()
+        await wait_until(
+            lambda: [e.kind for e in svc.state.recent_events if e.kind.startswith("bus.")][-1:] == ["bus.up"],
+            timeout_s=20,
+            what="bus.up after the broker is back",
+        )
+        _, body = await scrape(svc.metrics_port)
+        assert "xpu_bus_disconnects_total 1" in body and "xpu_bus_connects_total 2" in body
     finally:
         await ctl.stop()
