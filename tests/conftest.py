@@ -18,6 +18,7 @@ from tests.helpers import Controller, Mosquitto, Processes, free_port
 from xpuctl.controller.core import ingest, registry
 
 UNIT_TIMEOUT_S = 2.0
+LEAK_GRACE_S = 1.0  # how long tasks that are ending may take after the test's own teardown
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,9 +34,10 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     before = asyncio.all_tasks()
     yield
     me = asyncio.current_task()
-    for _ in range(3):  # let tasks cancelled by the teardown run their last step
-        await asyncio.sleep(0)
-    leaked = [t for t in asyncio.all_tasks() if t is not me and t not in before and not t.done()]
+    pending = {t for t in asyncio.all_tasks() if t is not me and t not in before and not t.done()}
+    if pending:  # tasks a teardown cancelled (a gRPC server's calls) finish their last steps first
+        _, pending = await asyncio.wait(pending, timeout=LEAK_GRACE_S)
+    leaked = list(pending)
     for t in leaked:
         t.cancel()
     if leaked:
