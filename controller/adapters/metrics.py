@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from xpuctl.controller import hub
-from xpuctl.controller.core import model
+from xpuctl.controller.core import model, registry
 from xpuctl.protos import names
 
 log = logging.getLogger("xpu.controller.metrics")
@@ -91,6 +91,13 @@ def render(state: hub.Hub, now_ns: int) -> str:
         f'hw_id="{_esc(i.uuid)}",hw_vendor="{i.vendor}",hw_model="{_esc(i.model)}",xpu_node="{_esc(node)}"'
         for i, node in zip(reg.infos, reg.node_of_slot, strict=True)
     ]
+    # Only devices of online nodes export values (issue 18.4): a stopped node's last readings
+    # would otherwise count in sum(hw_power_watts) for good. Their hw_status says `unknown`.
+    status = {node_id: node.status(now_ns, state.liveness) for node_id, node in reg.nodes.items()}
+    live = [status.get(node) == registry.NodeStatus.ONLINE for node in reg.node_of_slot]
+    anomalous = np.zeros(n, dtype=bool)
+    for mask in state.control.detectors.open.values():
+        anomalous[: min(n, mask.size)] |= mask[:n]
     out: list[str] = []
     declared: set[str] = set()
     for metric, name, kind, text, extra in DEVICE_METRICS:
@@ -100,12 +107,19 @@ def render(state: hub.Hub, now_ns: int) -> str:
             declared.add(name)
         col = latest[:, model.M[metric]] if n else np.zeros(0)
         sep = "," + extra if extra else ""
-        out.extend(f"{name}{{{labels[s]}{sep}}} {_num(v)}" for s, v in enumerate(col.tolist()) if not math.isnan(v))
-    out.append("# HELP hw_status Operational status of the device (OTel hw.status): 1 for its state.")
+        out.extend(
+            f"{name}{{{labels[s]}{sep}}} {_num(v)}" for s, v in enumerate(col.tolist()) if live[s] and not math.isnan(v)
+        )
+    out.append(
+        "# HELP hw_status Operational status of the device (OTel hw.status): 1 for its state; degraded while "
+        "an anomaly is open, unknown while its node is not online."
+    )
     out.append("# TYPE hw_status gauge")
     health = latest[:, model.HEALTH] if n else np.zeros(0)
     for s, code in enumerate(health.tolist()):
-        state_name = "unknown" if math.isnan(code) else model.HEALTH_NAMES.get(int(code), "unknown")
+        state_name = "unknown" if math.isnan(code) or not live[s] else model.HEALTH_NAMES.get(int(code), "unknown")
+        if state_name == "ok" and anomalous[s]:
+            state_name = "degraded"
         out.extend(f'hw_status{{{labels[s]},hw_state="{h}"}} {1 if h == state_name else 0}' for h in HEALTH_STATES)
     out.extend(_cluster(state, now_ns))
     out.append("")
