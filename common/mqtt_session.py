@@ -114,6 +114,7 @@ class Sessions:
                     set_nodelay(client)
                     await self.session(client)
             except aiomqtt.MqttError as exc:
+                _reraise_a_cancel(exc)
                 if self.protocol is None and len(candidates) > 1:
                     # never connected yet: the broker may not speak this version; try the next
                     # one at once, and keep rotating (with backoff per round) until one works
@@ -129,7 +130,8 @@ class Sessions:
                     if candidates[0] != protocols(self.url)[0]:
                         continue
                 self.lost(str(exc))
-            except Exception:  # a bug while handling one message must not end the bus for good
+            except Exception as exc:  # a bug while handling one message must not end the bus for good
+                _reraise_a_cancel(exc)
                 log.exception("MQTT session to %s:%d failed; reconnecting", self.url.host, self.url.port)
                 self.lost("internal error (logged above)")
             delay = backoff.delay_s(
@@ -137,3 +139,18 @@ class Sessions:
             )
             attempt += 1
             await asyncio.sleep(delay)
+
+
+def _reraise_a_cancel(exc: BaseException) -> None:
+    """Cancel the loop when it is being cancelled, whatever error replaced the CancelledError.
+
+    aiomqtt's `__aexit__` waits for the broker to acknowledge the disconnect; when that times out it
+    raises MqttError, which replaces the CancelledError that was unwinding the session. Swallowed,
+    the loop would reconnect and the bus task would outlive its service.
+
+    Raises:
+        asyncio.CancelledError: the current task has a pending cancellation.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc

@@ -27,7 +27,7 @@ from xpuctl.controller.core import access, events, ingest, ledger, registry
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
-SHUTDOWN_BUS_S = 5.0
+SHUTDOWN_BUS_S = 8.0  # longer than the MQTT client's own 5 s wait for the broker's disconnect ack
 
 
 def server_files(cfg: config.Config) -> tls.ServerFiles | None:
