@@ -68,6 +68,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     # A Hello for a node id whose other boot streamed less than this ago is a second machine with
     # the same id (issue 18.8): refused. Longer silent, the old one is gone and the new boot takes over.
     takeover_after_s: float = 5.0
+    # Memory grows with nodes and device ids and is not given back (issue 18.7): bound both, and
+    # how often one node may say Hello (an agent reconnects a few times a minute at most).
+    max_nodes: int = 20_000
+    max_devices: int = 100_000
+    max_hellos_per_node_per_min: int = 30
     # Values no device produces, rejected at ingest (issue 18.3: one 700,000 W reading, a mW value
     # read as W, floored the whole cluster): power above factor x the device's declared maximum
     # plus a margin (or above an absolute bound when it declares none), temperatures above a bound,
@@ -246,7 +251,9 @@ class Ingest:
                 f"Hello declares {len(facts.devices)} devices; the limit is "
                 f"{self.limits.max_devices_per_node} per node",
             )
+        self._check_room(facts, now_ns)
         node = self.registry.node(facts.node_id)
+        node.hello_ns.append(now_ns)
         if (
             node.streams > 0
             and node.boot_id
@@ -282,6 +289,43 @@ class Ingest:
         stream.epoch = node.stream_epoch
         first = next(iter(problems.values()), "")
         return Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, rejected=len(problems), rejection=first)
+
+    def _check_room(self, facts: HelloFacts, now_ns: int) -> None:
+        """Refuse a Hello that would pass the bounds on nodes, device ids or Hellos per minute.
+
+        Raises:
+            ProtocolViolation: RESOURCE_EXHAUSTED, naming the bound and the fix.
+        """
+        lim, reg = self.limits, self.registry
+        known = reg.nodes.get(facts.node_id)
+        if known is None and len(reg.nodes) >= lim.max_nodes:
+            raise self.violation(
+                "RESOURCE_EXHAUSTED",
+                "too_many_nodes",
+                f"this controller holds {len(reg.nodes)} nodes, its limit; node {facts.node_id!r} is refused: "
+                "spread the nodes over shards, or raise the limit",
+                node_id=facts.node_id,
+            )
+        new_ids = sum(1 for d in facts.devices if d.uuid not in reg.slot_of_uuid)
+        if len(reg) + new_ids > lim.max_devices:
+            raise self.violation(
+                "RESOURCE_EXHAUSTED",
+                "too_many_devices",
+                f"Hello of node {facts.node_id!r} adds {new_ids} device ids to {len(reg)}; the limit is "
+                f"{lim.max_devices}: device ids must be stable across restarts",
+                node_id=facts.node_id,
+            )
+        if known is not None:
+            minute_ago = now_ns - 60 * 10**9
+            known.hello_ns = [t for t in known.hello_ns if t > minute_ago]
+            if len(known.hello_ns) >= lim.max_hellos_per_node_per_min:
+                raise self.violation(
+                    "RESOURCE_EXHAUSTED",
+                    "hello_rate",
+                    f"node {facts.node_id!r} said Hello {len(known.hello_ns)} times in the last minute; "
+                    f"the limit is {lim.max_hellos_per_node_per_min}: back off before reconnecting",
+                    node_id=facts.node_id,
+                )
 
     def stream_closed(self, stream: StreamState) -> None:
         """Forget a stream."""

@@ -55,6 +55,7 @@ class NodeState:
         self.last_seen_ns = 0
         self.streams = 0  # open streams (0 or 1, briefly 2 while a new one supersedes)
         self.peer = ""  # the address of the stream that said the current Hello
+        self.hello_ns: list[int] = []  # when it said Hello in the last minute (a rate bound)
         self.stream_epoch = 0  # bumped per Hello; an older stream sees it and ends
 
     def status(self, now_ns: int, liveness: Liveness) -> NodeStatus:

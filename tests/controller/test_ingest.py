@@ -6,6 +6,7 @@ from typing import cast
 
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.core import ingest, model, registry, ring
+from xpuctl.controller.errors import ProtocolViolation
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -101,3 +102,36 @@ def test_implausible_values_are_rejected_and_counted_by_reason() -> None:
         "implausible_temperature": 2,
         "timestamp_out_of_range": 4,
     }
+
+
+def hello_facts(node_id: str, uuids: list[str]) -> ingest.HelloFacts:
+    infos = [model.DeviceInfo(uuid=u, index=i, vendor="nvidia", model="H100") for i, u in enumerate(uuids)]
+    return ingest.HelloFacts(
+        node_id=node_id, boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+    )
+
+
+def refusal(ing: ingest.Ingest, facts: ingest.HelloFacts, now_ns: int = NOW_NS) -> str:
+    """The counter reason of a refused Hello, or "" when it is accepted."""
+    try:
+        ing.hello(ingest.StreamState(), facts, now_ns)
+    except ProtocolViolation as v:
+        return f"{v.code}:{v.reason}"
+    return ""
+
+
+def test_nodes_device_ids_and_hellos_are_bounded() -> None:
+    # Issue 18.7: 12 Hellos of 1,024 new device ids took the controller from 69 to 1,058 MiB.
+    limits = ingest.Limits(max_nodes=2, max_devices=5, max_hellos_per_node_per_min=3)
+    ing = ingest.Ingest(registry.Registry(), ring.RingStore(n_metrics=model.N_STORED, window=8), limits=limits)
+    assert refusal(ing, hello_facts("a", ["a0", "a1"])) == ""
+    assert refusal(ing, hello_facts("b", ["b0", "b1"])) == ""
+    assert refusal(ing, hello_facts("c", ["c0"])) == "RESOURCE_EXHAUSTED:too_many_nodes"
+    assert (
+        refusal(ing, hello_facts("b", ["b0", "b1", "b2", "b3"])) == "RESOURCE_EXHAUSTED:too_many_devices"
+    )  # 2 new ids on 4
+    assert refusal(ing, hello_facts("b", ["b0", "b1", "b2"])) == ""  # one more id fits
+    assert refusal(ing, hello_facts("a", ["a0", "a1"])) == ""  # a's second Hello this minute
+    assert refusal(ing, hello_facts("a", ["a0", "a1"])) == ""  # its third
+    assert refusal(ing, hello_facts("a", ["a0", "a1"])) == "RESOURCE_EXHAUSTED:hello_rate"
+    assert refusal(ing, hello_facts("a", ["a0", "a1"]), now_ns=NOW_NS + 61 * 10**9) == ""  # a minute later
