@@ -28,9 +28,6 @@ from xpuctl.common import cli, exits, logs, mqtt_session, pipes, systemd, tls
 
 log = logging.getLogger("xpu.agent")
 
-_positive = cli.positive
-_bus_url = cli.bus_url
-
 
 def _fault(text: str) -> faults.Fault:
     try:
@@ -73,7 +70,7 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
         "hygon, thead)",
     )
     p.add_argument("--sim-vendor", type=_vendor, default="nvidia", help="vendor to simulate")
-    p.add_argument("--sim-devices", type=_positive(int), default=8, help="simulated devices")
+    p.add_argument("--sim-devices", type=cli.positive(int), default=8, help="simulated devices")
     p.add_argument("--sim-seed", type=int, default=0, help="seed of the simulation")
     p.add_argument(
         "--sim-fault",
@@ -99,14 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=None, metavar="FILE", help="TOML settings, [agent] table")
     run.add_argument(
         "--mqtt",
-        type=_bus_url,
+        type=cli.bus_url,
         default=None,
         help="action bus: mqtt://HOST[:PORT] or mqtts://[USER@]HOST[:PORT]?ca=PEM&cert=PEM&key=PEM "
         "(also password_file=FILE, protocol=5|3.1.1); without it the agent only reports",
     )
     run.add_argument(
         "--failsafe-after-s",
-        type=_positive(float),
+        type=cli.positive(float),
         default=15.0,
         help="restore default caps when the controller has been silent this long",
     )
@@ -116,16 +113,16 @@ def _parser() -> argparse.ArgumentParser:
         default="mixed",
         help="workload of the simulated devices",
     )
-    run.add_argument("--interval-s", type=_positive(float), default=1.0)
-    run.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
+    run.add_argument("--interval-s", type=cli.positive(float), default=1.0)
+    run.add_argument("--driver-timeout-s", type=cli.positive(float), default=5.0)
     run.add_argument(
         "--rediscover-s",
-        type=_positive(float),
+        type=cli.positive(float),
         default=30.0,
         help="try drivers whose discovery failed again this often (their devices join as a new boot)",
     )
-    run.add_argument("--buffer-batches", type=_positive(int), default=600)
-    run.add_argument("--reconnect-max-s", type=_positive(float), default=30.0, help="cap of the reconnect backoff")
+    run.add_argument("--buffer-batches", type=cli.positive(int), default=600)
+    run.add_argument("--reconnect-max-s", type=cli.positive(float), default=30.0, help="cap of the reconnect backoff")
     run.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
     run.add_argument("--tls-cert-file", default=None, metavar="PEM", help="this node's certificate (mTLS)")
@@ -135,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
 
     once = sub.add_parser("once", help="print one normalised sample per device as JSON")
     once.add_argument("--node-id", default=socket.gethostname())
-    once.add_argument("--driver-timeout-s", type=_positive(float), default=5.0)
+    once.add_argument("--driver-timeout-s", type=cli.positive(float), default=5.0)
     _add_driver_args(once)
 
     validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
@@ -147,16 +144,16 @@ def _parser() -> argparse.ArgumentParser:
 
     fleet = sub.add_parser("fleet", help="many simulated agents in one process (load generator)")
     fleet.add_argument("--controller", required=True, metavar="HOST:PORT")
-    fleet.add_argument("--nodes", type=_positive(int), required=True)
-    fleet.add_argument("--devices-per-node", type=_positive(int), default=8)
+    fleet.add_argument("--nodes", type=cli.positive(int), required=True)
+    fleet.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     fleet.add_argument(
         "--vendors",
         default=",".join(model.VENDORS),
         help="comma-separated vendors, assigned to nodes in turn",
     )
-    fleet.add_argument("--interval-s", type=_positive(float), default=1.0)
-    fleet.add_argument("--mqtt", type=_bus_url, default=None, help="action bus URL (see `run --help`)")
-    fleet.add_argument("--failsafe-after-s", type=_positive(float), default=15.0)
+    fleet.add_argument("--interval-s", type=cli.positive(float), default=1.0)
+    fleet.add_argument("--mqtt", type=cli.bus_url, default=None, help="action bus URL (see `run --help`)")
+    fleet.add_argument("--failsafe-after-s", type=cli.positive(float), default=15.0)
     fleet.add_argument(
         "--workloads",
         default="mixed",
@@ -165,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_argument("--ramp-s", type=float, default=0.0, help="start the nodes over this time")
     fleet.add_argument("--seed", type=int, default=0)
     fleet.add_argument("--node-prefix", default="sim")
-    fleet.add_argument("--buffer-batches", type=_positive(int), default=600)
+    fleet.add_argument("--buffer-batches", type=cli.positive(int), default=600)
     fleet.add_argument(
         "--sim-fault",
         type=_fault,
@@ -346,7 +343,7 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
         if flag in given or value is None:
             continue
         if field == "mqtt":
-            value = _bus_url(value)
+            value = cli.bus_url(value)
         setattr(args, field, value)
     if args.controller is None:
         parser.error("run: the controller address is needed: --controller HOST:PORT or `controller` in [agent]")

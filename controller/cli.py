@@ -22,12 +22,6 @@ from xpuctl.protos.xpu.v1 import bus
 log = logging.getLogger("xpu.controller")
 
 
-_positive = cli.positive
-
-
-_fraction = cli.fraction
-
-
 def _listen(text: str) -> str:
     try:
         grpc_server.listen_port(text)
@@ -84,27 +78,27 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="action bus: mqtt://HOST[:PORT], mqtts://..., or `embedded` (an in-process broker)",
     )
-    serve.add_argument("--embedded-port", type=_positive(int), default=1883, help="port of --mqtt embedded")
-    serve.add_argument("--budget-w", type=_positive(float), default=None, help="cluster power budget")
-    serve.add_argument("--control-period-s", type=_positive(float), default=None, help="default 1 s")
+    serve.add_argument("--embedded-port", type=cli.positive(int), default=1883, help="port of --mqtt embedded")
+    serve.add_argument("--budget-w", type=cli.positive(float), default=None, help="cluster power budget")
+    serve.add_argument("--control-period-s", type=cli.positive(float), default=None, help="default 1 s")
     serve.add_argument("--config", default=None, metavar="FILE", help="TOML settings (see README)")
     serve.add_argument(
         "--metrics-listen", type=_listen, default=None, metavar="HOST:PORT", help="serve /metrics for Prometheus"
     )
-    serve.add_argument("--window", type=_positive(int), default=600, help="samples kept per device")
-    serve.add_argument("--stale-after-s", type=_positive(float), default=5.0)
-    serve.add_argument("--offline-after-s", type=_positive(float), default=30.0)
+    serve.add_argument("--window", type=cli.positive(int), default=600, help="samples kept per device")
+    serve.add_argument("--stale-after-s", type=cli.positive(float), default=5.0)
+    serve.add_argument("--offline-after-s", type=cli.positive(float), default=30.0)
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
 
     demo = sub.add_parser("demo", help="a controller and a simulated mixed fleet, shown live")
     demo.add_argument("--listen", type=_listen, default="127.0.0.1:0", metavar="HOST:PORT")
-    demo.add_argument("--nodes", type=_positive(int), default=16)
-    demo.add_argument("--devices-per-node", type=_positive(int), default=8)
-    demo.add_argument("--duration-s", type=_positive(float), default=None, help="stop after this long")
+    demo.add_argument("--nodes", type=cli.positive(int), default=16)
+    demo.add_argument("--devices-per-node", type=cli.positive(int), default=8)
+    demo.add_argument("--duration-s", type=cli.positive(float), default=None, help="stop after this long")
     demo.add_argument("--headless", action="store_true", help="no dashboard; print a summary at the end")
     demo.add_argument("--json", action="store_true", help="with --headless: the summary as one JSON object")
     demo.add_argument(
-        "--budget-w", type=_positive(float), default=None, help="default: 85%% of the fleet's draw after 15 s"
+        "--budget-w", type=cli.positive(float), default=None, help="default: 85%% of the fleet's draw after 15 s"
     )
 
     validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
@@ -115,16 +109,16 @@ def _parser() -> argparse.ArgumentParser:
         help="capacity (ingest: samples/s, latency, memory) or policy (power: xpuctl vs the static cap)",
     )
     bench.add_argument("--scenario", choices=["ingest", "power", "detect"], default="ingest")
-    bench.add_argument("--nodes", type=_positive(int), default=64, help="power scenario: simulated nodes")
-    bench.add_argument("--simulated-s", type=_positive(int), default=1800, help="power scenario: length")
-    bench.add_argument("--budget-frac", type=_fraction, default=0.7, help="power scenario: budget / demand")
+    bench.add_argument("--nodes", type=cli.positive(int), default=64, help="power scenario: simulated nodes")
+    bench.add_argument("--simulated-s", type=cli.positive(int), default=1800, help="power scenario: length")
+    bench.add_argument("--budget-frac", type=cli.fraction, default=0.7, help="power scenario: budget / demand")
     bench.add_argument("--seed", type=int, default=0, help="power scenario: seed of the simulation")
-    bench.add_argument("--devices", type=_positive(int), default=10_000)
-    bench.add_argument("--devices-per-node", type=_positive(int), default=8)
-    bench.add_argument("--interval-s", type=_positive(float), default=1.0)
-    bench.add_argument("--duration-s", type=_positive(float), default=30.0)
+    bench.add_argument("--devices", type=cli.positive(int), default=10_000)
+    bench.add_argument("--devices-per-node", type=cli.positive(int), default=8)
+    bench.add_argument("--interval-s", type=cli.positive(float), default=1.0)
+    bench.add_argument("--duration-s", type=cli.positive(float), default=30.0)
     bench.add_argument("--ramp-s", type=float, default=None, help="default: a quarter of the duration")
-    bench.add_argument("--window", type=_positive(int), default=600)
+    bench.add_argument("--window", type=cli.positive(int), default=600)
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 

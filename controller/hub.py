@@ -158,9 +158,7 @@ class Hub:
         if device_uuid:
             self.control.device_weight[operations.device_slot(self.registry, device_uuid)] = w
         elif node_id:
-            if node_id not in self.registry.nodes:
-                raise errors.UnknownNode(node_id)
-            self.control.node_weight[node_id] = w
+            self.control.node_weight[operations.known_node(self.registry, node_id)] = w
         else:
             raise errors.MissingTarget
 

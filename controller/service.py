@@ -117,31 +117,17 @@ class Service:
             return
         # telemetry shows the restored caps, and the loop caps the devices again (power.py,
         # reconcile_periods); the event says why the node's power jumped
-        now_ns = time.time_ns()
         if state.fail_safe:
-            self.state.publish(
-                [
-                    events.Event(
-                        timestamp_ns=now_ns,
-                        kind="node.fail_safe",
-                        node_id=node_id,
-                        severity="warning",
-                        message=f"node {node_id} lost the controller's lease and restored its default caps",
-                    )
-                ]
-            )
+            kind, severity = "node.fail_safe", "warning"
+            message = f"node {node_id} lost the controller's lease and restored its default caps"
             log.warning("node %s reports fail-safe: default caps restored", node_id, extra={"node_id": node_id})
         else:
-            self.state.publish(
-                [
-                    events.Event(
-                        timestamp_ns=now_ns,
-                        kind="node.fail_safe_ended",
-                        node_id=node_id,
-                        message=f"node {node_id} hears the controller again; its caps are set by the loop",
-                    )
-                ]
-            )
+            kind, severity = "node.fail_safe_ended", "info"
+            message = f"node {node_id} hears the controller again; its caps are set by the loop"
+        event = events.Event(
+            timestamp_ns=time.time_ns(), kind=kind, node_id=node_id, severity=severity, message=message
+        )
+        self.state.publish([event])
 
     def _on_link(self, state: str, why: str) -> None:
         up = state == "up"

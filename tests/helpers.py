@@ -23,6 +23,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from xpuctl.agent.adapters import link
 from xpuctl.controller import config, hub, service
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import registry
@@ -305,7 +306,7 @@ class RawStream:
         """Write `raw`, read the answer (an error status raises AioRpcError)."""
         await self.call.write(raw)
         msg = await asyncio.wait_for(self.call.read(), timeout_s)
-        if msg is EOF:
+        if msg is link.EOF:
             pytest.fail("the controller ended the stream without a status")
         assert isinstance(msg, pb.ControllerMessage)
         return msg
@@ -320,6 +321,3 @@ class RawStream:
     async def send(self, raw: bytes) -> pb.Ack:
         """Write `raw`; the Ack that answers it."""
         return (await self.exchange(raw)).ack
-
-
-EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # the stubs lag grpc.aio

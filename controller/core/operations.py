@@ -60,10 +60,19 @@ def target_slots(reg: registry.Registry, *, device_uuid: str, node_id: str) -> l
     if device_uuid:
         return [device_slot(reg, device_uuid)]
     if node_id:
-        if node_id not in reg.nodes:
-            raise errors.UnknownNode(node_id)
-        return [int(s) for s in reg.slots_of(node_id).tolist()]
+        return [int(s) for s in reg.slots_of(known_node(reg, node_id)).tolist()]
     raise errors.MissingTarget
+
+
+def known_node(reg: registry.Registry, node_id: str) -> str:
+    """`node_id`, when the registry knows it.
+
+    Raises:
+        errors.UnknownNode: it does not.
+    """
+    if node_id not in reg.nodes:
+        raise errors.UnknownNode(node_id)
+    return node_id
 
 
 def cordon(reg: registry.Registry, slots: list[int], *, cordoned: bool, reason: str, now_ns: int) -> list[events.Event]:

@@ -90,7 +90,7 @@ def build_server(
         OSError: the address cannot be bound (the message names the port and what holds it).
         tls.TlsError: a TLS file cannot be used.
     """
-    listen_port(listen)
+    wanted = listen_port(listen)
     limit = state.ingest.limits.max_message_bytes
     credentials = tls.server_credentials(tls_files) if tls_files is not None else None
     server = grpc.aio.server(
@@ -109,7 +109,6 @@ def build_server(
     if reflection_on:
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    wanted = listen_port(listen)
     try:
         port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     except RuntimeError:  # grpc's way of saying the bind failed
