@@ -7,16 +7,18 @@ import asyncio
 import json
 import logging
 import os
+import pathlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
 from xpuctl.common import cli, exits, logs, pipes, systemd, tls
 from xpuctl.controller import config, service
+from xpuctl.controller.adapters import statefile
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
-from xpuctl.controller.core import ingest, registry
+from xpuctl.controller.core import desired, ingest, registry
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -52,11 +54,28 @@ def _config(args: argparse.Namespace) -> config.Config:
         **{k: v for k, v in (("budget_w", args.budget_w), ("period_s", args.control_period_s)) if v is not None},
     )
     bus_cfg = msgspec.structs.replace(cfg.bus, url=args.mqtt) if args.mqtt else cfg.bus
-    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg)
+    state = msgspec.structs.replace(cfg.state, dir=args.state_dir) if args.state_dir else cfg.state
+    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg, state=state)
     try:  # replace() does not check constraints: a flag must meet its setting's range too
         return msgspec.convert(msgspec.to_builtins(merged), config.Config)
     except msgspec.ValidationError as exc:
         raise config.ConfigError("command-line flags", f"{exc} (--budget-w, --control-period-s)") from exc
+
+
+def state_dir(cfg: config.Config, environ: Mapping[str, str]) -> pathlib.Path | None:
+    """Where the desired state lives (None: nowhere); see `config.State.dir`."""
+    chosen = cfg.state.dir
+    if chosen is not None:
+        return None if chosen == "none" else pathlib.Path(chosen)
+    if environ.get("STATE_DIRECTORY"):  # systemd's StateDirectory=; the first of a list
+        return pathlib.Path(environ["STATE_DIRECTORY"].split(":")[0])
+    base = environ.get("XDG_STATE_HOME") or str(pathlib.Path("~/.local/state").expanduser())
+    return pathlib.Path(base) / "xpu-controller"
+
+
+def _store(cfg: config.Config) -> statefile.FileStore | None:
+    where = state_dir(cfg, os.environ)
+    return None if where is None else statefile.FileStore(where)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--stale-after-s", type=cli.positive(float), default=5.0)
     serve.add_argument("--offline-after-s", type=cli.positive(float), default=30.0)
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+    serve.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="where budget, cordons, priorities and open commands are kept across restarts "
+        "(default: $STATE_DIRECTORY, else ~/.local/state/xpu-controller; `none`: keep nothing)",
+    )
 
     demo = sub.add_parser("demo", help="a controller and a simulated mixed fleet, shown live")
     demo.add_argument("--listen", type=_listen, default="127.0.0.1:0", metavar="HOST:PORT")
@@ -130,8 +156,10 @@ async def serve(args: argparse.Namespace) -> int:
     loop; STOPPING when the signal arrives.
     """
     notifier = systemd.Notifier(os.environ)
+    store = None
     try:
         cfg = _config(args)
+        store = _store(cfg)
         svc = service.Service(
             cfg,
             listen=args.listen,
@@ -141,8 +169,14 @@ async def serve(args: argparse.Namespace) -> int:
             reflection_on=not args.no_reflection,
             embedded_port=args.embedded_port,
             metrics_listen=args.metrics_listen,
+            store=store,
         )
-    except config.ConfigError as exc:
+    except statefile.StateDirError as exc:
+        log.error("%s", exc)
+        return exits.FAILURE if exc.in_use else exits.CONFIG
+    except (config.ConfigError, desired.Corrupt) as exc:
+        if store is not None:
+            store.close()
         log.error("%s", exc)
         return exits.CONFIG
     stop = asyncio.Event()
@@ -173,6 +207,8 @@ async def serve(args: argparse.Namespace) -> int:
         for task in side:
             task.cancel()
         await asyncio.gather(*side, return_exceptions=True)
+        if store is not None:
+            store.close()
     log.info("shut down")
     return 0
 

@@ -1,7 +1,7 @@
 """Controller settings: grouped, typed, frozen; loaded once at startup from TOML.
 
 Every field has a default that works for the demo. A TOML file may set any of them under its
-group (`[detect]`, `[power]`, `[bus]`); an unknown key is an error that names the key.
+group (`[detect]`, `[power]`, `[bus]`, `[tls]`, `[auth]`, `[state]`); an unknown key is an error that names the key.
 Nothing else in the controller reads files or the environment for settings.
 """
 
@@ -168,6 +168,15 @@ class Auth(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Let any client certificate from the CA make read-only calls (summary, lists, events)."""
 
 
+class State(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where operators' decisions are kept across restarts (issue 18.2)."""
+
+    dir: str | None = None
+    """Directory of `state.json` (budget, cordons, priorities, open commands). None: systemd's
+    $STATE_DIRECTORY, else $XDG_STATE_HOME/xpu-controller, else ~/.local/state/xpu-controller.
+    `none` keeps nothing (every start begins empty)."""
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every controller setting."""
 
@@ -176,6 +185,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     bus: Bus = msgspec.field(default_factory=Bus)
     tls: Tls = msgspec.field(default_factory=Tls)
     auth: Auth = msgspec.field(default_factory=Auth)
+    state: State = msgspec.field(default_factory=State)
 
 
 class ConfigError(XpuError):
@@ -187,7 +197,7 @@ class ConfigError(XpuError):
         self.path, self.problem = path, problem
 
 
-GROUPS = ("detect", "power", "bus", "tls", "auth")
+GROUPS = ("detect", "power", "bus", "tls", "auth", "state")
 
 
 def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -81,3 +81,15 @@ class UnknownVendor(XpuError):
         """`known` are the names to choose from."""
         super().__init__(f"unknown vendor {vendor!r}; use one of {', '.join(known)}")
         self.vendor = vendor
+
+
+class NotSaved(XpuError):
+    """A decision took effect but could not be saved, so a restart would lose it (DATA_LOSS)."""
+
+    def __init__(self, where: str, why: str) -> None:
+        """`where` is the store (a path), `why` the system's reason."""
+        super().__init__(
+            f"applied, but not saved to {where} ({why}): a controller restart would undo it; "
+            "fix the state store (disk space, permissions) and repeat the request"
+        )
+        self.where, self.why = where, why

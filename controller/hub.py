@@ -18,12 +18,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
 from xpuctl.controller import config, errors
-from xpuctl.controller.core import access, control, events, ingest, ledger, model, operations, registry, ring, views
+from xpuctl.controller.core import (
+    access,
+    control,
+    desired,
+    events,
+    ingest,
+    ledger,
+    model,
+    operations,
+    registry,
+    ring,
+    views,
+)
 
 log = logging.getLogger("xpu.controller")
 
@@ -65,6 +77,11 @@ class Hub:
         self.forward: Callable[[events.Event], None] | None = None
         self.send: Callable[[ledger.Entry, int], bool] | None = None
         self.bus_stats: Callable[[], dict[str, int]] | None = None  # the bus's counters, for /metrics
+        # set by the service with a state store: returns once what was decided so far is saved
+        self.persist: Callable[[], Awaitable[None]] | None = None
+        self.decisions = 0  # operator decisions since start (with the ledger's version: what to save)
+        self.saves = 0  # set by the service: desired-state saves done, and those that failed
+        self.save_errors = 0
 
     @property
     def budget_w(self) -> float | None:
@@ -146,6 +163,7 @@ class Hub:
             errors.BadValue: not a finite number of watts >= 0.
         """
         self.publish(self.control.set_budget(operations.budget(budget_w), now_ns).events)
+        self.decisions += 1
 
     def set_weight(self, weight: float, *, device_uuid: str = "", node_id: str = "") -> None:
         """The weight of one device, or of every device of a node, in the power allocation.
@@ -156,11 +174,13 @@ class Hub:
         """
         w = operations.weight(weight)
         if device_uuid:
-            self.control.device_weight[operations.device_slot(self.registry, device_uuid)] = w
+            operations.device_slot(self.registry, device_uuid)
+            self.control.device_weight[device_uuid] = w
         elif node_id:
             self.control.node_weight[operations.known_node(self.registry, node_id)] = w
         else:
             raise errors.MissingTarget
+        self.decisions += 1
 
     def cordon(self, *, device_uuid: str, node_id: str, reason: str, cordoned: bool, now_ns: int) -> int:
         """Cordon (or uncordon) a device or every device of a node; the number of devices.
@@ -170,4 +190,65 @@ class Hub:
         """
         slots = operations.target_slots(self.registry, device_uuid=device_uuid, node_id=node_id)
         self.publish(operations.cordon(self.registry, slots, cordoned=cordoned, reason=reason, now_ns=now_ns))
+        self.decisions += 1
         return len(slots)
+
+    async def durable(self) -> None:
+        """Return once the decisions taken so far are saved (at once without a state store).
+
+        Raises:
+            errors.NotSaved: the store could not write them.
+        """
+        if self.persist is not None:
+            await self.persist()
+
+    # -- the desired state, across restarts (issue 18.2) -------------------------------------------
+
+    def desired_version(self) -> tuple[int, int]:
+        """Changes when what `snapshot` returns changes (operator decisions, open commands)."""
+        return self.decisions, self.control.ledger.version
+
+    def snapshot(self, now_ns: int) -> desired.Desired:
+        """What a restarted controller must still know."""
+        c = self.control
+        return desired.Desired(
+            saved_at_ns=now_ns,
+            budget_w=self.budget_w,
+            config_budget_w=self.cfg.power.budget_w,
+            cordons=dict(self.registry.cordons),
+            device_weights=dict(c.device_weight),
+            node_weights=dict(c.node_weight),
+            commands=c.ledger.saved(),
+        )
+
+    def restore(self, saved: desired.Desired, *, where: str, now_ns: int) -> None:
+        """Take back what an earlier start saved; one `state.restored` event says what.
+
+        The saved budget is kept unless the config's budget changed since it was saved (then the
+        config is the newer decision). Cordons and weights of devices not seen yet wait for them.
+        """
+        reg, c = self.registry, self.control
+        budget_w = saved.budget_w
+        note = ""
+        if saved.config_budget_w != self.cfg.power.budget_w:
+            budget_w = self.cfg.power.budget_w
+            note = f" (the config's budget replaces the saved {_watts(saved.budget_w)}: it changed since)"
+        c.power.budget_w = budget_w
+        reg.cordons.update(saved.cordons)
+        for uuid, reason in saved.cordons.items():
+            slot = reg.slot_of_uuid.get(uuid)
+            if slot is not None:
+                reg.cordoned[slot], reg.cordon_reason[slot] = True, reason
+        c.device_weight.update(saved.device_weights)
+        c.node_weight.update(saved.node_weights)
+        c.ledger.restore(saved.commands)
+        message = (
+            f"restored from {where}: budget {_watts(budget_w)}{note}, {len(saved.cordons)} cordon(s), "
+            f"{len(saved.device_weights) + len(saved.node_weights)} weight(s), {len(saved.commands)} open command(s)"
+        )
+        log.info("%s", message)
+        self.publish([events.Event(timestamp_ns=now_ns, kind="state.restored", message=message)])
+
+
+def _watts(w: float | None) -> str:
+    return "none" if w is None else f"{w:.0f} W"

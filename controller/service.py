@@ -20,10 +20,10 @@ from typing import Any
 import msgspec
 
 from xpuctl.common import tls
-from xpuctl.controller import config, hub
+from xpuctl.controller import config, errors, hub
 from xpuctl.controller.adapters import broker, metrics, mqtt
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
-from xpuctl.controller.core import access, events, ingest, ledger, registry
+from xpuctl.controller.core import access, desired, events, ingest, ledger, registry
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -77,8 +77,13 @@ class Service:
         reflection_on: bool = True,
         embedded_port: int = 1883,
         metrics_listen: str | None = None,
+        store: desired.Store | None = None,
     ) -> None:
-        """Build the state; nothing listens until `run`."""
+        """Build the state, with what `store` saved; nothing listens until `run`.
+
+        Raises:
+            desired.Corrupt: the store holds something that cannot be read.
+        """
         self.cfg = cfg
         self.boot_id = str(uuid.uuid4())
         self.state = hub.Hub(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
@@ -94,6 +99,19 @@ class Service:
         self.ready = asyncio.Event()
         self.node_states: dict[str, bus.NodeState] = {}
         self.node_bus_status: dict[str, str] = {}
+        self.store = store
+        self._wanted = 0  # save requests so far, and the last one a finished save covered
+        self._covered = 0
+        self._failed: tuple[int, str] = (0, "")  # the last request whose save failed, and why
+        self._failing = False
+        self._saved_version: tuple[int, int] | None = None
+        self._dirty = asyncio.Event()
+        self._saved = asyncio.Condition()
+        if store is not None:
+            saved = store.load()
+            if saved is not None:
+                self.state.restore(saved, where=store.where, now_ns=time.time_ns())
+            self.state.persist = self._persist
 
     # -- the bus -----------------------------------------------------------------------------------
 
@@ -149,6 +167,65 @@ class Service:
     def _on_status(self, node_id: str, status: bus.Status) -> None:
         self.node_bus_status[node_id] = status.state
 
+    # -- the desired state (issue 18.2) ------------------------------------------------------------
+
+    async def _persist(self) -> None:
+        """Return once a save that began after this call has finished; raise if it failed."""
+        self._wanted += 1
+        mine = self._wanted
+        self._dirty.set()
+        async with self._saved:
+            await self._saved.wait_for(lambda: self._covered >= mine)
+        failed_upto, why = self._failed
+        if failed_upto >= mine:
+            raise errors.NotSaved(self.store.where if self.store else "?", why)
+
+    async def _saver(self, store: desired.Store) -> None:
+        """Write the desired state whenever it changed: one write at a time, off the event loop."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            upto = self._wanted
+            version = self.state.desired_version()
+            try:
+                await asyncio.to_thread(store.save, self.state.snapshot(time.time_ns()))
+            except OSError as exc:
+                self.state.save_errors += 1
+                why = exc.strerror or str(exc)
+                if not self._failing:  # said once; each tick tries again (the state stays changed)
+                    self._failing = True
+                    self._state_event(
+                        "state.save_failed", "critical", f"cannot save the desired state to {store.where}: {why}"
+                    )
+                self._failed = (upto, why)
+            else:
+                self.state.saves += 1
+                if self._failing:
+                    self._failing = False
+                    self._state_event("state.saved", "info", f"saving to {store.where} works again")
+                self._saved_version = version
+            async with self._saved:
+                self._covered = upto
+                self._saved.notify_all()
+
+    def _state_event(self, kind: str, severity: str, message: str) -> None:
+        log.log(logging.ERROR if severity == "critical" else logging.INFO, "%s", message)
+        self.state.publish([events.Event(timestamp_ns=time.time_ns(), kind=kind, severity=severity, message=message)])
+
+    def _save_if_changed(self) -> None:
+        """After a tick: the ledger's open commands (or a decision) changed since the last save."""
+        if self.store is not None and self.state.desired_version() != self._saved_version:
+            self._dirty.set()
+
+    def _final_save(self) -> None:
+        """On the way out: the last state, written in place (the loops have stopped)."""
+        if self.store is None:
+            return
+        try:
+            self.store.save(self.state.snapshot(time.time_ns()))
+        except OSError as exc:
+            log.error("cannot save the state to %s on shutdown: %s", self.store.where, exc.strerror or exc)
+
     # -- running ---------------------------------------------------------------------------------
 
     async def _ticks(self) -> None:
@@ -157,6 +234,7 @@ class Service:
         while True:
             now_ns = time.time_ns()
             self.state.tick(now_ns)
+            self._save_if_changed()
             next_at += period
             delay = next_at - time.monotonic()
             if delay < 0:
@@ -216,6 +294,7 @@ class Service:
             try:
                 async with asyncio.TaskGroup() as tg:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
+                    saver = tg.create_task(self._saver(self.store), name="controller.saver") if self.store else None
                     self.ready.set()
                     stopped = tg.create_task(stop.wait(), name="controller.stop")
                     waits: set[asyncio.Future[Any]] = {stopped}
@@ -229,6 +308,8 @@ class Service:
                     if self.bus is not None:
                         await self.bus.say_offline()  # while still connected; the will covers crashes
                     ticks.cancel()
+                    if saver is not None:
+                        saver.cancel()
             finally:
                 if bus_task is not None and not bus_task.done():
                     bus_task.cancel()
@@ -237,3 +318,4 @@ class Service:
                         log.warning("MQTT session did not close within %gs; leaving it", SHUTDOWN_BUS_S)
                 await server.set_serving(serving=False)
                 await server.stop(1.0)
+                self._final_save()

@@ -29,6 +29,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's controllers keep their desired state in the test's own directory (XPU_STATE_DIR),
+    never in the user's ~/.local/state: tests must not see each other's cordons or lock.
+    """
+    monkeypatch.setenv("XPU_STATE_DIR", str(tmp_path / "controller-state"))
+
+
+@pytest.fixture(autouse=True)
 async def no_leaked_tasks() -> AsyncIterator[None]:
     """Fail a test that leaves asyncio tasks running after its own fixtures have stopped."""
     before = asyncio.all_tasks()

@@ -30,7 +30,7 @@ def test_precedence_flags_over_environment_over_file(tmp_path: pathlib.Path, mon
     f.write_text('[power]\nbudget_w = 1000.0\nperiod_s = 2.0\n[bus]\nroot = "site/v1"\n')
     cfg = config.load(f, {"XPU_POWER_BUDGET_W": "2000", "XPU_DETECT_SPIKE_Z": "7.5", "HOME": "/root"})
     assert (cfg.power.budget_w, cfg.power.period_s, cfg.detect.spike_z, cfg.bus.root) == (2000.0, 2.0, 7.5, "site/v1")
-    args = argparse.Namespace(config=str(f), budget_w=3000.0, control_period_s=None, mqtt=None)
+    args = argparse.Namespace(config=str(f), budget_w=3000.0, control_period_s=None, mqtt=None, state_dir=None)
     monkeypatch.setenv("XPU_POWER_BUDGET_W", "2000")
     assert cli._config(args).power.budget_w == 3000.0
     args.budget_w = None
@@ -122,7 +122,9 @@ def test_agent_example_config_is_valid() -> None:
     [({"control_period_s": 1e-9}, "$.power.period_s"), ({"budget_w": 1e12}, "$.power.budget_w")],
 )
 def test_flags_meet_the_same_ranges(flags: dict[str, float], fragment: str) -> None:
-    args = argparse.Namespace(**{"config": None, "budget_w": None, "control_period_s": None, "mqtt": None, **flags})
+    args = argparse.Namespace(
+        **{"config": None, "budget_w": None, "control_period_s": None, "mqtt": None, "state_dir": None, **flags}
+    )
     with pytest.raises(config.ConfigError) as err:
         cli._config(args)
     assert fragment in str(err.value) and "command-line flags" in str(err.value)
@@ -148,3 +150,18 @@ def test_files_that_are_no_config_are_named_not_a_crash(tmp_path: pathlib.Path, 
     with pytest.raises(agent_config.ConfigError) as agent_err:
         agent_config.load(f, {})
     assert fragment in str(agent_err.value)
+
+
+@pytest.mark.parametrize(
+    ("dir_setting", "environ", "expected"),
+    [
+        ("/srv/xpu", {"STATE_DIRECTORY": "/var/lib/x"}, "/srv/xpu"),
+        (None, {"STATE_DIRECTORY": "/var/lib/xpu-controller:/var/lib/other"}, "/var/lib/xpu-controller"),
+        (None, {"XDG_STATE_HOME": "/home/op/.st"}, "/home/op/.st/xpu-controller"),
+        ("none", {"STATE_DIRECTORY": "/var/lib/x"}, None),
+    ],
+)
+def test_where_the_desired_state_lives(dir_setting: str | None, environ: dict[str, str], expected: str | None) -> None:
+    cfg = config.Config(state=config.State(dir=dir_setting))
+    got = cli.state_dir(cfg, environ)
+    assert (None if got is None else str(got)) == expected

@@ -161,6 +161,12 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
         ("xpu_ingest_gap_batches_total", "Batches agents dropped before sending them.", c.gap_batches_total),
         ("xpu_ingest_error_events_total", "Vendor error events (XID, ...) received.", c.error_events_total),
         ("xpu_events_dropped_total", "Events a slow WatchEvents client did not take.", state.events_dropped),
+        ("xpu_state_saves_total", "Saves of the desired state (budget, cordons, priorities, commands).", state.saves),
+        (
+            "xpu_state_save_errors_total",
+            "Saves of the desired state that failed (see state.save_failed).",
+            state.save_errors,
+        ),
     )
     bus_stats = state.bus_stats() if state.bus_stats is not None else {}
     counters += tuple(

@@ -55,7 +55,7 @@ class Control:
         self.detectors = detect.Detectors(cfg.detect)
         self.power = power.PowerController(cfg.power)
         self.ledger = ledger.Ledger(prefix=prefix, ttl_s=cfg.power.command_ttl_s, retry_after_s=cfg.power.retry_after_s)
-        self.device_weight: dict[int, float] = {}
+        self.device_weight: dict[str, float] = {}  # by uuid (a weight set before a restart waits for its device)
         self.node_weight: dict[str, float] = {}
         self.node_status: dict[str, registry.NodeStatus] = {}
         self.feasible = True
@@ -111,7 +111,8 @@ class Control:
         if self.node_weight:
             by_node = np.array([self.node_weight.get(name, 1.0) for name in self._nodes])
             weight = by_node[self._group]
-        for slot, w in self.device_weight.items():
+        for uuid, w in self.device_weight.items():
+            slot = self.registry.slot_of_uuid.get(uuid, n)
             if slot < n:
                 weight[slot] = w
         hot = np.zeros(n, dtype=bool)
@@ -232,6 +233,8 @@ class Control:
     def tick(self, now_ns: int) -> Output:
         """One control period."""
         out = Output()
+        if self.ledger.unbound:
+            self.ledger.bind(self.registry.slot_of_uuid)
         findings = self.detectors.run(self.registry, self.store, now_ns)
         out.events.extend(self._finding_events(findings, now_ns))
         self._emergencies(findings, now_ns, out)
@@ -252,7 +255,8 @@ class Control:
                 self._issue(cmd, now_ns, out)
         send, expired, evs = self.ledger.due(now_ns)
         for e in expired:
-            self.power.forget(e.slot)
+            if e.slot >= 0:
+                self.power.forget(e.slot)
         out.events.extend(evs)
         seen = {e.id for e in out.send}
         out.send.extend(e for e in send if e.id not in seen)
@@ -304,8 +308,10 @@ class Control:
         error: str,
     ) -> Output:
         """An agent's answer to a command."""
+        if self.ledger.unbound:
+            self.ledger.bind(self.registry.slot_of_uuid)
         entry, evs = self.ledger.result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)
-        if entry is not None:
+        if entry is not None and entry.slot >= 0:
             if ok and applied_cap_w is not None and math.isfinite(applied_cap_w):
                 self.power.applied(entry.slot, applied_cap_w)
             elif not ok:

@@ -7,6 +7,10 @@ to `applied` or `failed`; reaching its expiry first moves it to `expired` (the a
 apply it either: it checks the same expiry). One writer per device: a new command for a device
 whose previous one is still open moves the previous one to `superseded`. Each transition is an
 event. Pure: time comes in as `now_ns`.
+
+Across a restart (issue 18.2) the open commands are saved (`core/desired.py`) and `restore`d
+under their own ids: a result for one is still recognised, and it is still retried until it
+expires. A restored command has no slot until its device says Hello again (`bind`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import math
 
 import msgspec
 
-from xpuctl.controller.core import events
+from xpuctl.controller.core import desired, events
 
 ISSUED, APPLIED, FAILED, EXPIRED, SUPERSEDED = "issued", "applied", "failed", "expired", "superseded"
 FINAL = frozenset((APPLIED, FAILED, EXPIRED, SUPERSEDED))
@@ -57,6 +61,8 @@ class Ledger:
         self.finished: list[Entry] = []
         self.unknown_results = 0
         self.totals: dict[str, int] = {}
+        self.unbound: dict[str, str] = {}  # device uuid -> id of a restored command without a slot yet
+        self.version = 0  # bumped whenever the set of open commands changes (what is saved)
 
     def _event(self, e: Entry, kind: str, now_ns: int, message: str, severity: str = "info") -> events.Event:
         self.totals[kind] = self.totals.get(kind, 0) + 1
@@ -72,6 +78,7 @@ class Ledger:
         )
 
     def _finish(self, e: Entry, state: str, now_ns: int) -> None:
+        self.version += 1
         e.state = state
         e.finished_ns = now_ns
         self.open.pop(e.id, None)
@@ -112,6 +119,7 @@ class Ledger:
         )
         self.open[e.id] = e
         self.open_by_slot[slot] = e.id
+        self.version += 1
         what = (
             f"cap {device_uuid} at {cap_w:.0f} W ({reason})"
             if kind == "set_power_cap"
@@ -119,6 +127,56 @@ class Ledger:
         )
         out.append(self._event(e, ISSUED, now_ns, what))
         return e, out
+
+    def restore(self, saved: list[desired.OpenCommand]) -> None:
+        """Take back the open commands a previous start saved (their slots come with `bind`)."""
+        for c in saved:
+            if c.id in self.open:
+                continue
+            e = Entry(
+                id=c.id,
+                kind=c.kind,
+                slot=-1,
+                node_id=c.node_id,
+                device_uuid=c.device_uuid,
+                cap_w=c.cap_w,
+                reason=c.reason,
+                issued_at_ns=c.issued_at_ns,
+                expires_at_ns=c.expires_at_ns,
+            )
+            self.open[e.id] = e
+            self.unbound[e.device_uuid] = e.id
+        self.version += 1
+
+    def bind(self, slot_of_uuid: dict[str, int]) -> None:
+        """Give restored commands the slots their devices have now."""
+        for uuid, id_ in list(self.unbound.items()):
+            e = self.open.get(id_)
+            if e is None:
+                del self.unbound[uuid]  # answered or expired meanwhile
+                continue
+            slot = slot_of_uuid.get(uuid)
+            if slot is None:
+                continue
+            del self.unbound[uuid]
+            e.slot = slot
+            self.open_by_slot.setdefault(slot, e.id)
+
+    def saved(self) -> list[desired.OpenCommand]:
+        """The open commands, as `restore` takes them back."""
+        return [
+            desired.OpenCommand(
+                id=e.id,
+                kind=e.kind,
+                node_id=e.node_id,
+                device_uuid=e.device_uuid,
+                cap_w=e.cap_w,
+                reason=e.reason,
+                issued_at_ns=e.issued_at_ns,
+                expires_at_ns=e.expires_at_ns,
+            )
+            for e in self.open.values()
+        ]
 
     def sent(self, e: Entry, now_ns: int) -> None:
         """Note that `e` went out."""

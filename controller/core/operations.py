@@ -87,6 +87,10 @@ def cordon(reg: registry.Registry, slots: list[int], *, cordoned: bool, reason: 
     for slot in slots:
         reg.cordoned[slot] = cordoned
         reg.cordon_reason[slot] = reason if cordoned else ""
+        if cordoned:
+            reg.cordons[reg.infos[slot].uuid] = reason
+        else:
+            reg.cordons.pop(reg.infos[slot].uuid, None)
         out.append(
             events.Event(
                 timestamp_ns=now_ns,

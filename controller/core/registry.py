@@ -82,6 +82,9 @@ class Registry:
         self.health_reason: list[str] = []  # per slot, latest non-ok reason
         self.cordoned: list[bool] = []
         self.cordon_reason: list[str] = []
+        # uuid -> reason: the cordons themselves, kept by uuid so that a restored cordon waits for
+        # its device's Hello (the per-slot lists above follow it)
+        self.cordons: dict[str, str] = {}
         self.version = 0  # bumped whenever a slot is added or moves to another node
 
     def __len__(self) -> int:
@@ -122,8 +125,8 @@ class Registry:
                 self.infos.append(info)
                 self.node_of_slot.append(node.node_id)
                 self.health_reason.append("")
-                self.cordoned.append(False)
-                self.cordon_reason.append("")
+                self.cordoned.append(info.uuid in self.cordons)
+                self.cordon_reason.append(self.cordons.get(info.uuid, ""))
                 self.version += 1
             else:
                 if self.infos[slot] != info or self.node_of_slot[slot] != node.node_id:

@@ -31,6 +31,7 @@ STATUS_OF_ERROR: dict[type[errors.XpuError], grpc.StatusCode] = {
     errors.UnknownDevice: grpc.StatusCode.NOT_FOUND,
     errors.UnknownNode: grpc.StatusCode.NOT_FOUND,
     errors.UnknownVendor: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotSaved: grpc.StatusCode.DATA_LOSS,
 }
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -130,6 +131,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         """Set the budget in watts; 0 removes it."""
         try:
             self.state.set_budget(request.budget_w, time.time_ns())
+            await self.state.durable()  # the answer comes once the decision would survive a restart
         except errors.XpuError as exc:
             await refuse(context, exc)
         return self._budget_pb()
@@ -138,6 +140,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         """Weight of a device or of a node's devices in the power allocation (default 1)."""
         try:
             self.state.set_weight(request.weight, device_uuid=request.device_uuid, node_id=request.node_id)
+            await self.state.durable()  # the answer comes once the decision would survive a restart
         except errors.XpuError as exc:
             await refuse(context, exc)
         return cpb.SetPriorityResponse()
@@ -159,6 +162,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
                 cordoned=cordoned,
                 now_ns=time.time_ns(),
             )
+            await self.state.durable()  # the answer comes once the decision would survive a restart
         except errors.XpuError as exc:
             await refuse(context, exc)
         return cpb.CordonResponse(devices=n)
