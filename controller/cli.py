@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--window", type=cli.positive(int), default=600, help="samples kept per device")
     serve.add_argument("--stale-after-s", type=cli.positive(float), default=5.0)
     serve.add_argument("--offline-after-s", type=cli.positive(float), default=30.0)
+    serve.add_argument(
+        "--forget-after-s",
+        type=cli.positive(float),
+        default=3600.0,
+        help="release a gone device's slot, and forget a silent node, after this long (default 1 h)",
+    )
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
     serve.add_argument(
         "--state-dir",
@@ -164,8 +170,12 @@ async def serve(args: argparse.Namespace) -> int:
             cfg,
             listen=args.listen,
             window=args.window,
-            liveness=registry.Liveness(stale_after_s=args.stale_after_s, offline_after_s=args.offline_after_s),
-            limits=ingest.Limits(),
+            liveness=registry.Liveness(
+                stale_after_s=args.stale_after_s,
+                offline_after_s=args.offline_after_s,
+                forget_after_s=args.forget_after_s,
+            ),
+            limits=ingest.Limits(**msgspec.structs.asdict(cfg.limits)),
             reflection_on=not args.no_reflection,
             embedded_port=args.embedded_port,
             metrics_listen=args.metrics_listen,

@@ -1,7 +1,7 @@
 """Controller settings: grouped, typed, frozen; loaded once at startup from TOML.
 
 Every field has a default that works for the demo. A TOML file may set any of them under its
-group (`[detect]`, `[power]`, `[bus]`, `[tls]`, `[auth]`, `[state]`); an unknown key is an error that names the key.
+group (`[detect]`, `[power]`, `[bus]`, `[tls]`, `[auth]`, `[state]`, `[limits]`); an unknown key is an error that names the key.
 Nothing else in the controller reads files or the environment for settings.
 """
 
@@ -168,6 +168,21 @@ class Auth(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """Let any client certificate from the CA make read-only calls (summary, lists, events)."""
 
 
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Bounds on what agents may make the controller hold (issue 18.7); past them a Hello is refused
+    with RESOURCE_EXHAUSTED and counted (`xpu_ingest_rejected_total{reason}`).
+    """
+
+    max_nodes: Count = 20_000
+    """Nodes one controller holds (a silent node is forgotten after --forget-after-s)."""
+    max_devices: Count = 100_000
+    """Device ids one controller holds, gone ones included until their slot is released."""
+    max_devices_per_node: Annotated[int, msgspec.Meta(ge=1, le=65_536)] = 1024
+    """Devices one Hello may declare; also how many gone ids of one node are kept."""
+    max_hellos_per_node_per_min: Count = 30
+    """Hellos one node may say per minute (an agent reconnects a few times a minute at most)."""
+
+
 class State(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Where operators' decisions are kept across restarts (issue 18.2)."""
 
@@ -186,6 +201,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tls: Tls = msgspec.field(default_factory=Tls)
     auth: Auth = msgspec.field(default_factory=Auth)
     state: State = msgspec.field(default_factory=State)
+    limits: Limits = msgspec.field(default_factory=Limits)
 
 
 class ConfigError(XpuError):
@@ -197,7 +213,7 @@ class ConfigError(XpuError):
         self.path, self.problem = path, problem
 
 
-GROUPS = ("detect", "power", "bus", "tls", "auth", "state")
+GROUPS = ("detect", "power", "bus", "tls", "auth", "state", "limits")
 
 
 def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:

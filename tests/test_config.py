@@ -8,10 +8,12 @@ import argparse
 import importlib.util
 import pathlib
 
+import msgspec
 import pytest
 
 from tests.helpers import ROOT
 from xpuctl.controller import cli, config
+from xpuctl.controller.core import ingest
 
 EXAMPLE = ROOT / "deploy" / "xpu-controller.example.toml"
 
@@ -165,3 +167,9 @@ def test_where_the_desired_state_lives(dir_setting: str | None, environ: dict[st
     cfg = config.Config(state=config.State(dir=dir_setting))
     got = cli.state_dir(cfg, environ)
     assert (None if got is None else str(got)) == expected
+
+
+def test_the_limits_group_has_the_ingest_defaults() -> None:
+    # [limits] sets ingest.Limits by name: the two must not drift apart
+    defaults = msgspec.structs.asdict(config.Limits())
+    assert {k: getattr(ingest.Limits(), k) for k in defaults} == defaults

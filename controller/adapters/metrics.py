@@ -94,7 +94,11 @@ def render(state: hub.Hub, now_ns: int) -> str:
     # Only devices of online nodes export values (issue 18.4): a stopped node's last readings
     # would otherwise count in sum(hw_power_watts) for good. Their hw_status says `unknown`.
     status = {node_id: node.status(now_ns, state.liveness) for node_id, node in reg.nodes.items()}
-    live = [status.get(node) == registry.NodeStatus.ONLINE for node in reg.node_of_slot]
+    # A gone device (missing from its node's newest Hello) leaves the page altogether.
+    live = [
+        here and status.get(node) == registry.NodeStatus.ONLINE
+        for node, here in zip(reg.node_of_slot, reg.present, strict=True)
+    ]
     anomalous = np.zeros(n, dtype=bool)
     for mask in state.control.detectors.open.values():
         anomalous[: min(n, mask.size)] |= mask[:n]
@@ -117,6 +121,8 @@ def render(state: hub.Hub, now_ns: int) -> str:
     out.append("# TYPE hw_status gauge")
     health = latest[:, model.HEALTH] if n else np.zeros(0)
     for s, code in enumerate(health.tolist()):
+        if not reg.present[s]:
+            continue
         state_name = "unknown" if math.isnan(code) or not live[s] else model.HEALTH_NAMES.get(int(code), "unknown")
         if state_name == "ok" and anomalous[s]:
             state_name = "degraded"

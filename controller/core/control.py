@@ -95,7 +95,13 @@ class Control:
         n = len(self.registry)
         slots = np.arange(n, dtype=np.int64)
         latest = self.store.latest(slots)
-        statuses = [self.registry.nodes[name].status(now_ns, self.liveness) for name in self._nodes]
+        gone = ~np.array(self.registry.present, dtype=bool)
+        latest[gone] = np.nan  # a gone device draws nothing and is not capped (issue 18.4)
+        nodes = self.registry.nodes
+        statuses = [
+            nodes[name].status(now_ns, self.liveness) if name in nodes else registry.NodeStatus.OFFLINE
+            for name in self._nodes
+        ]
         online = np.array([s == registry.NodeStatus.ONLINE for s in statuses], dtype=bool)
         offline = np.array([s == registry.NodeStatus.OFFLINE for s in statuses], dtype=bool)
         node_ok = online[self._group] if n else np.zeros(0, dtype=bool)
@@ -106,7 +112,7 @@ class Control:
             recent_max = np.fmax.reduce(window, axis=1) if n else np.zeros(0)
         # an offline node's devices are not reported: their last load is not reserved for good
         if n:
-            recent_max[offline[self._group]] = np.nan
+            recent_max[offline[self._group] | gone] = np.nan
         weight = np.ones(n)
         if self.node_weight:
             by_node = np.array([self.node_weight.get(name, 1.0) for name in self._nodes])
@@ -235,6 +241,7 @@ class Control:
         out = Output()
         if self.ledger.unbound:
             self.ledger.bind(self.registry.slot_of_uuid)
+        out.events.extend(self._gone(now_ns))  # first: the detectors then see gone devices as fresh
         findings = self.detectors.run(self.registry, self.store, now_ns)
         out.events.extend(self._finding_events(findings, now_ns))
         self._emergencies(findings, now_ns, out)
@@ -297,6 +304,67 @@ class Control:
                     )
                 )
         return out
+
+    def _gone(self, now_ns: int) -> list[events.Event]:
+        """Devices that left their node's Hello, and what has been gone past `forget_after_s`.
+
+        A gone device's open anomalies close (with an event that says why); after the retention
+        its slot is cleared everywhere and released, and a node silent that long is forgotten.
+        """
+        reg = self.registry
+        out = []
+        for slot in reg.newly_gone:
+            uuid, node_id = reg.infos[slot].uuid, reg.node_of_slot[slot]
+            out.append(
+                events.Event(
+                    timestamp_ns=now_ns,
+                    kind="device.gone",
+                    node_id=node_id,
+                    device_uuid=uuid,
+                    severity="warning",
+                    message=f"{uuid} is missing from node {node_id}'s newest Hello: out of listings and "
+                    f"the power budget; its slot is released after {self.liveness.forget_after_s:g} s",
+                )
+            )
+            out.extend(
+                events.Event(
+                    timestamp_ns=now_ns,
+                    kind="anomaly.cleared",
+                    node_id=node_id,
+                    device_uuid=uuid,
+                    message=f"{kind} cleared on {uuid}: the device is gone",
+                    detector=kind,
+                )
+                for kind in self.detectors.open_kinds(slot)
+            )
+            self.detectors.reset(slot)
+        reg.newly_gone.clear()
+        horizon = now_ns - int(self.liveness.forget_after_s * 1e9)
+        for slot in [s for s, since in reg.gone_ns.items() if since < horizon]:
+            self._release(slot)
+        for node_id, node in list(reg.nodes.items()):
+            if node.streams == 0 and max(node.last_seen_ns, node.last_hello_ns) < horizon:
+                for slot in reg.forget(node_id):
+                    self._release(slot)
+                self.node_status.pop(node_id, None)
+                out.append(
+                    events.Event(
+                        timestamp_ns=now_ns,
+                        kind="node.forgotten",
+                        node_id=node_id,
+                        message=f"node {node_id} was silent for {self.liveness.forget_after_s:g} s: forgotten "
+                        "with its devices (it is registered again when it says Hello)",
+                    )
+                )
+        return out
+
+    def _release(self, slot: int) -> None:
+        """Clear every trace of a slot's device, then free the slot for the next new device."""
+        self.store.clear(slot)
+        self.detectors.reset(slot)
+        self.power.reset(slot)
+        self.ledger.drop_slot(slot)
+        self.registry.release(slot)
 
     def on_result(
         self,

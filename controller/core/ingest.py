@@ -277,7 +277,8 @@ class Ingest:
         node.agent_version = facts.agent_version
         node.labels = dict(facts.labels)
         node.interval_s = facts.interval_s if facts.interval_s > 0 else 1.0
-        problems = self.registry.register(node, facts.devices)
+        node.last_hello_ns = now_ns
+        problems = self.registry.register(node, facts.devices, now_ns, keep_gone=self.limits.max_devices_per_node)
         self.store.ensure_capacity(len(self.registry))
         if problems:
             self.counters.reject("unknown_vendor", sum("unknown vendor" in p for p in problems.values()))
@@ -307,11 +308,11 @@ class Ingest:
                 node_id=facts.node_id,
             )
         new_ids = sum(1 for d in facts.devices if d.uuid not in reg.slot_of_uuid)
-        if len(reg) + new_ids > lim.max_devices:
+        if reg.in_use() + new_ids > lim.max_devices:
             raise self.violation(
                 "RESOURCE_EXHAUSTED",
                 "too_many_devices",
-                f"Hello of node {facts.node_id!r} adds {new_ids} device ids to {len(reg)}; the limit is "
+                f"Hello of node {facts.node_id!r} adds {new_ids} device ids to {reg.in_use()}; the limit is "
                 f"{lim.max_devices}: device ids must be stable across restarts",
                 node_id=facts.node_id,
             )

@@ -162,6 +162,14 @@ class Ledger:
             e.slot = slot
             self.open_by_slot.setdefault(slot, e.id)
 
+    def drop_slot(self, slot: int) -> None:
+        """The slot's device is forgotten: an open command for it no longer points at the slot
+        (a late answer must not reach the next device that takes it).
+        """
+        id_ = self.open_by_slot.pop(slot, None)
+        if id_ is not None and id_ in self.open:
+            self.open[id_].slot = -1
+
     def saved(self) -> list[desired.OpenCommand]:
         """The open commands, as `restore` takes them back."""
         return [

@@ -173,6 +173,14 @@ class PowerController:
         self.grow(slot + 1)
         self.target_w[slot] = np.nan
 
+    def reset(self, slot: int) -> None:
+        """Forget `slot` altogether (its device is gone; the slot may be reused)."""
+        if slot < self.target_w.size:
+            self.target_w[slot] = np.nan
+            self.age[slot] = self.cfg.reconcile_periods
+            self.thermal_ceiling_w[slot] = np.inf
+            self.cut_now[slot] = False
+
     def applied(self, slot: int, cap_w: float) -> None:
         """The agent enforces `cap_w` on `slot` now (its answer); telemetry shows it shortly."""
         self.grow(slot + 1)

@@ -1,8 +1,14 @@
 """Device registry: nodes, their devices, dense slots, and node liveness.
 
 Every device (by uuid) gets a dense slot, an index into the ring store and into the per-slot
-arrays here, so per-tick analysis can run over all devices at once. A slot is never reused: a
-device that moves to another node keeps its slot. Pure: time comes in as `now_ns`.
+arrays here, so per-tick analysis can run over all devices at once. A device that moves to
+another node keeps its slot.
+
+A device missing from its node's newest Hello is gone (`present` false, `gone_ns` says since
+when): it leaves the listings and the power loop at once. After `Liveness.forget_after_s` its
+slot is released (the owner of the other per-slot state clears it first) and the next new device
+takes it, and a node silent that long is forgotten with its devices (issues 18.4, 18.7): memory
+follows the devices that exist, not every id ever seen. Pure: time comes in as `now_ns`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from xpuctl.controller.core import model
+
+RELEASED = model.DeviceInfo(uuid="", index=-1, vendor="", model="")  # what a released slot holds
 
 
 class NodeStatus(enum.IntEnum):
@@ -29,6 +37,7 @@ class Liveness(msgspec.Struct, frozen=True, kw_only=True):
 
     stale_after_s: float = 5.0
     offline_after_s: float = 30.0
+    forget_after_s: float = 3600.0  # a gone device's slot, and a silent node, are released after this
 
 
 class NodeState:
@@ -53,6 +62,7 @@ class NodeState:
         self.gap_batches = 0
         self.dropped_total = 0
         self.last_seen_ns = 0
+        self.last_hello_ns = 0
         self.streams = 0  # open streams (0 or 1, briefly 2 while a new one supersedes)
         self.peer = ""  # the address of the stream that said the current Hello
         self.hello_ns: list[int] = []  # when it said Hello in the last minute (a rate bound)
@@ -85,11 +95,55 @@ class Registry:
         # uuid -> reason: the cordons themselves, kept by uuid so that a restored cordon waits for
         # its device's Hello (the per-slot lists above follow it)
         self.cordons: dict[str, str] = {}
-        self.version = 0  # bumped whenever a slot is added or moves to another node
+        self.present: list[bool] = []  # per slot: listed by its node's newest Hello
+        self.gone_ns: dict[int, int] = {}  # slot -> when its node's Hello stopped listing it
+        self.newly_gone: list[int] = []  # gone since the loop last looked (it raises the events)
+        self.free: list[int] = []  # released slots, taken again before new ones are added
+        self.version = 0  # bumped whenever a slot is added, released or moves to another node
 
     def __len__(self) -> int:
-        """Device slots in use."""
+        """Device slots (the size of every per-slot array), released ones included."""
         return len(self.infos)
+
+    def in_use(self) -> int:
+        """Slots held by a device (present or gone and not yet released)."""
+        return len(self.infos) - len(self.free)
+
+    def _claim(self, info: model.DeviceInfo, node_id: str) -> int:
+        """A slot for a device never seen (or released): a released one first."""
+        cordon = self.cordons.get(info.uuid)
+        if self.free:
+            slot = self.free.pop()
+            self.infos[slot] = info
+            self.node_of_slot[slot] = node_id
+            self.health_reason[slot] = ""
+            self.cordoned[slot] = cordon is not None
+            self.cordon_reason[slot] = cordon or ""
+            self.present[slot] = True
+        else:
+            slot = len(self.infos)
+            self.infos.append(info)
+            self.node_of_slot.append(node_id)
+            self.health_reason.append("")
+            self.cordoned.append(cordon is not None)
+            self.cordon_reason.append(cordon or "")
+            self.present.append(True)
+        self.slot_of_uuid[info.uuid] = slot
+        self.version += 1
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Free a gone device's slot for the next new device (its cordon, kept by uuid, stays)."""
+        self.slot_of_uuid.pop(self.infos[slot].uuid, None)
+        self.infos[slot] = RELEASED
+        self.node_of_slot[slot] = ""
+        self.health_reason[slot] = ""
+        self.cordoned[slot] = False
+        self.cordon_reason[slot] = ""
+        self.present[slot] = False
+        self.gone_ns.pop(slot, None)
+        self.free.append(slot)
+        self.version += 1
 
     def node(self, node_id: str) -> NodeState:
         """The node's state, created on first sight."""
@@ -98,12 +152,17 @@ class Registry:
             state = self.nodes[node_id] = NodeState(node_id)
         return state
 
-    def register(self, node: NodeState, devices: list[model.DeviceInfo]) -> dict[int, str]:
+    def register(
+        self, node: NodeState, devices: list[model.DeviceInfo], now_ns: int = 0, keep_gone: int = 1024
+    ) -> dict[int, str]:
         """Map a Hello's devices to slots; returns the rejected rows with the reason.
 
         A device with an unknown vendor or a uuid that appears twice is rejected: its samples
-        will be rejected too, and the rest of the node is served.
+        will be rejected too, and the rest of the node is served. The node's devices that this
+        Hello no longer lists are gone from `now_ns` on; of its gone devices, past `keep_gone`
+        the oldest are due for release at once (a node that churns ids only spends its own share).
         """
+        before = self.slots_of(node.node_id)
         slots = np.full(len(devices), -1, dtype=np.int64)
         problems: dict[int, str] = {}
         seen: set[str] = set()
@@ -120,21 +179,27 @@ class Registry:
             seen.add(info.uuid)
             slot = self.slot_of_uuid.get(info.uuid)
             if slot is None:
-                slot = len(self.infos)
-                self.slot_of_uuid[info.uuid] = slot
-                self.infos.append(info)
-                self.node_of_slot.append(node.node_id)
-                self.health_reason.append("")
-                self.cordoned.append(info.uuid in self.cordons)
-                self.cordon_reason.append(self.cordons.get(info.uuid, ""))
-                self.version += 1
+                slot = self._claim(info, node.node_id)
             else:
-                if self.infos[slot] != info or self.node_of_slot[slot] != node.node_id:
+                if self.infos[slot] != info or self.node_of_slot[slot] != node.node_id or not self.present[slot]:
                     self.version += 1
                 self.infos[slot] = info
                 self.node_of_slot[slot] = node.node_id
+                self.present[slot] = True
+                self.gone_ns.pop(slot, None)
             slots[row] = slot
         node.slots = slots
+        listed = set(slots.tolist())
+        for slot in before.tolist():
+            if slot not in listed and self.present[slot]:
+                self.present[slot] = False
+                self.gone_ns[slot] = now_ns
+                self.newly_gone.append(slot)
+                self.version += 1
+        if len(before) > len(listed & set(before.tolist())):
+            mine = sorted((t, s) for s, t in self.gone_ns.items() if self.node_of_slot[s] == node.node_id)
+            for _, slot in mine[: max(0, len(mine) - keep_gone)]:
+                self.gone_ns[slot] = 0  # released by the next control period
         node.row_problems = problems
         node.declared_max_w = np.array(
             [max(info.power_limit_max_w or 0.0, info.power_limit_default_w or 0.0) or np.nan for info in devices]
@@ -149,3 +214,9 @@ class Registry:
         slots = node.slots[node.slots >= 0]
         owned = [s for s in slots.tolist() if self.node_of_slot[s] == node_id]
         return np.array(owned, dtype=np.int64)
+
+    def forget(self, node_id: str) -> list[int]:
+        """Drop a node; returns the slots it still owned (the caller clears and releases them)."""
+        owned = self.slots_of(node_id)
+        del self.nodes[node_id]
+        return [int(s) for s in owned.tolist()]

@@ -57,6 +57,13 @@ class RingStore:
         self.count = np.concatenate([self.count, np.zeros(new - self.capacity, dtype=np.int64)])
         self.capacity = new
 
+    def clear(self, slot: int) -> None:
+        """Empty one device's history (its slot is freed for another device)."""
+        if slot < self.capacity:
+            self.values[slot] = np.nan
+            self.timestamps[slot] = 0
+            self.head[slot] = self.count[slot] = 0
+
     def append(self, slots: I64, timestamps_ns: I64, values: F64) -> None:
         """Store one sample for each of `slots` (distinct), rows of `values` shaped (k, n_metrics)."""
         if slots.size == 0:

@@ -87,8 +87,9 @@ class Views:
         self.anomalies_of: Callable[[int], list[str]] | None = None
 
     def _live_slots(self, now_ns: int) -> tuple[np.ndarray, dict[str, registry.NodeStatus]]:
+        """The slots of devices that exist (not gone, not released), and each node's status."""
         status = {n: s.status(now_ns, self.liveness) for n, s in self.registry.nodes.items()}
-        slots = np.arange(len(self.registry), dtype=np.int64)
+        slots = np.flatnonzero(np.array(self.registry.present, dtype=bool)).astype(np.int64)
         return slots, status
 
     def devices(self, now_ns: int, flt: DeviceFilter | None = None) -> list[DeviceView]:
@@ -99,11 +100,10 @@ class Views:
         stamps = self.store.latest_timestamps(slots)
         out: list[DeviceView] = []
         reg = self.registry
-        for slot in slots.tolist():
+        for row, stamp, slot in zip(latest, stamps.tolist(), slots.tolist(), strict=True):
             info = reg.infos[slot]
             node_id = reg.node_of_slot[slot]
             node_status = status[node_id]
-            row = latest[slot]
             code = row[model.HEALTH]
             health = "unknown"
             if node_status == registry.NodeStatus.ONLINE and not math.isnan(code):
@@ -122,7 +122,7 @@ class Views:
                 info=info,
                 health=health,
                 health_reason=reg.health_reason[slot],
-                timestamp_ns=int(stamps[slot]),
+                timestamp_ns=int(stamp),
                 values=values,
                 cordoned=cordoned,
                 headroom_cap_w=headroom_cap,
@@ -176,7 +176,7 @@ class Views:
         latest = self.store.latest(slots)
         power = float(np.nansum(latest[online, model.M["power_w"]])) if slots.size else 0.0
         by_vendor: dict[str, int] = {}
-        for info in reg.infos:
+        for info in (reg.infos[s] for s in slots.tolist()):
             by_vendor[info.vendor] = by_vendor.get(info.vendor, 0) + 1
         by_health: dict[str, int] = {}
         codes = latest[:, model.HEALTH] if slots.size else np.zeros(0)

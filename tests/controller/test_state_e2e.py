@@ -131,3 +131,23 @@ async def run(*args: str) -> tuple[int, str]:
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode()
+
+
+async def test_an_agent_restarted_with_fewer_devices_lists_only_those(processes: Processes) -> None:
+    # Issue 18.4: an agent restarted with 6 of its 8 devices left the other 2 listed `ok` for good.
+    target = f"127.0.0.1:{free_port()}"
+    processes.start("xpuctl.controller.cli", "--log-format", "text", "serve", "--listen", target)
+    agent = processes.start(*agent_argv(target, "n1", "nvidia"))
+    eight = sorted(str(d["uuid"]) for d in await devices(target, 8))
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(timeout=10)
+    argv = agent_argv(target, "n1", "nvidia")
+    argv[argv.index("--sim-devices") + 1] = "6"
+    processes.start(*argv)
+    six = sorted(str(d["uuid"]) for d in await devices(target, 6))
+    assert set(six) < set(eight)
+    summary = json.loads(await ok(target, "summary", "--json"))
+    assert summary["devices"] == 6
+    (gone, *_) = sorted(set(eight) - set(six))
+    rc, _, err = await xpuctl(target, "device", gone)
+    assert rc == 4 and "it is gone from its node's newest Hello" in err, err

@@ -88,7 +88,11 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         limit = request.limit or st.store.window
         now_ns = time.time_ns()
         view = st.views.devices(now_ns, views.DeviceFilter(node_id=st.registry.node_of_slot[slot]))
-        device = next(v for v in view if v.info.uuid == request.uuid)
+        device = next((v for v in view if v.info.uuid == request.uuid), None)
+        if device is None:  # still known by id, but missing from its node's newest Hello
+            await refuse(
+                context, errors.UnknownDevice(request.uuid, " any more: it is gone from its node's newest Hello")
+            )
         ts, values = st.store.history(slot, metric - 1, limit)
         return cpb.GetDeviceResponse(
             device=codec.device_pb(device),

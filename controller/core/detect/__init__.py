@@ -75,6 +75,20 @@ class Detectors:
         for kind, mask in self.open.items():
             self.open[kind] = np.concatenate([mask, np.zeros(k, dtype=bool)])
 
+    def reset(self, slot: int) -> None:
+        """Forget everything about `slot`: its device is gone (its open anomalies close silently;
+        the caller says why).
+        """
+        if slot >= self.prev_ts.size:
+            return
+        self.prev_ts[slot] = 0
+        self.last_error_ns[slot] = 0
+        self.last_error_code[slot] = ""
+        for mask in self.open.values():
+            mask[slot] = False
+        for det in self.detectors:
+            det.reset(slot)
+
     def _facts(self, reg: registry.Registry) -> None:
         if self._facts_version == reg.version and self._slowdown.size == len(reg):
             return

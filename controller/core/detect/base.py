@@ -100,6 +100,16 @@ class Detector:
         """Thresholds from config (detectors with state add theirs after this)."""
         self.cfg = cfg
 
+    # per-device state: the name of each per-slot array and the value of a device never seen
+    FRESH: ClassVar[dict[str, float]] = {}
+
+    def reset(self, slot: int) -> None:
+        """Forget what this detector knew of `slot` (its device is gone; the slot may be reused)."""
+        for name, fill in self.FRESH.items():
+            arr = getattr(self, name)
+            if slot < len(arr):
+                arr[slot] = fill
+
     def evaluate(self, frame: Frame) -> Verdict:
         """Judge every device of the frame."""
         raise NotImplementedError

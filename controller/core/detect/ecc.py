@@ -9,6 +9,9 @@ counts as no increase.
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import numpy as np
 
 from xpuctl.controller import config
@@ -20,6 +23,8 @@ class EccUncorrected(base.Detector):
 
     kind = "ecc_uncorrected"
     severity = base.CRITICAL
+
+    FRESH: ClassVar[dict[str, float]] = {"prev": math.nan, "last_increase_ns": 0}
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; no device seen yet."""

@@ -7,6 +7,8 @@ are enforced over a window), so the condition must hold on `overcap_samples` in 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from xpuctl.controller import config
@@ -18,6 +20,8 @@ class OverCap(base.Detector):
 
     kind = "power_over_cap"
     severity = base.CRITICAL
+
+    FRESH: ClassVar[dict[str, float]] = {"run": 0}
 
     def __init__(self, cfg: config.Detect) -> None:  # noqa: D107 - see the class
         super().__init__(cfg)

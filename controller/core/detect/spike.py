@@ -9,6 +9,8 @@ apart, and 10 samples of warm-up per device.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from xpuctl.controller import config
@@ -22,6 +24,8 @@ class Spike(base.Detector):
 
     kind = "spike"
     severity = base.WARNING
+
+    FRESH: ClassVar[dict[str, float]] = {"mean": 0.0, "var": 0.0, "seen": 0, "z": 0.0}
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; no history yet."""

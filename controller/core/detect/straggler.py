@@ -10,6 +10,9 @@ widen the band it is judged by.
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import numpy as np
 
 from xpuctl.controller import config
@@ -23,6 +26,8 @@ class Straggler(base.Detector):
 
     kind = "straggler"
     severity = base.WARNING
+
+    FRESH: ClassVar[dict[str, float]] = {"mean": math.nan}
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; no history yet."""

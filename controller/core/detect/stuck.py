@@ -8,6 +8,9 @@ utilisation still move in power, so they do not count.
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import numpy as np
 
 from xpuctl.controller import config
@@ -19,6 +22,8 @@ class Stuck(base.Detector):
 
     kind = "stuck"
     severity = base.WARNING
+
+    FRESH: ClassVar[dict[str, float]] = {"prev": math.nan, "run": 0}
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config; run lengths start at 0."""
