@@ -154,3 +154,19 @@ def _reraise_a_cancel(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
+
+
+def check_cancelled() -> None:
+    """Raise CancelledError when the current task has been asked to stop.
+
+    Call it after each publish in a loop. aiomqtt's publish awaits `asyncio.wait_for`, which on
+    Python 3.11 can swallow a cancellation that arrives just as the broker's acknowledgement does;
+    the loop would then go on, and the task (with the TaskGroup waiting for it) outlive its service
+    (seen under load as a leaked `mqtt[controller].tx` task after a broker restart).
+
+    Raises:
+        asyncio.CancelledError: a cancellation is pending on this task.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

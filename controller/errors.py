@@ -93,3 +93,15 @@ class NotSaved(XpuError):
             "fix the state store (disk space, permissions) and repeat the request"
         )
         self.where, self.why = where, why
+
+
+class DeviceInUse(XpuError):
+    """A release of a device that its node streams and still lists (FAILED_PRECONDITION)."""
+
+    def __init__(self, uuid: str, node_id: str) -> None:
+        """Keep the facts; build the message."""
+        super().__init__(
+            f"device {uuid!r} is listed by node {node_id!r}, which is streaming: stop its agent (or remove the "
+            "card from it) first; only a gone device, or one of a node that is not connected, can be released"
+        )
+        self.uuid, self.node_id = uuid, node_id

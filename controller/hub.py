@@ -121,9 +121,19 @@ class Hub:
         """One control period."""
         self.handle(self.control.tick(now_ns), now_ns)
 
-    def result(self, now_ns: int, *, id: str, ok: bool, applied_cap_w: float | None, error: str) -> None:  # noqa: A002
-        """An agent's answer to a command."""
-        self.handle(self.control.on_result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error), now_ns)
+    def result(
+        self,
+        now_ns: int,
+        *,
+        node_id: str,
+        id: str,  # noqa: A002 - the payload's own name
+        ok: bool,
+        applied_cap_w: float | None,
+        error: str,
+    ) -> None:
+        """An agent's answer to a command, from `node_id` (the topic it came on)."""
+        out = self.control.on_result(now_ns, node_id=node_id, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)
+        self.handle(out, now_ns)
 
     def handle(self, out: control.Output, now_ns: int) -> None:
         """Publish a step's events and send its commands (when there is a bus to send them on)."""
@@ -192,6 +202,33 @@ class Hub:
         self.publish(operations.cordon(self.registry, slots, cordoned=cordoned, reason=reason, now_ns=now_ns))
         self.decisions += 1
         return len(slots)
+
+    def release_device(self, uuid: str, *, reason: str, who: str, now_ns: int) -> str:
+        """Let a device go from its node (issue 19.1), audited by a `device.released` event; the
+        node it belonged to.
+
+        Raises:
+            errors.UnknownDevice, errors.DeviceInUse: see `operations.releasable`.
+            errors.MissingReason: no reason given.
+        """
+        if not reason.strip():
+            raise errors.MissingReason
+        slot = operations.releasable(self.registry, uuid)
+        owner = self.registry.node_of_slot[slot]
+        self.control.release(slot)
+        self.publish(
+            [
+                events.Event(
+                    timestamp_ns=now_ns,
+                    kind="device.released",
+                    node_id=owner,
+                    device_uuid=uuid,
+                    severity="warning",
+                    message=f"{uuid} released from node {owner} by {who}: {reason}",
+                )
+            ]
+        )
+        return owner
 
     async def durable(self) -> None:
         """Return once the decisions taken so far are saved (at once without a state store).

@@ -123,7 +123,14 @@ class Service:
             self.bus.send_event(e)
 
     def _on_result(self, node_id: str, result: bus.Result, now_ns: int) -> None:
-        self.state.result(now_ns, id=result.id, ok=result.ok, applied_cap_w=result.applied_cap_w, error=result.error)
+        self.state.result(
+            now_ns,
+            node_id=node_id,
+            id=result.id,
+            ok=result.ok,
+            applied_cap_w=result.applied_cap_w,
+            error=result.error,
+        )
         if not result.ok and not result.id:
             log.warning("node %s could not read a command: %s", node_id, result.error, extra={"node_id": node_id})
 
@@ -161,6 +168,7 @@ class Service:
             return {}
         stats = msgspec.structs.asdict(self.bus.counters)
         stats["unknown_results"] = self.state.control.ledger.unknown_results
+        stats["foreign_results"] = self.state.control.ledger.foreign_results
         stats["up"] = int(self.bus.client is not None)
         return stats
 

@@ -14,12 +14,16 @@ import os
 import pathlib
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiomqtt
+import msgspec
 import pytest
 
-from tests.helpers import ROOT, Mosquitto
+from tests.helpers import ROOT, Mosquitto, Processes, RunningService, agent_argv, make_service, wait_until
+from xpuctl.controller.adapters import metrics
+from xpuctl.protos.xpu.v1 import bus
 
 ACL = ROOT / "deploy" / "mosquitto" / "xpuctl.acl"
 USERS = ("node-a", "node-b", "controller")
@@ -42,7 +46,10 @@ def broker(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
     text = m.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
     # run as root, Mosquitto drops to the `mosquitto` user, which cannot read pytest's private tmp
     run_as = "user root\n" if os.geteuid() == 0 else ""
-    m.conf.write_text(text + f"{run_as}password_file {passwords}\nacl_file {ACL}\n")
+    # the shipped config's client-id rule, read from it (the TLS lines need files the test does not have)
+    shipped = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    rules = "".join(f"{line}\n" for line in shipped if line.startswith("use_username_as_clientid"))
+    m.conf.write_text(text + f"{run_as}password_file {passwords}\nacl_file {ACL}\n{rules}")
     m.start()
     yield m
     m.stop()
@@ -146,3 +153,64 @@ async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_p
     with pytest.raises(aiomqtt.MqttError):
         async with url_client("node-a", "not-the-password"):
             pass
+
+
+async def test_a_node_cannot_knock_another_off_with_its_client_id(broker: Mosquitto) -> None:
+    # Issue 19.3: node-a connected as client id `xpu-agent-node-b` 14 times in 15 s and node-b was
+    # disconnected each time. With the client id bound to the username, node-a only ever is node-a.
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username="node-b",
+        password="pw-node-b",
+        identifier="xpu-agent-node-b",
+        protocol=aiomqtt.ProtocolVersion.V311,
+        timeout=5,
+    ) as b:
+        for _ in range(3):
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                broker.port,
+                username="node-a",
+                password="pw-node-a",
+                identifier="xpu-agent-node-b",
+                protocol=aiomqtt.ProtocolVersion.V311,
+                timeout=5,
+            ) as a:
+                await a.publish("xpu/v1/state/node-a", b"{}", qos=1)
+        await b.subscribe("xpu/v1/cmd/node-b/req", qos=1)  # still connected: a QoS 1 round trip works
+        await b.publish("xpu/v1/state/node-b", b"{}", qos=1)
+
+
+async def test_a_node_cannot_settle_another_nodes_commands(
+    broker: Mosquitto, processes: Processes, tmp_path: pathlib.Path
+) -> None:
+    # Issue 19.2: node-a published Results on its own `cmd/node-a/res` with node-b's command ids and
+    # the ledger recorded them applied while node-b's agent had not answered.
+    secret = tmp_path / "controller.pw"
+    secret.write_text("pw-controller\n")
+    svc = make_service(f"mqtt://controller@127.0.0.1:{broker.port}?password_file={secret}", budget_w=1500.0)
+    ctl = await RunningService(svc).start()
+    try:
+        wrong = tmp_path / "node-b.pw"
+        wrong.write_text("not-the-password\n")  # node-b streams telemetry but never hears a command
+        processes.start(
+            *agent_argv(
+                ctl.target, "node-b", "nvidia", "--mqtt", f"mqtt://node-b@127.0.0.1:{broker.port}?password_file={wrong}"
+            )
+        )
+        ledger = svc.state.control.ledger
+        await wait_until(lambda: len(ledger.open) >= 4, timeout_s=30, what="commands for node-b")
+        forged = [e.id for e in ledger.open.values() if e.node_id == "node-b"]
+        async with client(broker, "node-a") as (a, _):
+            for command_id in forged:
+                result = bus.Result(id=command_id, ok=True, applied_cap_w=123.0)
+                await a.publish("xpu/v1/cmd/node-a/res", msgspec.json.encode(result), qos=1)
+        await wait_until(
+            lambda: ledger.foreign_results >= len(forged), timeout_s=10, what="the forged answers to be counted"
+        )
+        assert ledger.totals.get("applied", 0) == 0
+        assert all(e.state != "applied" for e in ledger.finished)
+        assert "xpu_bus_foreign_results_total" in metrics.render(svc.state, time.time_ns())
+    finally:
+        await ctl.stop()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
 from typing import Self
 
 import aiomqtt
+import pytest
 
 from xpuctl.common import mqtt_session
 from xpuctl.protos.xpu.v1 import bus
@@ -46,3 +48,28 @@ async def test_cancelling_the_loop_ends_it_when_the_disconnect_fails() -> None:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=1.0)
     assert task in done and task.cancelled()  # on the previous main it reconnected, forever
+
+
+async def test_a_cancel_swallowed_by_a_publish_still_ends_the_loop() -> None:
+    # Python 3.11's asyncio.wait_for (under aiomqtt's publish) can swallow a cancel that arrives with
+    # the acknowledgement: the publisher loop went on and outlived its service, under load.
+    waiting, published = asyncio.Event(), asyncio.Event()
+
+    async def swallowing_publish() -> None:
+        waiting.set()
+        # the bug: the ack wins the race and the cancel is lost (not uncancelled)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        published.set()
+
+    async def publisher() -> None:
+        while True:
+            await swallowing_publish()
+            mqtt_session.check_cancelled()
+
+    task = asyncio.create_task(publisher())
+    await asyncio.wait_for(waiting.wait(), 5)
+    task.cancel()
+    await asyncio.wait_for(published.wait(), 5)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)

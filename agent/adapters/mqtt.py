@@ -106,6 +106,7 @@ class AgentBus:
         log.info("MQTT session up (%s:%d, protocol %s)", self.url.host, self.url.port, client._client.protocol)  # noqa: SLF001
         async for message in client.messages:
             await self._on_message(message)
+            mqtt_session.check_cancelled()  # its publishes may have swallowed a cancel (py3.11)
 
     async def _on_message(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -182,6 +183,7 @@ class AgentBus:
                     await self._publish_state()
                 except aiomqtt.MqttError as exc:
                     log.warning("could not report fail-safe state: %s", exc)
+                mqtt_session.check_cancelled()
             await asyncio.sleep(LEASE_CHECK_S)
 
     async def say_offline(self) -> None:

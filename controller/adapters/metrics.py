@@ -64,6 +64,7 @@ BUS_COUNTERS = {
     "garbage_in": "Unreadable messages received (answers, states, statuses).",
     "results_in": "Answers of agents received.",
     "unknown_results": "Answers to commands the controller does not know (late, forged or repeated).",
+    "foreign_results": "Answers to a command from a node it was not sent to (ignored: a hostile node).",
     "connects": "Sessions with the broker that came up.",
     "disconnects": "Sessions with the broker that were lost.",
 }

@@ -209,6 +209,7 @@ class ControllerBus:
             # no await between the check above and this call: paho queues the packet at once, so
             # a lease published here is on the wire before say_offline's `offline`
             await client.publish(topic, payload, qos=1, retain=retain, properties=props)
+            mqtt_session.check_cancelled()
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value

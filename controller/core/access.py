@@ -20,6 +20,7 @@ Tokens are kept as SHA-256 digests, so the rules never hold a secret longer than
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import msgspec
 
@@ -80,6 +81,16 @@ def parse_tokens(text: str, where: str) -> dict[bytes, str]:
             raise TokenFileError(where, line_no, f"the token of {name!r} is also {out[key]!r}'s")
         out[key] = name
     return out
+
+
+def bearer(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of an `authorization: Bearer TOKEN` header, if any ("" for another scheme)."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return None
 
 
 def operator(policy: Policy, identities: frozenset[str], token: str | None) -> str | None:

@@ -240,7 +240,7 @@ class Control:
         """One control period."""
         out = Output()
         if self.ledger.unbound:
-            self.ledger.bind(self.registry.slot_of_uuid)
+            self._bind()
         out.events.extend(self._gone(now_ns))  # first: the detectors then see gone devices as fresh
         findings = self.detectors.run(self.registry, self.store, now_ns)
         out.events.extend(self._finding_events(findings, now_ns))
@@ -305,6 +305,14 @@ class Control:
                 )
         return out
 
+    def _bind(self) -> None:
+        """Restored commands whose devices said Hello: the loop takes their caps as asked for, so
+        that it waits for their answers instead of sending the same cap again under a new id.
+        """
+        for e in self.ledger.bind(self.registry.slot_of_uuid):
+            if e.kind == "set_power_cap":
+                self.power.asked(e.slot, e.cap_w)
+
     def _gone(self, now_ns: int) -> list[events.Event]:
         """Devices that left their node's Hello, and what has been gone past `forget_after_s`.
 
@@ -341,11 +349,11 @@ class Control:
         reg.newly_gone.clear()
         horizon = now_ns - int(self.liveness.forget_after_s * 1e9)
         for slot in [s for s, since in reg.gone_ns.items() if since < horizon]:
-            self._release(slot)
+            self.release(slot)
         for node_id, node in list(reg.nodes.items()):
             if node.streams == 0 and max(node.last_seen_ns, node.last_hello_ns) < horizon:
                 for slot in reg.forget(node_id):
-                    self._release(slot)
+                    self.release(slot)
                 self.node_status.pop(node_id, None)
                 out.append(
                     events.Event(
@@ -358,8 +366,10 @@ class Control:
                 )
         return out
 
-    def _release(self, slot: int) -> None:
-        """Clear every trace of a slot's device, then free the slot for the next new device."""
+    def release(self, slot: int) -> None:
+        """Clear every trace of a slot's device, then free the slot for the next new device (or
+        node) that declares it.
+        """
         self.store.clear(slot)
         self.detectors.reset(slot)
         self.power.reset(slot)
@@ -370,15 +380,16 @@ class Control:
         self,
         now_ns: int,
         *,
+        node_id: str,
         id: str,  # noqa: A002 - the payload's own name
         ok: bool,
         applied_cap_w: float | None,
         error: str,
     ) -> Output:
-        """An agent's answer to a command."""
+        """An agent's answer to a command, from `node_id`."""
         if self.ledger.unbound:
-            self.ledger.bind(self.registry.slot_of_uuid)
-        entry, evs = self.ledger.result(now_ns, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)
+            self._bind()
+        entry, evs = self.ledger.result(now_ns, node_id=node_id, id=id, ok=ok, applied_cap_w=applied_cap_w, error=error)
         if entry is not None and entry.slot >= 0:
             if ok and applied_cap_w is not None and math.isfinite(applied_cap_w):
                 self.power.applied(entry.slot, applied_cap_w)

@@ -252,6 +252,7 @@ class Ingest:
                 f"{self.limits.max_devices_per_node} per node",
             )
         self._check_room(facts, now_ns)
+        self._check_owners(facts)
         node = self.registry.node(facts.node_id)
         node.hello_ns.append(now_ns)
         if (
@@ -290,6 +291,33 @@ class Ingest:
         stream.epoch = node.stream_epoch
         first = next(iter(problems.values()), "")
         return Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, rejected=len(problems), rejection=first)
+
+    def _check_owners(self, facts: HelloFacts) -> None:
+        """Refuse a Hello that declares another node's device (issue 19.1).
+
+        A device id belongs to the node that registered it until its slot is released: by an
+        operator (ReleaseDevice, `xpuctl release`), or after it was gone from that node's Hello
+        (or the node silent) for `forget_after_s`. Without this rule a node could take over
+        another's devices: their history, their commands and their share of the budget.
+
+        Raises:
+            ProtocolViolation: PERMISSION_DENIED naming the device and its owner.
+        """
+        reg = self.registry
+        for d in facts.devices:
+            slot = reg.slot_of_uuid.get(d.uuid)
+            if slot is None:
+                continue
+            owner = reg.node_of_slot[slot]
+            if owner and owner != facts.node_id and owner in reg.nodes:
+                raise self.violation(
+                    "PERMISSION_DENIED",
+                    "device_owned",
+                    f"device {d.uuid!r} belongs to node {owner!r}; node {facts.node_id!r} cannot declare it. "
+                    f"If the card moved, an operator releases it (xpuctl release --device {d.uuid} --reason ...); "
+                    "it is also released some time after it left its node's Hello",
+                    node_id=facts.node_id,
+                )
 
     def _check_room(self, facts: HelloFacts, now_ns: int) -> None:
         """Refuse a Hello that would pass the bounds on nodes, device ids or Hellos per minute.

@@ -16,6 +16,7 @@ expires. A restored command has no slot until its device says Hello again (`bind
 from __future__ import annotations
 
 import math
+import secrets
 
 import msgspec
 
@@ -51,7 +52,7 @@ class Ledger:
     MAX_FINISHED = 10_000
 
     def __init__(self, *, prefix: str, ttl_s: float, retry_after_s: float) -> None:
-        """Ids are `<prefix>-<n>`; `prefix` should be unique per controller start."""
+        """Ids are `<prefix>-<n>-<random>`; `prefix` should be unique per controller start."""
         self.prefix = prefix
         self.ttl_ns = int(ttl_s * 1e9)
         self.retry_ns = int(retry_after_s * 1e9)
@@ -60,6 +61,7 @@ class Ledger:
         self.open_by_slot: dict[int, str] = {}
         self.finished: list[Entry] = []
         self.unknown_results = 0
+        self.foreign_results = 0  # answers from a node other than the command's
         self.totals: dict[str, int] = {}
         self.unbound: dict[str, str] = {}  # device uuid -> id of a restored command without a slot yet
         self.version = 0  # bumped whenever the set of open commands changes (what is saved)
@@ -107,7 +109,9 @@ class Ledger:
             out.append(self._event(old, SUPERSEDED, now_ns, f"superseded by a newer command for {device_uuid}"))
         self.counter += 1
         e = Entry(
-            id=f"{self.prefix}-{self.counter}",
+            # the counter orders them for people; the random part makes an id unguessable (a node
+            # reads the prefix in the controller's lease and could count, issue 19.2)
+            id=f"{self.prefix}-{self.counter}-{secrets.token_hex(6)}",
             kind=kind,
             slot=slot,
             node_id=node_id,
@@ -148,8 +152,9 @@ class Ledger:
             self.unbound[e.device_uuid] = e.id
         self.version += 1
 
-    def bind(self, slot_of_uuid: dict[str, int]) -> None:
-        """Give restored commands the slots their devices have now."""
+    def bind(self, slot_of_uuid: dict[str, int]) -> list[Entry]:
+        """Give restored commands the slots their devices have now; those that got one."""
+        bound = []
         for uuid, id_ in list(self.unbound.items()):
             e = self.open.get(id_)
             if e is None:
@@ -161,6 +166,8 @@ class Ledger:
             del self.unbound[uuid]
             e.slot = slot
             self.open_by_slot.setdefault(slot, e.id)
+            bound.append(e)
+        return bound
 
     def drop_slot(self, slot: int) -> None:
         """The slot's device is forgotten: an open command for it no longer points at the slot
@@ -195,15 +202,23 @@ class Ledger:
         self,
         now_ns: int,
         *,
+        node_id: str,
         id: str,  # noqa: A002 - the payload's own name
         ok: bool,
         applied_cap_w: float | None,
         error: str,
     ) -> tuple[Entry | None, list[events.Event]]:
-        """An agent's answer. Answers to unknown or finished ids are counted and ignored."""
+        """An agent's answer, from `node_id` (the node whose topic carried it).
+
+        Answers to unknown or finished ids are counted and ignored, and so is an answer from a node
+        the command was not addressed to (issue 19.2: a node settled another node's commands).
+        """
         e = self.open.get(id)
         if e is None:
             self.unknown_results += 1
+            return None, []
+        if e.node_id != node_id:
+            self.foreign_results += 1
             return None, []
         e.applied_cap_w = math.nan if applied_cap_w is None else applied_cap_w
         e.error = error

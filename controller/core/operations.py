@@ -101,3 +101,18 @@ def cordon(reg: registry.Registry, slots: list[int], *, cordoned: bool, reason: 
             )
         )
     return out
+
+
+def releasable(reg: registry.Registry, uuid: str) -> int:
+    """The slot of a device an operator may release: gone from its node's Hello, or of a node that
+    is not connected (a card moved to another machine).
+
+    Raises:
+        errors.UnknownDevice: no such device.
+        errors.DeviceInUse: its node streams and lists it.
+    """
+    slot = device_slot(reg, uuid)
+    owner = reg.nodes.get(reg.node_of_slot[slot])
+    if owner is not None and owner.streams > 0 and reg.present[slot]:
+        raise errors.DeviceInUse(uuid, owner.node_id)
+    return slot

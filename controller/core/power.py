@@ -186,6 +186,11 @@ class PowerController:
         self.grow(slot + 1)
         self._ask(slot, cap_w)
 
+    def asked(self, slot: int, cap_w: float) -> None:
+        """A command for `cap_w` on `slot` is open (one a previous start issued, restored)."""
+        self.grow(slot + 1)
+        self._ask(slot, cap_w)
+
     def _ask(self, slot: int, cap_w: float) -> None:
         self.target_w[slot] = cap_w
         self.age[slot] = 0

@@ -135,6 +135,9 @@ class Registry:
     def release(self, slot: int) -> None:
         """Free a gone device's slot for the next new device (its cordon, kept by uuid, stays)."""
         self.slot_of_uuid.pop(self.infos[slot].uuid, None)
+        owner = self.nodes.get(self.node_of_slot[slot])
+        if owner is not None:  # its node's rows no longer lead here (they are set again at its next Hello)
+            owner.slots[owner.slots == slot] = -1
         self.infos[slot] = RELEASED
         self.node_of_slot[slot] = ""
         self.health_reason[slot] = ""

@@ -264,6 +264,10 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         target.add_argument("--node", default="")
         c.add_argument("--reason", default="", help="why (required to cordon)")
         c.add_argument("--json", action="store_true")
+    rel = sub.add_parser("release", help="let a device go from its node (a card moved to another machine)")
+    rel.add_argument("--device", required=True)
+    rel.add_argument("--reason", required=True, help="why (kept in the device.released event)")
+    rel.add_argument("--json", action="store_true")
     top = sub.add_parser("top", help="live dashboard (Ctrl-C quits)")
     top.add_argument("--interval-s", type=float, default=1.0)
     top.add_argument("--once", action="store_true", help="print one frame and exit")
@@ -331,6 +335,14 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
             print(json.dumps({"devices": r.devices}))
         else:
             console.print(f"{args.command}ed {r.devices} device(s)")
+    elif args.command == "release":
+        rel = stub.ReleaseDevice(
+            cpb.ReleaseDeviceRequest(device_uuid=args.device, reason=args.reason), timeout=TIMEOUT_S
+        )
+        if args.json:
+            print(json.dumps({"device_uuid": args.device, "released_from": rel.node_id}))
+        else:
+            console.print(f"released {args.device} from node {rel.node_id}: another node may declare it now")
     return 0
 
 

@@ -96,7 +96,7 @@ class SimCluster:
             index = int(e.device_uuid.rsplit("-", 1)[1])
             self.control.ledger.sent(e, self.now_ns)
             enforced = self.nodes[k].set_cap(index, e.cap_w)
-            self.control.on_result(self.now_ns, id=e.id, ok=True, applied_cap_w=enforced, error="")
+            self.control.on_result(self.now_ns, node_id=e.node_id, id=e.id, ok=True, applied_cap_w=enforced, error="")
 
     def power_w(self) -> float:
         """The cluster's power right now (the simulator's truth)."""

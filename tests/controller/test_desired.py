@@ -80,14 +80,15 @@ def test_a_restarted_hub_has_the_cordons_weights_and_budget_back() -> None:
 
 def test_an_open_command_is_still_known_after_a_restart() -> None:
     # Before: the answer to a command issued before a restart was an unknown result, and the
-    # loop issued a second command for the device at once.
-    before = hub.Hub()
+    # loop, not knowing the cap it had asked for, sent the device a command again.
+    cfg = config.Config(power=config.Power(budget_w=10_000.0))  # room for both devices at 700 W
+    before = hub.Hub(cfg=cfg)
     hello(before)
     entry, _ = before.control.ledger.issue(
-        NOW_NS, slot=0, node_id="n1", device_uuid="gpu-0", cap_w=400.0, reason="budget"
+        NOW_NS, slot=0, node_id="n1", device_uuid="gpu-0", cap_w=700.0, reason="budget"
     )
 
-    after = hub.Hub()
+    after = hub.Hub(cfg=cfg)
     after.restore(through_a_file(before), where="test", now_ns=NOW_NS + S)
     hello(after, NOW_NS + S)
     after.tick(NOW_NS + S)
@@ -95,11 +96,13 @@ def test_an_open_command_is_still_known_after_a_restart() -> None:
     assert after.control.ledger.open_by_slot.get(slot) == entry.id  # the loop waits for its answer
     pending = after.control.inputs(NOW_NS + S).pending
     assert pending is not None and pending[slot]
+    issued = [e.device_uuid for e in after.recent_events if e.kind == "action.issued"]
+    assert issued == ["gpu-1"]  # gpu-1's cap was never asked for; gpu-0's is on its way
 
-    after.result(NOW_NS + 2 * S, id=entry.id, ok=True, applied_cap_w=400.0, error="")
+    after.result(NOW_NS + 2 * S, node_id="n1", id=entry.id, ok=True, applied_cap_w=700.0, error="")
     assert after.control.ledger.unknown_results == 0
     assert after.control.ledger.totals.get("applied") == 1
-    assert after.control.power.target_w[slot] == 400.0
+    assert after.control.power.target_w[slot] == 700.0
 
 
 def test_a_restored_command_still_expires() -> None:

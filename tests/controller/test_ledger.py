@@ -24,9 +24,9 @@ def test_issued_then_applied() -> None:
     assert send == [e] and not expired
     lg.sent(e, 0)
     assert lg.due(1 * S)[0] == []  # not yet time to retry
-    got, evs = lg.result(1 * S, id=e.id, ok=True, applied_cap_w=300.0, error="")
+    got, evs = lg.result(1 * S, node_id="n", id=e.id, ok=True, applied_cap_w=300.0, error="")
     assert got is e and e.state == ledger.APPLIED and evs[0].kind == "action.applied" and evs[0].value == 300.0
-    assert lg.result(2 * S, id=e.id, ok=True, applied_cap_w=300.0, error="") == (None, [])
+    assert lg.result(2 * S, node_id="n", id=e.id, ok=True, applied_cap_w=300.0, error="") == (None, [])
     assert lg.unknown_results == 1
 
 
@@ -45,7 +45,7 @@ def test_retried_until_expired() -> None:
 def test_failed() -> None:
     lg = make()
     e = issue(lg, 0)
-    _, evs = lg.result(S, id=e.id, ok=False, applied_cap_w=None, error="driver refused")
+    _, evs = lg.result(S, node_id="n", id=e.id, ok=False, applied_cap_w=None, error="driver refused")
     assert e.state == ledger.FAILED and evs[0].kind == "action.failed" and "driver refused" in evs[0].message
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import pathlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,7 +18,7 @@ import grpc.aio
 import pytest
 import trustme
 
-from tests.helpers import Processes, RawStream, RunningService, free_port, xpuctl
+from tests.helpers import Processes, RawStream, RunningService, free_port, wait_until, xpuctl
 from tests.pki import Pki
 from xpuctl.agent.adapters import codec
 from xpuctl.agent.core import model
@@ -256,3 +257,65 @@ async def test_agent_controller_and_xpuctl_processes_over_mtls(
     assert "4,000" in out or "4000" in out
     rc, _, err = await xpuctl(target, "--token-file", str(token_file), "summary")  # a token in the clear: refused here
     assert rc == 2 and "needs --tls-ca-file" in err
+
+
+def hello_with(node_id: str, uuids: list[str]) -> bytes:
+    """A Hello as `node_id` declaring these device ids."""
+    infos = [model.DeviceInfo(uuid=u, index=i, vendor="nvidia", model="H100") for i, u in enumerate(uuids)]
+    return codec.hello(
+        node_id=node_id,
+        boot_id=str(uuid.uuid4()),
+        agent_version="t",
+        devices=infos,
+        labels={},
+        interval_s=1.0,
+        acked_seq=0,
+    )
+
+
+async def test_node_a_cannot_take_node_bs_devices(running: RunningService, pki: Site) -> None:
+    # Issue 19.1: with its own certificate, node-a declared node-b's device ids and took them over:
+    # node-b listed 0 devices, node-a's values landed in node-b-0's history.
+    st = running.svc.state
+    async with tls.secure_channel(running.target, pki.client("node-b")) as b_channel:
+        b = RawStream(b_channel)
+        assert (await b.exchange(hello_with("node-b", ["node-b-0", "node-b-1"]))).WhichOneof("kind") == "ack"
+        async with tls.secure_channel(running.target, pki.client("node-a")) as a_channel:
+            a = RawStream(a_channel)
+            refused = await a.fails(hello_with("node-a", ["node-a-0", "node-b-0"]))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "device 'node-b-0' belongs to node 'node-b'" in (refused.details() or "")
+        assert st.ingest.counters.rejected_by_reason.get("device_owned") == 1
+        assert st.registry.node_of_slot[st.registry.slot_of_uuid["node-b-0"]] == "node-b"
+        assert sorted(v.info.uuid for v in st.views.devices(time.time_ns()) if v.node_id == "node-b") == [
+            "node-b-0",
+            "node-b-1",
+        ]
+        # an operator cannot release it from under a node that streams and lists it
+        async with tls.secure_channel(running.target, pki.client("alice")) as ch:
+            stub = cluster_pb2_grpc.ClusterStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as busy:
+                await stub.ReleaseDevice(cpb.ReleaseDeviceRequest(device_uuid="node-b-0", reason="moved"), timeout=5)
+            assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        b.call.cancel()
+    await wait_until(lambda: st.registry.nodes["node-b"].streams == 0, timeout_s=10, what="node-b's stream to end")
+
+    # node-b is down and the card moved: a node cannot release it, an operator can (audited)
+    async with tls.secure_channel(running.target, pki.client("node-a")) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await cluster_pb2_grpc.ClusterStub(ch).ReleaseDevice(
+                cpb.ReleaseDeviceRequest(device_uuid="node-b-0", reason="mine now"), timeout=5
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    async with tls.secure_channel(running.target, pki.client("alice")) as ch:
+        r = await cluster_pb2_grpc.ClusterStub(ch).ReleaseDevice(
+            cpb.ReleaseDeviceRequest(device_uuid="node-b-0", reason="card moved to node-a"), timeout=5
+        )
+    assert r.node_id == "node-b"
+    (audit,) = [e for e in st.recent_events if e.kind == "device.released"]
+    assert audit.message == "node-b-0 released from node node-b by cert:alice: card moved to node-a"
+    async with tls.secure_channel(running.target, pki.client("node-a")) as ch:
+        a = RawStream(ch)
+        assert (await a.exchange(hello_with("node-a", ["node-a-0", "node-b-0"]))).WhichOneof("kind") == "ack"
+        a.call.cancel()
+    assert st.registry.node_of_slot[st.registry.slot_of_uuid["node-b-0"]] == "node-a"

@@ -46,7 +46,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  
         if handler is None or not self.state.policy.enforced or not method_path.startswith(f"/{CLUSTER}/"):
             return handler
         method = method_path.rsplit("/", 1)[1]
-        token = bearer(details.invocation_metadata)
+        token = access.bearer(details.invocation_metadata)
 
         async def check(context: Context) -> None:
             """Abort the call (abort raises) when the rules refuse it."""
@@ -78,13 +78,3 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  
         return grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
-
-
-def bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
-    """The token of an `authorization: Bearer TOKEN` header, if any ("" for another scheme)."""
-    for key, value in metadata or ():
-        if key == "authorization":
-            text = value.decode(errors="replace") if isinstance(value, bytes) else value
-            scheme, _, token = text.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
-    return None

@@ -15,9 +15,10 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 import grpc.aio
 
+from xpuctl.common import tls
 from xpuctl.controller import errors, hub
 from xpuctl.controller.adapters import codec
-from xpuctl.controller.core import events, model, operations, views
+from xpuctl.controller.core import access, events, model, operations, views
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
@@ -32,6 +33,7 @@ STATUS_OF_ERROR: dict[type[errors.XpuError], grpc.StatusCode] = {
     errors.UnknownNode: grpc.StatusCode.NOT_FOUND,
     errors.UnknownVendor: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotSaved: grpc.StatusCode.DATA_LOSS,
+    errors.DeviceInUse: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -170,3 +172,18 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         except errors.XpuError as exc:
             await refuse(context, exc)
         return cpb.CordonResponse(devices=n)
+
+    async def ReleaseDevice(  # noqa: N802 - gRPC method name
+        self, request: cpb.ReleaseDeviceRequest, context: Context
+    ) -> cpb.ReleaseDeviceResponse:
+        """Let a device go from the node that registered it (audited: who, why)."""
+        identities = tls.peer_identities(context)
+        token = access.bearer(context.invocation_metadata())
+        who = access.operator(self.state.policy, identities, token) or ", ".join(sorted(identities)) or context.peer()
+        try:
+            owner = self.state.release_device(
+                request.device_uuid, reason=request.reason, who=who, now_ns=time.time_ns()
+            )
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        return cpb.ReleaseDeviceResponse(node_id=owner)

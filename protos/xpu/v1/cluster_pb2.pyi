@@ -320,3 +320,17 @@ class CordonResponse(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     devices: int
     def __init__(self, devices: _Optional[int] = ...) -> None: ...
+
+class ReleaseDeviceRequest(_message.Message):
+    __slots__ = ("device_uuid", "reason")
+    DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    device_uuid: str
+    reason: str
+    def __init__(self, device_uuid: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReleaseDeviceResponse(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...

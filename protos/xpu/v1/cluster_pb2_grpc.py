@@ -84,6 +84,11 @@ class ClusterStub:
                 request_serializer=xpu_dot_v1_dot_cluster__pb2.CordonRequest.SerializeToString,
                 response_deserializer=xpu_dot_v1_dot_cluster__pb2.CordonResponse.FromString,
                 _registered_method=True)
+        self.ReleaseDevice = channel.unary_unary(
+                '/xpu.v1.Cluster/ReleaseDevice',
+                request_serializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceRequest.SerializeToString,
+                response_deserializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -149,6 +154,12 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +212,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Uncordon,
                     request_deserializer=xpu_dot_v1_dot_cluster__pb2.CordonRequest.FromString,
                     response_serializer=xpu_dot_v1_dot_cluster__pb2.CordonResponse.SerializeToString,
+            ),
+            'ReleaseDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseDevice,
+                    request_deserializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceRequest.FromString,
+                    response_serializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +489,33 @@ class Cluster:
             '/xpu.v1.Cluster/Uncordon',
             xpu_dot_v1_dot_cluster__pb2.CordonRequest.SerializeToString,
             xpu_dot_v1_dot_cluster__pb2.CordonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpu.v1.Cluster/ReleaseDevice',
+            xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceRequest.SerializeToString,
+            xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
