@@ -108,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         help="restore default caps when the controller has been silent this long",
     )
     run.add_argument(
+        "--max-command-lifetime-s",
+        type=cli.positive(float),
+        default=300.0,
+        help="refuse a command whose expiry is further ahead than this (default 300 s)",
+    )
+    run.add_argument(
         "--sim-workload",
         choices=["mixed", "idle", "training", "inference"],
         default="mixed",
@@ -224,6 +230,7 @@ async def _run(args: argparse.Namespace) -> int:
         backoff_cap_s=args.reconnect_max_s,
         bus_url=args.mqtt,
         failsafe_after_s=args.failsafe_after_s,
+        max_command_lifetime_s=args.max_command_lifetime_s,
         tls_files=tls_files,
         rediscover_s=args.rediscover_s,
     )

@@ -41,6 +41,9 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Cap of the reconnect backoff."""
     failsafe_after_s: Positive = 15.0
     """Restore default caps when the controller has been silent this long."""
+    max_command_lifetime_s: Positive = 300.0
+    """Refuse a command that would stay valid longer than this (the controller's default is 10 s): a
+    command with a far expiry could be replayed long after it was meant."""
     tls_ca_file: str | None = None
     """CA of the controller's certificate (PEM); setting it turns TLS on for the gRPC stream."""
     tls_cert_file: str | None = None

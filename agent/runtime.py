@@ -47,6 +47,7 @@ class Agent:
         backoff_cap_s: float = 30.0,
         bus_url: bus.BusUrl | None = None,
         failsafe_after_s: float = 15.0,
+        max_command_lifetime_s: float = 300.0,
         tls_files: tls.ClientFiles | None = None,
         rediscover_s: float = 30.0,
     ) -> None:
@@ -77,6 +78,7 @@ class Agent:
         self.discovered = asyncio.Event()
         self.bus_url = bus_url
         self.failsafe_after_s = failsafe_after_s
+        self.max_command_lifetime_s = max_command_lifetime_s
         self.bus: mqtt.AgentBus | None = None
 
     def _hello(self, acked_seq: int) -> bytes:
@@ -167,7 +169,13 @@ class Agent:
             )
             for d in self.devices
         ]
-        act = actuator.Actuator(self.node_id, ranges, failsafe_after_s=self.failsafe_after_s, now_ns=time.time_ns())
+        act = actuator.Actuator(
+            self.node_id,
+            ranges,
+            failsafe_after_s=self.failsafe_after_s,
+            now_ns=time.time_ns(),
+            max_lifetime_s=self.max_command_lifetime_s,
+        )
         return mqtt.AgentBus(url=url, node_id=self.node_id, boot_id=self.boot_id, act=act, apply_cap=self._apply_cap)
 
     async def _apply_cap(self, uuid: str, index: int, cap_w: float) -> float:

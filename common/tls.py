@@ -167,3 +167,21 @@ def ssl_context(ca_file: str | None, cert_file: str | None, key_file: str | None
         except ssl.SSLError as exc:
             raise TlsError("client key", key_file, f"does not match the certificate: {exc.reason}") from exc
     return ctx
+
+
+def server_ssl_context(files: ServerFiles) -> ssl.SSLContext:
+    """A server SSLContext that demands a client certificate from `files.client_ca_file` (the
+    /metrics page under mTLS: the same certificate and CA as the gRPC listener).
+
+    Raises:
+        TlsError: a file is missing or not PEM, or the key does not match the certificate.
+    """
+    read_pem("client CA file", files.client_ca_file)
+    read_pem("certificate", files.cert_file)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=files.client_ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_cert_chain(files.cert_file, files.key_file)
+    except ssl.SSLError as exc:
+        raise TlsError("key", files.key_file, f"does not match the certificate: {exc.reason}") from exc
+    return ctx

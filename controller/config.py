@@ -119,7 +119,8 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     recovery_frac: Fraction = 0.05
     """After a thermal event the device's ceiling rises by this fraction of its range per period."""
     command_ttl_s: Seconds = 10.0
-    """A cap command expires this long after it is issued; it is never applied after that."""
+    """A cap command expires this long after it is issued; it is never applied after that (agents
+    refuse one that lives longer than their max_command_lifetime_s, 300 s by default)."""
     retry_after_s: Seconds = 2.0
     """An unacknowledged command is sent again after this long, until it expires."""
     reconcile_periods: Count = 3

@@ -105,3 +105,17 @@ class DeviceInUse(XpuError):
             "card from it) first; only a gone device, or one of a node that is not connected, can be released"
         )
         self.uuid, self.node_id = uuid, node_id
+
+
+MAX_ECHO_CHARS = 1024
+
+
+def bounded(message: str) -> str:
+    """`message` cut to MAX_ECHO_CHARS for a status sent back.
+
+    A request may carry a 1 MiB string that a message quotes; the answer must not grow past the
+    client's limit with it.
+    """
+    if len(message) <= MAX_ECHO_CHARS:
+        return message
+    return f"{message[:MAX_ECHO_CHARS]}... ({len(message) - MAX_ECHO_CHARS} more characters cut)"

@@ -278,11 +278,12 @@ class Service:
                 )
                 self.state.bus_stats = self._bus_stats
             if self.metrics_listen:
-                msrv = await metrics.serve(self.state, self.metrics_listen)
+                msrv = await metrics.serve(self.state, self.metrics_listen, server_files(self.cfg))
                 self.metrics_port = int(msrv.sockets[0].getsockname()[1])
                 stack.push_async_callback(msrv.wait_closed)
                 stack.callback(msrv.close)
-                log.info("/metrics on port %d", self.metrics_port)
+                scheme = "https, client certificate required" if self.cfg.tls.on else "http"
+                log.info("/metrics on port %d (%s)", self.metrics_port, scheme)
             server = grpc_server.build_server(
                 self.state, self.listen, reflection_on=self.reflection_on, tls_files=server_files(self.cfg)
             )

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 
 import aiomqtt
 import grpc
@@ -25,8 +26,9 @@ import pytest
 
 from xpuctl.agent.adapters import link
 from xpuctl.controller import config, hub, service
+from xpuctl.controller.adapters import codec
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
-from xpuctl.controller.core import registry
+from xpuctl.controller.core import ingest, model, registry
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -321,3 +323,43 @@ class RawStream:
     async def send(self, raw: bytes) -> pb.Ack:
         """Write `raw`; the Ack that answers it."""
         return (await self.exchange(raw)).ack
+
+
+def feed_node(
+    h: hub.Hub,
+    node: str,
+    uuids: list[str],
+    now_ns: int,
+    *,
+    boot_id: str = "b1",
+    power_w: float = 500.0,
+    limit_w: float | None = 700.0,
+) -> ingest.StreamState:
+    """A node's agent starts on the hub with these devices (settable, 100..700 W) and sends one
+    batch at `power_w` (and `limit_w` enforced; None: not reported); its stream, still open.
+    """
+    stream = ingest.StreamState()
+    infos = [
+        model.DeviceInfo(
+            uuid=u,
+            index=i,
+            vendor="nvidia",
+            model="H100",
+            power_limit_min_w=100.0,
+            power_limit_max_w=700.0,
+            power_limit_default_w=700.0,
+            power_cap_settable=True,
+        )
+        for i, u in enumerate(uuids)
+    ]
+    facts = ingest.HelloFacts(
+        node_id=node, boot_id=boot_id, agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+    )
+    h.hello(stream, facts, now_ns)
+    n = len(uuids)
+    b = pb.Batch(seq=1, device=list(range(n)), timestamp_ns=[now_ns] * n, health=cast("list[pb.Health]", [1] * n))
+    b.columns.add(metric=pb.METRIC_POWER_W, values=[power_w] * n)
+    if limit_w is not None:
+        b.columns.add(metric=pb.METRIC_POWER_LIMIT_W, values=[limit_w] * n)
+    h.batch(stream, codec.batch_columns(b, h.ingest.limits), now_ns)
+    return stream

@@ -380,3 +380,16 @@ def test_a_listen_address_without_host_and_port_is_a_usage_error(listen: str) ->
     r = run("xpuctl.controller.cli", "serve", "--listen", listen, timeout=30)
     assert r.returncode == 2
     assert f"--listen {listen!r} is not HOST:PORT" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_foreign_text_cannot_drive_the_terminal() -> None:
+    # Issue 19: cordon reasons and other operator strings reached terminals raw (ANSI escapes, newlines).
+    from rich.console import Console  # noqa: PLC0415
+
+    from xpuctl.controller.ctl import main as ctl  # noqa: PLC0415
+
+    hostile = "ECC\x1b[2J\x1b]0;owned\x07\nfake line\x9b"
+    assert ctl.printable(hostile) == "ECC\\x1b[2J\\x1b]0;owned\\x07\\nfake line\\x9b"
+    console = Console(record=True, width=200, color_system=None)
+    console.print(ctl.cell("[red]model[/red]\x1b[5m"))
+    assert console.export_text().strip() == "[red]model[/red]\\x1b[5m"

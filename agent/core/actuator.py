@@ -6,7 +6,8 @@ Theory of operation. A command arrives as bytes on `cmd/<node>/req`. In order:
 2. bytes that are not a valid command are counted and answered with the decoding error;
 3. a command whose id was seen is a duplicate: it is answered with the first result again
    (or not at all while that one is still being applied);
-4. a command past its expiry is never applied: answered `expired`;
+4. a command past its expiry is never applied: answered `expired`; nor one whose expiry is further
+   ahead than the agent's maximum lifetime (a command meant to be replayable for a year);
 5. while in fail-safe, commands are still applied: the controller's lease is back if they come;
 6. otherwise the cap is clamped to the device's range and applied (by the adapter, off the loop),
    and the enforced limit read back is the answer.
@@ -73,6 +74,7 @@ class Counters(msgspec.Struct, kw_only=True):
     expired: int = 0
     garbage: int = 0
     foreign: int = 0
+    too_long: int = 0  # refused: valid for longer than the agent's maximum
     fail_safe_entries: int = 0
 
 
@@ -81,9 +83,21 @@ class Actuator:
 
     MAX_REMEMBERED_IDS = 4096
 
-    def __init__(self, node_id: str, devices: list[DeviceRange], *, failsafe_after_s: float, now_ns: int) -> None:
-        """Devices by uuid; the lease starts now (a controller has `failsafe_after_s` to show up)."""
+    def __init__(
+        self,
+        node_id: str,
+        devices: list[DeviceRange],
+        *,
+        failsafe_after_s: float,
+        now_ns: int,
+        max_lifetime_s: float = 300.0,
+    ) -> None:
+        """Devices by uuid; the lease starts now (a controller has `failsafe_after_s` to show up).
+
+        A command whose expiry is more than `max_lifetime_s` ahead is refused (issue 19).
+        """
         self.node_id = node_id
+        self.max_lifetime_ns = int(max_lifetime_s * 1e9)
         self.devices = {d.uuid: d for d in devices}
         self.failsafe_after_ns = int(failsafe_after_s * 1e9)
         self.last_heard_ns = now_ns
@@ -123,6 +137,18 @@ class Actuator:
             late_s = (now_ns - cmd.expires_at_ns) / 1e9
             return self._remember(
                 cmd.id, bus.Result(id=cmd.id, ok=False, error=f"expired {late_s:.1f}s ago; not applied")
+            )
+        if cmd.expires_at_ns - now_ns > self.max_lifetime_ns:
+            self.counters.too_long += 1
+            ahead_s = (cmd.expires_at_ns - now_ns) / 1e9
+            return self._remember(
+                cmd.id,
+                bus.Result(
+                    id=cmd.id,
+                    ok=False,
+                    error=f"expires {ahead_s:.0f}s ahead, beyond this agent's {self.max_lifetime_ns / 1e9:g}s "
+                    "maximum (--max-command-lifetime-s); not applied",
+                ),
             )
         if not device.settable:
             return self._remember(

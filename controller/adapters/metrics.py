@@ -19,9 +19,11 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
 
 import numpy as np
 
+from xpuctl.common import tls
 from xpuctl.controller import hub
 from xpuctl.controller.core import model, registry
 from xpuctl.protos import names
@@ -246,11 +248,20 @@ async def _handle(state: hub.Hub, reader: asyncio.StreamReader, writer: asyncio.
             await writer.wait_closed()
 
 
-async def serve(state: hub.Hub, listen: str) -> asyncio.Server:
-    """Start the /metrics server on HOST:PORT.
+async def serve(state: hub.Hub, listen: str, tls_files: tls.ServerFiles | None = None) -> asyncio.Server:
+    """Start the /metrics server on HOST:PORT; with `tls_files`, HTTPS that demands a client
+    certificate from the site CA (it lists every device id: with mTLS on, it is not left open).
 
     Raises:
         OSError: the address cannot be bound.
+        tls.TlsError: a TLS file cannot be used.
     """
     host, _, port = listen.rpartition(":")
-    return await asyncio.start_server(lambda r, w: _handle(state, r, w), host or "127.0.0.1", int(port))
+
+    def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Awaitable[None]:
+        return _handle(state, r, w)
+
+    if tls_files is None:
+        return await asyncio.start_server(handle, host or "127.0.0.1", int(port))
+    ctx = tls.server_ssl_context(tls_files)
+    return await asyncio.start_server(handle, host or "127.0.0.1", int(port), ssl=ctx, ssl_handshake_timeout=10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from typing import cast
 import grpc
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from xpuctl.common import cli, exits, pipes, tls
 from xpuctl.controller.core import dashboard
@@ -163,13 +165,30 @@ def _print_summary(console: Console, s: cpb.Summary) -> None:
     console.print(table)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    r"""`text` with control characters shown as escapes (`\x1b`, `\n`).
+
+    Strings that agents and operators wrote (models, versions, reasons, messages) are kept as they
+    are, but must not move the cursor, recolour or clear the terminal of whoever prints them.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def cell(text: str) -> Text:
+    """A table cell of foreign text: escaped, and never read as rich markup (`[red]`)."""
+    return Text(printable(text))
+
+
 def _print_nodes(console: Console, nodes: Sequence[cpb.Node]) -> None:
     table = Table(title=f"{len(nodes)} node(s)", title_justify="left")
     for col in ("node", "status", "devices", "power W", "acked seq", "gaps", "dups", "dropped", "agent"):
         table.add_column(col, justify="right" if col not in ("node", "status", "agent") else "left")
     for n in nodes:
         table.add_row(
-            n.node_id,
+            cell(n.node_id),
             names.node_status_name(n.status),
             str(n.devices),
             f"{n.power_w:,.0f}",
@@ -177,7 +196,7 @@ def _print_nodes(console: Console, nodes: Sequence[cpb.Node]) -> None:
             str(n.gap_batches),
             str(n.duplicate_batches),
             str(n.dropped_total),
-            n.agent_version,
+            cell(n.agent_version),
         )
     console.print(table)
 
@@ -190,10 +209,10 @@ def _print_devices(console: Console, devices: Sequence[cpb.Device]) -> None:
         util = _opt(d, "utilization")
         mem = _opt(d, "memory_used_bytes")
         table.add_row(
-            d.node_id,
+            cell(d.node_id),
             str(d.info.index),
-            d.info.vendor,
-            d.info.model,
+            cell(d.info.vendor),
+            cell(d.info.model),
             names.health_name(d.health) + (" (cordoned)" if d.cordoned else ""),
             "-" if util is None else f"{util:.0%}",
             _fmt(_opt(d, "power_w"), ",.0f"),
@@ -355,7 +374,7 @@ def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int
                 print(json.dumps(event_json(e)), flush=True)
             else:
                 stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
-                print(f"{stamp} {e.severity:<8} {e.kind:<18} {e.message}", flush=True)
+                print(f"{stamp} {printable(e.severity):<8} {printable(e.kind):<18} {printable(e.message)}", flush=True)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or args.follow:
             raise
@@ -419,19 +438,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = exc.code()
             details = exc.details()
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
+                print(f"xpuctl: {args.command}: {code.name}: {printable(details or '')}", file=sys.stderr)
                 print(
                     "xpuctl: pass an operator credential: --token-file, or --tls-cert-file/--tls-key-file",
                     file=sys.stderr,
                 )
                 return EXIT_DENIED
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                print(f"xpuctl: cannot reach the controller at {args.controller}: {details}", file=sys.stderr)
+                print(
+                    f"xpuctl: cannot reach the controller at {args.controller}: {printable(details or '')}",
+                    file=sys.stderr,
+                )
                 print("xpuctl: is `xpu-controller serve` running there? (--controller HOST:PORT)", file=sys.stderr)
                 if creds is None:
                     print("xpuctl: if it serves TLS ([tls] in its config), pass --tls-ca-file", file=sys.stderr)
                 return EXIT_UNREACHABLE
-            print(f"xpuctl: {args.command}: {code.name}: {details}", file=sys.stderr)
+            print(f"xpuctl: {args.command}: {code.name}: {printable(details or '')}", file=sys.stderr)
             return EXIT_REFUSED
 
 

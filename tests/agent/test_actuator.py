@@ -107,3 +107,14 @@ def test_lease_starts_at_agent_start() -> None:
     a = act()
     assert a.check_lease(9 * S) == []
     assert len(a.check_lease(11 * S)) == 1
+
+
+def test_a_command_valid_for_too_long_is_refused() -> None:
+    # Issue 19: a command that expires a year ahead was applied.
+    a = actuator.Actuator("n1", DEVS, failsafe_after_s=10, now_ns=0, max_lifetime_s=300)
+    year = 365 * 86_400 * S
+    d = a.on_command("n1", cmd("far", expires=S + year), S)
+    assert isinstance(d, actuator.Answer) and not d.result.ok
+    assert "beyond this agent's 300s maximum" in d.result.error
+    assert a.counters.too_long == 1
+    assert isinstance(a.on_command("n1", cmd("near", expires=S + 300 * S), S), actuator.Apply)

@@ -174,3 +174,23 @@ async def test_top_reconnects_by_itself() -> None:
 def snapshot(app: top.Top) -> dashboard.Snapshot | None:
     """What `app` shows now (a call, so that the type checker does not keep an earlier narrowing)."""
     return app.snapshot
+
+
+async def test_a_huge_request_string_is_not_echoed_whole() -> None:
+    # Issue 19: a 1 MiB device id came back whole in the NOT_FOUND message, and the answer grew past
+    # the client's limit (RESOURCE_EXHAUSTED instead of the refusal).
+    ctl = await RunningService(make_service(None)).start()
+    try:
+        async with grpc.aio.insecure_channel(ctl.target) as ch:
+            stub = cluster_pb2_grpc.ClusterStub(ch)
+            for call in (
+                stub.GetDevice(cpb.GetDeviceRequest(uuid="x" * (1 << 20)), timeout=10),
+                stub.Cordon(cpb.CordonRequest(device_uuid="y" * (1 << 20), reason="r"), timeout=10),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+                details = err.value.details() or ""
+                assert len(details) < 1200 and "more characters cut" in details
+    finally:
+        await ctl.stop()

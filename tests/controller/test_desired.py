@@ -8,48 +8,26 @@ import math
 import os
 import pathlib
 import time
-from typing import cast
 
 import grpc
 import grpc.aio
 import msgspec
 import pytest
 
-from tests.helpers import RunningService, free_port, wait_until
+from tests.helpers import RunningService, feed_node, free_port, wait_until
 from xpuctl.controller import config, hub, service
-from xpuctl.controller.adapters import codec, metrics, statefile
-from xpuctl.controller.core import desired, ingest, model, views
+from xpuctl.controller.adapters import metrics, statefile
+from xpuctl.controller.core import desired, views
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
-from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 NOW_NS = 1_800_000_000_000_000_000
 S = 10**9
 
 
 def hello(h: hub.Hub, now_ns: int = NOW_NS) -> None:
-    """Node n1 with gpu-0 and gpu-1 (settable, 100..700 W) says Hello and sends one batch."""
-    stream = ingest.StreamState()
-    infos = [
-        model.DeviceInfo(
-            uuid=f"gpu-{i}",
-            index=i,
-            vendor="nvidia",
-            model="H100",
-            power_limit_min_w=100.0,
-            power_limit_max_w=700.0,
-            power_limit_default_w=700.0,
-            power_cap_settable=True,
-        )
-        for i in range(2)
-    ]
-    facts = ingest.HelloFacts(
-        node_id="n1", boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
-    )
-    h.hello(stream, facts, now_ns)
-    b = pb.Batch(seq=1, device=[0, 1], timestamp_ns=[now_ns] * 2, health=cast("list[pb.Health]", [1, 1]))
-    b.columns.add(metric=pb.METRIC_POWER_W, values=[500.0, 600.0])
-    h.batch(stream, codec.batch_columns(b, h.ingest.limits), now_ns)
+    """Node n1 with gpu-0 and gpu-1 (settable, 100..700 W, caps not reported) says Hello."""
+    feed_node(h, "n1", ["gpu-0", "gpu-1"], now_ns, boot_id="b", limit_w=None)
 
 
 def through_a_file(h: hub.Hub) -> desired.Desired:

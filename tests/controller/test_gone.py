@@ -4,15 +4,13 @@ the power loop at once, and out of memory after the retention time.
 
 from __future__ import annotations
 
-from typing import cast
-
 import numpy as np
 import pytest
 
+from tests.helpers import feed_node
 from xpuctl.controller import errors, hub
-from xpuctl.controller.adapters import codec, metrics
+from xpuctl.controller.adapters import metrics
 from xpuctl.controller.core import ingest, model, registry
-from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 NOW_NS = 1_800_000_000_000_000_000
 S = 10**9
@@ -29,31 +27,8 @@ def make_hub(**limits: int) -> hub.Hub:
 def boot(
     h: hub.Hub, node: str, uuids: list[str], now_ns: int, *, boot_id: str = "b1", power_w: float = 500.0
 ) -> ingest.StreamState:
-    """A node's agent starts with these devices (settable, 100..700 W) and sends one batch."""
-    stream = ingest.StreamState()
-    infos = [
-        model.DeviceInfo(
-            uuid=u,
-            index=i,
-            vendor="nvidia",
-            model="H100",
-            power_limit_min_w=100.0,
-            power_limit_max_w=700.0,
-            power_limit_default_w=700.0,
-            power_cap_settable=True,
-        )
-        for i, u in enumerate(uuids)
-    ]
-    facts = ingest.HelloFacts(
-        node_id=node, boot_id=boot_id, agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
-    )
-    h.hello(stream, facts, now_ns)
-    n = len(uuids)
-    b = pb.Batch(seq=1, device=list(range(n)), timestamp_ns=[now_ns] * n, health=cast("list[pb.Health]", [1] * n))
-    b.columns.add(metric=pb.METRIC_POWER_W, values=[power_w] * n)
-    b.columns.add(metric=pb.METRIC_POWER_LIMIT_W, values=[700.0] * n)
-    h.batch(stream, codec.batch_columns(b, h.ingest.limits), now_ns)
-    return stream
+    """A node's agent starts with these devices and sends one batch (tests/helpers.feed_node)."""
+    return feed_node(h, node, uuids, now_ns, boot_id=boot_id, power_w=power_w)
 
 
 def listed(h: hub.Hub, now_ns: int) -> list[str]:
@@ -191,3 +166,21 @@ def test_a_node_churning_ids_spends_only_its_own_share() -> None:
         t += S
     assert len(h.registry) <= 4 * 3  # present + kept gone + one Hello's worth, however long it churns
     assert sorted(listed(h, t)) == [f"r9-{i}" for i in range(4)]
+
+
+def test_a_device_belongs_to_the_node_that_registered_it() -> None:
+    # Issue 19.1 without TLS: a plain conflict, refused the same way.
+    h = make_hub()
+    first = boot(h, "n1", ["gpu-0", "gpu-1"], NOW_NS)
+    with pytest.raises(errors.ProtocolViolation) as refused:
+        boot(h, "n2", ["gpu-9", "gpu-1"], NOW_NS + S)
+    assert (refused.value.code, refused.value.reason) == ("PERMISSION_DENIED", "device_owned")
+    assert "device 'gpu-1' belongs to node 'n1'" in refused.value.message
+    assert h.registry.node_of_slot[h.registry.slot_of_uuid["gpu-1"]] == "n1"
+    # gone from n1 past the retention, it is free for another node
+    h.ingest.stream_closed(first)
+    s = boot(h, "n1", ["gpu-0"], NOW_NS + 2 * S, boot_id="b2")
+    h.ingest.stream_closed(s)
+    h.tick(NOW_NS + int(FORGET_S * S) + 3 * S)
+    boot(h, "n2", ["gpu-9", "gpu-1"], NOW_NS + int(FORGET_S * S) + 4 * S)
+    assert h.registry.node_of_slot[h.registry.slot_of_uuid["gpu-1"]] == "n2"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import pathlib
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -319,3 +320,39 @@ async def test_node_a_cannot_take_node_bs_devices(running: RunningService, pki: 
         assert (await a.exchange(hello_with("node-a", ["node-a-0", "node-b-0"]))).WhichOneof("kind") == "ack"
         a.call.cancel()
     assert st.registry.node_of_slot[st.registry.slot_of_uuid["node-b-0"]] == "node-a"
+
+
+async def get_metrics(port: int, ctx: ssl.SSLContext | None) -> str:
+    """GET /metrics on 127.0.0.1:port (HTTPS with `ctx`); the response text."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None), 10
+    )
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        return (await asyncio.wait_for(reader.read(), 10)).decode()
+    finally:
+        writer.close()
+
+
+async def page(port: int, ctx: ssl.SSLContext | None) -> bool:
+    """Whether GET /metrics returns the page."""
+    try:
+        return "xpu_devices" in await get_metrics(port, ctx)
+    except (ssl.SSLError, ConnectionError):
+        return False
+
+
+async def test_metrics_demand_a_client_certificate_under_mtls(pki: Site) -> None:
+    # Issue 19: /metrics stayed plaintext and open (listing every device id) with mTLS on.
+    svc = service.Service(tls_config(pki), listen=f"127.0.0.1:{free_port()}", metrics_listen=f"127.0.0.1:{free_port()}")
+    r = await RunningService(svc).start()
+    try:
+        await stream_hello(r.target, pki.client("node-a"), "node-a")
+        with_cert = tls.ssl_context(pki.ca_file, pki.cert("node-b"), pki.key("node-b"))
+        assert "xpu_devices 1" in await get_metrics(svc.metrics_port, with_cert)
+        # without a client certificate (TLS 1.3 says so after the handshake) or over plain HTTP: no page
+        assert not await page(svc.metrics_port, tls.ssl_context(pki.ca_file, None, None))
+        assert not await page(svc.metrics_port, None)
+    finally:
+        await r.stop()

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 
 from xpuctl.common import tls
-from xpuctl.controller import hub
+from xpuctl.controller import errors, hub
 from xpuctl.controller.core import access
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 
@@ -53,8 +53,8 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  
             denial = access.check_call(self.state.policy, method, tls.peer_identities(context), token)
             if denial is not None:
                 self.state.denied[denial.code] = self.state.denied.get(denial.code, 0) + 1
-                log.warning("refused %s from %s: %s", method, context.peer(), denial.message)
-                await context.abort(getattr(grpc.StatusCode, denial.code), denial.message)
+                log.warning("refused %s from %s: %s", method, context.peer(), denial.message[:200])
+                await context.abort(getattr(grpc.StatusCode, denial.code), errors.bounded(denial.message))
 
         if handler.unary_stream is not None:
             inner_stream = cast("AsyncStream", handler.unary_stream)

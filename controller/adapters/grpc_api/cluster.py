@@ -41,7 +41,7 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 async def refuse(context: Context, exc: errors.XpuError) -> NoReturn:
     """End the call with the status code of `exc` and its message (abort raises)."""
-    await context.abort(STATUS_OF_ERROR.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), str(exc))
+    await context.abort(STATUS_OF_ERROR.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), errors.bounded(str(exc)))
     raise AssertionError  # unreachable: abort raises
 
 

@@ -14,7 +14,7 @@ import grpc
 import grpc.aio
 
 from xpuctl.common import tls
-from xpuctl.controller import hub
+from xpuctl.controller import errors, hub
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.core import access, ingest
 from xpuctl.controller.errors import ProtocolViolation
@@ -57,7 +57,7 @@ class TelemetryService:
                     st.refused(v, peer=stream.peer, now_ns=now_ns)
                     node = stream.node.node_id if stream.node else "?"
                     log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
-                    await context.abort(getattr(grpc.StatusCode, v.code), v.message)
+                    await context.abort(getattr(grpc.StatusCode, v.code), errors.bounded(v.message))
                 yield codec.ack(answer)
         finally:
             st.streams_open -= 1
