@@ -64,10 +64,10 @@ def _label(text: str) -> tuple[str, str]:
 def _add_driver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--driver",
-        default="sim",
-        help="device driver: sim (simulated devices of --sim-vendor), auto (every vendor library and tool on "
-        "PATH), or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, moorethreads, enflame, amd, "
-        "hygon, thead)",
+        default=None,
+        help="device driver: auto (the default: every vendor library and tool on PATH), a vendor (nvidia, "
+        "ascend, cambricon, metax, iluvatar, kunlunxin, moorethreads, enflame, amd, hygon, thead), or sim "
+        "(simulated devices of --sim-vendor; any --sim-* flag asks for it too)",
     )
     p.add_argument("--sim-vendor", type=_vendor, default="nvidia", help="vendor to simulate")
     p.add_argument("--sim-devices", type=cli.positive(int), default=8, help="simulated devices")
@@ -180,8 +180,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
-    """The drivers of `--driver`; a choice that reads nothing ends the program with the reason."""
+def driver_choice(args: argparse.Namespace) -> str:
+    """`--driver` as given; else `sim` when a --sim-* flag asks for simulated devices; else `auto`
+    (issue 12: a real node with no flag must read its real devices, never invent eight H100s).
+    """
+    return args.driver or ("sim" if getattr(args, "sim_asked", False) else "auto")
+
+
+def _select(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
+    """The drivers of the choice.
+
+    Raises:
+        registry.DriverChoiceError: the choice reads nothing on this node.
+    """
     sim = registry.SimSpec(
         vendor=args.sim_vendor,
         devices=args.sim_devices,
@@ -189,10 +200,46 @@ def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
         faults=args.sim_fault,
         workload=getattr(args, "sim_workload", "mixed"),
     )
+    return registry.select(driver_choice(args), node_id=node_id, sim=sim, timeout_s=args.driver_timeout_s)
+
+
+def _drivers(args: argparse.Namespace, node_id: str) -> list[base.Driver]:
+    """The drivers of the choice; one that reads nothing ends the program (exit 1) with the reason."""
     try:
-        return registry.select(args.driver, node_id=node_id, sim=sim, timeout_s=args.driver_timeout_s)
+        return _select(args, node_id)
     except registry.DriverChoiceError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"xpu-agent: {exc}") from None
+
+
+async def _drivers_when_found(
+    args: argparse.Namespace, notifier: systemd.Notifier, stop: asyncio.Event
+) -> list[base.Driver] | None:
+    """`run`: the drivers; with `auto` and no device on this node yet, look again every
+    `rediscover_s` (a driver installed later is picked up) until there is one, or None on stop.
+    """
+    said = False
+    while True:
+        try:
+            return _select(args, args.node_id)
+        except registry.DriverChoiceError as exc:
+            if driver_choice(args) != "auto":
+                raise SystemExit(f"xpu-agent: {exc}") from None
+            level = logging.INFO if said else logging.ERROR
+            log.log(
+                level,
+                "node %s: no devices to report: %s; looking again every %gs",
+                args.node_id,
+                exc,
+                args.rediscover_s,
+            )
+            notifier.status(f"no devices found (looking again every {args.rediscover_s:g}s): {exc}")
+            said = True
+        try:
+            async with asyncio.timeout(args.rediscover_s):
+                await stop.wait()
+        except TimeoutError:
+            continue
+        return None
 
 
 async def _once(args: argparse.Namespace) -> int:
@@ -219,7 +266,20 @@ async def _run(args: argparse.Namespace) -> int:
     tls_files = _agent_tls(args)
     if args.mqtt is not None:
         mqtt_session.connect_kwargs(args.mqtt)  # a bad CA, certificate or password file stops the start
-    sampler = Sampler(_drivers(args, args.node_id), timeout_s=args.driver_timeout_s)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(notifier.watchdog_loop(), name="agent.sd_watchdog_search")
+    try:
+        drivers = await _drivers_when_found(args, notifier, stop)
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+    if drivers is None:
+        log.info("node %s: stopping on signal", args.node_id)
+        return 0
+    sampler = Sampler(drivers, timeout_s=args.driver_timeout_s)
     the_agent = Agent(
         node_id=args.node_id,
         controller=args.controller,
@@ -234,10 +294,6 @@ async def _run(args: argparse.Namespace) -> int:
         tls_files=tls_files,
         rediscover_s=args.rediscover_s,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
     async def announce() -> None:
         while True:  # `systemctl status` shows why a start takes long
@@ -340,6 +396,8 @@ def _vendor_or_exit(v: str) -> None:
 def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse; for `run`, settings from --config and XPU_AGENT_* fill what the flags leave unset."""
     args = parser.parse_args(argv)
+    words = list(argv if argv is not None else sys.argv[1:])
+    args.sim_asked = any(a.startswith("--sim-") for a in words)
     if args.command != "run":
         return args
     cfg = agent_config.load(args.config, os.environ).agent
@@ -349,6 +407,8 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
         flag = "--" + field.replace("_", "-")
         if flag in given or value is None:
             continue
+        if field == "driver" and args.sim_asked:
+            continue  # --sim-* flags ask for the simulator, whatever the config's driver
         if field == "mqtt":
             value = cli.bus_url(value)
         setattr(args, field, value)

@@ -27,8 +27,9 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Controller address HOST:PORT."""
     mqtt: str | None = None
     """Action bus URL (mqtt://HOST:PORT or mqtts://...); without it the agent only reports."""
-    driver: str = "sim"
-    """auto, sim, or a vendor (nvidia, ascend, cambricon, metax, iluvatar, kunlunxin, amd, hygon, ...)."""
+    driver: str = "auto"
+    """auto (every vendor library and tool on PATH), a vendor (nvidia, ascend, cambricon, metax,
+    iluvatar, kunlunxin, moorethreads, enflame, amd, hygon, thead), or sim (simulated devices)."""
     interval_s: Positive = 1.0
     """Sampling interval."""
     driver_timeout_s: Positive = 5.0

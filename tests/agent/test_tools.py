@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import stat
 import subprocess
 import sys
@@ -275,3 +276,80 @@ async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(
     vendors = sorted(st.registry.infos[s].vendor for s in n.slots)
     assert vendors == ["ascend"] * 4 + ["cambricon"] * 3
     assert n.gap_batches == 0  # the new boot's seq starts at 1, nothing missing
+
+
+def agent(*args: str, path: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`xpu-agent ARGS` with only `path` (and the system's bins) on PATH."""
+    return subprocess.run(
+        [sys.executable, "-m", "xpuctl.agent.cli", "--log-format", "text", *args],
+        cwd=ROOT,
+        env={**os.environ, "PATH": f"{path}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_once_reads_real_devices_by_default(bin_dir: pathlib.Path) -> None:
+    # Issue 12.7: with no flag, `once` reported eight simulated H100s on a real node.
+    fake(bin_dir, "mx-smi", f"cat {FIX / 'metax' / 'mx-smi_C500x8_v2.2.9.txt'}")
+    r = agent("once", path=str(bin_dir))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 8 and {row["vendor"] for row in rows} == {"metax"}
+    assert not any(row.get("simulated") for row in rows)
+
+
+def test_once_with_no_device_says_so(bin_dir: pathlib.Path) -> None:
+    r = agent("once", path=str(bin_dir))
+    assert r.returncode == 1 and r.stdout == ""
+    assert "--driver auto found no vendor tool on PATH" in r.stderr and "--driver sim" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_sim_flag_asks_for_the_simulator(bin_dir: pathlib.Path) -> None:
+    fake(bin_dir, "mx-smi", f"cat {FIX / 'metax' / 'mx-smi_C500x8_v2.2.9.txt'}")
+    r = agent("once", "--sim-vendor", "ascend", "--sim-devices", "2", path=str(bin_dir))
+    assert r.returncode == 0, r.stderr
+    assert [row["vendor"] for row in json.loads(r.stdout)] == ["ascend", "ascend"]
+
+
+def test_run_with_no_device_keeps_looking_until_stopped(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xpuctl.agent.cli",
+                "--log-format",
+                "text",
+                "run",
+                "--node-id",
+                "bare",
+                "--controller",
+                "127.0.0.1:9",
+                "--rediscover-s",
+                "0.2",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("looking again") < 2:  # said, and looked again
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        fake(bin_dir, "mx-smi", f"cat {FIX / 'metax' / 'mx-smi_C500x8_v2.2.9.txt'}")  # the tools arrive
+        while "8 device(s) discovered" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, log.read_text()
+    text = log.read_text()
+    assert "no devices to report: --driver auto found no vendor tool on PATH" in text and "Traceback" not in text
