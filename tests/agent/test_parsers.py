@@ -286,13 +286,15 @@ def test_ixsmi_table_reads_clocks() -> None:
     assert (p.sample.core_clock_hz, p.sample.memory_clock_hz) == (1500e6, 1600e6)
 
 
-def test_a_table_record_that_does_not_match_its_header_is_refused() -> None:
+def test_a_table_record_that_does_not_match_its_header_costs_only_that_cell() -> None:
+    # Issue 12.4: degrade, do not fail. A stray `|` used to refuse the whole capture.
     text = (
         (FIX / "metax" / "mx-smi_C500x8_v2.2.9.txt").read_text().replace("| 57W / 350W       |", "| 57W / 350W |x|", 1)
     )
-    with pytest.raises(parse.ParseError) as err:
-        parse.parse("metax", text)
-    assert "mx-smi output, line" in str(err.value) and "cells under a 4-cell header" in str(err.value)
+    got = parse.parse("metax", text)
+    assert len(got) == 8 and got[0].sample.power_w == 57.0 and got[0].sample.temperature_c == 35.0
+    assert any("mx-smi line" in w and "cells under a 4-cell header" in w for w in got[0].warnings)
+    assert not got[1].warnings
 
 
 @pytest.mark.parametrize(
@@ -331,7 +333,8 @@ def test_efsmi_default_table() -> None:
         (39.0, 105.0, 300.0),
         (46.0, 128.0, 300.0),
     ]
-    assert got[0].info.memory_total_bytes == 49120 * MIB and got[0].sample.memory_used_bytes == 0
+    # DUsed is not read as memory in use: no public source says what it measures (EXPECTED-2 agrees)
+    assert got[0].info.memory_total_bytes == 49120 * MIB and got[0].sample.memory_used_bytes is None
 
 
 def test_enflame_garbage_is_refused_clearly() -> None:
@@ -474,8 +477,8 @@ def test_npu_smi_t_views(name: str) -> None:
         assert p.info.memory_total_bytes == (None if total is None else total * MIB)
         assert (p.sample.utilization, p.sample.temperature_c, p.sample.power_w) == (util, temp, power)
         assert p.sample.core_clock_hz == (None if freq is None else freq * 1e6)
-        if share is not None:  # used bytes come from a 1 % usage rate: within one percent
-            assert p.sample.memory_used_bytes == pytest.approx(share * total * MIB, abs=0.005 * total * MIB)
+        # a usage rate alone is not turned into bytes (EXPECTED-2's rule: only what is printed)
+        assert share is None or p.sample.memory_used_bytes is None
     # a 2-chip board's power is shared: absent per chip, never split by guesswork
     if "310P" in name and "common" in name:
         assert all(p.sample.power_w is None for p in got)
@@ -494,8 +497,8 @@ def test_identity_only_views() -> None:
 def test_every_shared_fixture_has_a_parser() -> None:
     """Each capture in shared/fixtures (copied here) parses without error, by its vendor."""
     folder_vendor = {"mthreads": "moorethreads"}
-    files = [f for f in FIX.rglob("*") if f.is_file() and f.name != "SOURCES.md"]
-    assert len(files) == 46  # every capture of shared/fixtures/vendor-smi as of 2026-11-22
+    files = [f for f in FIX.rglob("*") if f.is_file() and f.name not in ("SOURCES.md", "EXPECTED-2.json")]
+    assert len(files) == 46 + 23  # every capture of shared/fixtures/vendor-smi as of 2026-11-30
     for f in files:
         vendor = folder_vendor.get(f.parent.name, f.parent.name)
         assert parse.parse(vendor, f.read_text()), f

@@ -10,7 +10,18 @@ from __future__ import annotations
 
 import re
 
-from xpuctl.agent.core.parse import amdsmi, ascend, common, concise, enflame, mthreads, nvidia, rocm, table
+from xpuctl.agent.core.parse import (
+    amdsmi,
+    ascend,
+    common,
+    concise,
+    enflame,
+    listing,
+    mthreads,
+    nvidia,
+    rocm,
+    table,
+)
 
 __all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
 
@@ -18,34 +29,43 @@ ParseError = common.ParseError
 Parsed = common.Parsed
 
 FORMATS: dict[str, str] = {
-    "nvidia": "nvidia-smi (the table), nvidia-smi -q, or nvidia-smi --query-gpu=... --format=csv",
-    "iluvatar": "ixsmi (the table) or ixsmi --query-gpu=... --format=csv[,noheader]",
+    "nvidia": "nvidia-smi (the table), nvidia-smi -q, nvidia-smi -L, or nvidia-smi --query-gpu=... --format=csv",
+    "iluvatar": "ixsmi (the table, or its device rows alone), ixsmi -L, or ixsmi --query-gpu=... --format=csv",
     "cambricon": "cnmon",
     "metax": "mx-smi, or mx-smi topo -m",
-    "kunlunxin": "xpu-smi, or xpu-smi -q",
+    "kunlunxin": "xpu-smi (or xpu_smi), or xpu-smi -q",
+    "thead": "ppu-smi (the table)",
     "moorethreads": "mthreads-gmi",
     "enflame": "efsmi, or efsmi -q",
     "ascend": "npu-smi info, npu-smi info -m, or npu-smi info -t usages|common -i N",
-    "amd": "rocm-smi ... --json, rocm-smi (concise), or amd-smi static --json",
+    "amd": "rocm-smi ... --json, rocm-smi (concise), amd-smi monitor, or amd-smi static --json",
     "hygon": "hy-smi / rocm-smi ... --json, their concise table, or hy-smi virtual -show-device-info",
 }
 
 
 def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
-    """Parse one capture of `vendor`'s tool.
+    """Parse one capture of `vendor`'s tool; sentinel readings come out null (`common.screen`).
 
     Raises:
         ParseError: a layout the parser does not know (the message names the tool and the line).
         KeyError: a vendor with no parser yet (the message lists those there are).
     """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(8)
+    return [common.screen(p) for p in _parse(vendor, text, timestamp_ns)]
+
+
+def _parse(vendor: str, text: str, timestamp_ns: int) -> list[common.Parsed]:
     if vendor == "kunlunxin" and "XPUSMI LOG" in text:
         return nvidia.parse_q(text, timestamp_ns=timestamp_ns, vendor="kunlunxin")
     if vendor == "metax" and "Device link type matrix" in text:
         return table.parse_topology(text, "metax", timestamp_ns=timestamp_ns)
     if vendor == "hygon" and re.search(r"^Virtual Device \d+:", text, re.MULTILINE):
         return rocm.parse_virtual(text, timestamp_ns=timestamp_ns)
-    is_table = any(line.lstrip().startswith("|=") for line in text.splitlines())
-    if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar")):
+    lines = text.splitlines()
+    if vendor in table.TOOLS and listing.looks_like(text):
+        return listing.parse(text, vendor, table.TOOLS[vendor][0], timestamp_ns=timestamp_ns)
+    is_table = table._header_rule(lines) is not None or any(re.match(r"\s*\|\s*\d+\s", x) for x in lines)  # noqa: SLF001
+    if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar", "amd")):
         return table.parse(text, vendor, timestamp_ns=timestamp_ns)
     if vendor == "nvidia" and text.lstrip().startswith("# gpu"):
         return nvidia.parse_dmon(text, timestamp_ns=timestamp_ns)
@@ -57,7 +77,7 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend" and text.lstrip().startswith("NPU ID") and "Chip Logic ID" in text:
         return ascend.parse_mapping(text, timestamp_ns=timestamp_ns)
-    if vendor == "ascend" and re.match(r"\s*NPU ID\s+:", text):
+    if vendor == "ascend" and re.match(r"\s*(NPU ID|Total Count)\s+:", text):
         return ascend.parse_t(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend":
         return ascend.parse_info(text, timestamp_ns=timestamp_ns)

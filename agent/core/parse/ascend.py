@@ -176,16 +176,9 @@ def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     return out
 
 
-def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
-    """`npu-smi info -t usages|common -i N`: `Key : value` blocks for one NPU, one per chip.
-
-    A block belongs to the chip whose `Chip ID` it holds (usages prints it last, common first);
-    a block with `Chip Name : mcu` is the board controller. Power is the chip's own
-    `NPU Real-time Power(W)`, else the board's when the NPU has one chip (shared otherwise:
-    absent). Memory comes from a capacity and a usage rate, to the tool's 1 % resolution.
-
-    Raises:
-        ParseError: no `NPU ID` line, or a value that is not a number where one is expected.
+def _blocks(text: str) -> list[dict[str, tuple[str, int]]]:
+    """`Key : value` blocks separated by blank lines; keys without the space before a unit
+    (`NPU Temperature (C)` is `NPU Temperature(C)`).
     """
     blocks: list[dict[str, tuple[str, int]]] = [{}]
     for n, line in enumerate(text.splitlines(), 1):
@@ -197,7 +190,38 @@ def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         if not sep:
             key, sep, value = line.partition(":")
         if sep:
-            blocks[-1][key.strip()] = (value.strip(), n)
+            blocks[-1][re.sub(r"\s+\(", "(", key.strip())] = (value.strip(), n)
+    return [b for b in blocks if b]
+
+
+# field -> keys, first present wins (npu-smi 21 to 25: `-t common`, `usages`, `temp`, `power`, `board`)
+T_KEYS: dict[str, tuple[str, ...]] = {
+    "util": ("Aicore Usage Rate(%)", "NPU Utilization(%)"),
+    "temp": ("Temperature(C)", "NPU Temperature(C)", "Chip Temperature(C)"),
+    "power": ("NPU Real-time Power(W)", "Power Dissipation(W)", "Real-time Power(W)", "Power(W)"),
+    "freq": ("Aicore curFreq(MHZ)", "Aicore curFreq(MHz)"),
+    "hbm": ("HBM Capacity(MB)",),
+    "ddr": ("DDR Capacity(MB)",),
+    "model": ("Chip Name", "Product Name"),
+}
+
+
+def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
+    """`npu-smi info -t common|usages|temp|power|board -i N` and `npu-smi info -l`.
+
+    `Key : value` blocks. `-l` lists NPUs (`Total Count`, then `NPU ID`/`Chip Count` per NPU):
+    identity only. The `-t` views describe one NPU: a block holding a `Chip ID` belongs to that
+    chip (usages prints it last, common first), a block with `Chip Name : mcu` is the board
+    controller (not a device); a view without any `Chip ID` (board) is chip 0. Power is the chip's
+    own, else the board's when the NPU has one chip (shared otherwise: absent). Memory is the
+    capacity the view prints; a usage rate alone gives no byte count (absent, not derived).
+
+    Raises:
+        ParseError: no `NPU ID` line.
+    """
+    blocks = _blocks(text)
+    if any("Total Count" in b for b in blocks):
+        return _listed(blocks, timestamp_ns)
     npu = next((b["NPU ID"][0] for b in blocks if "NPU ID" in b), None)
     if npu is None:
         lines = text.splitlines()
@@ -206,47 +230,57 @@ def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     board: dict[str, tuple[str, int]] = {}
     count = 1
     for b in blocks:
-        if "Chip Count" in b:
+        if "Chip Count" in b and b["Chip Count"][0].isdigit():
             count = int(b["Chip Count"][0])
         if b.get("Chip Name", ("", 0))[0].lower() == "mcu":
             board = b
-        elif "Chip ID" in b and any(k.startswith(("Aicore", "DDR", "HBM", "Memory", "Temperature")) for k in b):
+        elif "Chip ID" in b and b["Chip ID"][0].isdigit():
             chips.setdefault(int(b["Chip ID"][0]), {}).update(b)
+    if not chips:  # a per-NPU view (board): the NPU's own keys, as chip 0
+        chips[0] = {k: v for b in blocks if b is not board for k, v in b.items()}
     out = []
     for chip, v in sorted(chips.items()):
-        line_no = min(n for _, n in v.values())
+        read = common.Reader()
 
-        def num(key: str, unit: str, v: dict[str, tuple[str, int]] = v) -> float | None:
-            return common.number(v[key][0], unit) if key in v else None
+        def get(field: str, v: dict[str, tuple[str, int]] = v) -> str | None:
+            return next((v[k][0] for k in T_KEYS[field] if k in v), None)
 
-        try:
-            power = num("NPU Real-time Power(W)", "W")
-            if power is None and count == 1 and "NPU Real-time Power(W)" in board:
-                power = common.number(board["NPU Real-time Power(W)"][0], "W")
-            hbm = num("HBM Capacity(MB)", "MB")
-            cap, rate = (
-                (hbm, num("HBM Usage Rate(%)", "%"))
-                if hbm
-                else (num("DDR Capacity(MB)", "MB"), num("DDR Usage Rate(%)", "%"))
-            )
+        power = read.number("power", get("power"), "W")
+        if power is None and count == 1:
+            power = read.number("board power", next((board[k][0] for k in T_KEYS["power"] if k in board), None), "W")
+        cap = read.number("HBM capacity", get("hbm"), "MB") or read.number("DDR capacity", get("ddr"), "MB")
+        name = get("model") or ""
+        info = model.DeviceInfo(
+            uuid=f"ascend-npu{npu}-chip{chip}",
+            index=chip,
+            vendor="ascend",
+            model="" if common.absent(name) or name.lower() == "mcu" else name,
+            memory_total_bytes=int(cap) if cap else None,
+            power_cap_settable=False,
+        )
+        sample = model.DeviceSample(
+            index=chip,
+            timestamp_ns=timestamp_ns,
+            utilization=read.number("utilization", get("util"), "%"),
+            temperature_c=read.number("temperature", get("temp"), "C"),
+            power_w=power,
+            core_clock_hz=read.number("core clock", get("freq"), "MHz"),
+        )
+        out.append(common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings))
+    return out
+
+
+def _listed(blocks: list[dict[str, tuple[str, int]]], timestamp_ns: int) -> list[common.Parsed]:
+    """`npu-smi info -l`: one device per chip of each listed NPU, identity only."""
+    out = []
+    for b in blocks:
+        if "NPU ID" not in b or not b["NPU ID"][0].isdigit():
+            continue
+        npu = int(b["NPU ID"][0])
+        chips = int(b["Chip Count"][0]) if b.get("Chip Count", ("", 0))[0].isdigit() else 1
+        for chip in range(chips):
             info = model.DeviceInfo(
-                uuid=f"ascend-npu{npu}-chip{chip}",
-                index=chip,
-                vendor="ascend",
-                model="Ascend",
-                memory_total_bytes=int(cap) if cap else None,
-                power_cap_settable=False,
+                uuid=f"ascend-npu{npu}-chip{chip}", index=npu, vendor="ascend", model="", power_cap_settable=False
             )
-            sample = model.DeviceSample(
-                index=chip,
-                timestamp_ns=timestamp_ns,
-                utilization=num("Aicore Usage Rate(%)", "%"),
-                temperature_c=num("Temperature(C)", "C"),
-                power_w=power,
-                core_clock_hz=num("Aicore curFreq(MHZ)", "MHz"),
-                memory_used_bytes=round(cap * rate) if cap and rate is not None else None,
-            )
-        except ValueError as exc:
-            raise common.ParseError("npu-smi info -t", line_no, f"chip {chip}", str(exc)) from None
-        out.append(common.Parsed(info=info, sample=sample))
+            out.append(common.Parsed(info=info, sample=model.DeviceSample(index=npu, timestamp_ns=timestamp_ns)))
     return out

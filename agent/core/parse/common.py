@@ -57,7 +57,9 @@ UNITS: dict[str, float] = {
     "s": 1.0,
 }
 _ANONYMISED = re.compile(r"^\s*[xX*]+\s*[A-Za-z%]*\s*$")  # `xxxxx MiB`: hidden by the capture's author
-_NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%]*)\s*$")
+_NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([A-Za-z%°℃]*)\s*$")
+# spellings of one unit: `°C`, `℃`, `C` and `c` are Celsius
+_UNIT_SPELLINGS = {"°c": "c", "℃": "c", "°": "c", "deg": "c", "degc": "c"}
 
 
 class ParseError(ValueError):
@@ -73,10 +75,50 @@ class ParseError(ValueError):
 
 
 class Parsed(msgspec.Struct, frozen=True, kw_only=True):
-    """One device as a tool showed it: identity and capabilities, and one sample."""
+    """One device as a tool showed it: identity and capabilities, one sample, and what could not
+    be read (each warning names the field and the text; the field is then absent).
+    """
 
     info: model.DeviceInfo
     sample: model.DeviceSample
+    warnings: tuple[str, ...] = ()
+
+
+def with_warnings(parsed: Parsed, warnings: list[str] | tuple[str, ...]) -> Parsed:
+    """`parsed` with `warnings` added."""
+    if not warnings:
+        return parsed
+    return msgspec.structs.replace(parsed, warnings=(*parsed.warnings, *warnings))
+
+
+class Reader:
+    """Reads a device's fields one by one: a field that is not a value is absent (None) and noted,
+    so that one unreadable cell costs that field, never the device (issue 12.4).
+    """
+
+    def __init__(self) -> None:
+        """No warnings yet."""
+        self.warnings: list[str] = []
+
+    def number(self, field: str, text: str | None, unit: str = "") -> float | None:
+        """`text` as a number in base units (see `number`); None when absent or unreadable."""
+        if text is None:
+            return None
+        try:
+            return number(text, unit)
+        except ValueError as exc:
+            self.warnings.append(f"{field}: {exc}")
+            return None
+
+    def pair(self, field: str, text: str | None, unit: str) -> tuple[float | None, float | None]:
+        """`used / total` (see `used_total`); (None, None) when unreadable."""
+        if text is None:
+            return None, None
+        try:
+            return used_total(text, unit)
+        except ValueError as exc:
+            self.warnings.append(f"{field}: {exc}")
+            return None, None
 
 
 def absent(text: str) -> bool:
@@ -96,6 +138,7 @@ def number(text: str, default_unit: str = "") -> float | None:
         msg = f"not a number: {text!r}"
         raise ValueError(msg)
     unit = (m.group(2) or default_unit).lower()
+    unit = _UNIT_SPELLINGS.get(unit, unit)
     if unit and unit not in UNITS:
         msg = f"unknown unit {unit!r} in {text!r}"
         raise ValueError(msg)
@@ -138,3 +181,30 @@ def kv_tree(text: str) -> list[tuple[tuple[str, ...], str, int]]:
             continue
         out.append(((*(s for _, s in stack), m.group("key")), m.group("value") or "", n))
     return out
+
+
+# What tools print for a reading the device did not give: all bits set in a 16- or 32-bit field
+SENTINELS: frozenset[float] = frozenset({65535.0, 65534.0, 4294967295.0, 4294967294.0})
+_LIVE = ("power_w", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz")
+
+
+def screen(parsed: Parsed) -> Parsed:
+    """Sentinel readings to null, with a health reason (issue 12.4).
+
+    A reading of 65535 (or 2**32-1) is the tool's `no value`, not a value. A device that shows one is
+    not reporting: its `0 C` and `100 %` beside it are not readings either (a hung Iluvatar card
+    shows `65535W`, `0C`, `100%`).
+    """
+    s = parsed.sample
+    hits = [name for name in _LIVE if getattr(s, name) in SENTINELS]
+    if not hits:
+        return parsed
+    changes: dict[str, object] = dict.fromkeys(hits)
+    if s.temperature_c == 0:
+        changes["temperature_c"] = None
+    if s.utilization == 1.0:
+        changes["utilization"] = None
+    shown = ", ".join(f"{name} {getattr(s, name):g}" for name in hits)
+    reason = f"the tool shows sentinel values ({shown}): readings not trusted; the device may be hung"
+    sample = msgspec.structs.replace(s, health_reason=reason, **changes)
+    return with_warnings(msgspec.structs.replace(parsed, sample=sample), [f"device {s.index}: {reason}"])

@@ -107,8 +107,10 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     """`efsmi`'s default table (v1.2): a 2-line header framed by `|----` rules, 2-line records.
 
     Labels: `DEV NAME | FW VER | BUS-ID ECC` / `TEMP Dpm Pwr(Usage/Cap) | Mem GCU Virt | DUsed SN`.
-    `Mem` is the device memory size and `DUsed` the share in use (to the tool's 0.1 %), so the
-    used bytes are derived from it. `Pwr(Usage/Cap)` prints the two values without a slash.
+    `Mem` is the device memory size. `DUsed` is a percentage whose meaning no public source states
+    (memory in use, or the GCU's load?): it is not turned into a number it may not be, so memory in
+    use and utilisation are absent here (`efsmi -q` has both). `Pwr(Usage/Cap)` prints the two
+    values without a slash.
 
     Raises:
         ParseError: no `DEV ... NAME` header, or a record that does not match it.
@@ -124,7 +126,7 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     record: list[tuple[int, str]] = []
     for n in range(head + 3, len(lines)):
         line = lines[n]
-        if line.startswith(("+", "|-")):
+        if table.is_rule(line):
             if record:
                 out.append(_table_device(record, header, timestamp_ns))
                 record = []
@@ -154,7 +156,6 @@ def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[in
         index = int(v["DEV"])
         pwr = v.get("Pwr(Usage/Cap)", "").split()
         total = common.number(v.get("Mem", ""), "MiB")
-        share = common.number(v.get("DUsed", ""), "%")
         info = model.DeviceInfo(
             uuid=f"enflame-{index}",
             index=index,
@@ -170,7 +171,6 @@ def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[in
             temperature_c=common.number(v.get("TEMP", ""), "C"),
             power_w=common.number(pwr[0], "W") if len(pwr) == 2 else None,
             power_limit_w=common.number(pwr[1], "W") if len(pwr) == 2 else None,
-            memory_used_bytes=round(total * share) if total is not None and share is not None else None,
         )
     except (KeyError, ValueError) as exc:
         raise common.ParseError(TABLE_TOOL, line_no, first, str(exc)) from None

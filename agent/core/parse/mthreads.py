@@ -42,12 +42,12 @@ def parse(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     record: list[tuple[int, str]] = []
     for i in range(rule + 1, len(lines)):
         line = lines[i]
-        if line.startswith("+") or not line.strip() or line.strip() == "...":
+        if table.is_rule(line) or not line.strip() or line.strip() == "...":
             if record:
                 out.append(_device(record, header, width, timestamp_ns))
                 record = []
             if not line.startswith("+") and line.strip() != "...":
-                break
+                break  # the table's bottom border, a blank line or the truncation mark
             continue
         record.append((i + 1, line))
     if record:

@@ -130,8 +130,10 @@ Q_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "power": (
         ("GPU Power Readings", "Average Power Draw"),
         ("GPU Power Readings", "Power Draw"),
+        ("GPU Power Readings", "Instantaneous Power Draw"),
         ("Power Readings", "Average Power Draw"),
         ("Power Readings", "Power Draw"),
+        ("Power Readings", "Instantaneous Power Draw"),
     ),
     "limit": (
         ("GPU Power Readings", "Current Power Limit"),
@@ -177,7 +179,13 @@ def _q_device(
     section: str, v: dict[tuple[str, ...], tuple[str, int]], index: int, vendor: str, tool: str, driver: str, ts: int
 ) -> common.Parsed:
     def raw(field: str) -> str | None:
-        return next((v[p][0] for p in Q_PATHS[field] if p in v), None)
+        # a path matches where its sections are ancestors of the key in that order, at any depth
+        # (610 nests the limits under `GPU Ceiling Power Limit`); the first one with a value wins
+        for want in Q_PATHS[field]:
+            for path, (value, _) in v.items():
+                if path[-1] == want[-1] and _under(path[:-1], want[:-1]) and not common.absent(value):
+                    return value
+        return None
 
     def num(field: str, unit: str = "") -> float | None:
         text = raw(field)
@@ -219,6 +227,12 @@ def _q_device(
         first_line = min(n for _, n in v.values()) - 1
         raise common.ParseError(tool, first_line, section, str(exc)) from None
     return common.Parsed(info=info, sample=sample)
+
+
+def _under(sections: tuple[str, ...], want: tuple[str, ...]) -> bool:
+    """Whether `want` appears in `sections` in order (not necessarily next to each other)."""
+    it = iter(sections)
+    return all(any(s == w for s in it) for w in want)
 
 
 # dmon column -> (DeviceSample field, unit)

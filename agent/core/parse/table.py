@@ -12,20 +12,24 @@ label means what is the LABELS table below; vendor differences are only in label
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
+
+import msgspec
 
 from xpuctl.agent.core import model
 from xpuctl.agent.core.parse import common
 
-# field -> labels, first present wins
+# field -> labels (any case), first present wins
 LABELS: dict[str, tuple[str, ...]] = {
-    "index": ("GPU", "XPU", "Card", "Board"),
-    "name": ("Name",),
-    "bus": ("Bus-Id", "Bus-id"),
-    "temp": ("Temp",),
-    "power": ("Pwr:Usage/Cap",),
-    "memory": ("Memory-Usage",),
-    "util": ("GPU-Util", "XPU-Util", "Util"),
+    "index": ("GPU", "XPU", "PPU", "Card", "Board", "MLU", "DCU", "NPU", "ID"),
+    "name": ("Name", "Product Name", "GPU-Name"),
+    "bus": ("Bus-Id", "Bus-id", "BusId"),
+    "temp": ("Temp", "Temperature"),
+    "power": ("Pwr:Usage/Cap", "Power:Usage/Cap", "Pwr:Usage/Cap(W)", "Power-Usage"),
+    "memory": ("Memory-Usage", "Memory Usage", "Mem-Usage"),
+    "util": ("GPU-Util", "XPU-Util", "PPU-Util", "MLU-Util", "Util", "Volatile GPU-Util", "GFX-Uti", "GFX-Util"),
     "ecc_uncorrected": ("Volatile Uncorr. ECC", "Ecc-Error"),
     "clock_sm": ("Clock-SM",),
     "clock_mem": ("Clock-Mem",),
@@ -37,6 +41,16 @@ TOOLS: dict[str, tuple[str, bool]] = {
     "metax": ("mx-smi", False),
     "iluvatar": ("ixsmi", False),
     "kunlunxin": ("xpu-smi", False),
+    "thead": ("ppu-smi", False),
+    "amd": ("amd-smi", True),  # its default table (AMD-SMI 26); caps through ROCm SMI (DESIGN 7)
+}
+# vendor -> the header its tool prints, for device rows captured without theirs (read in this
+# order, and said so in a warning): ixsmi 4.1 (tests/fixtures/vendor-smi/iluvatar)
+KNOWN_HEADERS: dict[str, tuple[str, ...]] = {
+    "iluvatar": (
+        "| GPU  Name                     | Bus-Id               | Clock-SM  Clock-Mem  |",
+        "| Fan  Temp  Perf  Pwr:Usage/Cap|      Memory-Usage    | GPU-Util  Compute M. |",
+    ),
 }
 _WIDE = re.compile(r"\s{2,}")
 
@@ -44,6 +58,15 @@ _WIDE = re.compile(r"\s{2,}")
 def _cells(line: str) -> list[str]:
     s = line.strip()
     return s[1:-1].split("|") if s.endswith("|") else s[1:].split("|")
+
+
+def _spans(line: str) -> list[tuple[int, int]]:
+    """Where each `|`-separated cell of a line sits (character offsets), for lining cells up."""
+    bars = [i for i, ch in enumerate(line) if ch == "|"]
+    if not bars:
+        return [(0, len(line))]
+    edges = bars if line.rstrip().endswith("|") else [*bars, len(line)]
+    return list(itertools.pairwise(edges))
 
 
 def _labels(cell: str) -> list[tuple[int, str]]:
@@ -74,6 +97,9 @@ def _values(cell: str, labels: list[tuple[int, str]]) -> dict[str, str]:
     for attempt in (wide, _join_slashes(wide), _join_slashes(cell.split())):
         if len(attempt) == n:
             return {label: value for (_, label), value in zip(labels, attempt, strict=True)}
+    if n == 2 and len(wide) == 1 and " " in wide[0]:
+        first, rest = wide[0].split(" ", 1)  # `0000:03:00.0 ...Radeon AI PRO R9700`: an id, then a name
+        return {labels[0][1]: first, labels[1][1]: rest.strip()}
     out = {}
     for k, (start, label) in enumerate(labels):
         end = labels[k + 1][0] if k + 1 < n else len(cell)
@@ -81,80 +107,147 @@ def _values(cell: str, labels: list[tuple[int, str]]) -> dict[str, str]:
     return out
 
 
+def is_rule(line: str) -> bool:
+    """A border or separator line: only `+ - = |` (and spaces), with a run of `-` or `=`."""
+    s = line.strip()
+    return bool(s) and set(s) <= set("+-=|: ") and ("--" in s or "==" in s)
+
+
+def _header_rule(lines: list[str]) -> int | None:
+    """The `|===|` (or `+===+`) line under the device header, if any."""
+    return next((i for i, line in enumerate(lines) if line.lstrip().startswith(("|=", "+="))), None)
+
+
+class Grid(msgspec.Struct, kw_only=True):
+    """A box table's header: per header line, its cells' spans and labels."""
+
+    lines: list[str]
+    spans: list[list[tuple[int, int]]]
+    labels: list[list[list[tuple[int, str]]]]
+
+    @classmethod
+    def of(cls, header: list[str]) -> Grid:
+        """The grid of these header lines."""
+        return cls(
+            lines=header,
+            spans=[_spans(line) for line in header],
+            labels=[[_labels(c) for c in _cells(line)] for line in header],
+        )
+
+
+def records(lines: list[str], first: int) -> Iterator[list[tuple[int, str]]]:
+    """The device records from line `first` on: runs of `|` lines between rules, until the table
+    ends (a blank line or any other line). Line numbers are 1-based.
+    """
+    record: list[tuple[int, str]] = []
+    for i in range(first, len(lines)):
+        line = lines[i]
+        if "Processes" in line or line.lstrip().startswith(("|=", "+=")):
+            break  # the process table below the devices
+        if is_rule(line):
+            if record:
+                yield record
+                record = []
+            continue
+        if not line.strip().startswith("|"):
+            break
+        record.append((i + 1, line))
+    if record:
+        yield record
+
+
+def read_record(record: list[tuple[int, str]], grid: Grid) -> tuple[dict[str, str], list[str]]:
+    """A record's values by label (lower-cased), and what could not be placed.
+
+    Record line k is read under header line k; a cell is read under the header cell it overlaps
+    most, so a missing or extra `|` costs only that cell, not the record.
+    """
+    v: dict[str, str] = {}
+    problems: list[str] = []
+    if len(record) != len(grid.lines):
+        problems.append(f"a record of {len(record)} line(s) under a header of {len(grid.lines)}")
+    for (_, line), spans, labels in zip(record, grid.spans, grid.labels, strict=False):
+        cells = _cells(line)
+        if len(cells) == len(labels):
+            pairs = list(zip(cells, labels, strict=True))
+        else:
+            problems.append(f"{len(cells)} cells under a {len(labels)}-cell header: {line.strip()[:80]!r}")
+            pairs, claimed = [], set()
+            for (start, end), cell in zip(_spans(line), cells, strict=False):
+                best = max(range(len(spans)), key=lambda k: min(end, spans[k][1]) - max(start, spans[k][0]))
+                if best not in claimed:  # a stray cell does not overwrite the one already read there
+                    claimed.add(best)
+                    pairs.append((cell, labels[best]))
+        for cell, cell_labels in pairs:
+            v.update({k.lower(): val for k, val in _values(cell, cell_labels).items()})
+    return v, problems
+
+
 def parse(text: str, vendor: str, timestamp_ns: int = 0) -> list[common.Parsed]:
-    """Every device row of the table.
+    """Every device row of the table; rows that are not devices are skipped with a warning.
 
     Raises:
-        ParseError: no `|===` header rule, or a record that does not match the header.
+        ParseError: no device could be found (no header and no known one, or no device row).
     """
     tool, settable = TOOLS[vendor]
     lines = text.splitlines()
-    rule = next((i for i, line in enumerate(lines) if line.lstrip().startswith("|=")), None)
-    if rule is None:
-        raise common.ParseError(tool, 1, lines[0] if lines else "", "no `|====` rule under a device header")
-    top = rule
-    while top > 0 and lines[top - 1].lstrip().startswith("|") and not lines[top - 1].lstrip().startswith("|-"):
-        top -= 1
-    header = [[_labels(c) for c in _cells(line)] for line in lines[top:rule]]
-    if not header:
-        raise common.ParseError(tool, rule + 1, lines[rule], "no header lines above the rule")
+    rule = _header_rule(lines)
+    warnings: list[str] = []
+    if rule is not None:
+        top = rule
+        while top > 0 and lines[top - 1].lstrip().startswith("|") and not is_rule(lines[top - 1]):
+            top -= 1
+        if top == rule:
+            raise common.ParseError(tool, rule + 1, lines[rule], "no header lines above the rule")
+        grid, first = Grid.of(lines[top:rule]), rule + 1
+    elif vendor in KNOWN_HEADERS and any(re.match(r"\s*\|\s*\d+\s", line) for line in lines):
+        grid = Grid.of(list(KNOWN_HEADERS[vendor]))
+        first = next(i for i, line in enumerate(lines) if line.strip().startswith("|"))
+        warnings.append(f"{tool}: device rows without their header: read in the order {tool} prints them")
+    else:
+        raise common.ParseError(
+            tool, 1, next((x for x in lines if x.strip()), ""), "no `|====` rule under a device header"
+        )
     out: list[common.Parsed] = []
-    record: list[tuple[int, str]] = []
-    for i in range(rule + 1, len(lines)):
-        line = lines[i]
-        stripped = line.strip()
-        if stripped.startswith(("+", "|-")):
-            if record:
-                out.append(_record(record, header, tool, vendor, settable=settable, ts=timestamp_ns))
-                record = []
+    seen: set[int] = set()
+    for record in records(lines, first):
+        v, problems = read_record(record, grid)
+        line_no, first_line = record[0]
+        where = f"{tool} line {line_no}"
+        try:
+            parsed = _device(v, vendor, settable=settable, ts=timestamp_ns)
+        except ValueError as exc:
+            warnings.append(f"{where}: not a device row ({exc}): {first_line.strip()[:80]!r}")
             continue
-        if not stripped.startswith("|"):
-            break  # end of the device table
-        record.append((i + 1, line))
-    if record:
-        out.append(_record(record, header, tool, vendor, settable=settable, ts=timestamp_ns))
+        if parsed.info.index in seen:
+            warnings.append(f"{where}: device {parsed.info.index} again; the first row kept")
+            continue
+        seen.add(parsed.info.index)
+        out.append(common.with_warnings(parsed, [*warnings, *(f"{where}: {p}" for p in problems)]))
+    if not out:
+        line = next((x for x in lines[first:] if x.strip()), "")
+        raise common.ParseError(tool, first + 1, line, "no device row under the header")
     return out
 
 
-def _record(
-    record: list[tuple[int, str]],
-    header: list[list[list[tuple[int, str]]]],
-    tool: str,
-    vendor: str,
-    *,
-    settable: bool,
-    ts: int,
-) -> common.Parsed:
-    line_no, first = record[0]
-    if len(record) != len(header):
-        raise common.ParseError(
-            tool, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}"
-        )
-    v: dict[str, str] = {}
-    for (n, line), labels in zip(record, header, strict=True):
-        cells = _cells(line)
-        if len(cells) != len(labels):
-            raise common.ParseError(tool, n, line, f"{len(cells)} cells under a {len(labels)}-cell header")
-        for cell, cell_labels in zip(cells, labels, strict=True):
-            v.update(_values(cell, cell_labels))
-    try:
-        return _device(v, vendor, settable=settable, ts=ts)
-    except (ValueError, KeyError) as exc:
-        raise common.ParseError(tool, line_no, first, str(exc)) from None
-
-
 def _get(v: dict[str, str], field: str) -> str | None:
-    return next((v[label] for label in LABELS[field] if label in v), None)
+    return next((v[label.lower()] for label in LABELS[field] if label.lower() in v), None)
 
 
 def _device(v: dict[str, str], vendor: str, *, settable: bool, ts: int) -> common.Parsed:
+    """One device from its values by label; a field that cannot be read is absent, with a warning.
+
+    Raises:
+        ValueError: no device number: not a device row.
+    """
     raw_index = _get(v, "index")
     if raw_index is None or not raw_index.isdigit():
         msg = f"no device number (a {'/'.join(LABELS['index'])} column) in {raw_index!r}"
         raise ValueError(msg)
     index = int(raw_index)
-    power, cap = common.used_total(_get(v, "power") or "", "W")
-    used, total = common.used_total(_get(v, "memory") or "", "MiB")
+    read = common.Reader()
+    power, cap = read.pair("power", _get(v, "power"), "W")
+    used, total = read.pair("memory", _get(v, "memory"), "MiB")
     bus = (_get(v, "bus") or "").split()
     ecc = _get(v, "ecc_uncorrected")
     info = model.DeviceInfo(
@@ -169,17 +262,17 @@ def _device(v: dict[str, str], vendor: str, *, settable: bool, ts: int) -> commo
     sample = model.DeviceSample(
         index=index,
         timestamp_ns=ts,
-        utilization=common.number(_get(v, "util") or "", "%"),
+        utilization=read.number("utilization", _get(v, "util"), "%"),
         memory_used_bytes=used,
         power_w=power,
         power_limit_w=cap,
-        temperature_c=common.number(_get(v, "temp") or "", "C"),
-        core_clock_hz=common.number(_get(v, "clock_sm") or "", "MHz"),
-        memory_clock_hz=common.number(_get(v, "clock_mem") or "", "MHz"),
+        temperature_c=read.number("temperature", _get(v, "temp"), "C"),
+        core_clock_hz=read.number("core clock", _get(v, "clock_sm"), "MHz"),
+        memory_clock_hz=read.number("memory clock", _get(v, "clock_mem"), "MHz"),
         # the ECC cell shows a count, or words when ECC or the column is off (`Off`, MIG's `On`)
         ecc_uncorrected_total=float(ecc) if ecc is not None and ecc.isdigit() else None,
     )
-    return common.Parsed(info=info, sample=sample)
+    return common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings)
 
 
 def parse_topology(text: str, vendor: str = "metax", timestamp_ns: int = 0) -> list[common.Parsed]:
