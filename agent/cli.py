@@ -381,6 +381,8 @@ def _parse(args: argparse.Namespace) -> int:
     except (parse.ParseError, KeyError) as exc:
         print(f"xpu-agent parse: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
+    for warning in dict.fromkeys(w for d in devices for w in d.warnings):  # each once, in order
+        print(f"xpu-agent parse: warning: {warning}", file=sys.stderr)
     json.dump([model.as_json_row(d.info, d.sample) for d in devices], sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -74,6 +74,7 @@ class ToolDriver:
         self.timeout_s = timeout_s
         self.tool = self.argv[0]
         self._infos: dict[int, model.DeviceInfo] = {}
+        self._warned: set[str] = set()  # parse warnings already logged (a tool runs every second)
 
     def _read(self, timestamp_ns: int) -> list[parse.Parsed]:
         try:
@@ -95,9 +96,13 @@ class ToolDriver:
             raise base.DriverError(msg)
         text = done.stdout[:MAX_OUTPUT_BYTES].decode(errors="replace")
         try:
-            return parse.parse(self.vendor, text, timestamp_ns)
+            parsed = parse.parse(self.vendor, text, timestamp_ns)
         except parse.ParseError as exc:
             raise base.DriverError(str(exc)) from None
+        for warning in {w for p in parsed for w in p.warnings} - self._warned:  # each once per driver
+            self._warned.add(warning)
+            log.warning("%s: %s", self.tool, warning)
+        return parsed
 
     def discover(self) -> list[model.DeviceInfo]:
         """Run the tool once; its devices, not settable through this driver (it only reads)."""

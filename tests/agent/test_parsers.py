@@ -132,13 +132,27 @@ def test_units(text: str, unit: str, value: float) -> None:
     ("vendor", "text", "fragment"),
     [
         ("ascend", "garbage\n", "no `NPU"),
+        ("nvidia", "index, name, power.draw [W]\n0, H100, 70 W, extra\n", "4 values for 3 fields"),
+        ("nvidia", "0, H100, 70 W\n", "no header"),
+    ],
+)
+def test_an_output_with_no_device_fails_loudly_naming_tool_and_line(vendor: str, text: str, fragment: str) -> None:
+    with pytest.raises(parse.ParseError) as err:
+        parse.parse(vendor, text)
+    assert fragment in str(err.value) and "line" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "text", "field", "warning"),
+    [
         (
             "ascend",
             (
                 "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
                 "| 0 910B | OK | 70.5 42 |\n+===+\n"
             ),
-            "record has 1 lines",
+            "utilization",
+            "a chip record of 1 line(s), expected 2",
         ),
         (
             "ascend",
@@ -146,17 +160,17 @@ def test_units(text: str, unit: str, value: float) -> None:
                 "| NPU Name | Health | Power(W) Temp(C) |\n| Chip | Bus-Id | AICore(%) |\n+===+\n"
                 "| 0 910B | OK | hot 42 |\n| 0 | 0000:01:00.0 | 5 |\n+===+\n"
             ),
-            "not a number",
+            "power_w",
+            "power: not a number: 'hot'",
         ),
-        ("nvidia", "index, name, power.draw [W]\n0, H100, 70 W, extra\n", "4 values for 3 fields"),
-        ("nvidia", "0, H100, 70 W\n", "no header"),
-        ("nvidia", "index, power.draw [W]\n0, 70 furlongs\n", "unknown unit"),
+        ("nvidia", "index, power.draw [W]\n0, 70 furlongs\n", "power_w", "unknown unit 'furlongs'"),
     ],
 )
-def test_unknown_layouts_fail_loudly_naming_tool_and_line(vendor: str, text: str, fragment: str) -> None:
-    with pytest.raises(parse.ParseError) as err:
-        parse.parse(vendor, text)
-    assert fragment in str(err.value) and "line" in str(err.value)
+def test_an_unreadable_field_costs_only_that_field(vendor: str, text: str, field: str, warning: str) -> None:
+    # Issue 12.4: degrade, do not fail. The device is there; the field is null, and a warning says why.
+    (got,) = parse.parse(vendor, text)
+    assert got.info.index == 0 and getattr(got.sample, field) is None
+    assert any(warning in w for w in got.warnings), got.warnings
 
 
 def test_vendor_without_parser_is_named() -> None:

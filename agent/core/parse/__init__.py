@@ -67,7 +67,7 @@ def _parse(vendor: str, text: str, timestamp_ns: int) -> list[common.Parsed]:
     is_table = table._header_rule(lines) is not None or any(re.match(r"\s*\|\s*\d+\s", x) for x in lines)  # noqa: SLF001
     if vendor in table.TOOLS and (is_table or vendor not in ("nvidia", "iluvatar", "amd")):
         return table.parse(text, vendor, timestamp_ns=timestamp_ns)
-    if vendor == "nvidia" and text.lstrip().startswith("# gpu"):
+    if vendor == "nvidia" and re.search(r"^\s*#\s*gpu\s", text, re.MULTILINE):
         return nvidia.parse_dmon(text, timestamp_ns=timestamp_ns)
     if vendor == "nvidia" and "NVSMI LOG" in text:
         return nvidia.parse_q(text, timestamp_ns=timestamp_ns)
@@ -75,9 +75,9 @@ def _parse(vendor: str, text: str, timestamp_ns: int) -> list[common.Parsed]:
         return nvidia.parse_query_csv(text, timestamp_ns=timestamp_ns)
     if vendor == "iluvatar":
         return nvidia.parse_ixsmi_csv(text, timestamp_ns=timestamp_ns)
-    if vendor == "ascend" and text.lstrip().startswith("NPU ID") and "Chip Logic ID" in text:
+    if vendor == "ascend" and re.search(r"^\s*NPU ID\s{2,}.*Chip Logic ID", text, re.MULTILINE):
         return ascend.parse_mapping(text, timestamp_ns=timestamp_ns)
-    if vendor == "ascend" and re.match(r"\s*(NPU ID|Total Count)\s+:", text):
+    if vendor == "ascend" and re.search(r"^\s*(NPU ID|Total Count)\s+:", text, re.MULTILINE):
         return ascend.parse_t(text, timestamp_ns=timestamp_ns)
     if vendor == "ascend":
         return ascend.parse_info(text, timestamp_ns=timestamp_ns)
@@ -91,9 +91,16 @@ def _parse(vendor: str, text: str, timestamp_ns: int) -> list[common.Parsed]:
         return amdsmi.parse_static(text, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon") and re.search(r"^\s*(GPU|DCU|HCU)\[\d+\]\s*:", text, re.MULTILINE):
         return rocm.parse_lines(text, vendor, timestamp_ns=timestamp_ns)
-    if vendor in ("amd", "hygon") and not text.lstrip().startswith(("{", "[")):
+    if vendor in ("amd", "hygon") and not _is_json(text):
         return concise.parse(text, vendor, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon"):
         return rocm.parse_json(text, vendor, timestamp_ns=timestamp_ns)
     msg = f"no parser for {vendor!r} output yet; there are: {', '.join(f'{v} ({f})' for v, f in FORMATS.items())}"
     raise KeyError(msg)
+
+
+def _is_json(text: str) -> bool:
+    """Whether `text` holds a JSON document, or starts one that breaks off (log lines around it
+    allowed; a `[INFO]` log line is not a JSON array).
+    """
+    return common.json_document(text) is not None or bool(re.search(r'^\s*[\[{]\s*(["{\[]|$)', text, re.MULTILINE))

@@ -36,7 +36,7 @@ def parse_static(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         ParseError: not JSON, or no `gpu_data` list (nor a bare list of GPUs).
     """
     try:
-        doc = json.loads(text)
+        doc = json.loads(common.json_document(text) or text)
     except json.JSONDecodeError as exc:
         lines = text.splitlines()
         raise common.ParseError(

@@ -78,21 +78,27 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
 
 
 def _chip(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int) -> common.Parsed:
-    if len(record) != 2:
-        line_no, line = record[0]
-        raise common.ParseError(TOOL, line_no, line, f"a chip record has {len(record)} lines, expected 2")
+    """One chip's record; what cannot be placed costs its fields only (with a warning).
+
+    Raises:
+        ParseError: the record names no NPU: it cannot be a device.
+    """
     v: dict[str, str] = {}
-    for (line_no, line), labels in zip(record, header, strict=True):
+    problems: list[str] = []
+    if len(record) != 2:
+        problems.append(f"{TOOL} line {record[0][0]}: a chip record of {len(record)} line(s), expected 2")
+    for (line_no, line), labels in zip(record, header, strict=False):
         cells = _cells(line)
         if len(cells) != len(labels):
-            raise common.ParseError(TOOL, line_no, line, f"{len(cells)} cells under a {len(labels)}-cell header")
+            problems.append(f"{TOOL} line {line_no}: {len(cells)} cells under a {len(labels)}-cell header")
+            continue
         for cell, cell_labels in zip(cells, labels, strict=True):
             v.update(_values(cell, cell_labels))
     line_no, line = record[0]
     try:
-        return _device(v, ts)
-    except ValueError as exc:
-        raise common.ParseError(TOOL, line_no, line, str(exc)) from None
+        return common.with_warnings(_device(v, ts), problems)
+    except (KeyError, ValueError) as exc:
+        raise common.ParseError(TOOL, line_no, line, f"no NPU number ({exc})") from None
 
 
 def _device(v: dict[str, str], ts: int) -> common.Parsed:
@@ -102,13 +108,14 @@ def _device(v: dict[str, str], ts: int) -> common.Parsed:
     index = int(logical) if logical and logical.isdigit() else npu  # npu-smi addresses 910s by NPU id
     name = v.get("Name", "")
     model_name = "Ascend" if common.absent(name) else (name if name.lower().startswith("ascend") else f"Ascend {name}")
-    mem_used, mem_total = common.used_total(v.get("Memory-Usage(MB)", ""), "MB")
-    hbm_used, hbm_total = common.used_total(v.get("HBM-Usage(MB)", ""), "MB")
+    mem_used, mem_total = common.Reader().pair("memory", v.get("Memory-Usage(MB)"), "MB")
+    hbm_used, hbm_total = common.Reader().pair("HBM", v.get("HBM-Usage(MB)"), "MB")
     if hbm_total:  # 910-class parts: HBM is the device memory, "Memory" the on-board DDR
         mem_used, mem_total = hbm_used, hbm_total
     health_word = v.get("Health", "").strip()
     health = HEALTH.get(health_word.lower(), model.Health.UNKNOWN)
-    util = common.number(v.get("AICore(%)", ""), "%")
+    read = common.Reader()
+    util = read.number("AICore utilization", v.get("AICore(%)"), "%")
     info = model.DeviceInfo(
         uuid=f"ascend-npu{npu}-chip{chip}",
         index=index,
@@ -125,10 +132,10 @@ def _device(v: dict[str, str], ts: int) -> common.Parsed:
         health_reason="" if health == model.Health.OK else f"npu-smi health {health_word or '(blank)'}",
         utilization=util,
         memory_used_bytes=mem_used,
-        power_w=common.number(v.get("Power(W)", ""), "W"),
-        temperature_c=common.number(v.get("Temp(C)", ""), "C"),
+        power_w=read.number("power", v.get("Power(W)"), "W"),
+        temperature_c=read.number("temperature", v.get("Temp(C)"), "C"),
     )
-    return common.Parsed(info=info, sample=sample)
+    return common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings)
 
 
 def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
@@ -150,6 +157,8 @@ def parse_mapping(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         if not lines[n].strip():
             continue
         cells = [x.strip() for x in re.split(r"\s{2,}", lines[n].strip())]
+        if not cells[0].isdigit():
+            break  # the map ended: what follows is not npu-smi's (a log line)
         if len(cells) != len(labels):
             raise common.ParseError(
                 "npu-smi info -m", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels"

@@ -7,6 +7,7 @@ tool marks as missing (`N/A`, `NA`, `-`, `[N/A]`, `[Not Supported]`, anonymised 
 
 from __future__ import annotations
 
+import json
 import re
 
 import msgspec
@@ -208,3 +209,17 @@ def screen(parsed: Parsed) -> Parsed:
     reason = f"the tool shows sentinel values ({shown}): readings not trusted; the device may be hung"
     sample = msgspec.structs.replace(s, health_reason=reason, **changes)
     return with_warnings(msgspec.structs.replace(parsed, sample=sample), [f"device {s.index}: {reason}"])
+
+
+def json_document(text: str) -> str | None:
+    """The JSON document in `text`, without the log lines a wrapper or a vGPU layer printed
+    before or after it (issue 12.2); None when there is none.
+    """
+    starts = [m.start() for m in re.finditer(r"^\s*[\[{]", text, re.MULTILINE)]
+    for start in starts:
+        try:
+            _, end = json.JSONDecoder().raw_decode(text, start + len(text[start:]) - len(text[start:].lstrip()))
+        except json.JSONDecodeError:
+            continue
+        return text[start:end]
+    return None

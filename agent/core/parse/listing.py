@@ -17,9 +17,14 @@ LINE = re.compile(
 
 
 def looks_like(text: str) -> bool:
-    """Whether every non-blank line is a `GPU N: NAME (UUID: ...)` line."""
+    """Whether this is a list: every non-blank line a `GPU N: NAME` line, or at least one with its
+    `(UUID: ...)` and no table around (log lines before or after a list are no reason to refuse it).
+    """
     lines = [line for line in text.splitlines() if line.strip()]
-    return bool(lines) and all(LINE.match(line) for line in lines)
+    matches = [LINE.match(line) for line in lines]
+    if lines and all(matches):
+        return True
+    return any(m and m.group("uuid") for m in matches) and not any("|" in line for line in lines)
 
 
 def parse(text: str, vendor: str, tool: str, timestamp_ns: int = 0) -> list[common.Parsed]:

@@ -55,29 +55,35 @@ def parse_query_csv(
     if not rows:
         raise common.ParseError(tool, 1, "", "empty output")
     if fields is None:
-        fields = [_field(h) for h in rows[0]]
-        if "index" not in fields and "name" not in fields:
+        # the header is the first row of query fields; log lines before it are not the tool's
+        head = next((k for k, r in enumerate(rows) if {"index", "name"} & {_field(h) for h in r}), None)
+        if head is None:
             raise common.ParseError(tool, 1, ",".join(rows[0]), "no header with query fields (use fields=)")
-        rows = rows[1:]
-        first_line = 2
-    else:
-        first_line = 1
-    out = []
-    for k, row in enumerate(rows):
-        line_no = first_line + k
+        fields = [_field(h) for h in rows[head]]
+        rows = rows[head + 1 :]
+    out: list[common.Parsed] = []
+    warnings: list[str] = []
+    for row in rows:
         if len(row) != len(fields):
-            raise common.ParseError(tool, line_no, ",".join(row), f"{len(row)} values for {len(fields)} fields")
+            if len(row) > 1:  # a GPU row of another width; a one-cell row is a log line
+                warnings.append(f"{tool}: a row of {len(row)} values for {len(fields)} fields: {','.join(row)[:80]!r}")
+            continue
         cell = {f: v.strip() for f, v in zip(fields, row, strict=True)}
         try:
-            out.append(_device(cell, vendor, k, timestamp_ns))
+            out.append(_device(cell, vendor, len(out), timestamp_ns))
         except ValueError as exc:
-            raise common.ParseError(tool, line_no, ",".join(row), str(exc)) from None
-    return out
+            warnings.append(f"{tool}: {exc}: {','.join(row)[:80]!r}")
+    if not out:
+        why = f"no GPU row ({warnings[0]})" if warnings else "no GPU row"
+        raise common.ParseError(tool, 1, ",".join(rows[0]) if rows else "", why)
+    return [common.with_warnings(p, warnings) for p in out]
 
 
 def _device(cell: dict[str, str], vendor: str, row: int, timestamp_ns: int) -> common.Parsed:
+    read = common.Reader()
+
     def num(field: str, unit: str) -> float | None:
-        return common.number(cell[field], unit) if field in cell else None
+        return read.number(field, cell.get(field), unit)
 
     index = int(num("index", "") or row) if "index" in cell else row
     uuid = cell.get("uuid", "")
@@ -103,7 +109,7 @@ def _device(cell: dict[str, str], vendor: str, row: int, timestamp_ns: int) -> c
     if values.get("power_limit_w") is None and "power.limit" in cell:
         values["power_limit_w"] = num("power.limit", "W")
     sample = msgspec.structs.replace(model.DeviceSample(index=index, timestamp_ns=timestamp_ns), **values)
-    return common.Parsed(info=info, sample=sample)
+    return common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings)
 
 
 # `ixsmi --format=csv,noheader --query-gpu=...` as GPUStack runs it (fixture source in tests)
@@ -262,6 +268,8 @@ def parse_dmon(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         if lines[n].lstrip().startswith("#") or not lines[n].strip():
             continue
         cells = lines[n].split()
+        if not cells[0].isdigit():
+            continue  # not a sample row: a log line between dmon's rows
         if len(cells) != len(labels):
             raise common.ParseError(
                 "nvidia-smi dmon", n + 1, lines[n], f"{len(cells)} values under {len(labels)} labels"

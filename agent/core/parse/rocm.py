@@ -52,7 +52,7 @@ def parse_json(text: str, vendor: str = "amd", timestamp_ns: int = 0) -> list[co
     """
     tool = "rocm-smi" if vendor == "amd" else "rocm-smi (hy-smi)"
     try:
-        doc = json.loads(text)
+        doc = json.loads(common.json_document(text) or text)
     except json.JSONDecodeError as exc:
         raise common.ParseError(
             tool, exc.lineno, text.splitlines()[exc.lineno - 1] if text else "", f"not JSON: {exc.msg}"

@@ -1,0 +1,73 @@
+"""Metamorphic tests of the readers (issue 12.3): a capture changed in ways that keep its information
+(trailing spaces, CRLF, log lines before and after it, doubled rules) reads to the same devices and values.
+
+Every capture of both collections, by Hypothesis: the transformations are drawn in combination.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xpuctl.agent.core import parse
+
+FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "vendor-smi"
+FOLDER_VENDOR = {"mthreads": "moorethreads"}
+CAPTURES = sorted(f for f in FIX.rglob("*") if f.is_file() and f.name not in ("SOURCES.md", "EXPECTED-2.json"))
+# what a vGPU layer, a container runtime or a wrapper script prints around a tool's output
+NOISE = st.sampled_from(
+    [
+        "Failed to initialize vGPU layer: permission denied",
+        "[INFO] collecting device state",
+        "WARNING: infoROM is corrupted at gpu 0000:00:00.0",
+        "sh: 1: warning: locale not set",
+    ]
+)
+
+
+def vendor_of(path: pathlib.Path) -> str:
+    return FOLDER_VENDOR.get(path.parent.name, path.parent.name)
+
+
+def values(parsed: list[parse.Parsed]) -> list[tuple[object, object]]:
+    """What a capture says of its devices (not how hard it was to read: warnings are left out)."""
+    return [(p.info, p.sample) for p in parsed]
+
+
+def rule(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and set(s) <= set("+-=|") and "--" in s
+
+
+@st.composite
+def variants(draw: st.DrawFn, text: str) -> str:
+    lines = text.splitlines()
+    if draw(st.booleans()):  # trailing spaces
+        pad = " " * draw(st.integers(1, 4))
+        lines = [line + pad for line in lines]
+    if draw(st.booleans()):  # every `+----+` separator doubled
+        lines = [
+            x for line in lines for x in ([line, line] if rule(line) and line.lstrip().startswith("+") else [line])
+        ]
+    if draw(st.booleans()):  # log lines after the output, after a blank line
+        lines = [*lines, "", *draw(st.lists(NOISE, min_size=1, max_size=3))]
+    if draw(st.booleans()):  # log lines before it
+        lines = [*draw(st.lists(NOISE, min_size=1, max_size=3)), *lines]
+    out = "\n".join(lines) + "\n"
+    if draw(st.booleans()):
+        out = out.replace("\n", "\r\n")
+    return out
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_capture_changed_without_losing_information_reads_the_same(path: pathlib.Path, data: st.DataObject) -> None:
+    text = path.read_text()
+    vendor = vendor_of(path)
+    expected = values(parse.parse(vendor, text))
+    changed = data.draw(variants(text))
+    assert values(parse.parse(vendor, changed)) == expected
