@@ -43,6 +43,10 @@ def _vendor(text: str) -> str:
     return text
 
 
+def _vendor_or_auto(text: str) -> str:
+    return text if text == "auto" else _vendor(text)
+
+
 def _node_id(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
         msg = f"node id {text!r} must be 1-128 of [A-Za-z0-9._-], starting with a letter or digit"
@@ -145,8 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", default=None, metavar="FILE")
 
     parse = sub.add_parser("parse", help="a captured management-tool output to normalised JSON")
-    parse.add_argument("vendor", type=_vendor)
+    parse.add_argument("vendor", type=_vendor_or_auto, help="the vendor whose tool printed it, or auto (recognised)")
     parse.add_argument("file", help="the capture; - for standard input")
+
+    cap = sub.add_parser(
+        "capture", help="run this node's vendor tools and save what they print, for a bug report (read-only)"
+    )
+    cap.add_argument("--out", default=None, metavar="FILE.tar.gz", help="default: xpu-capture-HOST-TIME.tar.gz here")
+    cap.add_argument("--timeout-s", type=cli.positive(float), default=20.0, help="per command (killed after)")
 
     fleet = sub.add_parser("fleet", help="many simulated agents in one process (load generator)")
     fleet.add_argument("--controller", required=True, metavar="HOST:PORT")
@@ -368,7 +378,7 @@ async def _fleet(args: argparse.Namespace) -> int:
 
 
 def _parse(args: argparse.Namespace) -> int:
-    """`xpu-agent parse VENDOR FILE`: exit 0 with the JSON array, 1 when the capture cannot be read."""
+    """`xpu-agent parse VENDOR|auto FILE|-`: exit 0 with the JSON array, 1 when the capture cannot be read."""
     from xpuctl.agent.core import parse  # noqa: PLC0415 - only this command needs the parsers
 
     try:
@@ -376,8 +386,20 @@ def _parse(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"xpu-agent parse: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
+    vendor = args.vendor
+    if vendor == "auto":
+        found = parse.detect.vendor_of(text)
+        if found is None:
+            print(
+                f"xpu-agent parse: cannot tell which tool printed {args.file} (no banner, label or model name of "
+                "a tool xpuctl reads); name its vendor: xpu-agent parse VENDOR FILE",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"xpu-agent parse: read as {found} output", file=sys.stderr)
+        vendor = found
     try:
-        devices = parse.parse(args.vendor, text)
+        devices = parse.parse(vendor, text)
     except (parse.ParseError, KeyError) as exc:
         print(f"xpu-agent parse: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 1
@@ -385,6 +407,28 @@ def _parse(args: argparse.Namespace) -> int:
         print(f"xpu-agent parse: warning: {warning}", file=sys.stderr)
     json.dump([model.as_json_row(d.info, d.sample) for d in devices], sys.stdout, indent=2)
     sys.stdout.write("\n")
+    return 0
+
+
+def _capture(args: argparse.Namespace) -> int:
+    """`xpu-agent capture`: exit 0 with the archive written, 1 when no vendor tool is on PATH."""
+    from xpuctl.agent.drivers import capture  # noqa: PLC0415 - only this command runs the tools so
+
+    out = args.out or f"xpu-capture-{socket.gethostname()}-{time.strftime('%Y%m%dT%H%M%S')}.tar.gz"
+    print(f"xpu-agent capture: running the vendor tools found on PATH ({args.timeout_s:g}s each)...", file=sys.stderr)
+    try:
+        runs = capture.capture(out, timeout_s=args.timeout_s)
+    except OSError as exc:
+        print(f"xpu-agent capture: cannot write {out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if not runs:
+        names = ", ".join(sorted({argv[0] for forms in capture.FORMS.values() for argv in forms}))
+        print(f"xpu-agent capture: no vendor tool on PATH (looked for {names}); nothing written", file=sys.stderr)
+        return 1
+    for run in runs:
+        code = "timed out" if run.exit_code is None else f"exit {run.exit_code}"
+        print(f"{' '.join(run.argv)[:60]:<60}  {code:<10} {run.seconds:6.2f}s  {run.parsed[:160]}")
+    print(f"xpu-agent capture: {len(runs)} command(s) saved in {out}; attach it to the bug report", file=sys.stderr)
     return 0
 
 
@@ -445,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.install_uvloop()
     if args.command == "parse":
         return _parse(args)
+    if args.command == "capture":
+        return _capture(args)
     command = {"run": _run, "once": _once, "fleet": _fleet}[args.command]
     try:
         return asyncio.run(command(args))

@@ -59,13 +59,10 @@ def select(choice: str, *, node_id: str, sim: SimSpec, timeout_s: float) -> list
         return [nvml]
     if choice == "iluvatar" and (ixml := nvml_api_driver("iluvatar")) is not None:
         return [ixml]
-    if choice == "thead":
-        if (hgml := nvml_api_driver("thead")) is None:
-            msg = "--driver thead: libhgml.so (T-Head HGML) is not installed where the dynamic loader finds it"
-            raise DriverChoiceError(msg)
-        return [hgml]
+    if choice == "thead" and (hgml := nvml_api_driver("thead")) is not None:
+        return [hgml]  # else ppu-smi, read-only
     if choice not in tool.COMMANDS:
-        msg = f"--driver {choice!r}: use auto, sim or one of {', '.join([*tool.COMMANDS, 'thead'])}"
+        msg = f"--driver {choice!r}: use auto, sim or one of {', '.join(tool.COMMANDS)}"
         raise DriverChoiceError(msg)
     return [tool_driver(choice, timeout_s)]
 
@@ -83,7 +80,8 @@ def _auto(timeout_s: float) -> list[base.Driver]:
         drivers.append(ixml)
         vendors = [v for v in vendors if v != "iluvatar"]  # IXML reads them and can set caps
     if (hgml := nvml_api_driver("thead")) is not None:
-        drivers.append(hgml)  # T-Head has no tool we read: HGML is the only way in
+        drivers.append(hgml)
+        vendors = [v for v in vendors if v != "thead"]  # HGML reads them and can set caps; ppu-smi only reads
     if shutil.which("brsmi"):
         log.warning(
             "brsmi (Biren) is on PATH, but xpuctl cannot read it yet: no sample of its output has been "

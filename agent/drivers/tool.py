@@ -55,13 +55,25 @@ COMMANDS: dict[str, list[str]] = {
     "amd": ["rocm-smi", *ROCM_SMI_FLAGS],
     # Hygon's renamed rocm-smi takes the same flags (vendor-tools.md section 6)
     "hygon": ["hy-smi", *ROCM_SMI_FLAGS],
+    "thead": ["ppu-smi"],  # read-only; HGML (libhgml.so) reads and caps when it is installed
 }
+# vendor -> other names of its tool, tried in order when the first is not on PATH
+# (Kunlunxin's older packages install `xpu_smi`)
+ALIASES: dict[str, tuple[str, ...]] = {"kunlunxin": ("xpu_smi",)}
+
+
+def binary(vendor: str) -> str | None:
+    """The name of the vendor's tool that is on PATH, if any."""
+    names = (COMMANDS[vendor][0], *ALIASES.get(vendor, ()))
+    return next((n for n in names if shutil.which(n)), None)
+
+
 MAX_OUTPUT_BYTES = 4 << 20
 
 
 def available() -> list[str]:
     """Vendors whose tool is on PATH (for `--driver auto`)."""
-    return [v for v, argv in COMMANDS.items() if shutil.which(argv[0])]
+    return [v for v in COMMANDS if binary(v) is not None]
 
 
 class ToolDriver:
@@ -71,6 +83,8 @@ class ToolDriver:
         """`argv` overrides the vendor's default command."""
         self.vendor = vendor
         self.argv = argv or COMMANDS[vendor]
+        if argv is None and (found := binary(vendor)) is not None:
+            self.argv = [found, *self.argv[1:]]
         self.timeout_s = timeout_s
         self.tool = self.argv[0]
         self._infos: dict[int, model.DeviceInfo] = {}

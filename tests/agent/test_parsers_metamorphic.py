@@ -71,3 +71,9 @@ def test_a_capture_changed_without_losing_information_reads_the_same(path: pathl
     expected = values(parse.parse(vendor, text))
     changed = data.draw(variants(text))
     assert values(parse.parse(vendor, changed)) == expected
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_tool_that_printed_a_capture_is_recognised(path: pathlib.Path) -> None:
+    # Issue 12.6: `xpu-agent parse auto` reads any capture as its vendor's
+    assert parse.detect.vendor_of(path.read_text()) == vendor_of(path)

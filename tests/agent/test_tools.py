@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -278,12 +280,12 @@ async def test_a_tool_broken_at_start_joins_later_as_a_new_boot(
     assert n.gap_batches == 0  # the new boot's seq starts at 1, nothing missing
 
 
-def agent(*args: str, path: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`xpu-agent ARGS` with only `path` (and the system's bins) on PATH."""
+def agent(*args: str, path: str, timeout: float = 60, system_bins: bool = True) -> subprocess.CompletedProcess[str]:
+    """`xpu-agent ARGS` with only `path` (and the system's bins, for the fake tools' `cat`) on PATH."""
     return subprocess.run(
         [sys.executable, "-m", "xpuctl.agent.cli", "--log-format", "text", *args],
         cwd=ROOT,
-        env={**os.environ, "PATH": f"{path}{os.pathsep}/usr/bin{os.pathsep}/bin"},
+        env={**os.environ, "PATH": f"{path}{os.pathsep}/usr/bin{os.pathsep}/bin" if system_bins else path},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -301,7 +303,7 @@ def test_once_reads_real_devices_by_default(bin_dir: pathlib.Path) -> None:
 
 
 def test_once_with_no_device_says_so(bin_dir: pathlib.Path) -> None:
-    r = agent("once", path=str(bin_dir))
+    r = agent("once", path=str(bin_dir), system_bins=False)
     assert r.returncode == 1 and r.stdout == ""
     assert "--driver auto found no vendor tool on PATH" in r.stderr and "--driver sim" in r.stderr
     assert "Traceback" not in r.stderr
@@ -353,3 +355,44 @@ def test_run_with_no_device_keeps_looking_until_stopped(bin_dir: pathlib.Path, t
         assert proc.wait(timeout=20) == 0, log.read_text()
     text = log.read_text()
     assert "no devices to report: --driver auto found no vendor tool on PATH" in text and "Traceback" not in text
+
+
+def test_capture_saves_every_tool_form_and_says_what_parsed(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    # Issue 12.8: a bug report's capture, with fake tools on PATH: one that reads, one that fails
+    fake(
+        bin_dir,
+        "mx-smi",
+        f'[ "$1" = "--version" ] && echo "mx-smi version: 2.2.9" && exit 0; cat {FIX / "metax" / "mx-smi_C500x8_v2.2.9.txt"}',
+    )
+    fake(bin_dir, "xpu_smi", 'echo "xpu_smi: driver not loaded" >&2; exit 3')
+    out = tmp_path / "report.tar.gz"
+    r = agent("capture", "--out", str(out), "--timeout-s", "10", path=str(bin_dir))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^mx-smi\s+exit 0 .* 8 device\(s\)", r.stdout, re.MULTILINE), r.stdout
+    assert re.search(r"^xpu_smi\s+exit 3 .* not read: no output \(exit 3\)", r.stdout, re.MULTILINE), r.stdout
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile("xpu-capture/manifest.json").read())  # type: ignore[union-attr]
+        first = next(run for run in manifest["runs"] if run["argv"] == ["mx-smi"])
+        captured = tar.extractfile(f"xpu-capture/{first['stdout_file']}").read()  # type: ignore[union-attr]
+    assert captured == (FIX / "metax" / "mx-smi_C500x8_v2.2.9.txt").read_bytes()
+    assert {tuple(run["argv"]) for run in manifest["runs"]} >= {("mx-smi",), ("mx-smi", "--version"), ("xpu_smi",)}
+    assert any(n.endswith(".err") for n in names)
+
+
+def test_capture_with_no_tool_says_so(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    r = agent("capture", "--out", str(tmp_path / "x.tar.gz"), path=str(bin_dir), system_bins=False)
+    assert r.returncode == 1 and "no vendor tool on PATH" in r.stderr and not (tmp_path / "x.tar.gz").exists()
+
+
+def test_older_and_newer_tool_names_are_found(bin_dir: pathlib.Path) -> None:
+    # Issue 12.5: Kunlunxin's older packages install `xpu_smi`; T-Head's `ppu-smi` is read without HGML
+    fake(bin_dir, "xpu_smi", f"cat {FIX / 'kunlunxin' / 'xpu-smi_P800-OAMx4_driver-515.58_XPU-RT-NA.txt'}")
+    fake(bin_dir, "ppu-smi", f"cat {FIX / 'thead' / 'ppu-smi_PPU-ZW810E_v1.17_drv2.1.1.txt'}")
+    r = agent("once", path=str(bin_dir))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert sorted({row["vendor"] for row in rows}) == ["kunlunxin", "thead"]
+    thead = next(row for row in rows if row["vendor"] == "thead")
+    assert (thead["model"], thead["power_w"], thead["power_cap_settable"]) == ("PPU-ZW810E", 57.0, False)
+    assert sum(row["vendor"] == "kunlunxin" for row in rows) == 4

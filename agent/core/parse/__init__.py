@@ -15,6 +15,7 @@ from xpuctl.agent.core.parse import (
     ascend,
     common,
     concise,
+    detect,
     enflame,
     listing,
     mthreads,
@@ -23,7 +24,7 @@ from xpuctl.agent.core.parse import (
     table,
 )
 
-__all__ = ["FORMATS", "ParseError", "Parsed", "parse"]
+__all__ = ["FORMATS", "ParseError", "Parsed", "detect", "parse"]
 
 ParseError = common.ParseError
 Parsed = common.Parsed
