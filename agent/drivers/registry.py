@@ -72,6 +72,8 @@ def _auto(timeout_s: float) -> list[base.Driver]:
     from xpuctl.agent.drivers import tool  # noqa: PLC0415
 
     vendors = tool.available()
+    if "hygon" in vendors and "amd" in vendors:
+        vendors.remove("amd")  # a DTK node: its rocm-smi shows the same DCUs as hy-smi
     nvml = nvml_driver()
     drivers: list[base.Driver] = [nvml] if nvml is not None else []
     if nvml is not None:

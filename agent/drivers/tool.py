@@ -109,6 +109,10 @@ class ToolDriver:
             msg = f"{self.tool} exited with status {done.returncode}: {err[-1][:200] if err else 'no message'}"
             raise base.DriverError(msg)
         text = done.stdout[:MAX_OUTPUT_BYTES].decode(errors="replace")
+        seen = parse.detect.vendor_of(text) if self.vendor in ("amd", "hygon") else None
+        if seen in ("amd", "hygon") and seen != self.vendor:  # DTK's rocm-smi on a Hygon DCU node
+            log.info("%s prints %s devices: reading them as %s", self.tool, seen, seen)
+            self.vendor = seen
         try:
             parsed = parse.parse(self.vendor, text, timestamp_ns)
         except parse.ParseError as exc:

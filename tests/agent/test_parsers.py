@@ -516,3 +516,11 @@ def test_every_shared_fixture_has_a_parser() -> None:
     for f in files:
         vendor = folder_vendor.get(f.parent.name, f.parent.name)
         assert parse.parse(vendor, f.read_text()), f
+
+
+def test_a_parse_error_names_the_tools_version() -> None:
+    # Issue 12.4: the error names the tool, its version line and the first line it could not place
+    text = "+----+\n| NVIDIA-SMI 999.1   Driver Version: 999.1 |\n+----+\nsomething else entirely\n"
+    with pytest.raises(parse.ParseError) as err:
+        parse.parse("nvidia", text)
+    assert "nvidia-smi" in str(err.value) and "NVIDIA-SMI 999.1 Driver Version: 999.1" in str(err.value)

@@ -77,3 +77,45 @@ def test_a_capture_changed_without_losing_information_reads_the_same(path: pathl
 def test_the_tool_that_printed_a_capture_is_recognised(path: pathlib.Path) -> None:
     # Issue 12.6: `xpu-agent parse auto` reads any capture as its vendor's
     assert parse.detect.vendor_of(path.read_text()) == vendor_of(path)
+
+
+def with_extra_column(text: str) -> str | None:
+    """A box table (`|===` or `+===` under its header) with one more column at its right, of a label
+    no reader knows: every line of the table gets one more cell. None for other layouts.
+    """
+    lines = text.splitlines()
+    rule_at = next((i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+="))), None)
+    if rule_at is None:
+        return None
+    top = rule_at
+    while top > 0 and lines[top - 1].rstrip().endswith(("|", "+")) and lines[top - 1].lstrip()[:1] in "|+":
+        top -= 1
+    end = rule_at
+    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
+        end += 1
+    out = []
+    for i, line in enumerate(lines):
+        body = line.rstrip()
+        if not top <= i <= end or not body.endswith(("|", "+")):
+            out.append(line)
+            continue
+        last = body[-1]
+        if set(body.strip()) <= set("+-=|"):  # a border or rule: extend it
+            fill = "=" if "=" in body else "-"
+            out.append(f"{body}{fill * 8}{last}")
+        elif i < rule_at:
+            out.append(f"{body} Qwz9    |" if i == top + 1 or i == rule_at - 1 else f"{body}         |")
+        else:
+            out.append(f"{body} 7       |")
+    return "\n".join(out) + "\n"
+
+
+BOX = [p for p in CAPTURES if with_extra_column(p.read_text()) is not None]
+
+
+@pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_an_extra_unknown_column_changes_nothing(path: pathlib.Path) -> None:
+    text = path.read_text()
+    changed = with_extra_column(text)
+    assert changed is not None
+    assert values(parse.parse(vendor_of(path), changed)) == values(parse.parse(vendor_of(path), text))

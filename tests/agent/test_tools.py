@@ -396,3 +396,16 @@ def test_older_and_newer_tool_names_are_found(bin_dir: pathlib.Path) -> None:
     thead = next(row for row in rows if row["vendor"] == "thead")
     assert (thead["model"], thead["power_w"], thead["power_cap_settable"]) == ("PPU-ZW810E", 57.0, False)
     assert sum(row["vendor"] == "kunlunxin" for row in rows) == 4
+
+
+def test_a_dcu_seen_through_rocm_smi_is_hygon(bin_dir: pathlib.Path) -> None:
+    # Issue 12.5: DTK's rocm-smi on a Hygon node printed DCUs that `auto` reported as AMD GPUs
+    fake(bin_dir, "rocm-smi", f"cat {FIX / 'hygon' / 'rocm-smi-json_Z100L_docstring.json'}")
+    r = agent("once", path=str(bin_dir))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert rows and {row["vendor"] for row in rows} == {"hygon"}
+    fake(bin_dir, "hy-smi", f"cat {FIX / 'hygon' / 'rocm-smi-json_Z100L_docstring.json'}")
+    r = agent("once", path=str(bin_dir))  # both tools: the DCUs once, not twice
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)) == len(rows)

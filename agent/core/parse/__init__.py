@@ -52,7 +52,22 @@ def parse(vendor: str, text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         KeyError: a vendor with no parser yet (the message lists those there are).
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(8)
-    return [common.screen(p) for p in _parse(vendor, text, timestamp_ns)]
+    try:
+        return [common.screen(p) for p in _parse(vendor, text, timestamp_ns)]
+    except common.ParseError as exc:
+        version = _version_line(text)
+        if version is None:
+            raise
+        raise common.ParseError(exc.tool, exc.line_no, exc.line, f"{exc.problem} (the tool says {version!r})") from None
+
+
+_VERSION = re.compile(r"(?i)\bversion\b|\b[A-Z]+-SMI\s+v?\d|\bIX-ML:\s*\d|\bv\d+\.\d+")
+
+
+def _version_line(text: str) -> str | None:
+    """The first line that names the tool's or the driver's version, trimmed; None without one."""
+    line = next((x for x in text.splitlines() if _VERSION.search(x)), None)
+    return None if line is None else " ".join(line.strip(" |+=-").split())[:120]
 
 
 def _parse(vendor: str, text: str, timestamp_ns: int) -> list[common.Parsed]:
