@@ -110,7 +110,37 @@ def with_extra_column(text: str) -> str | None:
     return "\n".join(out) + "\n"
 
 
+def widened(text: str, column: int, by: int) -> str:
+    """The box table with its `column`-th cell (0-based) wider by `by` characters on every line."""
+    lines = text.splitlines()
+    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
+    top, end = rule_at, rule_at
+    while top > 0 and lines[top - 1].lstrip()[:1] in "|+" and lines[top - 1].strip():
+        top -= 1
+    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
+        end += 1
+    out = []
+    for i, line in enumerate(lines):
+        seps = [k for k, ch in enumerate(line) if ch in "|+"]
+        if not top <= i <= end or len(seps) < column + 2:
+            out.append(line)
+            continue
+        at = seps[column + 1]
+        fill = line[at - 1] if line[at - 1] in "-=" else " "
+        out.append(line[:at] + fill * by + line[at:])
+    return "\n".join(out) + "\n"
+
+
 BOX = [p for p in CAPTURES if with_extra_column(p.read_text()) is not None]
+
+
+@pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
+@settings(max_examples=10, deadline=None)
+@given(column=st.integers(0, 3), by=st.integers(1, 12))
+def test_a_wider_column_changes_nothing(path: pathlib.Path, column: int, by: int) -> None:
+    text = path.read_text()
+    vendor = vendor_of(path)
+    assert values(parse.parse(vendor, widened(text, column, by))) == values(parse.parse(vendor, text))
 
 
 @pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -119,3 +149,23 @@ def test_an_extra_unknown_column_changes_nothing(path: pathlib.Path) -> None:
     changed = with_extra_column(text)
     assert changed is not None
     assert values(parse.parse(vendor_of(path), changed)) == values(parse.parse(vendor_of(path), text))
+
+
+def without_separators(text: str) -> str:
+    """The box table without the rules between its device records (the header's rule stays)."""
+    lines = text.splitlines()
+    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
+    out, k = lines[: rule_at + 1], rule_at + 1
+    while k < len(lines) and lines[k].strip()[:1] in ("|", "+") and "Processes" not in lines[k]:
+        is_last = k + 1 >= len(lines) or lines[k + 1].strip()[:1] not in ("|", "+") or "Processes" in lines[k + 1]
+        if not (set(lines[k].strip()) <= set("+-=|") and not is_last):
+            out.append(lines[k])
+        k += 1
+    return "\n".join([*out, *lines[k:]]) + "\n"
+
+
+@pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_dropped_separators_change_nothing(path: pathlib.Path) -> None:
+    text = path.read_text()
+    vendor = vendor_of(path)
+    assert values(parse.parse(vendor, without_separators(text))) == values(parse.parse(vendor, text))

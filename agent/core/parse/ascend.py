@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from xpuctl.agent.core import model
-from xpuctl.agent.core.parse import common
+from xpuctl.agent.core.parse import common, table
 
 TOOL = "npu-smi"
 HEALTH = {
@@ -64,7 +64,7 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         line = lines[i]
         if line.startswith("+"):
             if record:
-                out.append(_chip(record, header, timestamp_ns))
+                out.extend(_chip(r, header, timestamp_ns) for r in table.split_record(record, 2))
                 record = []
             continue
         if not line.startswith("|"):
@@ -73,7 +73,7 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             break
         record.append((i + 1, line))
     if record:
-        out.append(_chip(record, header, timestamp_ns))
+        out.extend(_chip(r, header, timestamp_ns) for r in table.split_record(record, 2))
     return out
 
 

@@ -128,14 +128,14 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         line = lines[n]
         if table.is_rule(line):
             if record:
-                out.append(_table_device(record, header, timestamp_ns))
+                out.extend(_table_device(r, header, timestamp_ns) for r in table.split_record(record, 2))
                 record = []
             continue
         if not line.startswith("|"):
             break
         record.append((n + 1, line))
     if record:
-        out.append(_table_device(record, header, timestamp_ns))
+        out.extend(_table_device(r, header, timestamp_ns) for r in table.split_record(record, 2))
     return out
 
 

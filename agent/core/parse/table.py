@@ -156,6 +156,20 @@ def records(lines: list[str], first: int) -> Iterator[list[tuple[int, str]]]:
         yield record
 
 
+def _split(found: Iterator[list[tuple[int, str]]], size: int) -> Iterator[list[tuple[int, str]]]:
+    for record in found:
+        yield from split_record(record, size)
+
+
+def split_record(record: list[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    """A record as the header shapes it: a run of several records whose separators were lost (a
+    whole multiple of the header's line count) is cut into records of that size.
+    """
+    if size > 0 and len(record) > size and len(record) % size == 0:
+        return [record[k : k + size] for k in range(0, len(record), size)]
+    return [record]
+
+
 def read_record(record: list[tuple[int, str]], grid: Grid) -> tuple[dict[str, str], list[str]]:
     """A record's values by label (lower-cased), and what could not be placed.
 
@@ -210,7 +224,7 @@ def parse(text: str, vendor: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         )
     out: list[common.Parsed] = []
     seen: set[int] = set()
-    for record in records(lines, first):
+    for record in _split(records(lines, first), len(grid.lines)):
         v, problems = read_record(record, grid)
         line_no, first_line = record[0]
         where = f"{tool} line {line_no}"
