@@ -524,3 +524,31 @@ def test_a_parse_error_names_the_tools_version() -> None:
     with pytest.raises(parse.ParseError) as err:
         parse.parse("nvidia", text)
     assert "nvidia-smi" in str(err.value) and "NVIDIA-SMI 999.1 Driver Version: 999.1" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "name", "before", "after"),
+    [
+        (
+            "nvidia",
+            "nvidia/nvidia-smi-q_H100_590.48.01_load.txt",
+            "Average Power Draw                             : 629.45 W",
+            "Average Power Draw                             : lots W",
+        ),
+        (
+            "amd",
+            "amd/rocm-smi-6.2.4_showall-json.json",
+            '"Average Graphics Package Power (W)": "53.0"',
+            '"Average Graphics Package Power (W)": "fifty"',
+        ),
+    ],
+)
+def test_key_value_readers_degrade_one_field(vendor: str, name: str, before: str, after: str) -> None:
+    # Issue 12.4 for nvidia-smi -q and rocm-smi --json: the device stays, the field is null with a warning
+    text = (FIX / name).read_text()
+    assert before in text
+    good = parse.parse(vendor, text)[0]
+    bad = parse.parse(vendor, text.replace(before, after, 1))[0]
+    assert bad.info == good.info and bad.sample.power_w is None and good.sample.power_w is not None
+    assert bad.sample.temperature_c == good.sample.temperature_c
+    assert any("not a number" in w or "unknown unit" in w for w in bad.warnings), bad.warnings

@@ -89,7 +89,7 @@ def with_warnings(parsed: Parsed, warnings: list[str] | tuple[str, ...]) -> Pars
     """`parsed` with `warnings` added."""
     if not warnings:
         return parsed
-    return msgspec.structs.replace(parsed, warnings=(*parsed.warnings, *warnings))
+    return msgspec.structs.replace(parsed, warnings=tuple(dict.fromkeys((*parsed.warnings, *warnings))))
 
 
 class Reader:

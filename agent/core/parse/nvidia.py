@@ -193,9 +193,10 @@ def _q_device(
                     return value
         return None
 
+    read = common.Reader()
+
     def num(field: str, unit: str = "") -> float | None:
-        text = raw(field)
-        return None if text is None else common.number(text, unit)
+        return read.number(field, raw(field), unit)
 
     try:
         uuid = raw("uuid") or ""
@@ -229,10 +230,10 @@ def _q_device(
             ecc_corrected_total=num("ecc_c"),
             ecc_uncorrected_total=num("ecc_u"),
         )
-    except ValueError as exc:
+    except ValueError as exc:  # only the identity can fail now: the readings degrade one by one
         first_line = min(n for _, n in v.values()) - 1
         raise common.ParseError(tool, first_line, section, str(exc)) from None
-    return common.Parsed(info=info, sample=sample)
+    return common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings)
 
 
 def _under(sections: tuple[str, ...], want: tuple[str, ...]) -> bool:

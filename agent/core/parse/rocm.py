@@ -36,11 +36,12 @@ def _table(card: dict[str, object]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _pick(t: dict[str, tuple[str, str]], labels: tuple[str, ...]) -> float | None:
+def _pick(t: dict[str, tuple[str, str]], labels: tuple[str, ...], read: common.Reader) -> float | None:
+    """The first of `labels` there is, as a number (None and a warning when it is not one)."""
     for label in labels:
         if label in t:
             value, unit = t[label]
-            return common.number(value, unit if unit.lower() in common.UNITS else "")
+            return read.number(label, value, unit if unit.lower() in common.UNITS else "")
     return None
 
 
@@ -68,41 +69,38 @@ def parse_json(text: str, vendor: str = "amd", timestamp_ns: int = 0) -> list[co
     for key in sorted(cards, key=lambda k: int(k[4:])):
         t = _table(cards[key])
         index = int(key[4:])
-        try:
-            out.append(_device(t, vendor, index, timestamp_ns))
-        except ValueError as exc:
-            line_no = next((n for n, line in enumerate(text.splitlines(), 1) if f'"{key}"' in line), 1)
-            raise common.ParseError(tool, line_no, key, str(exc)) from None
+        out.append(_device(t, vendor, index, timestamp_ns))
     return out
 
 
 def _device(t: dict[str, tuple[str, str]], vendor: str, index: int, ts: int) -> common.Parsed:
+    read = common.Reader()
     name = t.get("card series", t.get("device name", ("", "")))[0]
     uid = t.get("unique id", ("", ""))[0]
-    total = _pick(t, VRAM_TOTAL)
-    temp = _pick(t, JUNCTION)
+    total = _pick(t, VRAM_TOTAL, read)
+    temp = _pick(t, JUNCTION, read)
     if temp is None:
-        temp = _pick(t, EDGE)
+        temp = _pick(t, EDGE, read)
     info = model.DeviceInfo(
         uuid=f"{vendor}-{uid}" if uid and not common.absent(uid) else f"{vendor}-card{index}",
         index=index,
         vendor=vendor,
         model=name,
         memory_total_bytes=int(total) if total is not None else None,
-        power_limit_max_w=_pick(t, LIMIT),
+        power_limit_max_w=_pick(t, LIMIT, read),
         power_cap_settable=True,  # DESIGN 7: amdsmi (AMD) and Hygon's rocm-smi library set caps
     )
     sample = model.DeviceSample(
         index=index,
         timestamp_ns=ts,
-        utilization=_pick(t, UTIL),
-        memory_used_bytes=_pick(t, VRAM_USED),
-        power_w=_pick(t, POWER),
-        power_limit_w=_pick(t, LIMIT),
+        utilization=_pick(t, UTIL, read),
+        memory_used_bytes=_pick(t, VRAM_USED, read),
+        power_w=_pick(t, POWER, read),
+        power_limit_w=_pick(t, LIMIT, read),
         temperature_c=temp,
-        memory_temperature_c=_pick(t, MEMORY_T),
+        memory_temperature_c=_pick(t, MEMORY_T, read),
     )
-    return common.Parsed(info=info, sample=sample)
+    return common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings)
 
 
 _LINE = re.compile(r"^(?P<kind>GPU|DCU|HCU)\[(?P<index>\d+)\]\s*:\s*(?P<rest>.*)$")
