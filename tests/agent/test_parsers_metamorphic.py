@@ -7,6 +7,7 @@ Every capture of both collections, by Hypothesis: the transformations are drawn 
 from __future__ import annotations
 
 import pathlib
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -169,3 +170,46 @@ def test_dropped_separators_change_nothing(path: pathlib.Path) -> None:
     text = path.read_text()
     vendor = vendor_of(path)
     assert values(parse.parse(vendor, without_separators(text))) == values(parse.parse(vendor, text))
+
+
+NUMBER_CELL = re.compile(r"(?<![\w.:/-])\d+(?:\.\d+)?\s?(?:W|C|°C|℃|%|MiB|MB|GiB|MHz|Mhz)?(?![\w.:/-])")
+
+
+def records_region(lines: list[str]) -> tuple[int, int]:
+    """First and last line of the device records of a box table."""
+    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
+    end = rule_at
+    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
+        end += 1
+    return rule_at + 1, end
+
+
+@pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_a_reading_replaced_by_na_is_null_never_wrong(path: pathlib.Path, data: st.DataObject) -> None:
+    # Issue 12.3: a mutation that removes information gives null for that field, never a wrong number
+    text = path.read_text()
+    vendor = vendor_of(path)
+    lines = text.splitlines()
+    first, last = records_region(lines)
+    spots = [(i, m) for i in range(first, last + 1) for m in NUMBER_CELL.finditer(lines[i])]
+    if not spots:
+        return
+    i, m = data.draw(st.sampled_from(spots))
+    width = m.end() - m.start()
+    lines[i] = lines[i][: m.start()] + "N/A".ljust(width) + lines[i][m.end() :]
+    before = {p.info.index: p for p in parse.parse(vendor, text)}
+    try:
+        after = {p.info.index: p for p in parse.parse(vendor, "\n".join(lines) + "\n")}
+    except parse.ParseError:
+        assert len(before) == 1, "only an output with no device left may fail"
+        return
+    for index, p in after.items():
+        if index not in before:  # the number was a device's index: another device id is no wrong reading
+            continue
+        old = before[index]
+        for name in ("utilization", "memory_used_bytes", "power_w", "power_limit_w", "temperature_c"):
+            got, was = getattr(p.sample, name), getattr(old.sample, name)
+            assert got is None or got == was, f"{name}: {got!r} after the mutation, {was!r} before ({lines[i]!r})"
+        assert p.info.memory_total_bytes in (None, old.info.memory_total_bytes)

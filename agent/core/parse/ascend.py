@@ -59,12 +59,13 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         raise common.ParseError(TOOL, 1, lines[0] if lines else "", "no `NPU ... | Health | ...` header")
     header = [[_labels(c) for c in _cells(lines[head])], [_labels(c) for c in _cells(lines[head + 1])]]
     out: list[common.Parsed] = []
+    skipped: list[common.ParseError] = []
     record: list[tuple[int, str]] = []
     for i in range(head + 2, len(lines)):
         line = lines[i]
         if line.startswith("+"):
             if record:
-                out.extend(_chip(r, header, timestamp_ns) for r in table.split_record(record, 2))
+                out.extend(_chips(record, header, timestamp_ns, skipped))
                 record = []
             continue
         if not line.startswith("|"):
@@ -73,7 +74,28 @@ def parse_info(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             break
         record.append((i + 1, line))
     if record:
-        out.extend(_chip(r, header, timestamp_ns) for r in table.split_record(record, 2))
+        out.extend(_chips(record, header, timestamp_ns, skipped))
+    if not out and skipped:
+        raise skipped[0]
+    warnings = [f"skipped a record: {exc}" for exc in skipped]
+    return [common.with_warnings(p, warnings) for p in out]
+
+
+def _chips(
+    record: list[tuple[int, str]],
+    header: list[list[list[tuple[int, str]]]],
+    ts: int,
+    skipped: list[common.ParseError],
+) -> list[common.Parsed]:
+    """The chips of a record (several when rules between them were lost); a record that names no
+    NPU is skipped (kept in `skipped`, for the error when no chip at all is found).
+    """
+    out = []
+    for r in table.split_record(record, 2):
+        try:
+            out.append(_chip(r, header, ts))
+        except common.ParseError as exc:
+            skipped.append(exc)
     return out
 
 
@@ -110,7 +132,9 @@ def _device(v: dict[str, str], ts: int) -> common.Parsed:
     model_name = "Ascend" if common.absent(name) else (name if name.lower().startswith("ascend") else f"Ascend {name}")
     mem_used, mem_total = common.Reader().pair("memory", v.get("Memory-Usage(MB)"), "MB")
     hbm_used, hbm_total = common.Reader().pair("HBM", v.get("HBM-Usage(MB)"), "MB")
-    if hbm_total:  # 910-class parts: HBM is the device memory, "Memory" the on-board DDR
+    # 910-class parts: HBM is the device memory, "Memory" the on-board DDR; an HBM size the tool
+    # does not show is not a reason to report the DDR instead (a wrong number): it stays unknown
+    if hbm_total or (hbm_total is None and hbm_used is not None):
         mem_used, mem_total = hbm_used, hbm_total
     health_word = v.get("Health", "").strip()
     health = HEALTH.get(health_word.lower(), model.Health.UNKNOWN)

@@ -154,7 +154,9 @@ def used_total(text: str, unit: str) -> tuple[float | None, float | None]:
     used, sep, total = text.partition("/")
     if not sep:
         return number(used, unit), None
-    total_unit = re.sub(r"[\d.\s]", "", total) or unit  # `826/65536 MiB`: the used part takes the total's unit
+    total_unit = re.sub(r"[\d.\s]", "", total)  # `826/65536 MiB`: the used part takes the total's unit
+    if absent(total) or total_unit.lower() not in UNITS:  # `0 / N/A`: no unit to take
+        total_unit = unit
     return number(used, total_unit if not re.search(r"[A-Za-z%]", used) else unit), number(total, unit)
 
 

@@ -123,20 +123,25 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         raise common.ParseError(TABLE_TOOL, 1, lines[0] if lines else "", "no `| DEV  NAME | ...` header")
     header = [[table._labels(c) for c in table._cells(line)] for line in lines[head : head + 2]]  # noqa: SLF001
     out: list[common.Parsed] = []
-    record: list[tuple[int, str]] = []
+    skipped: list[common.ParseError] = []
+    records: list[list[tuple[int, str]]] = [[]]
     for n in range(head + 3, len(lines)):
         line = lines[n]
         if table.is_rule(line):
-            if record:
-                out.extend(_table_device(r, header, timestamp_ns) for r in table.split_record(record, 2))
-                record = []
+            records.append([])
             continue
         if not line.startswith("|"):
             break
-        record.append((n + 1, line))
-    if record:
-        out.extend(_table_device(r, header, timestamp_ns) for r in table.split_record(record, 2))
-    return out
+        records[-1].append((n + 1, line))
+    for record in records:
+        for r in table.split_record(record, 2) if record else []:
+            try:  # a record that cannot be a device is skipped; the others are read
+                out.append(_table_device(r, header, timestamp_ns))
+            except common.ParseError as exc:
+                skipped.append(exc)
+    if not out and skipped:
+        raise skipped[0]
+    return [common.with_warnings(p, [f"skipped a record: {exc}" for exc in skipped]) for p in out]
 
 
 def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int) -> common.Parsed:
