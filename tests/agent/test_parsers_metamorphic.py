@@ -10,7 +10,7 @@ import pathlib
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from xpuctl.agent.core import parse
@@ -132,7 +132,44 @@ def widened(text: str, column: int, by: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def narrowed(text: str, column: int, by: int) -> str | None:
+    """The box table with its `column`-th cell narrower by `by` characters on every line, taken from
+    the padding before its right border; None when some line has no such padding there.
+    """
+    lines = text.splitlines()
+    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
+    top, end = rule_at, rule_at
+    while top > 0 and lines[top - 1].lstrip()[:1] in "|+" and lines[top - 1].strip():
+        top -= 1
+    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
+        end += 1
+    out = []
+    for i, line in enumerate(lines):
+        seps = [k for k, ch in enumerate(line) if ch in "|+"]
+        if not top <= i <= end or len(seps) < column + 2:
+            out.append(line)
+            continue
+        at = seps[column + 1]
+        pad = line[at - by - 1 : at]  # keep one character of padding (or of the rule) before the border
+        if at - by - 1 <= seps[column] or len(set(pad)) != 1 or pad[0] not in " -=":
+            return None
+        out.append(line[: at - by] + line[at:])
+    return "\n".join(out) + "\n"
+
+
 BOX = [p for p in CAPTURES if with_extra_column(p.read_text()) is not None]
+
+
+@pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
+@settings(max_examples=10, deadline=None)
+@given(column=st.integers(0, 3), by=st.integers(1, 3))
+def test_a_narrower_column_changes_nothing(path: pathlib.Path, column: int, by: int) -> None:
+    text = path.read_text()
+    changed = narrowed(text, column, by)
+    assume(changed is not None)
+    assert changed is not None
+    vendor = vendor_of(path)
+    assert values(parse.parse(vendor, changed)) == values(parse.parse(vendor, text))
 
 
 @pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -40,11 +40,14 @@ def _blocks(text: str) -> list[tuple[int, int, dict[str, str]]]:
     return out
 
 
-def _num(v: dict[str, str], key: str, unit: str) -> float | None:
+def _num(v: dict[str, str], key: str, unit: str, read: common.Reader | None = None) -> float | None:
+    """A value of a block; with `read`, one that is not a number is null and noted, not an error."""
     raw = v.get(key)
     if raw is None:
         return None
-    return common.number(raw.replace("℃", "C").replace("°C", "C"), unit)
+    if read is not None:
+        return read.number(key, raw, unit)
+    return common.number(raw, unit)
 
 
 def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
@@ -59,8 +62,9 @@ def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
         raise common.ParseError(TOOL, 1, lines[0] if lines else "", "no `DEV ID n` block")
     out = []
     for dev, line_no, v in blocks:
+        read = common.Reader()
         try:
-            total = _num(v, "Device Mem Info/Total Size", "MiB")
+            total = _num(v, "Device Mem Info/Total Size", "MiB", read)
             health = v.get("Device Info/Health", "").lower()
             bus = v.get("PCIe Info/Bus")
             info = model.DeviceInfo(
@@ -87,16 +91,16 @@ def parse_q(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
                 if health == "false"
                 else model.Health.UNKNOWN,
                 health_reason="" if health == "true" else f"efsmi health {health or '(absent)'}",
-                utilization=_num(v, "Device Usage Info/GCU Usage", "%"),
-                memory_used_bytes=_num(v, "Device Mem Info/Used Size", "MiB"),
-                power_w=_num(v, "Power Info/Cur Power", "W"),
-                power_limit_w=_num(v, "Power Info/Power Capa", "W"),
-                temperature_c=_num(v, "Temperature Info/GCU Temp", "C"),
-                memory_clock_hz=_num(v, "Clock Info/Mem CLK", "MHz"),
+                utilization=_num(v, "Device Usage Info/GCU Usage", "%", read),
+                memory_used_bytes=_num(v, "Device Mem Info/Used Size", "MiB", read),
+                power_w=_num(v, "Power Info/Cur Power", "W", read),
+                power_limit_w=_num(v, "Power Info/Power Capa", "W", read),
+                temperature_c=_num(v, "Temperature Info/GCU Temp", "C", read),
+                memory_clock_hz=_num(v, "Clock Info/Mem CLK", "MHz", read),
             )
         except ValueError as exc:
             raise common.ParseError(TOOL, line_no, f"DEV ID {dev}", str(exc)) from None
-        out.append(common.Parsed(info=info, sample=sample))
+        out.append(common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings))
     return out
 
 

@@ -59,36 +59,38 @@ def _device(
     record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], width: int, ts: int
 ) -> common.Parsed:
     line_no, first = record[0]
+    problems = []
     if len(record) != len(header):
-        raise common.ParseError(
-            TOOL, line_no, first, f"a device record has {len(record)} lines, the header {len(header)}"
-        )
+        problems.append(f"{TOOL} line {line_no}: a record of {len(record)} line(s) under a header of {len(header)}")
     v: dict[str, str] = {}
-    for (_, line), labels in zip(record, header, strict=True):
+    for (_, line), labels in zip(record, header, strict=False):
         for cell, cell_labels in zip(_cells(line, width), labels, strict=False):
             v.update(table._values(cell, cell_labels))  # noqa: SLF001
-    try:
-        index = int(v["ID"])
-        used = total = None
-        m = _MEM.match(v.get("Mem", ""))
-        if m:
-            used, total = common.number(m.group("used"), "MiB"), common.number(m.group("total"), "MiB")
-        info = model.DeviceInfo(
-            uuid=f"moorethreads-{index}",
-            index=index,
-            vendor="moorethreads",
-            model=v.get("Name", ""),
-            bus_id=v.get("PCIe", ""),
-            memory_total_bytes=int(total) if total is not None else None,
-            power_cap_settable=False,  # DESIGN 7: no public setter
-        )
-        sample = model.DeviceSample(
-            index=index,
-            timestamp_ns=ts,
-            utilization=common.number(v.get("%GPU", ""), "%"),
-            memory_used_bytes=used,
-            temperature_c=common.number(v.get("Temp", ""), "C"),
-        )
-    except (KeyError, ValueError) as exc:
-        raise common.ParseError(TOOL, line_no, first, str(exc)) from None
-    return common.Parsed(info=info, sample=sample)
+    raw_index = v.get("ID", "")
+    if not raw_index.isdigit():
+        raise common.ParseError(TOOL, line_no, first, f"no device number in {raw_index!r}")
+    index = int(raw_index)
+    read = common.Reader()
+    used = total = None
+    m = _MEM.match(v.get("Mem", ""))
+    if m:
+        used, total = read.number("memory used", m.group("used"), "MiB"), read.number("memory", m.group("total"), "MiB")
+    elif v.get("Mem"):
+        read.warnings.append(f"memory: not `USED(TOTAL)`: {v['Mem']!r}")
+    info = model.DeviceInfo(
+        uuid=f"moorethreads-{index}",
+        index=index,
+        vendor="moorethreads",
+        model=v.get("Name", ""),
+        bus_id=v.get("PCIe", ""),
+        memory_total_bytes=int(total) if total is not None else None,
+        power_cap_settable=False,  # DESIGN 7: no public setter
+    )
+    sample = model.DeviceSample(
+        index=index,
+        timestamp_ns=ts,
+        utilization=read.number("utilization", v.get("%GPU"), "%"),
+        memory_used_bytes=used,
+        temperature_c=read.number("temperature", v.get("Temp"), "C"),
+    )
+    return common.with_warnings(common.Parsed(info=info, sample=sample), [*problems, *read.warnings])
