@@ -250,3 +250,33 @@ def test_a_reading_replaced_by_na_is_null_never_wrong(path: pathlib.Path, data: 
             got, was = getattr(p.sample, name), getattr(old.sample, name)
             assert got is None or got == was, f"{name}: {got!r} after the mutation, {was!r} before ({lines[i]!r})"
         assert p.info.memory_total_bytes in (None, old.info.memory_total_bytes)
+
+
+def column_table(text: str) -> tuple[list[str], int, list[int]] | None:
+    """A whitespace-aligned table (rocm-smi/hy-smi concise, amd-smi monitor): its lines, the header's
+    index and the device rows' indexes; None for other layouts.
+    """
+    lines = text.splitlines()
+    head = next((i for i, x in enumerate(lines) if re.match(r"(GPU|DCU|HCU|Device)\s{2,}\S", x) and "|" not in x), None)
+    if head is None:
+        return None
+    rows = [i for i in range(head + 1, len(lines)) if re.match(r"\s*\d+\s{2,}\S", lines[i])]
+    return (lines, head, rows) if rows else None
+
+
+COLUMNS = [p for p in CAPTURES if p.suffix != ".json" and column_table(p.read_text()) is not None]
+
+
+@pytest.mark.parametrize("path", COLUMNS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_an_extra_unknown_column_in_a_whitespace_table_changes_nothing(path: pathlib.Path) -> None:
+    text = path.read_text()
+    found = column_table(text)
+    assert found is not None
+    lines, head, rows = found
+    width = max(len(lines[i].rstrip()) for i in [head, *rows])
+    changed = list(lines)
+    changed[head] = lines[head].rstrip().ljust(width) + "  Qwz9%"
+    for i in rows:
+        changed[i] = lines[i].rstrip().ljust(width) + "  7%"
+    vendor = vendor_of(path)
+    assert values(parse.parse(vendor, "\n".join(changed) + "\n")) == values(parse.parse(vendor, text))
