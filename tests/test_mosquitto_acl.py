@@ -158,25 +158,22 @@ async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_p
 async def test_a_node_cannot_knock_another_off_with_its_client_id(broker: Mosquitto) -> None:
     # Issue 19.3: node-a connected as client id `xpu-agent-node-b` 14 times in 15 s and node-b was
     # disconnected each time. With the client id bound to the username, node-a only ever is node-a.
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        broker.port,
-        username="node-b",
-        password="pw-node-b",
-        identifier="xpu-agent-node-b",
-        protocol=aiomqtt.ProtocolVersion.V311,
-        timeout=5,
-    ) as b:
+
+    def as_node_b(user: str) -> aiomqtt.Client:
+        """A session of `user` that asks for node-b's client id."""
+        return aiomqtt.Client(
+            "127.0.0.1",
+            broker.port,
+            username=user,
+            password=f"pw-{user}",
+            identifier="xpu-agent-node-b",
+            protocol=aiomqtt.ProtocolVersion.V311,
+            timeout=5,
+        )
+
+    async with as_node_b("node-b") as b:
         for _ in range(3):
-            async with aiomqtt.Client(
-                "127.0.0.1",
-                broker.port,
-                username="node-a",
-                password="pw-node-a",
-                identifier="xpu-agent-node-b",
-                protocol=aiomqtt.ProtocolVersion.V311,
-                timeout=5,
-            ) as a:
+            async with as_node_b("node-a") as a:
                 await a.publish("xpu/v1/state/node-a", b"{}", qos=1)
         await b.subscribe("xpu/v1/cmd/node-b/req", qos=1)  # still connected: a QoS 1 round trip works
         await b.publish("xpu/v1/state/node-b", b"{}", qos=1)

@@ -288,8 +288,15 @@ class Control:
         ]
 
     def _liveness(self, now_ns: int) -> list[events.Event]:
+        """Node status changes, and nodes silent past `forget_after_s` forgotten with their devices
+        (one pass over the nodes per period).
+        """
         out = []
-        for node_id, node in self.registry.nodes.items():
+        horizon = now_ns - int(self.liveness.forget_after_s * 1e9)
+        for node_id, node in list(self.registry.nodes.items()):
+            if node.streams == 0 and max(node.last_seen_ns, node.last_hello_ns) < horizon:
+                out.append(self._forget(node_id, now_ns))
+                continue
             status = node.status(now_ns, self.liveness)
             if self.node_status.get(node_id) != status:
                 self.node_status[node_id] = status
@@ -317,7 +324,7 @@ class Control:
         """Devices that left their node's Hello, and what has been gone past `forget_after_s`.
 
         A gone device's open anomalies close (with an event that says why); after the retention
-        its slot is cleared everywhere and released, and a node silent that long is forgotten.
+        its slot is cleared everywhere and released (silent nodes: `_liveness`).
         """
         reg = self.registry
         out = []
@@ -350,21 +357,20 @@ class Control:
         horizon = now_ns - int(self.liveness.forget_after_s * 1e9)
         for slot in [s for s, since in reg.gone_ns.items() if since < horizon]:
             self.release(slot)
-        for node_id, node in list(reg.nodes.items()):
-            if node.streams == 0 and max(node.last_seen_ns, node.last_hello_ns) < horizon:
-                for slot in reg.forget(node_id):
-                    self.release(slot)
-                self.node_status.pop(node_id, None)
-                out.append(
-                    events.Event(
-                        timestamp_ns=now_ns,
-                        kind="node.forgotten",
-                        node_id=node_id,
-                        message=f"node {node_id} was silent for {self.liveness.forget_after_s:g} s: forgotten "
-                        "with its devices (it is registered again when it says Hello)",
-                    )
-                )
         return out
+
+    def _forget(self, node_id: str, now_ns: int) -> events.Event:
+        """Drop a silent node and release its devices' slots; the `node.forgotten` event."""
+        for slot in self.registry.forget(node_id):
+            self.release(slot)
+        self.node_status.pop(node_id, None)
+        return events.Event(
+            timestamp_ns=now_ns,
+            kind="node.forgotten",
+            node_id=node_id,
+            message=f"node {node_id} was silent for {self.liveness.forget_after_s:g} s: forgotten "
+            "with its devices (it is registered again when it says Hello)",
+        )
 
     def release(self, slot: int) -> None:
         """Clear every trace of a slot's device, then free the slot for the next new device (or

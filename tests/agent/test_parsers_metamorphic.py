@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -80,11 +81,10 @@ def test_the_tool_that_printed_a_capture_is_recognised(path: pathlib.Path) -> No
     assert parse.detect.vendor_of(path.read_text()) == vendor_of(path)
 
 
-def with_extra_column(text: str) -> str | None:
-    """A box table (`|===` or `+===` under its header) with one more column at its right, of a label
-    no reader knows: every line of the table gets one more cell. None for other layouts.
+def box_region(lines: list[str]) -> tuple[int, int, int] | None:
+    """Where a box table sits: (its first line, its `|===`/`+===` header rule, its last record line),
+    the process table below excluded; None for other layouts.
     """
-    lines = text.splitlines()
     rule_at = next((i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+="))), None)
     if rule_at is None:
         return None
@@ -94,6 +94,18 @@ def with_extra_column(text: str) -> str | None:
     end = rule_at
     while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
         end += 1
+    return top, rule_at, end
+
+
+def with_extra_column(text: str) -> str | None:
+    """A box table with one more column at its right, of a label no reader knows: every line of the
+    table gets one more cell. None for other layouts.
+    """
+    lines = text.splitlines()
+    region = box_region(lines)
+    if region is None:
+        return None
+    top, rule_at, end = region
     out = []
     for i, line in enumerate(lines):
         body = line.rstrip()
@@ -111,50 +123,52 @@ def with_extra_column(text: str) -> str | None:
     return "\n".join(out) + "\n"
 
 
-def widened(text: str, column: int, by: int) -> str:
-    """The box table with its `column`-th cell (0-based) wider by `by` characters on every line."""
+def at_border(text: str, column: int, edit: Callable[[str, int, int], str | None]) -> str | None:
+    """The box table with `edit(line, left, right)` applied to every table line that has the
+    `column`-th cell (0-based), between that cell's borders at `left` and `right`; None when an
+    edit refuses a line.
+    """
     lines = text.splitlines()
-    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
-    top, end = rule_at, rule_at
-    while top > 0 and lines[top - 1].lstrip()[:1] in "|+" and lines[top - 1].strip():
-        top -= 1
-    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
-        end += 1
+    region = box_region(lines)
+    assert region is not None
+    top, _, end = region
     out = []
     for i, line in enumerate(lines):
         seps = [k for k, ch in enumerate(line) if ch in "|+"]
         if not top <= i <= end or len(seps) < column + 2:
             out.append(line)
             continue
-        at = seps[column + 1]
-        fill = line[at - 1] if line[at - 1] in "-=" else " "
-        out.append(line[:at] + fill * by + line[at:])
+        edited = edit(line, seps[column], seps[column + 1])
+        if edited is None:
+            return None
+        out.append(edited)
     return "\n".join(out) + "\n"
+
+
+def widened(text: str, column: int, by: int) -> str:
+    """The box table with its `column`-th cell wider by `by` characters on every line."""
+
+    def wider(line: str, _left: int, at: int) -> str:
+        fill = line[at - 1] if line[at - 1] in "-=" else " "
+        return line[:at] + fill * by + line[at:]
+
+    changed = at_border(text, column, wider)
+    assert changed is not None
+    return changed
 
 
 def narrowed(text: str, column: int, by: int) -> str | None:
     """The box table with its `column`-th cell narrower by `by` characters on every line, taken from
     the padding before its right border; None when some line has no such padding there.
     """
-    lines = text.splitlines()
-    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
-    top, end = rule_at, rule_at
-    while top > 0 and lines[top - 1].lstrip()[:1] in "|+" and lines[top - 1].strip():
-        top -= 1
-    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
-        end += 1
-    out = []
-    for i, line in enumerate(lines):
-        seps = [k for k, ch in enumerate(line) if ch in "|+"]
-        if not top <= i <= end or len(seps) < column + 2:
-            out.append(line)
-            continue
-        at = seps[column + 1]
+
+    def narrower(line: str, left: int, at: int) -> str | None:
         pad = line[at - by - 1 : at]  # keep one character of padding (or of the rule) before the border
-        if at - by - 1 <= seps[column] or len(set(pad)) != 1 or pad[0] not in " -=":
+        if at - by - 1 <= left or len(set(pad)) != 1 or pad[0] not in " -=":
             return None
-        out.append(line[: at - by] + line[at:])
-    return "\n".join(out) + "\n"
+        return line[: at - by] + line[at:]
+
+    return at_border(text, column, narrower)
 
 
 BOX = [p for p in CAPTURES if with_extra_column(p.read_text()) is not None]
@@ -192,14 +206,11 @@ def test_an_extra_unknown_column_changes_nothing(path: pathlib.Path) -> None:
 def without_separators(text: str) -> str:
     """The box table without the rules between its device records (the header's rule stays)."""
     lines = text.splitlines()
-    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
-    out, k = lines[: rule_at + 1], rule_at + 1
-    while k < len(lines) and lines[k].strip()[:1] in ("|", "+") and "Processes" not in lines[k]:
-        is_last = k + 1 >= len(lines) or lines[k + 1].strip()[:1] not in ("|", "+") or "Processes" in lines[k + 1]
-        if not (set(lines[k].strip()) <= set("+-=|") and not is_last):
-            out.append(lines[k])
-        k += 1
-    return "\n".join([*out, *lines[k:]]) + "\n"
+    region = box_region(lines)
+    assert region is not None
+    _, rule_at, end = region
+    kept = [x for x in lines[rule_at + 1 : end] if not set(x.strip()) <= set("+-=|")]  # the last line stays
+    return "\n".join([*lines[: rule_at + 1], *kept, *lines[end:]]) + "\n"
 
 
 @pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -212,15 +223,6 @@ def test_dropped_separators_change_nothing(path: pathlib.Path) -> None:
 NUMBER_CELL = re.compile(r"(?<![\w.:/-])\d+(?:\.\d+)?\s?(?:W|C|°C|℃|%|MiB|MB|GiB|MHz|Mhz)?(?![\w.:/-])")
 
 
-def records_region(lines: list[str]) -> tuple[int, int]:
-    """First and last line of the device records of a box table."""
-    rule_at = next(i for i, x in enumerate(lines) if x.lstrip().startswith(("|=", "+=")))
-    end = rule_at
-    while end + 1 < len(lines) and lines[end + 1].strip()[:1] in ("|", "+") and "Processes" not in lines[end + 1]:
-        end += 1
-    return rule_at + 1, end
-
-
 @pytest.mark.parametrize("path", BOX, ids=lambda p: f"{p.parent.name}/{p.name}")
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())
@@ -229,8 +231,10 @@ def test_a_reading_replaced_by_na_is_null_never_wrong(path: pathlib.Path, data: 
     text = path.read_text()
     vendor = vendor_of(path)
     lines = text.splitlines()
-    first, last = records_region(lines)
-    spots = [(i, m) for i in range(first, last + 1) for m in NUMBER_CELL.finditer(lines[i])]
+    region = box_region(lines)
+    assert region is not None
+    _, rule_at, last = region
+    spots = [(i, m) for i in range(rule_at + 1, last + 1) for m in NUMBER_CELL.finditer(lines[i])]
     if not spots:
         return
     i, m = data.draw(st.sampled_from(spots))

@@ -130,15 +130,15 @@ def _device(v: dict[str, str], ts: int) -> common.Parsed:
     index = int(logical) if logical and logical.isdigit() else npu  # npu-smi addresses 910s by NPU id
     name = v.get("Name", "")
     model_name = "Ascend" if common.absent(name) else (name if name.lower().startswith("ascend") else f"Ascend {name}")
-    mem_used, mem_total = common.Reader().pair("memory", v.get("Memory-Usage(MB)"), "MB")
-    hbm_used, hbm_total = common.Reader().pair("HBM", v.get("HBM-Usage(MB)"), "MB")
+    read = common.Reader()
+    mem_used, mem_total = read.pair("memory", v.get("Memory-Usage(MB)"), "MB")
+    hbm_used, hbm_total = read.pair("HBM", v.get("HBM-Usage(MB)"), "MB")
     # 910-class parts: HBM is the device memory, "Memory" the on-board DDR; an HBM size the tool
     # does not show is not a reason to report the DDR instead (a wrong number): it stays unknown
     if hbm_total or (hbm_total is None and hbm_used is not None):
         mem_used, mem_total = hbm_used, hbm_total
     health_word = v.get("Health", "").strip()
     health = HEALTH.get(health_word.lower(), model.Health.UNKNOWN)
-    read = common.Reader()
     util = read.number("AICore utilization", v.get("AICore(%)"), "%")
     info = model.DeviceInfo(
         uuid=f"ascend-npu{npu}-chip{chip}",

@@ -78,6 +78,7 @@ def _device(t: dict[str, tuple[str, str]], vendor: str, index: int, ts: int) -> 
     name = t.get("card series", t.get("device name", ("", "")))[0]
     uid = t.get("unique id", ("", ""))[0]
     total = _pick(t, VRAM_TOTAL, read)
+    limit = _pick(t, LIMIT, read)
     temp = _pick(t, JUNCTION, read)
     if temp is None:
         temp = _pick(t, EDGE, read)
@@ -87,7 +88,7 @@ def _device(t: dict[str, tuple[str, str]], vendor: str, index: int, ts: int) -> 
         vendor=vendor,
         model=name,
         memory_total_bytes=int(total) if total is not None else None,
-        power_limit_max_w=_pick(t, LIMIT, read),
+        power_limit_max_w=limit,
         power_cap_settable=True,  # DESIGN 7: amdsmi (AMD) and Hygon's rocm-smi library set caps
     )
     sample = model.DeviceSample(
@@ -96,7 +97,7 @@ def _device(t: dict[str, tuple[str, str]], vendor: str, index: int, ts: int) -> 
         utilization=_pick(t, UTIL, read),
         memory_used_bytes=_pick(t, VRAM_USED, read),
         power_w=_pick(t, POWER, read),
-        power_limit_w=_pick(t, LIMIT, read),
+        power_limit_w=limit,
         temperature_c=temp,
         memory_temperature_c=_pick(t, MEMORY_T, read),
     )
