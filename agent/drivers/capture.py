@@ -22,32 +22,29 @@ import msgspec
 from xpuctl.agent.core import parse
 from xpuctl.agent.drivers import tool
 
-# vendor -> the read-only forms to capture: the driver's own (tool.COMMANDS) and the others readers
+# vendor -> the read-only forms to capture: the driver's own (tool.FORMS) and the others readers
 # know, then a version line. Sources: shared/notes/vendor-tools.md and the fixtures' SOURCES.md.
 FORMS: dict[str, list[list[str]]] = {
     "nvidia": [
-        tool.COMMANDS["nvidia"],
-        ["nvidia-smi"],
-        ["nvidia-smi", "-q"],
+        *tool.FORMS["nvidia"],
         ["nvidia-smi", "-L"],
         ["nvidia-smi", "--version"],
     ],
     "ascend": [["npu-smi", "info"], ["npu-smi", "info", "-m"], ["npu-smi", "info", "-l"], ["npu-smi", "-v"]],
     "cambricon": [["cnmon"], ["cnmon", "-v"]],
     "metax": [["mx-smi"], ["mx-smi", "topo", "-m"], ["mx-smi", "--version"]],
-    "iluvatar": [["ixsmi"], ["ixsmi", "-L"], ["ixsmi", "--version"]],
-    "kunlunxin": [["xpu-smi"], ["xpu-smi", "-q"], ["xpu_smi"], ["xpu-smi", "--version"]],
+    "iluvatar": [*tool.FORMS["iluvatar"], ["ixsmi", "-L"], ["ixsmi", "--version"]],
+    "kunlunxin": [*tool.FORMS["kunlunxin"], ["xpu_smi"], ["xpu-smi", "--version"]],
     "moorethreads": [["mthreads-gmi"], ["mthreads-gmi", "-v"]],
     "enflame": [["efsmi", "-q"], ["efsmi"], ["efsmi", "--version"]],
     "amd": [
-        tool.COMMANDS["amd"],
+        *tool.FORMS["amd"],
         ["rocm-smi"],
-        ["amd-smi"],
-        ["amd-smi", "monitor"],
         ["amd-smi", "static", "--json"],
+        ["amd-smi", "list", "--json"],
         ["amd-smi", "version"],
     ],
-    "hygon": [tool.COMMANDS["hygon"], ["hy-smi"], ["hy-smi", "--version"]],
+    "hygon": [*tool.FORMS["hygon"], ["hy-smi", "--version"]],
     "thead": [["ppu-smi"], ["ppu-smi", "--version"]],
 }
 MAX_BYTES = 4 << 20

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from xpuctl.agent.core import model, parse
-from xpuctl.agent.core.parse import common
+from xpuctl.agent.core.parse import common, detect
 
 FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "vendor-smi"
 MIB = 1 << 20
@@ -552,3 +552,27 @@ def test_key_value_readers_degrade_one_field(vendor: str, name: str, before: str
     assert bad.info == good.info and bad.sample.power_w is None and good.sample.power_w is not None
     assert bad.sample.temperature_c == good.sample.temperature_c
     assert any("not a number" in w or "unknown unit" in w for w in bad.warnings), bad.warnings
+
+
+# `npu-smi info -t power -i N [-c C]`: no public capture; the layout is that of the other `-t`
+# views (`Key : value`), with the keys named in shared/notes/vendor-tools.md section 4
+NPU_POWER = "        NPU ID                         : {npu}\n        {chip:<30} : {n}\n        {key:<30} : {w}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (NPU_POWER.format(npu=0, chip="Chip Count", n=1, key="Power Dissipation(W)", w="72.8"), [72.8]),
+        (NPU_POWER.format(npu=3, chip="Chip ID", n=0, key="Real-time Power(W)", w="93.5"), [93.5]),
+        (NPU_POWER.format(npu=2, chip="Chip ID", n=1, key="NPU Real-time Power(W)", w="NA"), [None]),
+        # a two-chip card's power belongs to neither chip alone
+        (NPU_POWER.format(npu=1, chip="Chip Count", n=2, key="Power Dissipation(W)", w="54.0"), [None, None]),
+    ],
+)
+def test_npu_smi_t_power(text: str, expected: list[float | None]) -> None:
+    got = parse.parse("ascend", text)
+    assert [p.sample.power_w for p in got] == expected
+    assert detect.vendor_of(text) == "ascend"
+    if len(expected) == 2:
+        assert [p.info.uuid for p in got] == ["ascend-npu1-chip0", "ascend-npu1-chip1"]
+        assert any("shared by its 2 chips" in w for w in got[0].warnings)

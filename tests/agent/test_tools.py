@@ -409,3 +409,56 @@ def test_a_dcu_seen_through_rocm_smi_is_hygon(bin_dir: pathlib.Path) -> None:
     r = agent("once", path=str(bin_dir))  # both tools: the DCUs once, not twice
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)) == len(rows)
+
+
+def test_amd_smi_alone_is_read_as_json_with_its_identity(
+    bin_dir: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 12.5: no rocm-smi on PATH (ROCm 7 nodes): `amd-smi metric --json` for readings, its
+    # `static --json` once for the model and the cap range
+    from tests.agent.test_parsers_amdsmi import METRIC_NEW  # noqa: PLC0415
+
+    (bin_dir / "metric.json").write_text(json.dumps(METRIC_NEW))
+    static = FIX / "amd" / "amd-smi-static-json_MI210.json"
+    fake(
+        bin_dir,
+        "amd-smi",
+        f'case "$1 $2" in "metric --json") cat {bin_dir / "metric.json"};; "static --json") cat {static};;'
+        ' *) echo "unexpected: $*" >&2; exit 2;; esac',
+    )
+    caplog.set_level("WARNING")
+    d = tool.ToolDriver("amd", timeout_s=5)
+    (info,) = d.discover()
+    assert d.argv[:3] == ["amd-smi", "metric", "--json"]
+    assert (info.model, info.power_limit_max_w, info.memory_total_bytes) == ("AMD Instinct MI210", 300.0, 196592 << 20)
+    (s,) = d.sample(7)
+    assert (s.power_w, s.temperature_c, s.utilization) == (412.0, 61.0, 0.37)
+    assert "rocm-smi is not on PATH" in caplog.text  # it said why it fell back
+
+
+def test_a_form_the_tool_refuses_falls_back_to_the_table(
+    bin_dir: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ixsmi that does not take nvidia-smi's --query-gpu: the table is read, and the log says why
+    table = FIX / "iluvatar" / "ixsmi_BI-V150x16_v4.1.0.txt"
+    fake(
+        bin_dir,
+        "ixsmi",
+        f'case "$1" in --format*) echo "Invalid combination of input arguments" >&2; exit 2;; esac; cat {table}',
+    )
+    caplog.set_level("WARNING")
+    d = tool.ToolDriver("iluvatar", timeout_s=5)
+    infos = d.discover()
+    assert len(infos) == 16 and d.argv == ["ixsmi"]
+    assert "exited with status 2: Invalid combination" in caplog.text
+    fake(bin_dir, "ixsmi", "exit 3")  # nothing answers: one error naming every form
+    with pytest.raises(Exception, match=r"no form of the iluvatar tool could be read: .*status 3.*status 3"):
+        tool.ToolDriver("iluvatar", timeout_s=5).discover()
+
+
+def test_the_older_xpu_smi_name_is_found(bin_dir: pathlib.Path) -> None:
+    q = FIX / "kunlunxin" / "xpu-smi-q-id_P800-PCIe_v5.0.21.26.txt"
+    fake(bin_dir, "xpu_smi", f'[ "$1" = -q ] && cat {q}')
+    assert tool.available() == ["kunlunxin"]
+    d = tool.ToolDriver("kunlunxin", timeout_s=5)
+    assert [i.model for i in d.discover()] == ["P800 PCIe"] and d.argv == ["xpu_smi", "-q"]

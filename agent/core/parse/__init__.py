@@ -39,7 +39,7 @@ FORMATS: dict[str, str] = {
     "moorethreads": "mthreads-gmi",
     "enflame": "efsmi, or efsmi -q",
     "ascend": "npu-smi info, npu-smi info -m, or npu-smi info -t usages|common -i N",
-    "amd": "rocm-smi ... --json, rocm-smi (concise), amd-smi monitor, or amd-smi static --json",
+    "amd": "rocm-smi ... --json, rocm-smi (concise), amd-smi monitor, or amd-smi metric|static|list|monitor (text, --json or --csv)",
     "hygon": "hy-smi / rocm-smi ... --json, their concise table, or hy-smi virtual -show-device-info",
 }
 
@@ -103,8 +103,8 @@ def _parse(vendor: str, text: str, timestamp_ns: int) -> list[common.Parsed]:
         return enflame.parse_q(text, timestamp_ns=timestamp_ns)
     if vendor == "moorethreads":
         return mthreads.parse(text, timestamp_ns=timestamp_ns)
-    if vendor == "amd" and '"gpu_data"' in text:
-        return amdsmi.parse_static(text, timestamp_ns=timestamp_ns)
+    if vendor == "amd" and amdsmi.looks_like(text):
+        return amdsmi.parse(text, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon") and re.search(r"^\s*(GPU|DCU|HCU)\[\d+\]\s*:", text, re.MULTILINE):
         return rocm.parse_lines(text, vendor, timestamp_ns=timestamp_ns)
     if vendor in ("amd", "hygon") and not _is_json(text):

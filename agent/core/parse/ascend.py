@@ -245,8 +245,9 @@ def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     `Key : value` blocks. `-l` lists NPUs (`Total Count`, then `NPU ID`/`Chip Count` per NPU):
     identity only. The `-t` views describe one NPU: a block holding a `Chip ID` belongs to that
     chip (usages prints it last, common first), a block with `Chip Name : mcu` is the board
-    controller (not a device); a view without any `Chip ID` (board) is chip 0. Power is the chip's
-    own, else the board's when the NPU has one chip (shared otherwise: absent). Memory is the
+    controller (not a device); a view without any `Chip ID` (board, `-t power` of a card) holds
+    the NPU's keys for each of its `Chip Count` chips. Power is the chip's own, else the board's
+    when the NPU has one chip (shared otherwise: absent, with a warning). Memory is the
     capacity the view prints; a usage rate alone gives no byte count (absent, not derived).
 
     Raises:
@@ -269,11 +270,16 @@ def parse_t(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
             board = b
         elif "Chip ID" in b and b["Chip ID"][0].isdigit():
             chips.setdefault(int(b["Chip ID"][0]), {}).update(b)
-    if not chips:  # a per-NPU view (board): the NPU's own keys, as chip 0
-        chips[0] = {k: v for b in blocks if b is not board for k, v in b.items()}
+    shared: list[str] = []
+    if not chips:  # a per-NPU view (board, or power of a whole card): the NPU's keys, for each chip
+        own = {k: v for b in blocks if b is not board for k, v in b.items()}
+        if count > 1 and (watts := next((own.pop(k)[0] for k in T_KEYS["power"] if k in own), None)):
+            shared.append(f"power: the card's {watts} W is shared by its {count} chips: not given to one")
+        chips = dict.fromkeys(range(count), own)
     out = []
     for chip, v in sorted(chips.items()):
         read = common.Reader()
+        read.warnings.extend(shared)
 
         def get(field: str, v: dict[str, tuple[str, int]] = v) -> str | None:
             return next((v[k][0] for k in T_KEYS[field] if k in v), None)

@@ -40,6 +40,7 @@ UNITS: dict[str, float] = {
     "j": 1.0,
     "mj": 1e-3,
     "kj": 1e3,
+    "uj": 1e-6,
     "b": 1.0,
     "kib": 1 << 10,
     "mib": MIB,

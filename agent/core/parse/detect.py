@@ -27,7 +27,13 @@ RULES: tuple[tuple[str, str], ...] = (
             r"|Haiguang|^Virtual Device \d+:|\bZ100|\bK100|\bBW\d{3,4}\b"
         ),
     ),
-    ("amd", r"AMD-SMI|ROCm System Management|ROCm SMI|\"gpu_data\"|\bGFX_UTIL\b|\bGPU\[\d+\]\s*:|\"card\d+\""),
+    (
+        "amd",
+        (
+            r"AMD-SMI|ROCm System Management|ROCm SMI|\"gpu_data\"|\bGFX_UTIL\b|\bGPU\[\d+\]\s*:|\"card\d+\""
+            r"|^\s*GPU:\s*\d+\s*$|\"gpu\"\s*:\s*\d+|^\s*gpu\s*,.*\b(socket_power|gfx|power_usage|market_name)"
+        ),
+    ),
     (
         "nvidia",
         r"NVIDIA-SMI|NVSMI LOG|\bNVIDIA\b|^\s*#\s*gpu\s+pwr|\bindex\s*,\s*name\b|\bpower\.draw\b",
