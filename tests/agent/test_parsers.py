@@ -576,3 +576,21 @@ def test_npu_smi_t_power(text: str, expected: list[float | None]) -> None:
     if len(expected) == 2:
         assert [p.info.uuid for p in got] == ["ascend-npu1-chip0", "ascend-npu1-chip1"]
         assert any("shared by its 2 chips" in w for w in got[0].warnings)
+
+
+def test_efsmi_table_degrades_a_cell_or_a_line_at_a_time() -> None:
+    # Issue 12.4: a lost `|` or a lost line costs the values it held, never the device, never a wrong value
+    text = (FIX / "enflame" / "efsmi_S60_v1.2.0.301.txt").read_text()
+    merged = "| 39 C   Sleep    105W  300W   49120MiB Disable|"
+    cut = "| 46 C   Active   128W  300W | 42976MiB Disable|   0.0%      C807J40510285 |\n"
+    assert cut in text
+    got = parse.parse(
+        "enflame", text.replace("| 39 C   Sleep    105W  300W | 49120MiB Disable|", merged).replace(cut, "")
+    )
+    assert [p.info.index for p in got] == [0, 1]
+    first, second = got
+    assert first.sample.temperature_c == 39.0 and first.info.model == "S60"
+    assert first.sample.power_w is None and first.info.memory_total_bytes is None  # unplaceable: null
+    assert second.info.bus_id == "00:09:00.0" and second.sample.temperature_c is None
+    assert any("2 cells under a 3-cell header" in w for w in first.warnings)
+    assert any("1 line(s) under a header of 2" in w for w in second.warnings)

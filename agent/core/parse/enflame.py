@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from xpuctl.agent.core import model
-from xpuctl.agent.core.parse import common
+from xpuctl.agent.core.parse import common, table
 
 TOOL = "efsmi -q"
 _KV = re.compile(r"^(?P<indent>\s*)(?P<key>[^:]+?)\s*:\s*(?P<value>.*)$")
@@ -119,13 +119,11 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     Raises:
         ParseError: no `DEV ... NAME` header, or a record that does not match it.
     """
-    from xpuctl.agent.core.parse import table  # noqa: PLC0415 - shares the label helpers
-
     lines = text.splitlines()
     head = next((i for i, line in enumerate(lines) if line.startswith("|") and "DEV" in line and "NAME" in line), None)
     if head is None:
         raise common.ParseError(TABLE_TOOL, 1, lines[0] if lines else "", "no `| DEV  NAME | ...` header")
-    header = [[table._labels(c) for c in table._cells(line)] for line in lines[head : head + 2]]  # noqa: SLF001
+    grid = table.Grid.of(lines[head : head + 2])
     out: list[common.Parsed] = []
     skipped: list[common.ParseError] = []
     records: list[list[tuple[int, str]]] = [[]]
@@ -140,7 +138,7 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     for record in records:
         for r in table.split_record(record, 2) if record else []:
             try:  # a record that cannot be a device is skipped; the others are read
-                out.append(_table_device(r, header, timestamp_ns))
+                out.append(_table_device(r, grid, timestamp_ns))
             except common.ParseError as exc:
                 skipped.append(exc)
     if not out and skipped:
@@ -148,39 +146,35 @@ def parse_table(text: str, timestamp_ns: int = 0) -> list[common.Parsed]:
     return [common.with_warnings(p, [f"skipped a record: {exc}" for exc in skipped]) for p in out]
 
 
-def _table_device(record: list[tuple[int, str]], header: list[list[list[tuple[int, str]]]], ts: int) -> common.Parsed:
-    from xpuctl.agent.core.parse import table  # noqa: PLC0415
-
+def _table_device(record: list[tuple[int, str]], grid: table.Grid, ts: int) -> common.Parsed:
+    """One device of the table, read by the box-table engine (a missing or extra `|` or line costs
+    the values it held, with a warning); only a record without a device number is refused.
+    """
     line_no, first = record[0]
-    if len(record) != 2:
-        raise common.ParseError(TABLE_TOOL, line_no, first, f"a device record has {len(record)} lines, expected 2")
-    v: dict[str, str] = {}
-    for (n, line), labels in zip(record, header, strict=True):
-        cells = table._cells(line)  # noqa: SLF001
-        if len(cells) != len(labels):
-            raise common.ParseError(TABLE_TOOL, n, line, f"{len(cells)} cells under a {len(labels)}-cell header")
-        for cell, cell_labels in zip(cells, labels, strict=True):
-            v.update(table._values(cell, cell_labels))  # noqa: SLF001
-    try:
-        index = int(v["DEV"])
-        pwr = v.get("Pwr(Usage/Cap)", "").split()
-        total = common.number(v.get("Mem", ""), "MiB")
-        info = model.DeviceInfo(
-            uuid=f"enflame-{index}",
-            index=index,
-            vendor="enflame",
-            model=v.get("NAME", ""),
-            bus_id=v.get("BUS-ID", ""),
-            memory_total_bytes=int(total) if total is not None else None,
-            power_cap_settable=False,
-        )
-        sample = model.DeviceSample(
-            index=index,
-            timestamp_ns=ts,
-            temperature_c=common.number(v.get("TEMP", ""), "C"),
-            power_w=common.number(pwr[0], "W") if len(pwr) == 2 else None,
-            power_limit_w=common.number(pwr[1], "W") if len(pwr) == 2 else None,
-        )
-    except (KeyError, ValueError) as exc:
-        raise common.ParseError(TABLE_TOOL, line_no, first, str(exc)) from None
-    return common.Parsed(info=info, sample=sample)
+    v, problems = table.read_record(record, grid)
+    read = common.Reader()
+    read.warnings.extend(f"line {line_no}: {p}" for p in problems)
+    if not v.get("dev", "").isdigit():
+        raise common.ParseError(TABLE_TOOL, line_no, first, "a device record without a device number")
+    index = int(v["dev"])
+    pwr = v.get("pwr(usage/cap)", "").split()
+    if len(pwr) not in (0, 2):
+        read.warnings.append(f"power: not `usage cap`: {' '.join(pwr)!r}")
+    total = read.number("memory size", v.get("mem"), "MiB")
+    info = model.DeviceInfo(
+        uuid=f"enflame-{index}",
+        index=index,
+        vendor="enflame",
+        model=v.get("name", ""),
+        bus_id=v.get("bus-id", ""),
+        memory_total_bytes=int(total) if total is not None else None,
+        power_cap_settable=False,
+    )
+    sample = model.DeviceSample(
+        index=index,
+        timestamp_ns=ts,
+        temperature_c=read.number("temperature", v.get("temp"), "C"),
+        power_w=read.number("power", pwr[0], "W") if len(pwr) == 2 else None,
+        power_limit_w=read.number("power cap", pwr[1], "W") if len(pwr) == 2 else None,
+    )
+    return common.with_warnings(common.Parsed(info=info, sample=sample), read.warnings)
