@@ -6,6 +6,7 @@ Every capture of both collections, by Hypothesis: the transformations are drawn 
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from xpuctl.agent.core import parse
+from xpuctl.agent.core.parse import common
 
 FIX = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "vendor-smi"
 FOLDER_VENDOR = {"mthreads": "moorethreads"}
@@ -284,3 +286,70 @@ def test_an_extra_unknown_column_in_a_whitespace_table_changes_nothing(path: pat
         changed[i] = lines[i].rstrip().ljust(width) + "  7%"
     vendor = vendor_of(path)
     assert values(parse.parse(vendor, "\n".join(changed) + "\n")) == values(parse.parse(vendor, text))
+
+
+# Key/value layouts (nvidia-smi/xpu-smi -q, npu-smi -t, efsmi -q, rocm-smi ... label lines) and
+# JSON documents: the same information spelt with other padding or with a key the reader does not
+# know reads the same
+_KV = re.compile(r"^(?P<indent>\s*)(?P<key>\S[^:]*?\S)(?P<pad>\s+):(?P<rest>.*)$")
+
+
+def key_value_lines(text: str) -> list[int]:
+    """Indices of `Key   : value` lines (the key padded before its colon)."""
+    return [k for k, line in enumerate(text.splitlines()) if "|" not in line and _KV.match(line)]
+
+
+KEY_VALUE = [
+    p for p in CAPTURES if p.suffix != ".json" and p not in COLUMNS and len(key_value_lines(p.read_text())) >= 3
+]
+JSON = [p for p in CAPTURES if p.suffix == ".json"]
+
+
+def repadded(text: str, pad: Callable[[str], str]) -> str:
+    lines = text.splitlines()
+    for k in key_value_lines(text):
+        m = _KV.match(lines[k])
+        assert m is not None
+        lines[k] = f"{m['indent']}{m['key']}{pad(m['pad'])}:{m['rest']}"
+    return "\n".join(lines) + "\n"
+
+
+def with_unknown_keys(text: str) -> str:
+    """A `Vendor Extension Field : 42 W` line after every key/value line, at its indentation."""
+    lines = text.splitlines()
+    out: list[str] = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        m = _KV.match(line) if k in set(key_value_lines(text)) else None
+        if m is not None:
+            out.append(f"{m['indent']}Vendor Extension Field{m['pad']}: 42 W")
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("path", KEY_VALUE, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_key_value_padding_and_unknown_keys_change_nothing(path: pathlib.Path) -> None:
+    text, vendor = path.read_text(), vendor_of(path)
+    expected = values(parse.parse(vendor, text))
+    assert values(parse.parse(vendor, repadded(text, lambda pad: pad + "       "))) == expected, "wider"
+    assert values(parse.parse(vendor, repadded(text, lambda _pad: " "))) == expected, "narrower"
+    assert values(parse.parse(vendor, with_unknown_keys(text))) == expected, "an unknown key"
+
+
+def _with_unknown(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {**{k: _with_unknown(v) for k, v in obj.items()}, "vendor_extension (W)": "42"}
+    if isinstance(obj, list):
+        return [_with_unknown(v) for v in obj]
+    return obj
+
+
+@pytest.mark.parametrize("path", JSON, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_json_layout_and_unknown_keys_change_nothing(path: pathlib.Path) -> None:
+    text, vendor = path.read_text(), vendor_of(path)
+    found = common.json_document(text)
+    assert found is not None
+    doc = json.loads(found)
+    expected = values(parse.parse(vendor, text))
+    assert values(parse.parse(vendor, json.dumps(doc, separators=(",", ":")))) == expected, "compact"
+    assert values(parse.parse(vendor, json.dumps(doc, indent=8))) == expected, "indented"
+    assert values(parse.parse(vendor, json.dumps(_with_unknown(doc), indent=2))) == expected, "an unknown key"

@@ -62,11 +62,9 @@ def _leaf(value: object) -> str:
 
 def _flatten(obj: object, path: tuple[str, ...], out: Doc) -> None:
     if isinstance(obj, dict):
-        if "value" in obj and set(obj) <= {"value", "unit"}:
-            value = obj["value"]
-            if isinstance(value, dict | list):
-                _flatten(value, path, out)
-                return
+        value = obj.get("value")
+        if "value" in obj and not isinstance(value, dict | list) and ("unit" in obj or len(obj) == 1):
+            # a reading with its unit (other keys a later version adds beside them are not readings)
             unit = obj.get("unit")
             out["_".join(path)] = f"{_leaf(value)} {unit}".strip() if unit and value is not None else _leaf(value)
             return
