@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from importlib import resources
 
 import msgspec
 
@@ -88,15 +89,22 @@ def _add_driver_args(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="xpu-agent", description="xpuctl node agent")
-    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
-    parser.add_argument(
+    cli.add_version(parser)
+    parser.add_global("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_global(
         "--log-format", default="json", choices=logs.FORMATS, help="JSON lines (default) or text for people"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="sample devices and stream them to the controller")
     run.add_argument("--node-id", type=_node_id, default=socket.gethostname())
-    run.add_argument("--controller", default=None, metavar="HOST:PORT", help="required here or in --config")
+    run.add_argument(
+        "--controller",
+        type=cli.address,
+        default=None,
+        metavar="HOST[:PORT]",
+        help="required here or in --config (the port defaults to 50051)",
+    )
     run.add_argument("--config", default=None, metavar="FILE", help="TOML settings, [agent] table")
     run.add_argument(
         "--mqtt",
@@ -148,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
     validate.add_argument("--config", default=None, metavar="FILE")
 
+    example = sub.add_parser("config", help="print the example config file: every key, its default and meaning")
+    example.add_argument(
+        "what",
+        choices=["example", "cap-paths"],
+        help="example: every key with its default; cap-paths: a systemd drop-in that lets the unit "
+        "write the caps of this node's AMD and Hygon GPUs (ROCm SMI writes them under /sys)",
+    )
+    example.add_argument("--sysfs", default="/sys", help=argparse.SUPPRESS)  # tests: a fake /sys
     parse = sub.add_parser("parse", help="a captured management-tool output to normalised JSON")
     parse.add_argument("vendor", type=_vendor_or_auto, help="the vendor whose tool printed it, or auto (recognised)")
     parse.add_argument("file", help="the capture; - for standard input")
@@ -159,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--timeout-s", type=cli.positive(float), default=20.0, help="per command (killed after)")
 
     fleet = sub.add_parser("fleet", help="many simulated agents in one process (load generator)")
-    fleet.add_argument("--controller", required=True, metavar="HOST:PORT")
+    fleet.add_argument("--controller", type=cli.address, required=True, metavar="HOST[:PORT]")
     fleet.add_argument("--nodes", type=cli.positive(int), required=True)
     fleet.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     fleet.add_argument(
@@ -187,6 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="fault spec applied to the first node (see `run --help`)",
     )
+    parser.share_globals(sub)
     return parser
 
 
@@ -457,16 +474,43 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
             continue  # --sim-* flags ask for the simulator, whatever the config's driver
         if field == "mqtt":
             value = cli.bus_url(value)
+        if field == "controller":
+            value = cli.address(value)
         setattr(args, field, value)
     if args.controller is None:
-        parser.error("run: the controller address is needed: --controller HOST:PORT or `controller` in [agent]")
+        where = args.config or "flags"
+        raise agent_config.ConfigError(
+            where, "no controller address: give --controller HOST[:PORT] or `controller` in [agent]"
+        )
     return args
+
+
+def _cap_paths(sysfs: str) -> int:
+    from xpuctl.agent.drivers import rsmi  # noqa: PLC0415
+
+    paths = rsmi.cap_paths(sysfs)
+    print("# /etc/systemd/system/xpu-agent.service.d/caps.conf, from `xpu-agent config cap-paths`:")
+    print("# ROCm SMI sets AMD and Hygon caps by writing hwmon/hwmonN/power1_cap of each GPU, and the")
+    print("# unit's ProtectKernelTunables=yes makes /sys read-only: these are this node's GPUs' hwmon")
+    print("# directories, nothing more. Run it again after a GPU is added or moved.")
+    print("[Service]")
+    for path in paths:
+        print(f"ReadWritePaths=-{path}")
+    if not paths:
+        print("# (no AMD or Hygon GPU with a hwmon directory on this node: nothing to allow)")
+    return 0
 
 
 @pipes.quiet_when_the_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-agent`."""
     parser = _parser()
+    if (argv is None and sys.argv[1:2] == ["config"]) or (argv is not None and list(argv)[:1] == ["config"]):
+        args = parser.parse_args(argv)  # `config example|cap-paths`, or a usage error
+        if args.what == "example":
+            sys.stdout.write(resources.files("xpuctl.agent").joinpath("xpu-agent.example.toml").read_text())
+            return 0
+        return _cap_paths(args.sysfs)
     if (argv is None and sys.argv[1:2] == ["validate"]) or (argv is not None and list(argv)[:1] == ["validate"]):
         args = parser.parse_args(argv)
         try:

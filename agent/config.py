@@ -83,4 +83,4 @@ def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = No
     try:
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(where, f"{exc}; see deploy/xpu-agent.example.toml for every key") from exc
+        raise ConfigError(where, f"{exc}; `xpu-agent config example` prints every key") from exc

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import math
+import platform
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from xpuctl.protos.xpu.v1 import bus
 
@@ -31,6 +33,36 @@ class ArgumentParser(argparse.ArgumentParser):
         """As argparse.ArgumentParser, with `allow_abbrev` forced off."""
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._globals: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+
+    def add_global(self, *names: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's own keywords
+        """A flag of the program that may also follow the subcommand (`xpuctl devices --controller
+        H`, `xpu-agent run --log-level DEBUG`); `share_globals` copies it to the subcommands.
+        """
+        self.add_argument(*names, **kwargs)
+        self._globals.append((names, kwargs))
+
+    def share_globals(self, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+        """Every `add_global` flag on every subcommand of `sub`, where it overrides the value given
+        before the subcommand only when it is given itself.
+        """
+        for child in dict.fromkeys(sub.choices.values()):
+            for names, kwargs in self._globals:
+                child.add_argument(*names, **{**kwargs, "default": argparse.SUPPRESS})
+
+
+def version(program: str) -> str:
+    """`PROGRAM VERSION (Python X.Y.Z)`, what `--version` prints."""
+    try:
+        number = importlib.metadata.version("xpuctl")
+    except importlib.metadata.PackageNotFoundError:
+        number = "unknown (not installed)"
+    return f"{program} {number} (Python {platform.python_version()})"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """`--version` on `parser`: prints `version(parser.prog)` and exits 0."""
+    parser.add_argument("--version", action="version", version=version(parser.prog))
 
 
 def positive(kind: type[N]) -> Callable[[str], N]:
@@ -65,6 +97,37 @@ def number(kind: type[N], ok: Callable[[N], bool], rule: str, *, what: str) -> C
         return value
 
     return parse
+
+
+GRPC_PORT = 50051
+GRPC_SCHEMES = frozenset({"dns", "unix", "unix-abstract", "ipv4", "ipv6", "vsock", "xds"})
+
+
+def address(text: str) -> str:
+    """An argument type: a controller address as gRPC dials it. `HOST` alone means HOST:50051
+    (gRPC's own default, 443, is never the controller's); `[v6]` and bare IPv6 addresses get the
+    port after their brackets; `dns:`, `unix:` and gRPC's other scheme targets are kept as given.
+
+    Raises:
+        argparse.ArgumentTypeError: an empty address or a port that is not a number.
+    """
+    text = text.strip()
+    if not text:
+        msg = "empty address: give HOST[:PORT]"
+        raise argparse.ArgumentTypeError(msg)
+    if text.split(":", 1)[0] in GRPC_SCHEMES:
+        return text
+    if text.startswith("["):
+        host, _, port = text.partition("]")
+        host, port = host + "]", port.removeprefix(":")
+    elif text.count(":") > 1:  # a bare IPv6 address
+        host, port = f"[{text}]", ""
+    else:
+        host, _, port = text.partition(":")
+    if port and not port.isdigit():
+        msg = f"{text!r}: the port {port!r} is not a number (HOST[:PORT])"
+        raise argparse.ArgumentTypeError(msg)
+    return f"{host}:{port or GRPC_PORT}"
 
 
 def bus_url(text: str) -> bus.BusUrl:

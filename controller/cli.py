@@ -11,6 +11,7 @@ import pathlib
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from importlib import resources
 
 import msgspec
 
@@ -80,8 +81,9 @@ def _store(cfg: config.Config) -> statefile.FileStore | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
-    parser.add_argument("--log-level", default="INFO", choices=logs.LEVELS)
-    parser.add_argument(
+    cli.add_version(parser)
+    parser.add_global("--log-level", default="INFO", choices=logs.LEVELS)
+    parser.add_global(
         "--log-format",
         default=None,
         choices=logs.FORMATS,
@@ -136,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
     validate.add_argument("--config", default=None, metavar="FILE")
 
+    example = sub.add_parser("config", help="print the example config file: every key, its default and meaning")
+    example.add_argument("what", choices=["example"])
     bench = sub.add_parser(
         "bench",
         help="capacity (ingest: samples/s, latency, memory) or policy (power: xpuctl vs the static cap)",
@@ -152,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--ramp-s", type=float, default=None, help="default: a quarter of the duration")
     bench.add_argument("--window", type=cli.positive(int), default=600)
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.share_globals(sub)
     return parser
 
 
@@ -229,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     fmt = args.log_format or ("json" if args.command == "serve" else "text")
     logs.setup(args.log_level, fmt, os.environ)
+    if args.command == "config":
+        sys.stdout.write(resources.files("xpuctl.controller").joinpath("xpu-controller.example.toml").read_text())
+        return 0
     if args.command == "validate":
         try:
             cfg = config.load(args.config, os.environ)

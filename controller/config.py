@@ -232,7 +232,7 @@ def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = No
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(where, f"{exc}; see deploy/xpu-controller.example.toml for every key") from exc
+        raise ConfigError(where, f"{exc}; `xpu-controller config example` prints every key") from exc
     _check_tls(cfg, where)
     return cfg
 

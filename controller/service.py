@@ -297,6 +297,13 @@ class Service:
                 url or "off",
                 self.state.budget_w,
             )
+            host = self.listen.rpartition(":")[0].strip("[]")
+            if not self.cfg.tls.on and host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning(
+                    "listening on %s in plaintext: anyone who reaches the port can set the budget, cordon "
+                    "and release devices; set [tls] (deploy/README.md, 'Opening the controller')",
+                    self.listen,
+                )
             # the bus runs beside the TaskGroup: a broker that stopped answering must not hold
             # the shutdown (the task is cancelled and given SHUTDOWN_BUS_S to close)
             bus_task = asyncio.create_task(self.bus.run(), name="controller.mqtt") if self.bus else None

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from xpuctl.controller import config  # noqa: E402
 
-OUT = ROOT / "deploy" / "xpu-controller.example.toml"
+OUT = ROOT / "controller" / "xpu-controller.example.toml"  # deploy/ links to it
 
 
 def docstrings() -> dict[tuple[str, str], str]:

@@ -83,6 +83,8 @@ def test_the_wheel_holds_only_the_xpuctl_namespace(tmp_path: pathlib.Path) -> No
         if p.suffix in {".py", ".pyi", ".proto"} or p.name == "py.typed"
     }
     assert sources - set(names) == set()
+    # the example configs that `config example` prints (issue 20.1)
+    assert {"xpuctl/agent/xpu-agent.example.toml", "xpuctl/controller/xpu-controller.example.toml"} <= set(names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for line in (
         "xpu-agent = xpuctl.agent.cli:main",

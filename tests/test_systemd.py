@@ -44,7 +44,7 @@ def installed_unit(name: str, tmp: pathlib.Path) -> pathlib.Path:
     program = name.removesuffix(".service")
     script = pathlib.Path(sys.executable).parent / program
     assert script.exists(), f"{script} is missing: install the package (pip install -e .)"
-    text = (UNITS / name).read_text().replace(f"/usr/bin/{program}", str(script))
+    text = (UNITS / name).read_text().replace(f"/opt/xpuctl/bin/{program}", str(script))
     out = tmp / name
     out.write_text(text)
     return out

@@ -9,6 +9,7 @@ Status codes (rocm_smi.h): 0 success, 1 invalid args, 2 not supported, 4 permiss
 from __future__ import annotations
 
 import ctypes
+import pathlib
 import threading
 
 from xpuctl.agent.drivers import base
@@ -80,3 +81,28 @@ class RsmiCaps:
         with self._lock:
             self._check(f"set cap of device {device}", self.lib.rsmi_dev_power_cap_set(device, 0, uw))
         return self.cap_w(device)
+
+
+# PCI vendor ids of the GPUs whose caps ROCm SMI writes: AMD, and Hygon's DCUs (pci.ids: 1d94
+# "Chengdu Haiguang IC Design Co., Ltd.")
+VENDOR_IDS = frozenset({"0x1002", "0x1d94"})
+
+
+def cap_paths(sysfs: str = "/sys") -> list[str]:
+    """The directories ROCm SMI writes caps in (`hwmon/hwmonN/power1_cap` of each AMD or Hygon
+    GPU), as the host names them (`/sys/devices/.../0000:03:00.0/hwmon`): what the agent's unit
+    must be allowed to write under its read-only /sys (`xpu-agent config cap-paths`).
+    """
+    root = pathlib.Path(sysfs)
+    out = []
+    for card in sorted((root / "class" / "drm").glob("card*")):
+        if not card.name[4:].isdigit():
+            continue  # a connector (card0-DP-1), not a GPU
+        device = (card / "device").resolve()
+        try:
+            vendor = (device / "vendor").read_text().strip().lower()
+        except OSError:
+            continue
+        if vendor in VENDOR_IDS and (device / "hwmon").is_dir():
+            out.append("/sys/" + str((device / "hwmon").relative_to(root.resolve())))
+    return list(dict.fromkeys(out))

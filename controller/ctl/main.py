@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -232,13 +233,24 @@ SORT_KEYS = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(prog="xpuctl", description="xpuctl operator CLI")
-    parser.add_argument("--controller", default="127.0.0.1:50051", metavar="HOST:PORT")
-    parser.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
-    parser.add_argument("--tls-cert-file", default=None, metavar="PEM", help="client certificate (mTLS)")
-    parser.add_argument("--tls-key-file", default=None, metavar="PEM", help="its key")
-    parser.add_argument("--tls-server-name", default=None, help="name in the controller's certificate, if not its host")
-    parser.add_argument(
+    parser = cli.ArgumentParser(
+        prog="xpuctl",
+        description="xpuctl operator CLI",
+        epilog="The controller address defaults to $XPUCTL_CONTROLLER, else 127.0.0.1:50051.",
+    )
+    cli.add_version(parser)
+    parser.add_global(
+        "--controller",
+        type=cli.address,
+        default=None,
+        metavar="HOST[:PORT]",
+        help="default $XPUCTL_CONTROLLER, else 127.0.0.1:50051; the port defaults to 50051",
+    )
+    parser.add_global("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
+    parser.add_global("--tls-cert-file", default=None, metavar="PEM", help="client certificate (mTLS)")
+    parser.add_global("--tls-key-file", default=None, metavar="PEM", help="its key")
+    parser.add_global("--tls-server-name", default=None, help="name in the controller's certificate, if not its host")
+    parser.add_global(
         "--token-file", default=None, metavar="FILE", help="operator bearer token (first line), sent over TLS only"
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--health", default="", choices=["", *names.HEALTH.values()])
     d.add_argument("--sort", default="node", choices=sorted(SORT_KEYS))
     _add_commands(sub)
+    parser.share_globals(sub)
     return parser
 
 
@@ -408,6 +421,12 @@ def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | Non
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpuctl`."""
     args = _parser().parse_args(argv)
+    if args.controller is None:
+        try:
+            args.controller = cli.address(os.environ.get("XPUCTL_CONTROLLER") or f"127.0.0.1:{cli.GRPC_PORT}")
+        except argparse.ArgumentTypeError as exc:
+            print(f"xpuctl: XPUCTL_CONTROLLER: {exc}", file=sys.stderr)
+            return 2
     try:
         creds, options = credentials(args)
     except tls.TlsError as exc:
