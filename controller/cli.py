@@ -125,7 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     demo = sub.add_parser("demo", help="a controller and a simulated mixed fleet, shown live")
-    demo.add_argument("--listen", type=_listen, default="127.0.0.1:0", metavar="HOST:PORT")
+    demo.add_argument(
+        "--listen",
+        type=_listen,
+        default=None,
+        metavar="HOST:PORT",
+        help="default 127.0.0.1:50051 when free (xpuctl attaches with no flag), else a free port",
+    )
     demo.add_argument("--nodes", type=cli.positive(int), default=16)
     demo.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     demo.add_argument("--duration-s", type=cli.positive(float), default=None, help="stop after this long")

@@ -167,9 +167,16 @@ def test_bench_reports_the_contract_keys() -> None:
 
 
 def test_demo_runs_a_mixed_fleet_and_exits() -> None:
-    r = run("xpuctl.controller.cli", "--log-level", "WARNING", "demo", "--nodes", "16", "--duration-s", "4", timeout=60)
+    listen = f"127.0.0.1:{free_port()}"
+    r = run("xpuctl.controller.cli", "demo", "--listen", listen, "--nodes", "16", "--duration-s", "4", timeout=60)
     assert r.returncode == 0, r.stderr
     assert "demo: 128 devices of 13 vendors on 16 nodes" in r.stdout
+    # issue 20.6: with the dashboard on, the logs went to the file it named, none over the screen
+    log_file = re.search(r"demo: its logs are in (\S+)", r.stdout)
+    assert log_file is not None, r.stdout
+    logged = pathlib.Path(log_file.group(1)).read_text()
+    assert f"serving on port {listen.rpartition(':')[2]}" in logged and r.stderr == "", r.stderr
+    pathlib.Path(log_file.group(1)).unlink()
 
 
 def test_bench_power_reports_each_policy() -> None:
@@ -253,6 +260,8 @@ def test_demo_headless_reports_anomalies_and_actions() -> None:
         "--log-level",
         "WARNING",
         "demo",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
         "--headless",
         "--duration-s",
         "20",
@@ -260,6 +269,8 @@ def test_demo_headless_reports_anomalies_and_actions() -> None:
         timeout=90,
     )
     assert r.returncode == 0, r.stderr
+    # issue 20.5: the fleet and the broker stop without a traceback (amqtt writing to a client that left)
+    assert "Traceback" not in r.stderr and "never retrieved" not in r.stderr and "fork_posix" not in r.stderr, r.stderr
     out = json.loads(r.stdout)
     assert set(out) >= {
         "devices",
@@ -277,8 +288,8 @@ def test_demo_headless_reports_anomalies_and_actions() -> None:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test installs it)")
 def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pathlib.Path) -> None:
-    session = f"xpu-demo-{free_port()}"
-    cmd = f"cd {ROOT} && {sys.executable} -m xpuctl.controller.cli --log-level ERROR demo --duration-s 60 2>{tmp_path}/err.log"
+    session, port = f"xpu-demo-{free_port()}", free_port()
+    cmd = f"cd {ROOT} && {sys.executable} -m xpuctl.controller.cli demo --listen 127.0.0.1:{port} --duration-s 60"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", cmd], check=True)
     subprocess.run(["tmux", "resize-window", "-t", session, "-x", "200", "-y", "50"], check=False)
     try:
@@ -297,6 +308,11 @@ def test_demo_dashboard_in_tmux_shows_vendors_budget_and_an_anomaly(tmp_path: pa
         assert "budget" in screen and "no budget" not in screen, screen
         assert re.search(r"anomalies open [1-9]", screen), screen
         assert re.search(r"thermal_rise|error_event|ecc_", screen), screen
+        # issue 20.6/20.7: no log line over the dashboard, which says how to attach; xpuctl attaches so
+        assert " INFO " not in screen and " WARNING " not in screen, screen
+        assert f"attach: xpuctl --controller 127.0.0.1:{port} top" in screen, screen
+        r = run("xpuctl.controller.ctl", "--controller", f"127.0.0.1:{port}", "summary", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["devices"] == 128, r.stderr
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
 

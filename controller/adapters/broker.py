@@ -16,6 +16,27 @@ log = logging.getLogger("xpu.controller.broker")
 # amqtt and its state machine library log every connection at INFO; keep their warnings only
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# what amqtt says when it writes to a client that has just gone (an agent stopped or was killed)
+_GONE = ("handler is closed", "Connection lost", "Broken pipe", "Connection reset")
+
+
+class _ClientGone(logging.Filter):
+    """amqtt logs a traceback at ERROR when a message meets a client that has just disconnected:
+    that is a client leaving, not a fault of the broker. Those records go to DEBUG (one line, no
+    traceback); every other warning and error of amqtt passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        text = record.getMessage() + ("" if exc is None else f" {exc}")
+        if isinstance(exc, ConnectionError) or any(gone in text for gone in _GONE):
+            log.debug("a client left while amqtt wrote to it: %s", text[:200])
+            return False
+        return True
+
+
+for _name in ("amqtt.broker", "amqtt.mqtt.protocol.handler", "amqtt.mqtt.protocol.broker_handler"):
+    logging.getLogger(_name).addFilter(_ClientGone())
 
 
 @contextlib.asynccontextmanager

@@ -17,14 +17,20 @@ import contextlib
 import json
 import logging
 import math
+import os
+import pathlib
 import signal
 import socket
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import cast
 
 from rich.console import Console
 from rich.live import Live
 
+from xpuctl.common import cli
 from xpuctl.controller import config, hub, lab, service
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.tui import view
@@ -50,7 +56,7 @@ DEMO_VENDORS = (
 )
 
 
-def snapshot(state: hub.Hub, now_ns: int, history: list[float]) -> dashboard.Snapshot:
+def snapshot(state: hub.Hub, now_ns: int, history: list[float], title: str = "xpuctl demo") -> dashboard.Snapshot:
     """A dashboard Snapshot straight from the controller's state (no gRPC in the demo)."""
     rows = [
         dashboard.DeviceRow(
@@ -77,7 +83,7 @@ def snapshot(state: hub.Hub, now_ns: int, history: list[float]) -> dashboard.Sna
     ]
     return dashboard.build(
         rows,
-        title="xpuctl demo",
+        title=title,
         timestamp_ns=now_ns,
         budget_w=state.budget_w,
         power_history_w=history,
@@ -98,10 +104,51 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def default_listen() -> str:
+    """127.0.0.1:50051 when it is free, so that `xpuctl` attaches with no flag; else a free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", cli.GRPC_PORT))
+        except OSError:
+            log.info("port %d is taken: the demo listens on another (the attach line names it)", cli.GRPC_PORT)
+            return "127.0.0.1:0"
+    return f"127.0.0.1:{cli.GRPC_PORT}"
+
+
+@contextlib.contextmanager
+def logs_to(path: pathlib.Path) -> Iterator[None]:
+    """Everything written to stderr (log lines, the fleet's, gRPC's and amqtt's own) goes to `path`
+    while the dashboard is on screen, so that nothing scrolls over it; stderr is back afterwards.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Broker + controller in this process, fleet in a child; show it until Ctrl-C or --duration-s."""
     cfg = config.Config(power=config.Power(budget_w=args.budget_w), bus=config.Bus(url="embedded"))
-    svc = service.Service(cfg, listen=args.listen, embedded_port=_free_port())
+    console = Console()
+    log_file = None if args.headless else pathlib.Path(tempfile.gettempdir()) / f"xpuctl-demo-{os.getpid()}.log"
+    with contextlib.ExitStack() as stack:
+        if log_file is not None:
+            console.print(f"demo: logs go to {log_file} while the dashboard is on screen")
+            stack.enter_context(logs_to(log_file))
+        code = await _run(args, cfg, console, log_file)
+    if log_file is not None:
+        console.print(f"demo: its logs are in {log_file}")
+    return code
+
+
+async def _run(args: argparse.Namespace, cfg: config.Config, console: Console, log_file: pathlib.Path | None) -> int:
+    svc = service.Service(cfg, listen=args.listen or default_listen(), embedded_port=_free_port())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,12 +178,19 @@ async def run(args: argparse.Namespace) -> int:
         )
     )
     state = svc.state
-    console = Console()
+    attach = f"xpuctl --controller 127.0.0.1:{svc.port}"
+    title = f"xpuctl demo · attach: {attach} top" + (f" · logs: {log_file}" if log_file else "")
+    if log_file is None:
+        log.info("the demo's controller is on 127.0.0.1:%d; attach with: %s summary", svc.port, attach)
     started = time.monotonic()
     deadline = started + args.duration_s if args.duration_s else math.inf
     history: list[float] = []
     max_power = 0.0
-    live = None if args.headless else Live(console=console, auto_refresh=False, screen=False)
+    live = (
+        None
+        if args.headless
+        else Live(console=console, auto_refresh=False, screen=False, redirect_stdout=False, redirect_stderr=False)
+    )
     try:
         if live is not None:
             live.start()
@@ -150,7 +204,9 @@ async def run(args: argparse.Namespace) -> int:
             if state.budget_w is None and args.budget_w is None and time.monotonic() - started > AUTO_BUDGET_AFTER_S:
                 state.set_budget(round(AUTO_BUDGET_FRAC * power), now_ns)
             if live is not None:
-                frame = view.render(snapshot(state, now_ns, history), console.size.width, console.size.height - 1)
+                frame = view.render(
+                    snapshot(state, now_ns, history, title), console.size.width, console.size.height - 1
+                )
                 live.update(frame, refresh=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
