@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         help="try drivers whose discovery failed again this often (their devices join as a new boot)",
     )
     run.add_argument("--buffer-batches", type=cli.positive(int), default=600)
-    run.add_argument("--reconnect-max-s", type=cli.positive(float), default=30.0, help="cap of the reconnect backoff")
+    run.add_argument(
+        "--reconnect-max-s", type=cli.positive(float), default=5.0, help="cap of the reconnect backoff (jittered)"
+    )
     run.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--tls-ca-file", default=None, metavar="PEM", help="CA of the controller; turns TLS on")
     run.add_argument("--tls-cert-file", default=None, metavar="PEM", help="this node's certificate (mTLS)")

@@ -38,8 +38,8 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """A driver whose discovery failed (tool broken, driver not loaded yet) is tried again this often."""
     buffer_batches: Count = 600
     """Batches kept while the controller is unreachable (then the oldest are dropped, counted)."""
-    reconnect_max_s: Positive = 30.0
-    """Cap of the reconnect backoff."""
+    reconnect_max_s: Positive = 5.0
+    """Cap of the reconnect backoff (jittered): a restarted controller has its agents back within it."""
     failsafe_after_s: Positive = 15.0
     """Restore default caps when the controller has been silent this long."""
     max_command_lifetime_s: Positive = 300.0

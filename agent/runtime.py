@@ -149,13 +149,15 @@ class Agent:
         )
 
     async def leave(self) -> None:
-        """Say `offline` on the bus while the session is still up: call before cancelling `run`.
+        """Say `offline` on the bus and goodbye on the stream while the session is still up: call
+        before cancelling `run`.
 
         A clean MQTT disconnect discards the will, so without this goodbye a stopped agent's
         retained status would stay `online`.
         """
         if self.bus is not None:
             await self.bus.say_offline()
+        await self.link.goodbye()
 
     def _make_bus(self, url: bus.BusUrl) -> mqtt.AgentBus:
         ranges = [

@@ -241,9 +241,9 @@ class Hub:
 
     # -- the desired state, across restarts (issue 18.2) -------------------------------------------
 
-    def desired_version(self) -> tuple[int, int]:
+    def desired_version(self) -> tuple[int, int, int]:
         """Changes when what `snapshot` returns changes (operator decisions, open commands)."""
-        return self.decisions, self.control.ledger.version
+        return self.decisions, self.control.ledger.version, self.registry.node_changes
 
     def snapshot(self, now_ns: int) -> desired.Desired:
         """What a restarted controller must still know."""
@@ -256,6 +256,7 @@ class Hub:
             device_weights=dict(c.device_weight),
             node_weights=dict(c.node_weight),
             commands=c.ledger.saved(),
+            nodes={n: max(s.last_seen_ns, s.last_hello_ns) for n, s in self.registry.nodes.items()},
         )
 
     def restore(self, saved: desired.Desired, *, where: str, now_ns: int) -> None:
@@ -279,9 +280,15 @@ class Hub:
         c.device_weight.update(saved.device_weights)
         c.node_weight.update(saved.node_weights)
         c.ledger.restore(saved.commands)
+        for node_id, seen_ns in saved.nodes.items():  # offline until they say Hello, not missing
+            if node_id not in reg.nodes:
+                node = reg.node(node_id)
+                node.last_seen_ns, node.left_ns = seen_ns, now_ns
+                c.node_status[node_id] = registry.NodeStatus.OFFLINE  # known offline: no event per node
         message = (
             f"restored from {where}: budget {_watts(budget_w)}{note}, {len(saved.cordons)} cordon(s), "
-            f"{len(saved.device_weights) + len(saved.node_weights)} weight(s), {len(saved.commands)} open command(s)"
+            f"{len(saved.device_weights) + len(saved.node_weights)} weight(s), {len(saved.commands)} open command(s), "
+            f"{len(saved.nodes)} node(s) offline until they reconnect"
         )
         log.info("%s", message)
         self.publish([events.Event(timestamp_ns=now_ns, kind="state.restored", message=message)])

@@ -104,7 +104,7 @@ class Service:
         self._covered = 0
         self._failed: tuple[int, str] = (0, "")  # the last request whose save failed, and why
         self._failing = False
-        self._saved_version: tuple[int, int] | None = None
+        self._saved_version: tuple[int, int, int] | None = None
         self._dirty = asyncio.Event()
         self._saved = asyncio.Condition()
         if store is not None:

@@ -10,6 +10,7 @@ duplicates). A Throttle pauses sending for the time it names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -58,7 +59,7 @@ class Link:
         make_hello: Callable[[int], bytes],
         batches: buffer.BatchBuffer,
         backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 30.0,
+        backoff_cap_s: float = 5.0,
         rng: random.Random | None = None,
         channel: grpc.aio.Channel | None = None,
         tls_files: tls.ClientFiles | None = None,
@@ -81,6 +82,8 @@ class Link:
         self.sessions_total = 0
         self.rejected_samples_total = 0
         self.last_error = ""
+        self._leaving = False  # goodbye() asked: end the stream as a stop
+        self._session_ended = asyncio.Event()
 
     def wake(self) -> None:
         """Tell the sender a new batch is in the buffer."""
@@ -129,7 +132,23 @@ class Link:
             if self._channel is None:
                 await channel.close(None)
 
+    async def goodbye(self, timeout_s: float = 2.0) -> None:
+        """End the session as a stop, not a loss: close the sending side after the batch in flight,
+        so that the controller shows the node offline at once, and wait (at most `timeout_s`)
+        for the controller to end its side. Call before cancelling `run`.
+        """
+        if not self.connected:
+            return
+        self._leaving = True
+        self._session_ended.clear()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._session_ended.wait()
+
     def _lost(self, reason: str) -> None:
+        if self._leaving:
+            return  # our own goodbye, not a loss
         if reason != self.last_error or self.connected:
             log.warning(
                 "node %s: stream to %s lost: %s", self.node_id, self.target, reason, extra={"node_id": self.node_id}
@@ -155,6 +174,7 @@ class Link:
                 tg.create_task(self._receive(call), name=f"link[{self.node_id}].rx")
         finally:
             call.cancel()
+            self._session_ended.set()
 
     def _handle(self, msg: pb.ControllerMessage) -> None:
         kind = msg.WhichOneof("kind")
@@ -192,6 +212,9 @@ class Link:
         sent = self.batches.acked_seq
         while True:
             self._wake.clear()
+            if self._leaving:
+                await call.done_writing()
+                return
             pending = list(self.batches.after(sent))
             if not pending:
                 await self._wake.wait()

@@ -54,6 +54,9 @@ class Desired(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     node_weights: dict[Text, Weight] = msgspec.field(default_factory=dict)
     """Node id -> the weight of its devices (absent: 1)."""
     commands: list[OpenCommand] = msgspec.field(default_factory=list)
+    nodes: dict[Text, int] = msgspec.field(default_factory=dict)
+    """Node id -> when it was last heard from (ns): after a restart the nodes not back yet show as
+    offline instead of missing."""
 
 
 class Header(msgspec.Struct, kw_only=True):

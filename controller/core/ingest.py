@@ -279,6 +279,7 @@ class Ingest:
         node.labels = dict(facts.labels)
         node.interval_s = facts.interval_s if facts.interval_s > 0 else 1.0
         node.last_hello_ns = now_ns
+        node.left_ns = 0
         problems = self.registry.register(node, facts.devices, now_ns, keep_gone=self.limits.max_devices_per_node)
         self.store.ensure_capacity(len(self.registry))
         if problems:
@@ -355,6 +356,13 @@ class Ingest:
                     f"the limit is {lim.max_hellos_per_node_per_min}: back off before reconnecting",
                     node_id=facts.node_id,
                 )
+
+    def goodbye(self, stream: StreamState, now_ns: int) -> None:
+        """The agent ended its stream itself (it is stopping): its node is offline at once, not
+        stale and then offline when the silence has lasted long enough.
+        """
+        if stream.node is not None and stream.node.streams == 1:
+            stream.node.left_ns = now_ns
 
     def stream_closed(self, stream: StreamState) -> None:
         """Forget a stream."""

@@ -67,12 +67,18 @@ class NodeState:
         self.peer = ""  # the address of the stream that said the current Hello
         self.hello_ns: list[int] = []  # when it said Hello in the last minute (a rate bound)
         self.stream_epoch = 0  # bumped per Hello; an older stream sees it and ends
+        self.left_ns = 0  # when its agent ended the stream as a stop (a goodbye); 0 after a Hello
 
     def status(self, now_ns: int, liveness: Liveness) -> NodeStatus:
-        """Online, stale or offline from the time of the last data."""
-        if self.last_seen_ns == 0:
-            return NodeStatus.OFFLINE if self.streams == 0 else NodeStatus.STALE
-        age_s = (now_ns - self.last_seen_ns) / 1e9
+        """Online, stale or offline from the time of the last data (or of the Hello of a stream
+        still open that has sent none yet); offline at once after a goodbye.
+        """
+        if self.streams == 0 and self.left_ns:
+            return NodeStatus.OFFLINE
+        seen = max(self.last_seen_ns, self.last_hello_ns if self.streams else 0)
+        if seen == 0:
+            return NodeStatus.OFFLINE
+        age_s = (now_ns - seen) / 1e9
         if age_s <= liveness.stale_after_s:
             return NodeStatus.ONLINE
         if age_s <= liveness.offline_after_s:
@@ -86,6 +92,7 @@ class Registry:
     def __init__(self) -> None:
         """An empty registry."""
         self.nodes: dict[str, NodeState] = {}
+        self.node_changes = 0  # bumped when a node is first seen or forgotten (the saved node list)
         self.slot_of_uuid: dict[str, int] = {}
         self.infos: list[model.DeviceInfo] = []
         self.node_of_slot: list[str] = []
@@ -153,6 +160,7 @@ class Registry:
         state = self.nodes.get(node_id)
         if state is None:
             state = self.nodes[node_id] = NodeState(node_id)
+            self.node_changes += 1
         return state
 
     def register(
@@ -222,4 +230,5 @@ class Registry:
         """Drop a node; returns the slots it still owned (the caller clears and releases them)."""
         owned = self.slots_of(node_id)
         del self.nodes[node_id]
+        self.node_changes += 1
         return [int(s) for s in owned.tolist()]

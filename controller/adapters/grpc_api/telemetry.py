@@ -59,6 +59,7 @@ class TelemetryService:
                     log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
                     await context.abort(getattr(grpc.StatusCode, v.code), errors.bounded(v.message))
                 yield codec.ack(answer)
+            st.ingest.goodbye(stream, time.time_ns())  # the agent closed its side: it is stopping
         finally:
             st.streams_open -= 1
             st.ingest.stream_closed(stream)
