@@ -38,6 +38,7 @@ def _fault(text: str) -> faults.Fault:
 
 
 def _vendor(text: str) -> str:
+    text = text.strip().lower()  # `NVIDIA`, `Ascend`: the same vendor
     if text not in model.VENDORS:
         msg = f"unknown vendor {text!r}; use one of: {', '.join(model.VENDORS)}"
         raise argparse.ArgumentTypeError(msg)
@@ -278,6 +279,10 @@ async def _once(args: argparse.Namespace) -> int:
         samples, rows = await sampler.sample(time.time_ns())
     finally:
         sampler.close()
+    if not devices and sampler.why_missing:
+        for why in sampler.why_missing.values():
+            print(f"xpu-agent once: no device: {why}", file=sys.stderr)
+        return 1
     by_row = dict(zip(rows, samples, strict=True))
     out = [model.as_json_row(d, by_row.get(i)) for i, d in enumerate(devices)]
     json.dump(out, sys.stdout, indent=2)
@@ -463,6 +468,14 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
     args = parser.parse_args(argv)
     words = list(argv if argv is not None else sys.argv[1:])
     args.sim_asked = any(a.startswith("--sim-") for a in words)
+    devices = getattr(args, "sim_devices", None) or getattr(args, "devices_per_node", None)
+    for fault in getattr(args, "sim_fault", []):
+        if devices is not None and fault.device is not None and fault.device >= devices:
+            what = "--sim-devices" if hasattr(args, "sim_devices") else "--devices-per-node"
+            parser.error(
+                f"argument --sim-fault: dev={fault.device} is beyond the {devices} simulated device(s) "
+                f"(0..{devices - 1}; {what} {devices})"
+            )
     if args.command != "run":
         return args
     cfg = agent_config.load(args.config, os.environ).agent

@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import math
 import platform
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,24 @@ from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.cli")
 N = TypeVar("N", int, float)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default (`(default: 1.0)`) where it has a meaningful one and
+    its text does not already say it.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            default in (None, False, "", [], argparse.SUPPRESS)
+            or re.search(r"\(default|default:|default \d|defaults to|default \$", text)
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -32,8 +51,18 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: object, **kwargs: object) -> None:
         """As argparse.ArgumentParser, with `allow_abbrev` forced off."""
         kwargs["allow_abbrev"] = False
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._globals: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:  # noqa: ANN401 - argparse's own
+        """As argparse's; an option without help text still shows its default in `--help`."""
+        action = super().add_argument(*names, **kwargs)
+        if action.help is None and action.option_strings and action.nargs != 0:
+            default = action.default
+            if default not in (None, False, "", [], argparse.SUPPRESS):
+                action.help = "(default: %(default)s)"
+        return action
 
     def add_global(self, *names: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's own keywords
         """A flag of the program that may also follow the subcommand (`xpuctl devices --controller

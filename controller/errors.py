@@ -68,9 +68,9 @@ class UnknownDevice(XpuError):
 class UnknownNode(XpuError):
     """No node has this id (NOT_FOUND)."""
 
-    def __init__(self, node_id: str) -> None:
-        """Keep the id."""
-        super().__init__(f"no node {node_id!r}")
+    def __init__(self, node_id: str, hint: str = "") -> None:
+        """Keep the id; `hint` (optional) says where to find the right one."""
+        super().__init__(f"no node {node_id!r}{hint}")
         self.node_id = node_id
 
 

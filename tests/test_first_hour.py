@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, Processes, agent_argv, free_port, wait_until
 from xpuctl.common import cli
 
 PROGRAMS = {"xpuctl.agent": "xpu-agent", "xpuctl.controller": "xpu-controller", "xpuctl.controller.ctl": "xpuctl"}
@@ -91,3 +93,41 @@ def test_config_example_prints_the_shipped_example(module: str, shipped: str) ->
 def test_an_agent_without_a_controller_is_a_config_error_systemd_does_not_restart() -> None:
     r = run("xpuctl.agent", "run", "--driver", "sim")
     assert r.returncode == 78 and "no controller address" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow  # starts the programs
+def test_usage_mistakes_are_named_not_tracebacks(tmp_path: pathlib.Path) -> None:
+    # issue 20.15: a fault on a device that does not exist, a negative history, a driver without its tool
+    r = run("xpuctl.agent", "once", "--sim-devices", "2", "--sim-fault", "thermal_runaway:dev=99")
+    assert r.returncode == 2 and "dev=99 is beyond the 2 simulated device(s)" in r.stderr
+    r = run("xpuctl.controller.ctl", "device", "some-uuid", "--limit", "-1")
+    assert r.returncode == 2 and "--limit: '-1' must be a number > 0" in r.stderr
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = run("xpuctl.agent", "once", "--driver", "nvidia", env={"PATH": str(empty)})
+    assert r.returncode == 1 and "no device: nvidia: nvidia-smi is not on PATH" in r.stderr, r.stderr
+    assert r.stderr.count("nvidia-smi is not on PATH") <= 2  # the log line and the answer, not once per form
+    r = run("xpuctl.agent", "once", "--sim-vendor", "Ascend", "--sim-devices", "1")
+    assert r.returncode == 0 and '"vendor": "ascend"' in r.stdout
+    r = run("xpuctl.agent", "run", "--help")
+    assert "(default: 15.0)" in r.stdout and "(default: 1.0)" in r.stdout  # help shows the defaults
+
+
+@pytest.mark.slow  # a controller and an agent as processes
+async def test_an_unknown_node_is_an_error_and_vendors_ignore_case(processes: Processes) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    processes.start("xpuctl.controller.cli", "serve", "--listen", target)
+    processes.start(*agent_argv(target, "n1", "nvidia"))
+    await wait_until(lambda: run_json(target, "devices", "--json") is not None, timeout_s=60, what="8 devices")
+    assert [d["node_id"] for d in run_json(target, "devices", "--vendor", "NVIDIA", "--json") or []] == ["n1"] * 8
+    r = run("xpuctl.controller.ctl", "--controller", target, "devices", "--node", "n2")
+    assert r.returncode == 4 and "no node 'n2'" in r.stderr, r.stderr  # like an unknown vendor, not an empty list
+    r = run("xpuctl.controller.ctl", "--controller", target, "devices", "--vendor", "nvidiaa")
+    assert r.returncode == 4 and "unknown vendor 'nvidiaa'" in r.stderr
+
+
+def run_json(target: str, *args: str) -> list[dict[str, object]] | None:
+    """`xpuctl ARGS` as JSON once it lists 8 devices; None before."""
+    r = run("xpuctl.controller.ctl", "--controller", target, *args)
+    got = json.loads(r.stdout) if r.returncode == 0 else []
+    return got if len(got) == 8 else None

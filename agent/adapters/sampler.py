@@ -53,6 +53,7 @@ class Sampler:
         self.failures_total = 0
         self._failing: set[int] = set()
         self.missing: set[int] = set()  # drivers whose discovery failed or hung: tried again
+        self.why_missing: dict[int, str] = {}  # driver -> why its last discovery found nothing
         self._found: dict[int, list[model.DeviceInfo]] = {}  # found by a later try, not adopted yet
         self._discovering: dict[int, asyncio.Future[list[model.DeviceInfo]]] = {}
 
@@ -98,15 +99,18 @@ class Sampler:
             async with asyncio.timeout(self.timeout_s):
                 devices = await asyncio.shield(future)
         except TimeoutError:
+            self.why_missing[i] = f"{driver.vendor}: discovery did not answer within {self.timeout_s:.1f}s"
             if i not in self.missing:
                 log.error(
                     "%s driver: discover did not answer within %.1fs; trying again later", driver.vendor, self.timeout_s
                 )
         except base.DriverError as exc:
+            self.why_missing[i] = f"{driver.vendor}: {exc}"
             if i not in self.missing:
                 log.error("%s driver: discover failed: %s; trying again later", driver.vendor, exc)
         else:
             self.missing.discard(i)
+            self.why_missing.pop(i, None)
             return devices
         self.missing.add(i)
         return None

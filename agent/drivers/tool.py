@@ -151,8 +151,9 @@ class ToolDriver:
         for form in self.forms:
             argv = found(form)
             if argv is None:
-                hint = f"install the {self.vendor} driver tools or pick another --driver"
-                failures.append((form[0], f"{form[0]} is not on PATH; {hint}"))
+                if all(cmd != form[0] for cmd, _ in failures):  # each missing tool once
+                    hint = f"install the {self.vendor} driver tools or pick another --driver"
+                    failures.append((form[0], f"{form[0]} is not on PATH; {hint}"))
                 continue
             try:
                 parsed = self._read(0, argv)

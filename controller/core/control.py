@@ -162,7 +162,7 @@ class Control:
                     node_id=self.registry.node_of_slot[f.slot],
                     device_uuid=info.uuid,
                     severity=f.severity if f.raised else "info",
-                    message=f"{f.kind} {verb} on {info.uuid}: value {f.value:.4g}, threshold {f.threshold:.4g}{detail}",
+                    message=f"{f.kind} {verb} on {info.uuid}: {self.detectors.says(f)}{detail}",
                     value=f.value if math.isfinite(f.value) else 0.0,
                     threshold=f.threshold if math.isfinite(f.threshold) else 0.0,
                     detector=f.kind,

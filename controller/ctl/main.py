@@ -273,11 +273,11 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     dv = sub.add_parser("device", help="one device with the recent history of a metric")
     dv.add_argument("uuid")
     dv.add_argument("--metric", default="power_w", choices=METRIC_NAMES)
-    dv.add_argument("--limit", type=int, default=60, help="newest samples of history")
+    dv.add_argument("--limit", type=cli.positive(int), default=60, help="newest samples of history")
     dv.add_argument("--json", action="store_true")
     ev = sub.add_parser("events", help="events (anomalies, actions, nodes, budget) as they happen")
     ev.add_argument("--follow", action="store_true", help="keep printing (else: stop after --seconds)")
-    ev.add_argument("--seconds", type=float, default=5.0, help="without --follow: listen this long")
+    ev.add_argument("--seconds", type=cli.positive(float), default=5.0, help="without --follow: listen this long")
     ev.add_argument("--kind", action="append", default=[], help="kind prefix, e.g. anomaly. (repeatable)")
     ev.add_argument("--node", default="")
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -301,7 +301,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     rel.add_argument("--reason", required=True, help="why (kept in the device.released event)")
     rel.add_argument("--json", action="store_true")
     top = sub.add_parser("top", help="live dashboard (Ctrl-C quits)")
-    top.add_argument("--interval-s", type=float, default=1.0)
+    top.add_argument("--interval-s", type=cli.positive(float), default=1.0, help="refresh period")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
 
 

@@ -6,6 +6,8 @@ simcluster.py), one sample per second, so each case is exact and fast.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,21 @@ def test_group_median_matches_numpy() -> None:
         assert np.allclose(got[sel], np.nanmedian(values[sel]))
     assert np.allclose(layout.median(values), got)
     assert np.array_equal(layout.size(values), detect.base.group_size(values, group))
+
+
+@pytest.mark.parametrize("kind", sorted(detect.KINDS))
+def test_every_anomaly_says_what_it_measured_with_units(kind: str) -> None:
+    # Issue 20.15: `thermal_rise ...: temperature rising 1.51 C/s >= 1.00 C/s`, not `value 1.51, threshold 1`
+    dets = detect.Detectors()
+    for value, raised in ((1.51, True), (0.2, False), (math.inf, True), (math.nan, False)):
+        finding = detect.Finding(slot=0, kind=kind, severity="warning", raised=raised, value=value, threshold=1.0)
+        text = dets.says(finding)
+        assert text and "{" not in text, (kind, text)
+    says = dets.says(
+        detect.Finding(slot=0, kind="thermal_rise", severity="warning", raised=True, value=1.51, threshold=1)
+    )
+    assert says == "temperature rising 1.51 C/s >= 1.00 C/s"
+    cleared = dets.says(
+        detect.Finding(slot=0, kind="thermal", severity="warning", raised=False, value=80, threshold=90)
+    )
+    assert cleared == "temperature 80.0 C < 90.0 C"

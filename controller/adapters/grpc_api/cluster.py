@@ -72,8 +72,11 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
     async def ListDevices(self, request: cpb.ListDevicesRequest, context: Context) -> cpb.ListDevicesResponse:  # noqa: N802
         """Devices with their latest sample, filtered."""
+        request.vendor = request.vendor.strip().lower()  # `NVIDIA` is nvidia
         if request.vendor and request.vendor not in model.VENDORS:
             await refuse(context, errors.UnknownVendor(request.vendor, sorted(model.VENDORS)))
+        if request.node_id and request.node_id not in self.state.registry.nodes:
+            await refuse(context, errors.UnknownNode(request.node_id, "; `xpuctl nodes` lists them"))
         devices = self.state.views.devices(time.time_ns(), codec.device_filter(request))
         return cpb.ListDevicesResponse(devices=[codec.device_pb(d) for d in devices])
 

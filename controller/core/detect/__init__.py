@@ -44,6 +44,7 @@ class Detectors:
         self.cfg = cfg or config.Detect()
         self.detectors: list[base.Detector] = [cls(self.cfg) for cls in _CLASSES]
         self.open: dict[str, base.Mask] = {d.kind: np.zeros(0, dtype=bool) for d in self.detectors}
+        self._says = {d.kind: d.says for d in self.detectors}
         self.prev_ts = np.zeros(0, dtype=np.int64)
         self.last_error_ns = np.zeros(0, dtype=np.int64)
         self.last_error_code: list[str] = []
@@ -184,6 +185,14 @@ class Detectors:
     def open_total(self) -> int:
         """How many (device, kind) anomalies are open."""
         return int(sum(int(m.sum()) for m in self.open.values()))
+
+    def says(self, f: Finding) -> str:
+        """What the finding's detector measured, with its units (the detector's `says`)."""
+        op = ">=" if f.raised else "<"
+        try:
+            return self._says.get(f.kind, base.SAYS).format(value=f.value, threshold=f.threshold, op=op)
+        except (ValueError, OverflowError):  # an infinite value in an integer format
+            return base.SAYS.format(value=f.value, threshold=f.threshold, op=op)
 
     def is_open(self, kind: str) -> base.Mask:
         """Per slot: whether `kind` is open."""

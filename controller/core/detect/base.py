@@ -88,6 +88,9 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
 
 
+SAYS = "value {value:.4g} {op} threshold {threshold:.4g}"
+
+
 class Detector:
     """Base class: a kind, a severity, and `evaluate`."""
 
@@ -95,6 +98,9 @@ class Detector:
     severity: ClassVar[str] = WARNING
     # True for detectors cheap and urgent enough to run on every batch (the critical path)
     critical_path: ClassVar[bool] = False
+    # how an event says what was measured, with units: `{value}`, `{threshold}` and `{op}` (`>=`
+    # when raised, `<` when cleared) are filled in; e.g. "temperature rising {value:.2f} C/s {op} ..."
+    says: ClassVar[str] = SAYS
 
     def __init__(self, cfg: config.Detect) -> None:
         """Thresholds from config (detectors with state add theirs after this)."""

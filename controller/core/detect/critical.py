@@ -18,6 +18,7 @@ class CriticalErrors(base.Detector):
     """A device with a recent error event."""
 
     kind = "error_event"
+    says = "an error event {value:.0f} s ago (an event is open for {threshold:.0f} s)"
     severity = base.CRITICAL
     critical_path = True
 

@@ -22,6 +22,7 @@ class EccUncorrected(base.Detector):
     """A new uncorrected ECC error since the previous pass."""
 
     kind = "ecc_uncorrected"
+    says = "{value:.0f} new uncorrected ECC error(s)"
     severity = base.CRITICAL
 
     FRESH: ClassVar[dict[str, float]] = {"prev": math.nan, "last_increase_ns": 0}
@@ -58,6 +59,7 @@ class EccStorm(base.Detector):
     """Corrected ECC errors per second over the last samples."""
 
     kind = "ecc_storm"
+    says = "{value:.3g} corrected ECC errors/s {op} {threshold:.3g}/s"
     severity = base.WARNING
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:

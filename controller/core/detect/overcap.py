@@ -19,6 +19,7 @@ class OverCap(base.Detector):
     """Power above limit x ratio + margin on the last n samples."""
 
     kind = "power_over_cap"
+    says = "power {value:.0f} W {op} {threshold:.0f} W (its cap and the tolerance)"
     severity = base.CRITICAL
 
     FRESH: ClassVar[dict[str, float]] = {"run": 0}

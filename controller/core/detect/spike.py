@@ -23,6 +23,7 @@ class Spike(base.Detector):
     """EWMA z-score of power, judged against the node's peers."""
 
     kind = "spike"
+    says = "power {value:.1f} standard deviations from its recent mean {op} {threshold:.1f}"
     severity = base.WARNING
 
     FRESH: ClassVar[dict[str, float]] = {"mean": 0.0, "var": 0.0, "seen": 0, "z": 0.0}

@@ -19,6 +19,7 @@ class Stale(base.Detector):
     """Old or unknown telemetry."""
 
     kind = "stale"
+    says = "no fresh sample for {value:.1f} s {op} {threshold:.1f} s"
     severity = base.WARNING
 
     def evaluate(self, frame: base.Frame) -> base.Verdict:

@@ -25,6 +25,7 @@ class Straggler(base.Detector):
     """Per-node robust outlier on utilisation."""
 
     kind = "straggler"
+    says = "utilisation {value:.0%} under the node median {op} {threshold:.0%}"
     severity = base.WARNING
 
     FRESH: ClassVar[dict[str, float]] = {"mean": math.nan}

@@ -21,6 +21,7 @@ class Stuck(base.Detector):
     """Identical utilisation and power on n fresh samples in a row."""
 
     kind = "stuck"
+    says = "{value:.0f} identical samples in a row {op} {threshold:.0f}"
     severity = base.WARNING
 
     FRESH: ClassVar[dict[str, float]] = {"prev": math.nan, "run": 0}

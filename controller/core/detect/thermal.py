@@ -18,6 +18,7 @@ class Thermal(base.Detector):
     """Temperature within `thermal_margin_c` of the slowdown temperature."""
 
     kind = "thermal"
+    says = "temperature {value:.1f} C {op} {threshold:.1f} C"
     severity = base.CRITICAL
     critical_path = True
 
@@ -35,6 +36,7 @@ class ThermalRise(base.Detector):
     """Temperature rising faster than `thermal_rise_c_per_s` near the slowdown temperature."""
 
     kind = "thermal_rise"
+    says = "temperature rising {value:.2f} C/s {op} {threshold:.2f} C/s"
     severity = base.CRITICAL
     critical_path = True
 
