@@ -38,6 +38,8 @@ from xpuctl.controller.core import (
 )
 
 log = logging.getLogger("xpu.controller")
+# events kept for `xpuctl events --since` and `xpuctl device` (a few minutes of a busy cluster)
+EVENT_BACKLOG = 10_000
 
 
 class Hub:
@@ -66,7 +68,7 @@ class Hub:
         self.control = control.Control(self.registry, self.store, self.liveness, cfg, prefix=prefix)
         self.views.anomalies_of = self.control.detectors.open_kinds
         self.streams_open = 0
-        self.recent_events: collections.deque[events.Event] = collections.deque(maxlen=1000)
+        self.recent_events: collections.deque[events.Event] = collections.deque(maxlen=EVENT_BACKLOG)
         self.watchers: set[asyncio.Queue[events.Event]] = set()
         self.events_dropped = 0
         self.event_counts: dict[str, int] = {}  # by kind, since start

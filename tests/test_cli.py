@@ -83,7 +83,8 @@ def test_agent_refuses_unknown_driver_clearly() -> None:
     assert "--driver 'voodoo': use auto, sim or one of" in r.stderr and "thead" in r.stderr
     # no libhgml.so on a CI machine: ppu-smi (read-only) is the way in, and it is not there either
     r = run("xpuctl.agent.cli", "once", "--driver", "thead")
-    assert r.returncode == 0 and json.loads(r.stdout) == [] and "ppu-smi is not on PATH" in r.stderr
+    # issue 20.15: a driver that finds nothing is exit 1 with the reason, not an empty list
+    assert r.returncode == 1 and r.stdout == "" and "no device: thead: ppu-smi is not on PATH" in r.stderr
 
 
 async def test_xpuctl_against_a_live_controller(controller: Controller, processes: Processes) -> None:

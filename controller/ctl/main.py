@@ -92,6 +92,22 @@ def device_json(d: cpb.Device) -> dict[str, object]:
         "timestamp_ns": d.timestamp_ns,
         "cordon_reason": d.cordon_reason or None,
         "anomalies": list(d.anomalies),
+        # the rest of what the API says of a device (additive keys)
+        "weight": d.weight or 1.0,
+        "bus_id": info.bus_id or None,
+        "driver_version": info.driver_version or None,
+        "power_limit_default_w": _opt(info, "power_limit_default_w"),
+        "temp_slowdown_c": _opt(info, "temp_slowdown_c"),
+        "temp_shutdown_c": _opt(info, "temp_shutdown_c"),
+        "simulated": info.simulated,
+        "energy_j": _opt(d, "energy_j"),
+        "memory_temperature_c": _opt(d, "memory_temperature_c"),
+        "core_clock_hz": _opt(d, "core_clock_hz"),
+        "memory_clock_hz": _opt(d, "memory_clock_hz"),
+        "ecc_corrected_total": _opt(d, "ecc_corrected_total"),
+        "ecc_uncorrected_total": _opt(d, "ecc_uncorrected_total"),
+        "pcie_rx_bytes_per_s": _opt(d, "pcie_rx_bytes_per_s"),
+        "pcie_tx_bytes_per_s": _opt(d, "pcie_tx_bytes_per_s"),
     }
 
 
@@ -134,6 +150,7 @@ def node_json(n: cpb.Node) -> dict[str, object]:
         "gap_batches": n.gap_batches,
         "dropped_total": n.dropped_total,
         "connected": n.connected,
+        "weight": n.weight or 1.0,
     }
 
 
@@ -204,14 +221,16 @@ def _print_nodes(console: Console, nodes: Sequence[cpb.Node]) -> None:
 
 def _print_devices(console: Console, devices: Sequence[cpb.Device]) -> None:
     table = Table(title=f"{len(devices)} device(s)", title_justify="left")
-    for col in ("node", "idx", "vendor", "model", "health", "util", "power W", "cap W", "temp C", "mem GiB"):
-        table.add_column(col, justify="left" if col in ("node", "vendor", "model", "health") else "right")
+    cols = ("node", "idx", "device", "vendor", "model", "health", "util", "power W", "cap W", "temp C", "mem GiB")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("node", "device", "vendor", "model", "health") else "right")
     for d in devices:
         util = _opt(d, "utilization")
         mem = _opt(d, "memory_used_bytes")
         table.add_row(
             cell(d.node_id),
             str(d.info.index),
+            cell(d.info.uuid),
             cell(d.info.vendor),
             cell(d.info.model),
             names.health_name(d.health) + (" (cordoned)" if d.cordoned else ""),
@@ -224,12 +243,97 @@ def _print_devices(console: Console, devices: Sequence[cpb.Device]) -> None:
     console.print(table)
 
 
+# metric -> (label, unit, factor from the API's base unit) for `xpuctl device`
+SHOWN: dict[str, tuple[str, str, float]] = {
+    "utilization": ("utilisation", "%", 100.0),
+    "memory_used_bytes": ("memory used", "GiB", 1 / (1 << 30)),
+    "power_w": ("power", "W", 1.0),
+    "energy_j": ("energy", "kJ", 1e-3),
+    "power_limit_w": ("power cap", "W", 1.0),
+    "temperature_c": ("temperature", "C", 1.0),
+    "memory_temperature_c": ("memory temperature", "C", 1.0),
+    "core_clock_hz": ("core clock", "MHz", 1e-6),
+    "memory_clock_hz": ("memory clock", "MHz", 1e-6),
+    "ecc_corrected_total": ("ECC corrected", "errors", 1.0),
+    "ecc_uncorrected_total": ("ECC uncorrected", "errors", 1.0),
+    "pcie_rx_bytes_per_s": ("PCIe rx", "MB/s", 1e-6),
+    "pcie_tx_bytes_per_s": ("PCIe tx", "MB/s", 1e-6),
+}
+
+
+def _quantity(value: float | None, unit: str, factor: float = 1.0) -> str:
+    return "-" if value is None else f"{value * factor:,.4g} {unit}".rstrip()
+
+
+def _print_device(console: Console, d: cpb.Device, recent: Sequence[cpb.Event]) -> None:
+    """One device as `nvidia-smi -q` shows one GPU: identity, readings, capabilities, state."""
+    info = d.info
+    table = Table(title=f"device {printable(info.uuid)}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.timestamp_ns / 1e9)) if d.timestamp_ns else "-"
+    rows: list[tuple[str, str]] = [
+        ("node", f"{d.node_id} ({names.node_status_name(d.node_status)})"),
+        ("index", str(info.index)),
+        ("vendor / model", f"{info.vendor} / {info.model or '-'}" + (" (simulated)" if info.simulated else "")),
+        ("bus id", info.bus_id or "-"),
+        ("driver", info.driver_version or "-"),
+        ("health", names.health_name(d.health) + (f": {d.health_reason}" if d.health_reason else "")),
+        ("sampled at", stamp),
+    ]
+    rows += [(label, _quantity(_opt(d, name), unit, factor)) for name, (label, unit, factor) in SHOWN.items()]
+    total = _opt(info, "memory_total_bytes")
+    lo, hi, default = (_opt(info, k) for k in ("power_limit_min_w", "power_limit_max_w", "power_limit_default_w"))
+    rows += [
+        ("memory total", _quantity(total, "GiB", 1 / (1 << 30))),
+        ("cap range", f"{_quantity(lo, 'W')} .. {_quantity(hi, 'W')} (default {_quantity(default, 'W')})"),
+        ("cap settable", "yes" if info.power_cap_settable else "no (a fixed load for the power loop)"),
+        (
+            "slowdown / shutdown",
+            f"{_quantity(_opt(info, 'temp_slowdown_c'), 'C')} / {_quantity(_opt(info, 'temp_shutdown_c'), 'C')}",
+        ),
+        ("headroom", f"{d.headroom_cap_w:,.0f} W under its cap, {d.headroom_ceiling_w:,.0f} W to its maximum"),
+        ("weight", f"{d.weight or 1.0:g}"),
+        ("cordoned", f"yes: {d.cordon_reason}" if d.cordoned else "no"),
+        ("anomalies open", ", ".join(d.anomalies) or "none"),
+    ]
+    for label, value in rows:
+        table.add_row(label, cell(value))
+    console.print(table)
+    console.print(f"recent commands and events ({len(recent)}):" if recent else "recent commands and events: none kept")
+    for e in recent[-10:]:
+        when = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
+        console.print(Text(f"  {when} {printable(e.kind):<18} {printable(e.message)}"))
+
+
 SORT_KEYS = {
     "power": lambda d: -(d.power_w if d.HasField("power_w") else -1),
     "temp": lambda d: -(d.temperature_c if d.HasField("temperature_c") else -1e9),
     "util": lambda d: -(d.utilization if d.HasField("utilization") else -1),
     "node": lambda d: (d.node_id, d.info.index),
 }
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+
+
+def since_ns(text: str) -> int:
+    """An argument type: `90s`, `10m`, `2h`, `1d` ago, or a local time `YYYY-MM-DD[THH:MM[:SS]]`, in ns.
+
+    Raises:
+        argparse.ArgumentTypeError: neither.
+    """
+    m = _AGE.match(text.strip())
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time_ns() - int(seconds * 1e9)
+    for fmt in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            return int(time.mktime(time.strptime(text.strip(), fmt)) * 1e9)
+        except ValueError:
+            continue
+    msg = f"{text!r} is neither an age (90s, 10m, 2h, 1d) nor a time (2026-11-30T08:00:00)"
+    raise argparse.ArgumentTypeError(msg)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,6 +368,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--vendor", default="", help="only this vendor")
     d.add_argument("--health", default="", choices=["", *names.HEALTH.values()])
     d.add_argument("--sort", default="node", choices=sorted(SORT_KEYS))
+    d.add_argument(
+        "-o", "--output", choices=["table", "wide"], default="table", help="wide: every column at full width"
+    )
     _add_commands(sub)
     parser.share_globals(sub)
     return parser
@@ -276,7 +383,19 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     dv.add_argument("--limit", type=cli.positive(int), default=60, help="newest samples of history")
     dv.add_argument("--json", action="store_true")
     ev = sub.add_parser("events", help="events (anomalies, actions, nodes, budget) as they happen")
-    ev.add_argument("--follow", action="store_true", help="keep printing (else: stop after --seconds)")
+    ev.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing, reconnecting when the controller goes (else: stop after --seconds)",
+    )
+    ev.add_argument(
+        "--since",
+        type=since_ns,
+        default=0,
+        metavar="AGE|TIME",
+        help="first the kept events since then: an age (90s, 10m, 2h) or a time (2026-11-30T08:00:00)",
+    )
+    ev.add_argument("--device", default="", help="only this device's events")
     ev.add_argument("--seconds", type=cli.positive(float), default=5.0, help="without --follow: listen this long")
     ev.add_argument("--kind", action="append", default=[], help="kind prefix, e.g. anomaly. (repeatable)")
     ev.add_argument("--node", default="")
@@ -288,7 +407,8 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     target = pr.add_mutually_exclusive_group(required=True)
     target.add_argument("--device", default="")
     target.add_argument("--node", default="")
-    pr.add_argument("weight", type=float)
+    pr.add_argument("weight", type=float, nargs="?", help="set it (without: show it)")
+    pr.add_argument("--json", action="store_true")
     for name in ("cordon", "uncordon"):
         c = sub.add_parser(name, help=f"{name} a device or every device of a node")
         target = c.add_mutually_exclusive_group(required=True)
@@ -319,17 +439,24 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
         health = {v: k for k, v in names.HEALTH.items()}.get(args.health, 0)
         req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=cast("pb.Health", health))
         devices = sorted(stub.ListDevices(req, timeout=TIMEOUT_S).devices, key=SORT_KEYS[args.sort])
-        print(json.dumps([device_json(x) for x in devices])) if args.json else _print_devices(console, devices)
+        if args.json:
+            print(json.dumps([device_json(x) for x in devices]))
+        else:
+            _print_devices(console if sys.stdout.isatty() and args.output == "table" else _wide(), devices)
     elif args.command == "device":
         metric = METRIC_NAMES.index(args.metric) + 1
         r = stub.GetDevice(
             cpb.GetDeviceRequest(uuid=args.uuid, metric=cast("pb.Metric", metric), limit=args.limit), timeout=TIMEOUT_S
         )
         history = [{"timestamp_ns": p.timestamp_ns, "value": p.value} for p in r.history]
+        recent = _recent(stub, args.uuid)
         if args.json:
-            print(json.dumps({"device": device_json(r.device), "metric": args.metric, "history": history}))
+            kept = [event_json(e) for e in recent]
+            print(
+                json.dumps({"device": device_json(r.device), "metric": args.metric, "history": history, "events": kept})
+            )
         else:
-            _print_devices(console, [r.device])
+            _print_device(console, r.device, recent)
             values = [p.value for p in r.history]
             if values:
                 console.print(
@@ -339,8 +466,6 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
                 console.print(dashboard.sparkline(tuple(values), 80))
             else:
                 console.print(f"{args.metric}: no samples")
-            if r.device.anomalies:
-                console.print(f"anomalies open: {', '.join(r.device.anomalies)}")
     elif args.command == "events":
         return _events(args, stub)
     elif args.command == "budget":
@@ -355,10 +480,7 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
             state = "feasible" if b.feasible else "INFEASIBLE: the cappable devices' floors exceed it"
             console.print(f"budget {budget}; cluster power {b.power_w:,.0f} W; {state}")
     elif args.command == "priority":
-        stub.SetPriority(
-            cpb.SetPriorityRequest(device_uuid=args.device, node_id=args.node, weight=args.weight), timeout=TIMEOUT_S
-        )
-        console.print(f"priority of {args.device or args.node} set to {args.weight:g}")
+        return _priority(args, stub, console)
     elif args.command in ("cordon", "uncordon"):
         cordon = cpb.CordonRequest(device_uuid=args.device, node_id=args.node, reason=args.reason)
         call = stub.Cordon if args.command == "cordon" else stub.Uncordon
@@ -378,20 +500,78 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
     return 0
 
 
-def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int:
-    req = cpb.WatchEventsRequest(kinds=args.kind, node_id=args.node)
-    call = stub.WatchEvents(req, timeout=None if args.follow else args.seconds)
-    try:
-        for e in call:
-            if args.json:
-                print(json.dumps(event_json(e)), flush=True)
-            else:
-                stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
-                print(f"{stamp} {printable(e.severity):<8} {printable(e.kind):<18} {printable(e.message)}", flush=True)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED or args.follow:
-            raise
+def _wide() -> Console:
+    """A console that never truncates or wraps a table (output to a file, a pipe, or `-o wide`)."""
+    return Console(width=100_000, soft_wrap=True)
+
+
+def _recent(stub: cluster_pb2_grpc.ClusterStub, uuid: str) -> list[cpb.Event]:
+    """The kept events of one device: the commands sent to it and their answers, its anomalies."""
+    req = cpb.WatchEventsRequest(device_uuid=uuid, history_only=True)
+    return list(stub.WatchEvents(req, timeout=TIMEOUT_S))
+
+
+def _priority(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: Console) -> int:
+    if args.weight is not None:
+        stub.SetPriority(
+            cpb.SetPriorityRequest(device_uuid=args.device, node_id=args.node, weight=args.weight), timeout=TIMEOUT_S
+        )
+    if args.device:
+        weight = stub.GetDevice(cpb.GetDeviceRequest(uuid=args.device, limit=1), timeout=TIMEOUT_S).device.weight
+        target = {"device_uuid": args.device}
+    else:
+        nodes = {n.node_id: n for n in stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes}
+        if args.node not in nodes:
+            print(
+                f"xpuctl: priority: NOT_FOUND: no node {printable(args.node)!r}; `xpuctl nodes` lists them",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        weight, target = nodes[args.node].weight, {"node_id": args.node}
+    weight = weight or 1.0
+    if args.json:
+        print(json.dumps({**target, "weight": weight}))
+    else:
+        verb = "set to" if args.weight is not None else "is"
+        console.print(f"priority of {printable(args.device or args.node)} {verb} {weight:g}")
     return 0
+
+
+def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int:
+    """Print events; with --follow, reconnect (from the last one seen) when the controller goes."""
+    since, seen, told = args.since, 0, False
+    began = args.since or time.time_ns()  # after a reconnect: what came since we began, not seen yet
+    while True:
+        req = cpb.WatchEventsRequest(kinds=args.kind, node_id=args.node, device_uuid=args.device, since_ns=since)
+        call = stub.WatchEvents(req, timeout=None if args.follow else args.seconds)
+        try:
+            for e in call:
+                if e.timestamp_ns < seen:
+                    continue
+                seen, told = e.timestamp_ns, False
+                if args.json:
+                    print(json.dumps(event_json(e)), flush=True)
+                else:
+                    stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
+                    print(
+                        f"{stamp} {printable(e.severity):<8} {printable(e.kind):<18} {printable(e.message)}", flush=True
+                    )
+        except grpc.RpcError as exc:
+            if not args.follow:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                return 0
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+                raise
+            if not told:  # once per outage
+                print(
+                    f"xpuctl: events: controller gone ({exc.code().name}); reconnecting...", file=sys.stderr, flush=True
+                )
+                told = True
+            time.sleep(1.0)  # a pause between tries; the controller's return is what we wait for
+        if not args.follow:
+            return 0
+        since = seen + 1 if seen else began  # the controller ended the stream or went: resume
 
 
 def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
@@ -442,10 +622,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 0
     console = Console()
+    # `events --follow` waits for a restarted controller: gRPC's own reconnect backoff (up to
+    # 120 s) would leave it waiting long after the controller is back
+    settings: list[tuple[str, str | int]] = [
+        *options,
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
     channel_cm = (
-        grpc.secure_channel(args.controller, creds, options=options)
+        grpc.secure_channel(args.controller, creds, options=settings)
         if creds
-        else grpc.insecure_channel(args.controller)
+        else grpc.insecure_channel(args.controller, options=settings)
     )
     with channel_cm as channel:
         stub = cluster_pb2_grpc.ClusterStub(channel)

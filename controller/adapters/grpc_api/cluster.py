@@ -68,7 +68,11 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:  # noqa: N802
         """Every node with liveness and delivery counters."""
-        return cpb.ListNodesResponse(nodes=[codec.node_pb(n) for n in self.state.views.nodes(time.time_ns())])
+        weights = self.state.control.node_weight
+        nodes = [codec.node_pb(n) for n in self.state.views.nodes(time.time_ns())]
+        for n in nodes:
+            n.weight = weights.get(n.node_id, 1.0)
+        return cpb.ListNodesResponse(nodes=nodes)
 
     async def ListDevices(self, request: cpb.ListDevicesRequest, context: Context) -> cpb.ListDevicesResponse:  # noqa: N802
         """Devices with their latest sample, filtered."""
@@ -78,7 +82,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         if request.node_id and request.node_id not in self.state.registry.nodes:
             await refuse(context, errors.UnknownNode(request.node_id, "; `xpuctl nodes` lists them"))
         devices = self.state.views.devices(time.time_ns(), codec.device_filter(request))
-        return cpb.ListDevicesResponse(devices=[codec.device_pb(d) for d in devices])
+        return cpb.ListDevicesResponse(devices=[self._device_pb(d) for d in devices])
 
     async def GetDevice(self, request: cpb.GetDeviceRequest, context: Context) -> cpb.GetDeviceResponse:  # noqa: N802
         """One device with the recent history of one metric (default: power) from the ring store."""
@@ -100,7 +104,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             )
         ts, values = st.store.history(slot, metric - 1, limit)
         return cpb.GetDeviceResponse(
-            device=codec.device_pb(device),
+            device=self._device_pb(device),
             history=[
                 cpb.Point(timestamp_ns=int(t), value=float(v))
                 for t, v in zip(ts, values, strict=True)
@@ -108,19 +112,41 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             ],
         )
 
+    def _device_pb(self, d: views.DeviceView) -> cpb.Device:
+        out = codec.device_pb(d)
+        out.weight = self.state.control.device_weight.get(d.info.uuid, 1.0)
+        return out
+
     async def WatchEvents(self, request: cpb.WatchEventsRequest, context: Context) -> AsyncIterator[cpb.Event]:  # noqa: N802
-        """Events as they happen, filtered by kind prefix and node."""
-        q: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10_000)
-        self.state.watchers.add(q)
+        """The kept events from `since_ns` on (the newest `hub.EVENT_BACKLOG`), then events as they
+        happen (unless `history_only`); filtered by kind prefix, node and device.
+        """
         kinds = tuple(request.kinds)
+
+        def wanted(e: events.Event) -> bool:
+            return (
+                (not kinds or e.kind.startswith(kinds))
+                and (not request.node_id or e.node_id == request.node_id)
+                and (not request.device_uuid or e.device_uuid == request.device_uuid)
+            )
+
+        q: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10_000)
+        kept: list[events.Event] = []
+        last = 0
+        if not request.history_only:
+            self.state.watchers.add(q)  # before the history: nothing falls between the two
         try:
+            if request.since_ns or request.history_only:
+                kept = [e for e in self.state.recent_events if e.timestamp_ns >= request.since_ns and wanted(e)]
+                last = kept[-1].timestamp_ns if kept else 0
+                for e in kept:
+                    yield codec.event_pb(e)
+            if request.history_only:
+                return
             while True:
                 e = await q.get()
-                if kinds and not e.kind.startswith(kinds):
-                    continue
-                if request.node_id and e.node_id != request.node_id:
-                    continue
-                yield codec.event_pb(e)
+                if wanted(e) and not (e.timestamp_ns <= last and e in kept):  # already sent from the history
+                    yield codec.event_pb(e)
         finally:
             self.state.watchers.discard(q)
 

@@ -91,7 +91,7 @@ class Summary(_message.Message):
     def __init__(self, nodes: _Optional[int] = ..., nodes_online: _Optional[int] = ..., nodes_stale: _Optional[int] = ..., nodes_offline: _Optional[int] = ..., devices: _Optional[int] = ..., devices_by_vendor: _Optional[_Mapping[str, int]] = ..., devices_by_health: _Optional[_Mapping[str, int]] = ..., power_w: _Optional[float] = ..., budget_w: _Optional[float] = ..., anomalies_open: _Optional[int] = ..., ingest: _Optional[_Union[IngestStats, _Mapping]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("node_id", "boot_id", "status", "agent_version", "labels", "devices", "power_w", "last_seen_ns", "first_seq", "acked_seq", "batches_stored", "duplicate_batches", "gap_batches", "dropped_total", "connected")
+    __slots__ = ("node_id", "boot_id", "status", "agent_version", "labels", "devices", "power_w", "last_seen_ns", "first_seq", "acked_seq", "batches_stored", "duplicate_batches", "gap_batches", "dropped_total", "connected", "weight")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class Node(_message.Message):
     GAP_BATCHES_FIELD_NUMBER: _ClassVar[int]
     DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     boot_id: str
     status: NodeStatus
@@ -129,7 +130,8 @@ class Node(_message.Message):
     gap_batches: int
     dropped_total: int
     connected: bool
-    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., devices: _Optional[int] = ..., power_w: _Optional[float] = ..., last_seen_ns: _Optional[int] = ..., first_seq: _Optional[int] = ..., acked_seq: _Optional[int] = ..., batches_stored: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., gap_batches: _Optional[int] = ..., dropped_total: _Optional[int] = ..., connected: _Optional[bool] = ...) -> None: ...
+    weight: float
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., devices: _Optional[int] = ..., power_w: _Optional[float] = ..., last_seen_ns: _Optional[int] = ..., first_seq: _Optional[int] = ..., acked_seq: _Optional[int] = ..., batches_stored: _Optional[int] = ..., duplicate_batches: _Optional[int] = ..., gap_batches: _Optional[int] = ..., dropped_total: _Optional[int] = ..., connected: _Optional[bool] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -142,7 +144,7 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("node_id", "info", "health", "health_reason", "timestamp_ns", "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total", "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "cordoned", "headroom_cap_w", "headroom_ceiling_w", "node_status", "cordon_reason", "anomalies")
+    __slots__ = ("node_id", "info", "health", "health_reason", "timestamp_ns", "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total", "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "cordoned", "headroom_cap_w", "headroom_ceiling_w", "node_status", "cordon_reason", "anomalies", "weight")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +169,7 @@ class Device(_message.Message):
     NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
     CORDON_REASON_FIELD_NUMBER: _ClassVar[int]
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     info: _telemetry_pb2.DeviceInfo
     health: _telemetry_pb2.Health
@@ -191,7 +194,8 @@ class Device(_message.Message):
     node_status: NodeStatus
     cordon_reason: str
     anomalies: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ..., cordon_reason: _Optional[str] = ..., anomalies: _Optional[_Iterable[str]] = ...) -> None: ...
+    weight: float
+    def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ..., cordon_reason: _Optional[str] = ..., anomalies: _Optional[_Iterable[str]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("node_id", "vendor", "health", "cordoned", "min_headroom_w")
@@ -264,12 +268,18 @@ class Event(_message.Message):
     def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., detector: _Optional[str] = ..., action_id: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("kinds", "node_id")
+    __slots__ = ("kinds", "node_id", "since_ns", "device_uuid", "history_only")
     KINDS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_NS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ONLY_FIELD_NUMBER: _ClassVar[int]
     kinds: _containers.RepeatedScalarFieldContainer[str]
     node_id: str
-    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    since_ns: int
+    device_uuid: str
+    history_only: bool
+    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., device_uuid: _Optional[str] = ..., history_only: _Optional[bool] = ...) -> None: ...
 
 class PowerBudget(_message.Message):
     __slots__ = ("budget_w", "power_w", "feasible")
