@@ -5,6 +5,8 @@ controller process and a simulated node.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,3 +123,58 @@ async def test_events_show_history_and_follow_survives_a_controller_restart(
     # the follower is still there, and shows what the restarted controller did
     await wait_until(lambda: "1300 W" in out.read_text(), timeout_s=30, what="the new budget followed")
     assert out.read_text().count("reconnecting") == 1, out.read_text()  # said once per outage
+
+
+def tmux(*args: str) -> int:
+    return subprocess.run(["tmux", *args], capture_output=True, check=False).returncode
+
+
+def rows(session: str) -> set[str]:
+    """The nodes of the device table's rows (the event feed names nodes too)."""
+    return set(re.findall(r"^(node-[ab])\s+\d+\s", pane(session), re.MULTILINE))
+
+
+def pane(session: str, *, escapes: bool = False) -> str:
+    flags = ["-e"] if escapes else []
+    return subprocess.run(
+        ["tmux", "capture-pane", "-p", *flags, "-t", session], capture_output=True, text=True, check=False
+    ).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/test installs it)")
+async def test_top_takes_keys_like_htop(processes: Processes) -> None:
+    # issue 20.12: q, s, /, v, h; utilisation as a number beside its bar; a dimmed, marked frame
+    # while the controller is gone
+    target = f"127.0.0.1:{free_port()}"
+    controller = processes.start("xpuctl.controller.cli", "serve", "--listen", target, "--state-dir", "none")
+    processes.start(*agent_argv(target, "node-a", "nvidia", "--sim-devices", "2"))
+    processes.start(*agent_argv(target, "node-b", "amd", "--sim-devices", "2"))
+    await wait_until(lambda: len(devices(target)) == 4, timeout_s=60, what="4 devices")
+    session = f"xpu-top-{free_port()}"
+    cmd = f"cd {ROOT} && {sys.executable} -m xpuctl.controller.ctl --controller {target} top --interval-s 0.5"
+    tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "40", cmd)
+
+    def send(*keys: str) -> None:
+        tmux("send-keys", "-t", session, *keys)
+
+    try:
+        await wait_until(lambda: "node-a" in pane(session) and "node-b" in pane(session), timeout_s=30, what="top")
+        assert re.search(r"█*·*\s+\d+%", pane(session)), pane(session)  # the number beside the bar
+        send("s")
+        await wait_until(lambda: "sorted by power" in pane(session), timeout_s=10, what="s")
+        send("v")  # the first vendor present, in order: amd
+        await wait_until(lambda: "vendor: amd" in pane(session) and rows(session) == {"node-b"}, timeout_s=10, what="v")
+        send("Escape", "/", "node-a", "Enter")
+        await wait_until(
+            lambda: "filter: node-a" in pane(session) and rows(session) == {"node-a"}, timeout_s=10, what="/"
+        )
+        send("h")
+        await wait_until(lambda: "filter by node id or vendor" in pane(session), timeout_s=10, what="h")
+        send("h")
+        controller.send_signal(signal.SIGTERM)  # the last frame stays, dimmed and marked
+        await wait_until(lambda: "reconnecting" in pane(session), timeout_s=30, what="reconnecting")
+        assert re.search(r"\x1b\[(?:[0-9;]*;)?2m", pane(session, escapes=True))  # SGR 2: dim
+        send("q")
+        await wait_until(lambda: tmux("has-session", "-t", session) != 0, timeout_s=10, what="q quits")
+    finally:
+        tmux("kill-session", "-t", session)

@@ -13,6 +13,7 @@ import math
 import msgspec
 
 HEALTH_RANK = {"failed": 3, "unknown": 2, "degraded": 1, "ok": 0}
+ORDERS = ("worst", "power", "temp", "util", "node")
 
 
 class DeviceRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,6 +73,84 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     worst_nodes: tuple[NodeRow, ...]
     events: tuple[EventRow, ...]
     problem: str = ""
+    view: str = ""  # how the rows are picked and ordered, when not the default (`xpuctl top` keys)
+    help: bool = False  # show the keys instead of the device table
+
+
+# `xpuctl top`'s orders of the device table, cycled by `s`: the worst first (the default), or by
+# one reading, highest first, or by node
+def _by(value: float | None) -> float:
+    return -value if value is not None and math.isfinite(value) else math.inf
+
+
+class View(msgspec.Struct, kw_only=True):
+    """What the operator asked `xpuctl top` to show, changed one key at a time (`key`).
+
+    q quits; s cycles the order; / starts a filter on node id or vendor (Enter ends it, Esc drops
+    it); v cycles through the vendors present; h shows the keys; Esc clears the filters.
+    """
+
+    sort: str = "worst"
+    text: str = ""
+    vendor: str = ""
+    typing: bool = False
+    help: bool = False
+    quit: bool = False
+
+    def key(self, ch: str, vendors: list[str]) -> None:
+        """One key press; `vendors` are those present, for `v`."""
+        if self.typing:
+            if ch in ("\r", "\n"):
+                self.typing = False
+            elif ch == "\x1b":
+                self.typing, self.text = False, ""
+            elif ch in ("\x7f", "\b"):
+                self.text = self.text[:-1]
+            elif ch.isprintable():
+                self.text += ch
+            return
+        if ch == "q":
+            self.quit = True
+        elif ch == "s":
+            self.sort = ORDERS[(ORDERS.index(self.sort) + 1) % len(ORDERS)]
+        elif ch == "/":
+            self.typing, self.text = True, ""
+        elif ch == "v":
+            choices = ["", *sorted(vendors)]
+            self.vendor = choices[(choices.index(self.vendor) + 1) % len(choices)] if self.vendor in choices else ""
+        elif ch in ("h", "?"):
+            self.help = not self.help
+        elif ch == "\x1b":
+            self.text, self.vendor = "", ""
+
+    def pick(self, rows: list[DeviceRow]) -> list[DeviceRow]:
+        """The rows the filters let through."""
+        text = self.text.lower()
+        return [
+            d
+            for d in rows
+            if (not self.vendor or d.vendor == self.vendor)
+            and (not text or text in d.node_id.lower() or text in d.vendor.lower())
+        ]
+
+    def describe(self) -> str:
+        """The header's line: order and filters (empty when all are the defaults)."""
+        parts = [] if self.sort == "worst" else [f"sorted by {self.sort}"]
+        if self.typing or self.text:
+            parts.append(f"filter: {self.text}" + ("_" if self.typing else ""))
+        if self.vendor:
+            parts.append(f"vendor: {self.vendor}")
+        return "  ".join(parts)
+
+
+HELP = (
+    "q  quit",
+    "s  sort: worst first, then by power, temperature, utilisation, node",
+    "/  filter by node id or vendor (type, then Enter; Esc drops it)",
+    "v  show one vendor at a time (again: the next; after the last: all)",
+    "Esc  clear the filters",
+    "h  this help (again: back)",
+)
 
 
 def badness(d: DeviceRow) -> float:
@@ -98,6 +177,9 @@ def build(
     max_events: int = 50,
     connected: bool = True,
     problem: str = "",
+    sort: str = "worst",
+    view: str = "",
+    show_help: bool = False,
 ) -> Snapshot:
     """Aggregate the rows and keep the worst few of each kind."""
     by_vendor: dict[str, int] = {}
@@ -112,7 +194,14 @@ def build(
         if d.power_w is not None and math.isfinite(d.power_w):
             power += d.power_w
         anomalies += len(d.anomalies)
-    worst = sorted(rows, key=lambda d: (-badness(d), d.node_id, d.index))[:max_devices]
+    order = {
+        "worst": lambda d: (-badness(d), d.node_id, d.index),
+        "power": lambda d: (_by(d.power_w), d.node_id, d.index),
+        "temp": lambda d: (_by(d.temperature_c), d.node_id, d.index),
+        "util": lambda d: (_by(d.utilization), d.node_id, d.index),
+        "node": lambda d: (0.0, d.node_id, d.index),
+    }[sort]
+    worst = sorted(rows, key=order)[:max_devices]
     node_rows = [
         NodeRow(
             node_id=n,
@@ -142,6 +231,8 @@ def build(
         worst_nodes=tuple(node_rows[:max_nodes]),
         events=tuple(events[-max_events:]),
         problem=problem,
+        view=view,
+        help=show_help,
     )
 
 

@@ -1,5 +1,8 @@
 """`xpuctl top`: the live dashboard against a controller's Cluster API.
 
+Keys (dashboard.View): q quits, s cycles the order, / filters by node or vendor, v picks a vendor,
+h shows the keys, Esc clears the filters.
+
 Every interval: GetSummary, GetPowerBudget and ListDevices; a WatchEvents stream feeds the event
 list in between. A controller that goes away is shown as `reconnecting` and is retried every
 interval, by itself. Frames are drawn by controller/tui/view.py from a dashboard Snapshot, at most
@@ -11,7 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
+import sys
+import termios
 import time
+import tty
+from collections.abc import Iterator
 
 import grpc
 import grpc.aio
@@ -60,6 +68,19 @@ class Top:
         self.events: collections.deque[dashboard.EventRow] = collections.deque(maxlen=200)
         self.snapshot: dashboard.Snapshot | None = None
         self.problem = ""
+        self.view = dashboard.View()
+        self.rows: list[dashboard.DeviceRow] = []
+        self.vendors: list[str] = []
+        self.summary: cpb.Summary | None = None
+        self.budget: cpb.PowerBudget | None = None
+        self.changed = asyncio.Event()  # a key was pressed: draw now
+
+    def key(self, ch: str) -> None:
+        """One key from the terminal; the next frame shows what it changed."""
+        self.view.key(ch, self.vendors)
+        if self.summary is not None and self.budget is not None:
+            self._build(self.summary, self.budget)
+        self.changed.set()
 
     async def _watch(self, stub: cluster_pb2_grpc.ClusterStub) -> None:
         while True:
@@ -93,8 +114,15 @@ class Top:
             return
         self.problem = ""
         self.history.append(summary.power_w)
+        self.rows = [row_of(d) for d in devices]
+        self.vendors = sorted({r.vendor for r in self.rows})
+        self.summary, self.budget = summary, budget
+        self._build(summary, budget)
+
+    def _build(self, summary: cpb.Summary, budget: cpb.PowerBudget) -> None:
+        v = self.view
         self.snapshot = dashboard.build(
-            [row_of(d) for d in devices],
+            v.pick(self.rows),
             title=f"xpuctl top - {self.target}",
             timestamp_ns=time.time_ns(),
             budget_w=budget.budget_w if budget.HasField("budget_w") else None,
@@ -103,6 +131,9 @@ class Top:
             nodes_online=summary.nodes_online,
             events=list(self.events),
             problem="" if budget.feasible else "budget infeasible: the cappable devices' floors exceed it",
+            sort=v.sort,
+            view=v.describe(),
+            show_help=v.help,
         )
 
 
@@ -146,16 +177,42 @@ async def _main(
                 snap = app.snapshot or waiting(target, app.problem)
                 console.print(view.render(snap, console.size.width, console.size.height))
                 return 0 if app.snapshot is not None else 3
-            with Live(console=console, auto_refresh=False, screen=False, transient=False) as live:
-                while True:
-                    await app.poll(stub)
+            with Live(console=console, auto_refresh=False, screen=False, transient=False) as live, keys(app):
+                next_poll = 0.0
+                while not app.view.quit:
+                    if time.monotonic() >= next_poll:
+                        await app.poll(stub)
+                        next_poll = time.monotonic() + interval_s
                     snap = app.snapshot or waiting(target, app.problem)
                     live.update(view.render(snap, console.size.width, console.size.height - 1), refresh=True)
-                    await asyncio.sleep(interval_s)
+                    app.changed.clear()
+                    with contextlib.suppress(TimeoutError):  # the next poll, or a key, whichever first
+                        await asyncio.wait_for(app.changed.wait(), timeout=max(next_poll - time.monotonic(), 0.0))
+                return 0
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+@contextlib.contextmanager
+def keys(app: Top) -> Iterator[None]:
+    """Keys from the terminal, one at a time, without Enter and without echo (cbreak), while the
+    dashboard is on screen; nothing when stdin is not a terminal. The terminal is restored after.
+    """
+    if not sys.stdin.isatty():
+        yield
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+    try:
+        tty.setcbreak(fd)
+        loop.add_reader(fd, lambda: app.key(os.read(fd, 1).decode(errors="replace")))
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def run(

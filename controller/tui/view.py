@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Group, RenderableType
+from rich.styled import Styled
 from rich.table import Table
 from rich.text import Text
 
@@ -52,6 +53,8 @@ def header(s: dashboard.Snapshot, width: int) -> RenderableType:
     )
     line4 = Text(f"vendors: {vendors}")  # wraps: every vendor stays visible
     lines: list[RenderableType] = [line1, line2, line3, line4]
+    if s.view:
+        lines.append(Text(s.view + "   (h: keys)", style="bold cyan", overflow="ellipsis", no_wrap=True))
     if s.problem:
         lines.append(Text(s.problem, style="bold red", overflow="ellipsis", no_wrap=True))
     return Group(*lines)
@@ -66,7 +69,7 @@ def devices_table(s: dashboard.Snapshot, rows: int, width: int) -> Table:
         expand=False,
         title_justify="left",
         show_edge=False,
-        title=f"worst {min(rows, len(s.worst_devices))} of {s.devices_total} devices",
+        title=f"{'worst ' if not s.view else ''}{min(rows, len(s.worst_devices))} of {s.devices_total} devices",
     )
     t.add_column("node", no_wrap=True, overflow="ellipsis", max_width=18 if wide else 10)
     t.add_column("#", justify="right", no_wrap=True)
@@ -83,7 +86,7 @@ def devices_table(s: dashboard.Snapshot, rows: int, width: int) -> Table:
         if wide:
             cells.append(d.model)
         cells += [
-            _bar(d.utilization, 10 if wide else 5),
+            _bar(d.utilization, 10 if wide else 5) + Text(" -  " if d.utilization is None else f"{d.utilization:4.0%}"),
             f"{_num(d.power_w)}/{_num(d.power_limit_w)}",
             _num(d.temperature_c, "{:.0f}C"),
             Text(d.health + (" C" if d.cordoned else ""), style=HEALTH_STYLE.get(d.health, "")),
@@ -133,16 +136,30 @@ def feed(s: dashboard.Snapshot, rows: int) -> Group:
     return Group(*lines)
 
 
+def keys() -> Group:
+    """`xpuctl top`'s keys (h)."""
+    return Group(Text("keys", style="bold"), *(Text("  " + line) for line in dashboard.HELP))
+
+
 def render(s: dashboard.Snapshot, width: int, height: int) -> RenderableType:
-    """One frame that fits width x height."""
+    """One frame that fits width x height; dimmed when it is the last one from a controller that
+    is not answering (the header says `reconnecting`).
+    """
+    frame = _frame(s, width, height)
+    return frame if s.connected else Styled(frame, "dim")
+
+
+def _frame(s: dashboard.Snapshot, width: int, height: int) -> RenderableType:
     vendors_len = len("vendors: ") + sum(len(f"{v} {n}, ") for v, n in s.by_vendor)
-    head_lines = 3 + max(1, -(-vendors_len // max(width, 1))) + (1 if s.problem else 0)
+    head_lines = 3 + max(1, -(-vendors_len // max(width, 1))) + (1 if s.problem else 0) + (1 if s.view else 0)
     room = max(height - head_lines - 1, 6)
     feed_rows = max(3, room // 4)
     table_room = room - feed_rows - 1
     show_nodes = height >= 40 and s.worst_nodes
     node_rows = min(len(s.worst_nodes), table_room // 3) if show_nodes else 0
     device_rows = max(table_room - (node_rows + 3 if show_nodes else 0) - 3, 1)
+    if s.help:
+        return Group(header(s, width), keys(), feed(s, feed_rows))
     parts: list[RenderableType] = [header(s, width), devices_table(s, device_rows, width)]
     if show_nodes:
         parts.append(nodes_table(s, node_rows))
