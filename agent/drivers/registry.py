@@ -92,7 +92,7 @@ def _auto(timeout_s: float) -> list[base.Driver]:
     if not vendors and not drivers:
         msg = (
             "--driver auto found no vendor tool on PATH (looked for "
-            + ", ".join(argv[0] for argv in tool.COMMANDS.values())
+            + ", ".join(tool.TOOL_NAMES)
             + "); install the vendor tools, or run with --driver sim --sim-vendor VENDOR"
         )
         raise DriverChoiceError(msg)

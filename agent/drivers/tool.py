@@ -77,6 +77,12 @@ COMMANDS: dict[str, list[str]] = {vendor: forms[0] for vendor, forms in FORMS.it
 ALIASES: dict[str, tuple[str, ...]] = {"xpu-smi": ("xpu_smi",)}
 
 
+# every tool name `--driver auto` looks for, in vendor order
+TOOL_NAMES: tuple[str, ...] = tuple(
+    dict.fromkeys(n for forms in FORMS.values() for argv in forms for n in (argv[0], *ALIASES.get(argv[0], ())))
+)
+
+
 def found(argv: list[str]) -> list[str] | None:
     """`argv` with its tool's name as it is on PATH (an alias when only that is), None when absent."""
     name = next((n for n in (argv[0], *ALIASES.get(argv[0], ())) if shutil.which(n)), None)
