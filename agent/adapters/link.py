@@ -92,11 +92,12 @@ class Link:
     async def run(self) -> None:
         """Keep a session up until cancelled."""
         # gRPC's own connection backoff (1 s growing to 120 s) would hold new sessions back long
-        # after the controller is back: keep it within ours
-        cap_ms = int(self.backoff_cap_s * 1000)
+        # after the controller is back, and it adds to ours: keep it short (our jittered backoff
+        # spreads the sessions; the channel's only re-dials the TCP connection)
+        cap_ms = int(min(self.backoff_cap_s, 2.0) * 1000)
         options = [
             *CHANNEL_OPTIONS,
-            ("grpc.initial_reconnect_backoff_ms", min(1000, cap_ms)),
+            ("grpc.initial_reconnect_backoff_ms", min(500, cap_ms)),
             ("grpc.max_reconnect_backoff_ms", cap_ms),
         ]
         channel = self._channel or tls.secure_channel(self.target, self.tls_files, options)
