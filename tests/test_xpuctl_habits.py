@@ -111,7 +111,8 @@ async def test_events_show_history_and_follow_survives_a_controller_restart(
     history = ctl(target, "events", "--since", "10m", "--seconds", "0.5", "--json").stdout
     assert any(json.loads(x)["kind"] == "node.online" for x in history.splitlines()), history
 
-    processes.start("xpuctl.controller.ctl", "--controller", target, "events", "--follow", "--json")
+    # --since: the follower shows the budget below even when it connects after it was set (a slow start)
+    processes.start("xpuctl.controller.ctl", "--controller", target, "events", "--follow", "--json", "--since", "1h")
     out = processes.logs[-1]  # its output and its errors
     assert ctl(target, "budget", "5000").returncode == 0
     await wait_until(lambda: "5000 W" in out.read_text(), timeout_s=30, what="the follower following")
