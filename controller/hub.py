@@ -61,7 +61,7 @@ class Hub:
             cfg = msgspec.structs.replace(cfg, power=msgspec.structs.replace(cfg.power, budget_w=budget_w))
         self.cfg = cfg
         self.registry = registry.Registry()
-        self.store = ring.RingStore(n_metrics=model.N_STORED, window=window)
+        self.store = ring.RingStore(n_metrics=model.N_STORED, window=window, counters=model.COUNTERS)
         self.ingest = ingest.Ingest(self.registry, self.store, limits=limits)
         self.liveness = liveness or registry.Liveness()
         self.views = views.Views(self.registry, self.store, self.liveness)

@@ -16,6 +16,11 @@ N_METRICS = len(METRICS)
 # The ring store keeps one more column after the metrics: the device's health code.
 HEALTH = N_METRICS
 N_STORED = N_METRICS + 1
+# metrics that only grow and get large (a device's energy reaches 1e9 J): the ring keeps them to
+# full precision (ring.RingStore: float32 offsets from a float64 base per device), the rest as float32
+COUNTERS: tuple[int, ...] = tuple(
+    M[n] for n in ("energy_j", "ecc_corrected_total", "ecc_uncorrected_total", "work_done")
+)
 
 HEALTH_NAMES = names.HEALTH
 HEALTH_UNKNOWN = names.HEALTH_UNKNOWN

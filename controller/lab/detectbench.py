@@ -73,7 +73,7 @@ def detection(seed: int) -> dict[str, dict[str, object]]:
 def pass_cost(devices: int, window: int = 120) -> dict[str, object]:
     """Wall time of one full detector pass over `devices` devices."""
     reg = registry.Registry()
-    store = ring.RingStore(n_metrics=model.N_STORED, window=window)
+    store = ring.RingStore(n_metrics=model.N_STORED, window=window, counters=model.COUNTERS)
     ing = ingest.Ingest(reg, store)
     per_node = 8
     infos_of: list[list[model.DeviceInfo]] = []

@@ -36,7 +36,7 @@ class SimCluster:
         """One node per entry of `vendors` (vendors may repeat); node i runs workloads[i]."""
         self.cfg = cfg or config.Config()
         self.registry = registry.Registry()
-        self.store = ring.RingStore(n_metrics=model.N_STORED, window=window)
+        self.store = ring.RingStore(n_metrics=model.N_STORED, window=window, counters=model.COUNTERS)
         self.ingest = ingest.Ingest(self.registry, self.store)
         self.liveness = registry.Liveness()
         self.control = control.Control(self.registry, self.store, self.liveness, self.cfg, prefix="sim")

@@ -22,7 +22,7 @@ def appends(draw: st.DrawFn) -> list[list[int]]:
 @pytest.mark.slow  # hundreds of Hypothesis examples
 @given(window=st.integers(1, 7), script=appends(), capacity=st.integers(1, 4))
 def test_ring_matches_deques(window: int, script: list[list[int]], capacity: int) -> None:
-    store = ring.RingStore(n_metrics=N_METRICS, window=window, capacity=capacity)
+    store = ring.RingStore(n_metrics=N_METRICS, window=window, capacity=capacity, counters=(2,))
     model: dict[int, collections.deque[tuple[int, list[float]]]] = collections.defaultdict(
         lambda: collections.deque(maxlen=window)
     )
@@ -55,3 +55,27 @@ def test_window_must_be_positive() -> None:
 
     with pytest.raises(ValueError, match="window must be >= 1"):
         ring.RingStore(n_metrics=1, window=0)
+
+
+def test_counters_keep_full_precision_across_rebases_and_resets() -> None:
+    # Issue 13.5: gauges are float32; a counter near 1e9 J keeps its half joules through the moves
+    # of its base (every 2**20 units) and through a reset to a small value
+    store = ring.RingStore(n_metrics=N_METRICS, window=5, counters=(2,))
+    slot = np.array([0])
+    sent: list[float] = []
+    for k in range(40):
+        energy = 1e9 + k * 300_000.5 if k < 30 else 3.5 + k  # a reset at k = 30
+        sent.append(energy)
+        store.append(slot, np.array([k + 1]), np.array([[123.456, float(k), energy]]))
+        _, got = store.history(0, 2)
+        if k < 30:  # exact, through every move of the base
+            assert got.tolist() == sent[-5:], k
+        else:  # after the reset: the new values exact, the ones before it within float32 of the jump
+            new = min(k - 29, 5)
+            assert got.tolist()[-new:] == sent[-new:], k
+            assert np.allclose(got[:-new], sent[-5:-new], rtol=1e-7, atol=0), k
+        assert store.latest(slot)[0, 2] == energy
+        if k:
+            assert store.back(slot, 2, 1)[1][0] == pytest.approx(sent[-2], rel=1e-7)
+    assert abs(store.latest(slot)[0, 0] - 123.456) < 1e-4  # a gauge: float32, 7 digits
+    assert store.values.dtype == np.float32 and store.values.nbytes == 64 * N_METRICS * 5 * 4
