@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import math
 import time
@@ -217,6 +218,21 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     return out
 
 
+GZIP_FROM_BYTES = 1024  # smaller bodies go as they are
+
+
+def accepts_gzip(request: bytes) -> bool:
+    """Whether the request's `Accept-Encoding` names gzip (without `;q=0`)."""
+    for line in request.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"accept-encoding":
+            for item in value.split(b","):
+                coding, _, params = item.strip().partition(b";")
+                if coding.strip().lower() == b"gzip":
+                    return params.replace(b" ", b"") not in (b"q=0", b"q=0.0", b"q=0.00", b"q=0.000")
+    return False
+
+
 async def _handle(state: hub.Hub, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         async with asyncio.timeout(10):
@@ -229,11 +245,17 @@ async def _handle(state: hub.Hub, reader: asyncio.StreamReader, writer: asyncio.
         else:
             body = render(state, time.time_ns()).encode()
             status, ctype = b"200 OK", b"text/plain; version=0.0.4; charset=utf-8"
+        encoding = b""
+        if accepts_gzip(request) and len(body) > GZIP_FROM_BYTES:
+            # Prometheus asks for it; the text of 10,000 devices is ~10x smaller (level 1 is fast)
+            body, encoding = gzip.compress(body, compresslevel=1, mtime=0), b"\r\nContent-Encoding: gzip"
         writer.write(
             b"HTTP/1.1 "
             + status
             + b"\r\nContent-Type: "
             + ctype
+            + encoding
+            + b"\r\nVary: Accept-Encoding"
             + b"\r\nContent-Length: "
             + str(len(body)).encode()
             + b"\r\nConnection: close\r\n\r\n"

@@ -92,14 +92,21 @@ class Views:
         slots = np.flatnonzero(np.array(self.registry.present, dtype=bool)).astype(np.int64)
         return slots, status
 
-    def devices(self, now_ns: int, flt: DeviceFilter | None = None) -> list[DeviceView]:
-        """Every device matching the filter, in slot order."""
+    def devices(
+        self, now_ns: int, flt: DeviceFilter | None = None, *, after: str | None = None, at_most: int | None = None
+    ) -> list[DeviceView]:
+        """Every device matching the filter, in slot order; or a page of them: in uuid order, those
+        after the uuid `after`, at most `at_most` (only that page's views are built).
+        """
         flt = flt or DeviceFilter()
         slots, status = self._live_slots(now_ns)
+        reg = self.registry
+        if after is not None or at_most is not None:
+            ordered = sorted(slots.tolist(), key=lambda s: reg.infos[s].uuid)
+            slots = np.array([s for s in ordered if after is None or reg.infos[s].uuid > after], dtype=np.int64)
         latest = self.store.latest(slots)
         stamps = self.store.latest_timestamps(slots)
         out: list[DeviceView] = []
-        reg = self.registry
         for row, stamp, slot in zip(latest, stamps.tolist(), slots.tolist(), strict=True):
             info = reg.infos[slot]
             node_id = reg.node_of_slot[slot]
@@ -133,6 +140,8 @@ class Views:
             )
             if _matches(view, flt):
                 out.append(view)
+                if at_most is not None and len(out) >= at_most:
+                    break
         return out
 
     def nodes(self, now_ns: int) -> list[NodeView]:

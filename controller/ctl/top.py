@@ -100,7 +100,7 @@ class Top:
         try:
             summary = await stub.GetSummary(cpb.GetSummaryRequest(), timeout=5)
             budget = await stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)
-            devices = (await stub.ListDevices(cpb.ListDevicesRequest(), timeout=10)).devices
+            devices = await all_devices(stub)
         except grpc.aio.AioRpcError as exc:
             self.problem = f"controller {self.target}: {exc.code().name}: {exc.details()}"
             if self.snapshot is not None:
@@ -135,6 +135,18 @@ class Top:
             view=v.describe(),
             show_help=v.help,
         )
+
+
+async def all_devices(stub: cluster_pb2_grpc.ClusterStub) -> list[cpb.Device]:
+    """Every device, page by page (see `main.list_devices`)."""
+    out: list[cpb.Device] = []
+    req = cpb.ListDevicesRequest(page_size=2000)
+    while True:
+        page = await stub.ListDevices(req, timeout=10)
+        out.extend(page.devices)
+        if not page.next_page_token:
+            return out
+        req.page_token = page.next_page_token
 
 
 def waiting(target: str, problem: str) -> dashboard.Snapshot:

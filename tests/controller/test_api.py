@@ -194,3 +194,33 @@ async def test_a_huge_request_string_is_not_echoed_whole() -> None:
                 assert len(details) < 1200 and "more characters cut" in details
     finally:
         await ctl.stop()
+
+
+async def test_list_devices_in_pages(processes: Processes) -> None:
+    # Issue 13.6: pages in uuid order; together they are the whole list, each device once
+    ctl = await RunningService(make_service(None)).start()
+    st = ctl.svc.state
+    try:
+        processes.start(
+            "xpuctl.agent.cli", "fleet", "--controller", ctl.target, "--nodes", "3", "--vendors", "amd,nvidia"
+        )
+        await wait_until(lambda: len(st.registry) == 24, timeout_s=30, what="24 devices")
+        async with grpc.aio.insecure_channel(ctl.target) as ch:
+            stub = cluster_pb2_grpc.ClusterStub(ch)
+            whole = [d.info.uuid for d in (await stub.ListDevices(cpb.ListDevicesRequest())).devices]
+            pages: list[list[str]] = []
+            req = cpb.ListDevicesRequest(page_size=5)
+            while True:
+                page = await stub.ListDevices(req)
+                pages.append([d.info.uuid for d in page.devices])
+                if not page.next_page_token:
+                    break
+                req.page_token = page.next_page_token
+            assert [len(p) for p in pages] == [5, 5, 5, 5, 4]
+            assert [u for p in pages for u in p] == sorted(whole)
+            amd = await stub.ListDevices(cpb.ListDevicesRequest(vendor="amd", page_size=100))
+            assert len(amd.devices) == 16 and amd.next_page_token == ""  # filters and pages together (nodes 0, 2)
+        rc, out, _ = await xpuctl(ctl.target, "devices")  # xpuctl follows the pages
+        assert rc == 0 and all(u in out for u in whole)
+    finally:
+        await ctl.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import shutil
 import subprocess
 
@@ -75,8 +76,25 @@ async def test_promtool_accepts_a_scrape_of_a_running_controller(processes: Proc
         assert body.count("hw_power_watts{") == 24
         head, _ = await scrape(svc.metrics_port, "/other")
         assert head.startswith("HTTP/1.1 404")
+        # issue 13.6: gzip when asked for (as Prometheus asks), the same text inside
+        zipped_head, zipped = await scrape_raw(svc.metrics_port, "Accept-Encoding: gzip, deflate")
+        assert "Content-Encoding: gzip" in zipped_head and len(zipped) < len(body) / 3
+        assert gzip.decompress(zipped).decode().count("hw_power_watts{") == 24
+        plain_head, _ = await scrape_raw(svc.metrics_port, "Accept-Encoding: gzip;q=0, identity")
+        assert "Content-Encoding" not in plain_head
     finally:
         await ctl.stop()
+
+
+async def scrape_raw(port: int, header: str) -> tuple[str, bytes]:
+    """GET /metrics with one more request header; the head as text, the body as bytes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head.decode(), body
 
 
 async def test_bus_trouble_is_counted_shown_and_an_event(

@@ -45,6 +45,9 @@ async def refuse(context: Context, exc: errors.XpuError) -> NoReturn:
     raise AssertionError  # unreachable: abort raises
 
 
+MAX_PAGE = 5000  # devices per ListDevices page: ~1.5 MB, far under gRPC's 4 MiB message limit
+
+
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
     """The Cluster API."""
 
@@ -81,8 +84,19 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             await refuse(context, errors.UnknownVendor(request.vendor, sorted(model.VENDORS)))
         if request.node_id and request.node_id not in self.state.registry.nodes:
             await refuse(context, errors.UnknownNode(request.node_id, "; `xpuctl nodes` lists them"))
-        devices = self.state.views.devices(time.time_ns(), codec.device_filter(request))
-        return cpb.ListDevicesResponse(devices=[self._device_pb(d) for d in devices])
+        flt = codec.device_filter(request)
+        if not request.page_size:
+            devices = self.state.views.devices(time.time_ns(), flt)
+            return cpb.ListDevicesResponse(devices=[self._device_pb(d) for d in devices])
+        # a page: devices in uuid order after the token (the last uuid of the page before); one
+        # more than the page is built to know whether another page follows
+        size = min(request.page_size, MAX_PAGE)
+        page = self.state.views.devices(time.time_ns(), flt, after=request.page_token or None, at_most=size + 1)
+        more = len(page) > size
+        page = page[:size]
+        return cpb.ListDevicesResponse(
+            devices=[self._device_pb(d) for d in page], next_page_token=page[-1].info.uuid if more else ""
+        )
 
     async def GetDevice(self, request: cpb.GetDeviceRequest, context: Context) -> cpb.GetDeviceResponse:  # noqa: N802
         """One device with the recent history of one metric (default: power) from the ring store."""

@@ -198,24 +198,30 @@ class Device(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ..., cordon_reason: _Optional[str] = ..., anomalies: _Optional[_Iterable[str]] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
-    __slots__ = ("node_id", "vendor", "health", "cordoned", "min_headroom_w")
+    __slots__ = ("node_id", "vendor", "health", "cordoned", "min_headroom_w", "page_size", "page_token")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VENDOR_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     CORDONED_FIELD_NUMBER: _ClassVar[int]
     MIN_HEADROOM_W_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     vendor: str
     health: _telemetry_pb2.Health
     cordoned: bool
     min_headroom_w: float
-    def __init__(self, node_id: _Optional[str] = ..., vendor: _Optional[str] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., cordoned: _Optional[bool] = ..., min_headroom_w: _Optional[float] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, node_id: _Optional[str] = ..., vendor: _Optional[str] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., cordoned: _Optional[bool] = ..., min_headroom_w: _Optional[float] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("devices",)
+    __slots__ = ("devices", "next_page_token")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
-    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetDeviceRequest(_message.Message):
     __slots__ = ("uuid", "metric", "limit")
