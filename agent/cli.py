@@ -19,7 +19,6 @@ from importlib import resources
 import msgspec
 
 from xpuctl.agent import config as agent_config
-from xpuctl.agent import fleet
 from xpuctl.agent.adapters.sampler import Sampler
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers import base, registry
@@ -374,6 +373,8 @@ def _agent_tls(args: argparse.Namespace) -> tls.ClientFiles | None:
 
 
 async def _fleet(args: argparse.Namespace) -> int:
+    from xpuctl.agent import fleet  # noqa: PLC0415 - the load generator (and numpy) only for this command
+
     vendors = [v.strip() for v in args.vendors.split(",") if v.strip()]
     for v in vendors:
         _vendor_or_exit(v)

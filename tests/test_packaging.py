@@ -112,3 +112,14 @@ def test_the_bare_folder_names_are_not_importable_from_elsewhere() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_an_agent_reading_real_devices_does_not_load_numpy() -> None:
+    # issue 13.7: numpy (~10 MiB of the agent's RSS) is the simulator's and the load generator's only
+    code = (
+        "import sys; import xpuctl.agent.cli, xpuctl.agent.runtime, xpuctl.agent.drivers.tool, "
+        "xpuctl.agent.adapters.mqtt; print(sorted(m for m in ('numpy', 'rich', 'amqtt') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert r.stdout.strip() == "[]", r.stdout

@@ -15,7 +15,7 @@ import shutil
 import msgspec
 
 from xpuctl.agent.drivers import base
-from xpuctl.agent.drivers.sim import SimDriver, faults
+from xpuctl.agent.drivers.sim import faults
 
 log = logging.getLogger("xpu.agent")
 
@@ -41,6 +41,8 @@ def select(choice: str, *, node_id: str, sim: SimSpec, timeout_s: float) -> list
         DriverChoiceError: an unknown choice, or nothing to read with it.
     """
     if choice == "sim":
+        from xpuctl.agent.drivers.sim.driver import SimDriver  # noqa: PLC0415 - numpy only for the simulator
+
         return [
             SimDriver(
                 vendor=sim.vendor,

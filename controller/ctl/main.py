@@ -434,7 +434,10 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
         print(json.dumps(summary_json(s))) if args.json else _print_summary(console, s)
     elif args.command == "nodes":
         nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes
-        print(json.dumps([node_json(x) for x in nodes])) if args.json else _print_nodes(console, nodes)
+        if args.json:
+            print(json.dumps([node_json(x) for x in nodes]))
+        else:  # into a pipe or a file: full width, nothing cut
+            _print_nodes(console if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True), nodes)
     elif args.command == "devices":
         health = {v: k for k, v in names.HEALTH.items()}.get(args.health, 0)
         req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=cast("pb.Health", health))
