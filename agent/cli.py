@@ -521,14 +521,20 @@ def _cap_paths(sysfs: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-agent`."""
     parser = _parser()
-    if (argv is None and sys.argv[1:2] == ["config"]) or (argv is not None and list(argv)[:1] == ["config"]):
-        args = parser.parse_args(argv)  # `config example|cap-paths`, or a usage error
+    try:
+        args = _with_config(parser, argv)  # the config merge is `run`'s only
+    except agent_config.ConfigError as exc:
+        print(f"xpu-agent: {exc}", file=sys.stderr)
+        return exits.CONFIG
+    except argparse.ArgumentTypeError as exc:
+        print(f"xpu-agent: config: {exc}", file=sys.stderr)
+        return exits.CONFIG
+    if args.command == "config":
         if args.what == "example":
             sys.stdout.write(resources.files("xpuctl.agent").joinpath("xpu-agent.example.toml").read_text())
             return 0
         return _cap_paths(args.sysfs)
-    if (argv is None and sys.argv[1:2] == ["validate"]) or (argv is not None and list(argv)[:1] == ["validate"]):
-        args = parser.parse_args(argv)
+    if args.command == "validate":
         try:
             cfg = agent_config.load(args.config, os.environ)
         except agent_config.ConfigError as exc:
@@ -537,14 +543,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dump(msgspec.to_builtins(cfg), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    try:
-        args = _with_config(parser, argv)
-    except agent_config.ConfigError as exc:
-        print(f"xpu-agent: {exc}", file=sys.stderr)
-        return exits.CONFIG
-    except argparse.ArgumentTypeError as exc:
-        print(f"xpu-agent: config: {exc}", file=sys.stderr)
-        return exits.CONFIG
     logs.setup(args.log_level, args.log_format, os.environ)
     cli.install_uvloop()
     if args.command == "parse":

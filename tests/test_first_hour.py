@@ -76,6 +76,9 @@ def test_global_flags_are_taken_after_the_subcommand() -> None:
     assert r.returncode == 0, r.stderr
     r = run("xpuctl.agent", "once", "--driver", "sim", "--sim-devices", "1", "--log-level", "LOUD")
     assert r.returncode == 2 and "invalid choice: 'LOUD'" in r.stderr
+    for command in (["config", "example"], ["validate", "--config", str(ROOT / "agent" / "xpu-agent.example.toml")]):
+        r = run("xpuctl.agent", "--log-level", "WARNING", *command)  # a global flag before these too
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.slow  # starts the programs
