@@ -44,7 +44,7 @@ class Agent:
         labels: dict[str, str] | None = None,
         channel: grpc.aio.Channel | None = None,
         rng: random.Random | None = None,
-        backoff_cap_s: float = 5.0,
+        backoff_cap_s: float = link.BACKOFF_CAP_S,
         bus_url: bus.BusUrl | None = None,
         failsafe_after_s: float = 15.0,
         max_command_lifetime_s: float = 300.0,

@@ -29,15 +29,20 @@ class DefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        default = action.default
-        if (
-            default in (None, False, "", [], argparse.SUPPRESS)
-            or re.search(r"\(default|default:|default \d|defaults to|default \$", text)
-            or not action.option_strings
-            or action.nargs == 0
-        ):
+        if not _shows_default(action) or re.search(r"\(default|default:|default \d|defaults to|default \$", text):
             return action.help
         return f"{text} (default: %(default)s)".strip()
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether `--help` should say the option's default: an option taking a value, whose default
+    is something (not None, False, empty or suppressed).
+    """
+    return (
+        bool(action.option_strings)
+        and action.nargs != 0
+        and action.default not in (None, False, "", [], argparse.SUPPRESS)
+    )
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -58,10 +63,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:  # noqa: ANN401 - argparse's own
         """As argparse's; an option without help text still shows its default in `--help`."""
         action = super().add_argument(*names, **kwargs)
-        if action.help is None and action.option_strings and action.nargs != 0:
-            default = action.default
-            if default not in (None, False, "", [], argparse.SUPPRESS):
-                action.help = "(default: %(default)s)"
+        if action.help is None and _shows_default(action):
+            action.help = "(default: %(default)s)"
         return action
 
     def add_global(self, *names: str, **kwargs: Any) -> None:  # noqa: ANN401 - argparse's own keywords

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import pathlib
 import time
@@ -297,8 +298,7 @@ class Service:
                 url or "off",
                 self.state.budget_w,
             )
-            host = self.listen.rpartition(":")[0].strip("[]")
-            if not self.cfg.tls.on and host not in ("127.0.0.1", "::1", "localhost"):
+            if not self.cfg.tls.on and not _loopback(self.listen.rpartition(":")[0].strip("[]")):
                 log.warning(
                     "listening on %s in plaintext: anyone who reaches the port can set the budget, cordon "
                     "and release devices; set [tls] (deploy/README.md, 'Opening the controller')",
@@ -335,3 +335,13 @@ class Service:
                 await server.set_serving(serving=False)
                 await server.stop(1.0)
                 self._final_save()
+
+
+def _loopback(host: str) -> bool:
+    """Whether a listen host reaches this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False

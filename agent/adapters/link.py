@@ -43,6 +43,10 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+# the reconnect backoff's cap (jittered): a restarted controller has its agents back within it
+BACKOFF_CAP_S = 5.0
+
+
 class StreamClosedError(Exception):
     """The controller closed the stream without an error status."""
 
@@ -59,7 +63,7 @@ class Link:
         make_hello: Callable[[int], bytes],
         batches: buffer.BatchBuffer,
         backoff_base_s: float = 0.5,
-        backoff_cap_s: float = 5.0,
+        backoff_cap_s: float = BACKOFF_CAP_S,
         rng: random.Random | None = None,
         channel: grpc.aio.Channel | None = None,
         tls_files: tls.ClientFiles | None = None,

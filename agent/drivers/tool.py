@@ -102,6 +102,11 @@ def available() -> list[str]:
     return [v for v in FORMS if binary(v) is not None]
 
 
+def _listed(failures: list[tuple[str, str]]) -> str:
+    """(command, why) pairs as one line."""
+    return "; ".join(f"`{cmd}`: {reason}" for cmd, reason in failures)
+
+
 class ToolDriver:
     """Devices of one vendor, read through its tool in the best form it answers."""
 
@@ -122,8 +127,7 @@ class ToolDriver:
                 argv, capture_output=True, timeout=self.timeout_s, check=False
             )
         except FileNotFoundError:
-            msg = f"{tool} is not on PATH; install the {self.vendor} driver tools or pick another --driver"
-            raise base.DriverError(msg) from None
+            raise base.DriverError(self._missing(tool)) from None
         except subprocess.TimeoutExpired:
             msg = f"{tool} did not finish within {self.timeout_s:g}s (killed)"
             raise base.DriverError(msg) from None
@@ -136,11 +140,15 @@ class ToolDriver:
             raise base.DriverError(msg)
         return done.stdout[:MAX_OUTPUT_BYTES].decode(errors="replace")
 
+    def _missing(self, tool: str) -> str:
+        return f"{tool} is not on PATH; install the {self.vendor} driver tools or pick another --driver"
+
     def _read(self, timestamp_ns: int, argv: list[str] | None = None) -> list[parse.Parsed]:
-        text = self._run(argv or self.argv)
+        argv = argv or self.argv
+        text = self._run(argv)
         seen = parse.detect.vendor_of(text) if self.vendor in ("amd", "hygon") else None
         if seen in ("amd", "hygon") and seen != self.vendor:  # DTK's rocm-smi on a Hygon DCU node
-            log.info("%s prints %s devices: reading them as %s", (argv or self.argv)[0], seen, seen)
+            log.info("%s prints %s devices: reading them as %s", argv[0], seen, seen)
             self.vendor = seen
         try:
             parsed = parse.parse(self.vendor, text, timestamp_ns)
@@ -148,7 +156,7 @@ class ToolDriver:
             raise base.DriverError(str(exc)) from None
         for warning in {w for p in parsed for w in p.warnings} - self._warned:  # each once per driver
             self._warned.add(warning)
-            log.warning("%s: %s", (argv or self.argv)[0], warning)
+            log.warning("%s: %s", argv[0], warning)
         return parsed
 
     def _pick_form(self) -> list[parse.Parsed]:
@@ -158,8 +166,7 @@ class ToolDriver:
             argv = found(form)
             if argv is None:
                 if all(cmd != form[0] for cmd, _ in failures):  # each missing tool once
-                    hint = f"install the {self.vendor} driver tools or pick another --driver"
-                    failures.append((form[0], f"{form[0]} is not on PATH; {hint}"))
+                    failures.append((form[0], self._missing(form[0])))
                 continue
             try:
                 parsed = self._read(0, argv)
@@ -170,14 +177,12 @@ class ToolDriver:
                 failures.append((" ".join(argv)[:60], "no device"))
                 continue
             if failures:
-                why = "; ".join(f"`{cmd}`: {reason}" for cmd, reason in failures)
-                log.warning("%s: reading `%s` (%s)", self.vendor, " ".join(argv)[:80], why)
+                log.warning("%s: reading `%s` (%s)", self.vendor, " ".join(argv)[:80], _listed(failures))
             self.argv, self.tool = argv, argv[0]
             return parsed
         if len(failures) == 1:
             raise base.DriverError(failures[0][1])
-        why = "; ".join(f"`{cmd}`: {reason}" for cmd, reason in failures)
-        raise base.DriverError(f"no form of the {self.vendor} tool could be read: {why}")
+        raise base.DriverError(f"no form of the {self.vendor} tool could be read: {_listed(failures)}")
 
     def _identity(self, infos: list[model.DeviceInfo]) -> list[model.DeviceInfo]:
         """`infos` completed by the identity form of a reading form that lacks it (amd-smi static)."""

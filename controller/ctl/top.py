@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.live import Live
 
 from xpuctl.controller.core import dashboard
+from xpuctl.controller.ctl import main
 from xpuctl.controller.tui import view
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
@@ -140,7 +141,7 @@ class Top:
 async def all_devices(stub: cluster_pb2_grpc.ClusterStub) -> list[cpb.Device]:
     """Every device, page by page (see `main.list_devices`)."""
     out: list[cpb.Device] = []
-    req = cpb.ListDevicesRequest(page_size=2000)
+    req = cpb.ListDevicesRequest(page_size=main.PAGE_SIZE)
     while True:
         page = await stub.ListDevices(req, timeout=10)
         out.extend(page.devices)
