@@ -107,9 +107,13 @@ async def test_events_show_history_and_follow_survives_a_controller_restart(
     cluster: tuple[str, int, subprocess.Popen[bytes]], processes: Processes
 ) -> None:
     target, bus_port, controller = cluster
-    # what happened before the command ran: the node came online
-    history = ctl(target, "events", "--since", "10m", "--seconds", "0.5", "--json").stdout
-    assert any(json.loads(x)["kind"] == "node.online" for x in history.splitlines()), history
+
+    # what happened before the command ran: the node came online (the control tick after its Hello)
+    def history_kinds() -> list[str]:
+        out = ctl(target, "events", "--since", "10m", "--seconds", "0.5", "--json").stdout
+        return [json.loads(x)["kind"] for x in out.splitlines()]
+
+    await wait_until(lambda: "node.online" in history_kinds(), timeout_s=30, what="node.online in the history")
 
     # --since: the follower shows the budget below even when it connects after it was set (a slow start)
     processes.start("xpuctl.controller.ctl", "--controller", target, "events", "--follow", "--json", "--since", "1h")
