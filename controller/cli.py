@@ -161,6 +161,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--duration-s", type=cli.positive(float), default=30.0)
     bench.add_argument("--ramp-s", type=float, default=None, help="default: a quarter of the duration")
     bench.add_argument("--window", type=cli.positive(int), default=600)
+    bench.add_argument(
+        "--loadgen",
+        choices=["preencoded", "fleet"],
+        default="preencoded",
+        help="ingest: messages encoded once (controller/lab/loadgen.py), or real agents (xpu-agent fleet)",
+    )
+    bench.add_argument("--loadgen-procs", type=cli.positive(int), default=1, help="pre-encoded load generators")
+    bench.add_argument("--flat-out", action="store_true", help="ingest: every stream writes as fast as it can")
+    bench.add_argument("--streams", type=cli.positive(int), default=100, help="--flat-out: nodes streaming")
+    bench.add_argument(
+        "--hot-per-s", type=float, default=10.0, help="ingest: critical samples per second (times the commands)"
+    )
     bench.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.share_globals(sub)
     return parser

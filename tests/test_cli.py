@@ -147,9 +147,11 @@ def test_bench_reports_the_contract_keys() -> None:
         "--interval-s",
         "0.5",
         "--duration-s",
-        "6",
+        "8",
         "--ramp-s",
         "1",
+        "--hot-per-s",
+        "2",
         "--json",
         timeout=120,
     )
@@ -161,10 +163,35 @@ def test_bench_reports_the_contract_keys() -> None:
         "ingest_p50_ms",
         "ingest_p99_ms",
         "controller_rss_bytes",
+        "loadgen_cpu_cores",
     ):
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
     assert result["devices_registered"] == 40
     assert 0.5 * 80 < result["samples_per_s"] < 1.5 * 80  # 40 devices every 0.5 s
+    # issue 13.3: hot samples at a known rate, each timed to its emergency command on the bus
+    assert result["hot_samples"] > 0 and result["hot_without_command"] == 0
+    assert 0 < result["critical_to_command_p50_ms"] <= result["critical_to_command_p99_ms"]
+
+
+def test_bench_flat_out_reports_the_sustained_rate() -> None:
+    r = run(
+        "xpuctl.controller.cli",
+        "bench",
+        "--flat-out",
+        "--streams",
+        "4",
+        "--duration-s",
+        "8",
+        "--ramp-s",
+        "1",
+        "--json",
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["flat_out"] is True and result["devices_registered"] == 32
+    assert result["samples_per_s"] > 32  # faster than once a second per device: not paced
+    assert isinstance(result["kept_up"], bool) and result["loadgen_processes"] == 1
 
 
 def test_demo_runs_a_mixed_fleet_and_exits() -> None:

@@ -46,6 +46,12 @@ class Counters(msgspec.Struct, kw_only=True):
     disconnects: int = 0
 
 
+# Publishers on one session. A QoS 1 publish waits for the broker's PUBACK, one loop round trip:
+# one publisher sent one message per round trip, and at 10,000 devices a command waited behind
+# events for up to 0.5 s (issue 13.3). Several pipeline them; paho keeps the order of the calls.
+PUBLISHERS = 8
+
+
 class ControllerBus:
     """The controller's MQTT session."""
 
@@ -76,16 +82,23 @@ class ControllerBus:
         self.reconnect_max_s = reconnect_max_s
         self.sessions: mqtt_session.Sessions | None = None
         self.client: aiomqtt.Client | None = None
-        self.outgoing: asyncio.Queue[tuple[str, bytes, bool, Properties | None]] = asyncio.Queue(max_queued)
+        # (priority, order, topic, payload, retain, properties): commands before events and leases
+        self.outgoing: asyncio.PriorityQueue[tuple[int, int, str, bytes, bool, Properties | None]] = (
+            asyncio.PriorityQueue(max_queued)
+        )
+        self._order = 0
         self.counters = Counters()
         self.connected = asyncio.Event()
         self.leaving = False  # set by say_offline: from then on no `online` lease may follow it
 
     # -- outgoing --------------------------------------------------------------------------------
 
-    def _offer(self, topic: str, payload: bytes, *, retain: bool = False, props: Properties | None = None) -> bool:
+    def _offer(
+        self, topic: str, payload: bytes, *, retain: bool = False, props: Properties | None = None, urgent: bool = False
+    ) -> bool:
+        self._order += 1
         try:
-            self.outgoing.put_nowait((topic, payload, retain, props))
+            self.outgoing.put_nowait((0 if urgent else 1, self._order, topic, payload, retain, props))
         except asyncio.QueueFull:
             self.counters.dropped_outgoing += 1
             return False
@@ -119,7 +132,7 @@ class ControllerBus:
             props.MessageExpiryInterval = max(1, math.ceil((e.expires_at_ns - now_ns) / 1e9))
             props.ResponseTopic = self.topics.cmd_res(e.node_id)
             props.CorrelationData = e.id.encode()
-        sent = self._offer(self.topics.cmd_req(e.node_id), msgspec.json.encode(cmd), props=props)
+        sent = self._offer(self.topics.cmd_req(e.node_id), msgspec.json.encode(cmd), props=props, urgent=True)
         if sent:
             self.counters.commands_sent += 1
         return sent
@@ -181,7 +194,8 @@ class ControllerBus:
             self.on_link("up", f"session {self.counters.connects}")
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._publisher(client), name="mqtt[controller].tx")
+                for k in range(PUBLISHERS):
+                    tg.create_task(self._publisher(client), name=f"mqtt[controller].tx{k}")
                 tg.create_task(self._heartbeat(), name="mqtt[controller].lease")
                 async for message in client.messages:
                     self._on_message(message)
@@ -195,7 +209,7 @@ class ControllerBus:
         await client.publish(self.topics.controller_status, msgspec.json.encode(status), qos=1, retain=True)
 
     async def _heartbeat(self) -> None:
-        """Queue the lease every heartbeat: one publisher task does all publishing on a session."""
+        """Queue the lease every heartbeat: the publishers do all publishing on a session."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
             status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
@@ -203,7 +217,7 @@ class ControllerBus:
 
     async def _publisher(self, client: aiomqtt.Client) -> None:
         while True:
-            topic, payload, retain, props = await self.outgoing.get()
+            _, _, topic, payload, retain, props = await self.outgoing.get()
             if self.leaving and topic == self.topics.controller_status:
                 continue  # a lease queued before the goodbye must not overwrite it
             # no await between the check above and this call: paho queues the packet at once, so

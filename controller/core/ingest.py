@@ -84,6 +84,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_temperature_c: float = 200.0
     max_future_s: float = 300.0
     max_past_s: float = 7 * 86_400.0
+    # Acks are cumulative (acked_seq is the highest contiguous seq stored), so one answers every
+    # batch before it: each Ack written costs the controller about as much CPU as a batch it
+    # reads (issue 13). A stream is answered at once when there is news (its Hello, a rejection,
+    # a duplicate), otherwise after `ack_every_batches` batches or `ack_interval_s`, whichever
+    # comes first, and when the agent ends the stream. 0 and 1 answer every batch.
+    ack_every_batches: int = 16
+    ack_interval_s: float = 5.0
 
 
 class HelloFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,6 +155,8 @@ class StreamState:
         self.boot_id = ""
         self.epoch = 0
         self.last_seq = 0
+        self.unanswered = 0  # batches stored since the last Ack written
+        self.answered_ns = 0  # when the last Ack was written
 
 
 class Counters:
@@ -356,6 +365,24 @@ class Ingest:
                     f"the limit is {lim.max_hellos_per_node_per_min}: back off before reconnecting",
                     node_id=facts.node_id,
                 )
+
+    def answer_now(self, stream: StreamState, answer: Answer, now_ns: int) -> bool:
+        """Whether to write `answer` now, or let a later Ack (cumulative) carry it; see
+        `Limits.ack_every_batches`. The caller writes the last one held back when the stream ends.
+        """
+        lim = self.limits
+        stream.unanswered += 1
+        due = (
+            answer.batch_seq == 0
+            or answer.rejected > 0
+            or answer.duplicate
+            or stream.unanswered >= lim.ack_every_batches
+            or now_ns - stream.answered_ns >= lim.ack_interval_s * 1e9
+        )
+        if due:
+            stream.unanswered = 0
+            stream.answered_ns = now_ns
+        return due
 
     def goodbye(self, stream: StreamState, now_ns: int) -> None:
         """The agent ended its stream itself (it is stopping): its node is offline at once, not

@@ -7,17 +7,20 @@ a healthy agent streaming beside them is never disturbed.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import grpc
 import grpc.aio
 import pytest
 
-from tests.helpers import Controller, Processes, RawStream, wait_until
+from tests.helpers import Controller, Processes, RawStream, free_port, wait_until
+from xpuctl.agent.adapters import link
+from xpuctl.controller.core import ingest, registry
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
@@ -57,6 +60,19 @@ def batch(
     if util is not None:
         b.columns.add(metric=UTIL, values=util)
     return pb.AgentMessage(batch=b).SerializeToString()
+
+
+@pytest.fixture
+async def controller() -> AsyncIterator[Controller]:
+    """The suite's controller, but answering every batch: these tests read the Ack of each one."""
+    c = Controller(
+        free_port(),
+        liveness=registry.Liveness(stale_after_s=2.0, offline_after_s=10.0),
+        limits=ingest.Limits(max_message_bytes=64 * 1024, max_rows_per_batch=64, ack_every_batches=1),
+    )
+    await c.start()
+    yield c
+    await c.stop()
 
 
 @pytest.fixture
@@ -268,3 +284,44 @@ async def test_a_new_boot_takes_over_once_the_old_one_is_silent(controller: Cont
         old.call.cancel()
         new.call.cancel()
     assert "duplicate_node" not in st.ingest.counters.rejected_by_reason
+
+
+async def test_acks_are_cumulative_one_per_16_batches_news_at_once_and_the_last_at_the_end() -> None:
+    # Issue 13: an Ack costs the controller about what a batch does; acked_seq answers every batch
+    # before it, so a stream is answered once per 16 batches, at once when there is news, and
+    # when it ends. (The interval rule is tested on Ingest itself, without a clock to wait on.)
+    c = Controller(free_port(), limits=ingest.Limits(ack_interval_s=3600.0))
+    await c.start()
+    try:
+        async with grpc.aio.insecure_channel(c.target) as ch:
+            s = RawStream(ch)
+            assert (await s.send(hello("quiet"))).acked_seq == 0  # the Hello: always
+            for seq in range(1, 16):
+                await s.call.write(batch(seq, [100.0, 100.0]))
+            ack = await s.send(batch(16, [100.0, 100.0]))  # the first answer written since the Hello
+            assert (ack.acked_seq, ack.batch_seq) == (16, 16)
+            ack = await s.send(batch(17, [100.0, math.nan]))  # news: a rejection is told at once
+            assert (ack.acked_seq, ack.rejected_samples) == (17, 1)
+            for seq in (18, 19):
+                await s.call.write(batch(seq, [100.0, 100.0]))
+            await s.call.done_writing()  # the agent stops: what it sent is acknowledged, then the end
+            last = await asyncio.wait_for(s.call.read(), 10)
+            assert isinstance(last, pb.ControllerMessage) and last.ack.acked_seq == 19
+            assert await asyncio.wait_for(s.call.read(), 10) is link.EOF
+    finally:
+        await c.stop()
+
+
+def test_an_ack_is_due_on_news_after_16_batches_or_after_the_interval() -> None:
+    rules = ingest.Ingest(registry.Registry(), None, limits=ingest.Limits(ack_every_batches=4, ack_interval_s=5.0))  # type: ignore[arg-type]
+    stream = ingest.StreamState()
+    t = 1_000 * 10**9
+
+    def due(at_s: float, **answer: object) -> bool:
+        fields = {"boot_id": "b", "acked_seq": 1, "batch_seq": 1, **answer}
+        return rules.answer_now(stream, ingest.Answer(**fields), t + int(at_s * 1e9))  # type: ignore[arg-type]
+
+    assert due(0, batch_seq=0)  # the Hello
+    assert [due(0.1 * k) for k in range(1, 9)] == [False, False, False, True] * 2  # every 4th
+    assert due(1.0, rejected=1) and due(1.1, duplicate=True)  # news
+    assert not due(6.0) and due(6.2)  # 5 s after the last one written

@@ -41,12 +41,13 @@ class TelemetryService:
     async def stream(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
-        """One agent's stream: Hello, then Batches; an Ack for each."""
+        """One agent's stream: Hello, then Batches; Acks (cumulative: see `ingest.Limits.ack_every_batches`)."""
         st = self.state
         stream = ingest.StreamState()
         stream.peer = context.peer()
         identities = tls.peer_identities(context) if st.policy.enforced else frozenset()
         st.streams_open += 1
+        held: ingest.Answer | None = None  # an answer not written yet (a later Ack carries it)
         try:
             async for raw in requests:
                 now_ns = time.time_ns()
@@ -58,8 +59,14 @@ class TelemetryService:
                     node = stream.node.node_id if stream.node else "?"
                     log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
                     await context.abort(getattr(grpc.StatusCode, v.code), errors.bounded(v.message))
-                yield codec.ack(answer)
+                if st.ingest.answer_now(stream, answer, now_ns):
+                    held = None
+                    yield codec.ack(answer)
+                else:
+                    held = answer
             st.ingest.goodbye(stream, time.time_ns())  # the agent closed its side: it is stopping
+            if held is not None:
+                yield codec.ack(held)  # what it sent last is stored: say so before the end
         finally:
             st.streams_open -= 1
             st.ingest.stream_closed(stream)
