@@ -16,6 +16,11 @@ moves to it and the device's stored offsets shift with it (a rare, per-device Py
 a jump (a reset from 1e9 J to 0) the values before it keep float32's relative precision (64 J
 steps at 1e9 J), the ones after it full precision.
 Reads give float64 with the base added back.
+
+The newest sample of every device is also kept apart, dense and in float64 (`newest[slot]`,
+`newest_ts[slot]`): the tick and the critical path read it for every device, and a gather of one
+column across the ring's (slot, metric, k) layout cost 3 ms at 10,000 devices against 0.1 ms
+(issue 13). It is the value as it came (no float32 rounding).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class RingStore:
         self.timestamps: I64 = np.empty((0, window), dtype=np.int64)
         self.head: I64 = np.zeros(0, dtype=np.int64)
         self.count: I64 = np.zeros(0, dtype=np.int64)
+        self.newest: F64 = np.empty((0, n_metrics))
+        self.newest_ts: I64 = np.zeros(0, dtype=np.int64)
         self.ensure_capacity(capacity)
 
     def ensure_capacity(self, slots: int) -> None:
@@ -73,6 +80,10 @@ class RingStore:
         base = np.full((new, len(self.counters)), np.nan)
         base[: self.capacity] = self.base
         self.values, self.timestamps, self.base = values, timestamps, base
+        newest = np.full((new, self.n_metrics), np.nan)
+        newest[: self.capacity] = self.newest
+        self.newest = newest
+        self.newest_ts = np.concatenate([self.newest_ts, np.zeros(new - self.capacity, dtype=np.int64)])
         self.head = np.concatenate([self.head, np.zeros(new - self.capacity, dtype=np.int64)])
         self.count = np.concatenate([self.count, np.zeros(new - self.capacity, dtype=np.int64)])
         self.capacity = new
@@ -84,12 +95,16 @@ class RingStore:
             self.base[slot] = np.nan
             self.timestamps[slot] = 0
             self.head[slot] = self.count[slot] = 0
+            self.newest[slot] = np.nan
+            self.newest_ts[slot] = 0
 
     def append(self, slots: I64, timestamps_ns: I64, values: F64) -> None:
         """Store one sample for each of `slots` (distinct), rows of `values` shaped (k, n_metrics)."""
         if slots.size == 0:
             return
         pos = self.head[slots]
+        self.newest[slots] = values
+        self.newest_ts[slots] = timestamps_ns
         if self.counters.size:
             values = values.copy()
             values[:, self.counters] = self._offsets(slots, values[:, self.counters])
@@ -133,19 +148,11 @@ class RingStore:
 
     def latest(self, slots: I64) -> F64:
         """The newest values of `slots`, shaped (k, n_metrics); NaN rows for empty slots."""
-        pos = (self.head[slots] - 1) % self.window
-        out = self.values[slots, :, pos].astype(np.float64)
-        if self.counters.size:
-            out[:, self.counters] += self.base[slots]
-        out[self.count[slots] == 0] = np.nan
-        return out
+        return self.newest[slots]
 
     def latest_timestamps(self, slots: I64) -> I64:
         """The newest timestamp of `slots` (0 for empty slots)."""
-        pos = (self.head[slots] - 1) % self.window
-        out = self.timestamps[slots, pos]
-        out[self.count[slots] == 0] = 0
-        return out
+        return self.newest_ts[slots]
 
     def history(self, slot: int, metric: int, limit: int | None = None) -> tuple[I64, F64]:
         """One device's metric in time order (oldest first), at most `limit` newest samples."""
@@ -162,7 +169,11 @@ class RingStore:
         Entries older than a device's fill, or (with `since_ns`) sampled before it, are NaN.
         """
         offsets = np.arange(-last, 0)
-        idx = (self.head[slots, None] + offsets[None, :]) % self.window
+        idx = self.head[slots, None] + offsets[None, :]
+        if last <= self.window:
+            idx[idx < 0] += self.window  # head is in [0, window): cheaper than a modulo
+        else:
+            idx %= self.window
         out = self._full(slots, metric, self.values[slots[:, None], metric, idx])
         out[(offsets[None, :] + self.count[slots, None]) < 0] = np.nan
         if since_ns is not None:

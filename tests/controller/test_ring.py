@@ -79,3 +79,15 @@ def test_counters_keep_full_precision_across_rebases_and_resets() -> None:
             assert store.back(slot, 2, 1)[1][0] == pytest.approx(sent[-2], rel=1e-7)
     assert abs(store.latest(slot)[0, 0] - 123.456) < 1e-4  # a gauge: float32, 7 digits
     assert store.values.dtype == np.float32 and store.values.nbytes == 64 * N_METRICS * 5 * 4
+
+
+def test_the_newest_sample_is_kept_exact_and_forgotten_with_its_slot() -> None:
+    # Issue 13: the newest sample is kept apart in float64 (the tick reads it for every device).
+    store = ring.RingStore(n_metrics=N_METRICS, window=4, capacity=2)
+    exact = 0.1 + 2**-40  # not a float32
+    store.append(np.array([1]), np.array([7]), np.array([[exact, 2.0, 3.0]]))
+    assert store.latest(np.array([1]))[0].tolist() == [exact, 2.0, 3.0]
+    assert store.latest_timestamps(np.array([0, 1])).tolist() == [0, 7]
+    assert store.history(1, 0)[1][0] != exact  # the ring itself holds float32
+    store.clear(1)
+    assert np.isnan(store.latest(np.array([1]))).all() and store.latest_timestamps(np.array([1]))[0] == 0
