@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from amqtt.broker import Broker
 
@@ -39,6 +40,22 @@ for _name in ("amqtt.broker", "amqtt.mqtt.protocol.handler", "amqtt.mqtt.protoco
     logging.getLogger(_name).addFilter(_ClientGone())
 
 
+class _Snapshots(dict[str, Any]):
+    """A dict whose iteration walks a copy of its keys (or items).
+
+    amqtt (0.12) walks its subscription table with awaits inside the loop (on every client's
+    connect, to send retained messages): another client subscribing meanwhile ended that connect
+    with "dictionary changed size during iteration" and a traceback, seen when the demo's agents
+    all connected at once. Walking a copy makes that loop see the table as it was when it began.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> Any:  # noqa: ANN401 - dict's own view type; a list of pairs here
+        return list(super().items())
+
+
 @contextlib.asynccontextmanager
 async def embedded(host: str = "127.0.0.1", port: int = 1883) -> AsyncIterator[str]:
     """Run a broker on host:port for the duration; yields its mqtt:// URL.
@@ -52,6 +69,7 @@ async def embedded(host: str = "127.0.0.1", port: int = 1883) -> AsyncIterator[s
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
     )
+    broker._subscriptions = _Snapshots(broker._subscriptions)  # noqa: SLF001 - see _Snapshots
     await broker.start()
     url = f"mqtt://{host}:{port}?protocol=3.1.1"
     log.info("embedded MQTT broker (amqtt, MQTT 3.1.1) on %s:%d", host, port)
