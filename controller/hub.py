@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
 
@@ -40,6 +40,7 @@ from xpuctl.controller.core import (
 log = logging.getLogger("xpu.controller")
 # events kept for `xpuctl events --since` and `xpuctl device` (a few minutes of a busy cluster)
 EVENT_BACKLOG = 10_000
+HANDLE_STEP = 128  # events and commands handed on per step of a tick
 
 
 class Hub:
@@ -120,8 +121,23 @@ class Hub:
     # -- the loop --------------------------------------------------------------------------------
 
     def tick(self, now_ns: int) -> None:
-        """One control period."""
-        self.handle(self.control.tick(now_ns), now_ns)
+        """One control period, all at once."""
+        for _ in self.tick_steps(now_ns):
+            pass
+
+    def tick_steps(self, now_ns: int) -> Iterator[None]:
+        """One control period in steps, between which the caller lets other work run (see
+        `control.Control.steps`); its events and commands go out at the end.
+        """
+        out = control.Output()
+        yield from self.control.steps(now_ns, out)
+        # a period can end with hundreds of events and commands: hand them on in parts
+        for start in range(0, max(len(out.events), len(out.send)), HANDLE_STEP):
+            yield
+            part = control.Output(
+                events=out.events[start : start + HANDLE_STEP], send=out.send[start : start + HANDLE_STEP]
+            )
+            self.handle(part, now_ns)
 
     def result(
         self,

@@ -44,12 +44,15 @@ class Counters(msgspec.Struct, kw_only=True):
     results_in: int = 0
     connects: int = 0
     disconnects: int = 0
+    superseded_unsent: int = 0  # commands dropped from the queue: their device has a newer one
 
 
 # Publishers on one session. A QoS 1 publish waits for the broker's PUBACK, one loop round trip:
 # one publisher sent one message per round trip, and at 10,000 devices a command waited behind
 # events for up to 0.5 s (issue 13.3). Several pipeline them; paho keeps the order of the calls.
+# One more publisher takes only thermal emergencies, so that one never waits for a free one.
 PUBLISHERS = 8
+URGENT, COMMAND, OTHER = 0, 1, 2  # priorities: emergencies (their own queue), commands, the rest
 
 
 class ControllerBus:
@@ -82,9 +85,16 @@ class ControllerBus:
         self.reconnect_max_s = reconnect_max_s
         self.sessions: mqtt_session.Sessions | None = None
         self.client: aiomqtt.Client | None = None
-        # (priority, order, topic, payload, retain, properties): commands before events and leases
-        self.outgoing: asyncio.PriorityQueue[tuple[int, int, str, bytes, bool, Properties | None]] = (
-            asyncio.PriorityQueue(max_queued)
+        # (priority, order, topic, payload, retain, properties, command): emergencies first, then
+        # the other commands, then events and leases (see URGENT, COMMAND, OTHER)
+        self.outgoing: asyncio.PriorityQueue[
+            tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]
+        ] = asyncio.PriorityQueue(max_queued)
+        # set by the service: whether a queued command is still its device's (not superseded,
+        # answered or expired); one that is not is dropped rather than sent after its successor
+        self.current: Callable[[ledger.Entry], bool] = lambda _e: True
+        self.urgent: asyncio.Queue[tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]] = (
+            asyncio.Queue(max_queued)
         )
         self._order = 0
         self.counters = Counters()
@@ -94,11 +104,19 @@ class ControllerBus:
     # -- outgoing --------------------------------------------------------------------------------
 
     def _offer(
-        self, topic: str, payload: bytes, *, retain: bool = False, props: Properties | None = None, urgent: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        props: Properties | None = None,
+        command: ledger.Entry | None = None,
     ) -> bool:
         self._order += 1
+        priority = OTHER if command is None else URGENT if command.urgent else COMMAND
+        queue = self.urgent if priority == URGENT else self.outgoing
         try:
-            self.outgoing.put_nowait((0 if urgent else 1, self._order, topic, payload, retain, props))
+            queue.put_nowait((priority, self._order, topic, payload, retain, props, command))
         except asyncio.QueueFull:
             self.counters.dropped_outgoing += 1
             return False
@@ -132,7 +150,7 @@ class ControllerBus:
             props.MessageExpiryInterval = max(1, math.ceil((e.expires_at_ns - now_ns) / 1e9))
             props.ResponseTopic = self.topics.cmd_res(e.node_id)
             props.CorrelationData = e.id.encode()
-        sent = self._offer(self.topics.cmd_req(e.node_id), msgspec.json.encode(cmd), props=props, urgent=True)
+        sent = self._offer(self.topics.cmd_req(e.node_id), msgspec.json.encode(cmd), props=props, command=e)
         if sent:
             self.counters.commands_sent += 1
         return sent
@@ -178,8 +196,9 @@ class ControllerBus:
                 self.on_link("down", why)
         self.client = None
         self.connected.clear()
-        while not self.outgoing.empty():  # stale by the next session; the ledger re-sends commands
-            self.outgoing.get_nowait()
+        for queue in (self.urgent, self.outgoing):
+            while not queue.empty():  # stale by the next session; the ledger re-sends commands
+                queue.get_nowait()
 
     async def _session(self, client: aiomqtt.Client) -> None:
         await client.subscribe(f"{self.topics.root}/cmd/+/res", qos=1)
@@ -195,7 +214,8 @@ class ControllerBus:
         try:
             async with asyncio.TaskGroup() as tg:
                 for k in range(PUBLISHERS):
-                    tg.create_task(self._publisher(client), name=f"mqtt[controller].tx{k}")
+                    tg.create_task(self._publisher(client, self.outgoing), name=f"mqtt[controller].tx{k}")
+                tg.create_task(self._publisher(client, self.urgent), name="mqtt[controller].urgent")
                 tg.create_task(self._heartbeat(), name="mqtt[controller].lease")
                 async for message in client.messages:
                     self._on_message(message)
@@ -215,9 +235,16 @@ class ControllerBus:
             status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
             self._offer(self.topics.controller_status, msgspec.json.encode(status), retain=True)
 
-    async def _publisher(self, client: aiomqtt.Client) -> None:
+    async def _publisher(
+        self,
+        client: aiomqtt.Client,
+        queue: asyncio.Queue[tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]],
+    ) -> None:
         while True:
-            _, _, topic, payload, retain, props = await self.outgoing.get()
+            _, _, topic, payload, retain, props, command = await queue.get()
+            if command is not None and not self.current(command):
+                self.counters.superseded_unsent += 1
+                continue
             if self.leaving and topic == self.topics.controller_status:
                 continue  # a lease queued before the goodbye must not overwrite it
             # no await between the check above and this call: paho queues the packet at once, so

@@ -15,6 +15,7 @@ Each returns an Output: events to publish, and ledger entries to send now. Pure:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import msgspec
 import numpy as np
@@ -25,6 +26,7 @@ from xpuctl.controller.core import detect, events, ingest, ledger, model, power,
 
 F64 = npt.NDArray[np.float64]
 HOT_KINDS = ("thermal", "thermal_rise")
+STEP_DEVICES = 2500  # devices per step of the power window (about 2 ms at 10,000 devices)
 _OK_HEALTH = (1, 2)  # ok, degraded: a failed or unknown device is not capped
 
 
@@ -89,10 +91,20 @@ class Control:
         self._nodes = list(numbers)
         self._version = reg.version
 
-    def inputs(self, now_ns: int) -> power.Inputs:
-        """What the power controller needs, for every device."""
+    def recent_max_w(self, slots: npt.NDArray[np.int64], now_ns: int) -> npt.NDArray[np.float64]:
+        """Each device's highest power over the demand window (NaN: no sample in it)."""
+        since_ns = now_ns - int(self.cfg.power.demand_window_s * 1e9)
+        window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples, since_ns=since_ns)
+        with np.errstate(invalid="ignore"):
+            return np.fmax.reduce(window, axis=1) if slots.size else np.zeros(0)
+
+    def inputs(self, now_ns: int, recent_max: npt.NDArray[np.float64] | None = None) -> power.Inputs:
+        """What the power controller needs, for every device (`recent_max`: from `recent_max_w`
+        over every device, when the caller computed it in parts).
+        """
         self._facts()
         n = len(self.registry)
+        self.detectors.grow(n)  # a Hello between the tick's steps may have added devices
         slots = np.arange(n, dtype=np.int64)
         latest = self.store.latest(slots)
         gone = ~np.array(self.registry.present, dtype=bool)
@@ -106,10 +118,10 @@ class Control:
         offline = np.array([s == registry.NodeStatus.OFFLINE for s in statuses], dtype=bool)
         node_ok = online[self._group] if n else np.zeros(0, dtype=bool)
         healthy = np.isin(latest[:, model.HEALTH], _OK_HEALTH)
-        since_ns = now_ns - int(self.cfg.power.demand_window_s * 1e9)
-        window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples, since_ns=since_ns)
-        with np.errstate(invalid="ignore"):
-            recent_max = np.fmax.reduce(window, axis=1) if n else np.zeros(0)
+        if recent_max is None or recent_max.size != n:
+            recent_max = self.recent_max_w(slots, now_ns)
+        else:
+            recent_max = recent_max.copy()
         # an offline node's devices are not reported: their last load is not reserved for good
         if n:
             recent_max[offline[self._group] | gone] = np.nan
@@ -179,6 +191,7 @@ class Control:
             device_uuid=info.uuid,
             cap_w=cmd.cap_w,
             reason=cmd.reason,
+            urgent=cmd.emergency,
         )
         out.events.extend(evs)
         out.send.append(entry)
@@ -237,17 +250,39 @@ class Control:
             return bool((temps >= slowdown - margin).any())
 
     def tick(self, now_ns: int) -> Output:
-        """One control period."""
+        """One control period, all at once."""
         out = Output()
+        for _ in self.steps(now_ns, out):
+            pass
+        return out
+
+    def steps(self, now_ns: int, out: Output) -> Iterator[None]:
+        """One control period in steps of a few milliseconds at 10,000 devices, into `out`.
+
+        The service runs other work (batches, the critical path, publishing) between the steps:
+        a tick done in one piece took about 20 ms, and a critical sample or a command that came
+        during it waited that long (issue 13.3). What another step changes meanwhile is seen
+        by the next: the detectors judge a device that got a newer sample during the pass at
+        the next pass (see `Detectors.steps`).
+        """
         if self.ledger.unbound:
             self._bind()
         out.events.extend(self._gone(now_ns))  # first: the detectors then see gone devices as fresh
-        findings = self.detectors.run(self.registry, self.store, now_ns)
+        yield
+        findings: list[detect.Finding] = []
+        yield from self.detectors.steps(self.registry, self.store, now_ns, findings)
         out.events.extend(self._finding_events(findings, now_ns))
         self._emergencies(findings, now_ns, out)
+        yield
         out.events.extend(self._liveness(now_ns))
-        if len(self.registry):
-            decision = self.power.decide(self.inputs(now_ns))
+        yield
+        n = len(self.registry)
+        if n:
+            parts = []
+            for start in range(0, n, STEP_DEVICES):
+                parts.append(self.recent_max_w(np.arange(start, min(n, start + STEP_DEVICES), dtype=np.int64), now_ns))
+                yield
+            decision = self.power.decide(self.inputs(now_ns, recent_max=np.concatenate(parts)))
             self.last_decision = decision
             out.events.extend(
                 self._feasibility(
@@ -260,6 +295,7 @@ class Control:
             )
             for cmd in decision.commands:
                 self._issue(cmd, now_ns, out)
+            yield
         send, expired, evs = self.ledger.due(now_ns)
         for e in expired:
             if e.slot >= 0:
@@ -267,7 +303,6 @@ class Control:
         out.events.extend(evs)
         seen = {e.id for e in out.send}
         out.send.extend(e for e in send if e.id not in seen)
-        return out
 
     def _feasibility(
         self, now_ns: int, *, feasible: bool, message: str, value: float = 0.0, threshold: float = 0.0

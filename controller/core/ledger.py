@@ -39,6 +39,7 @@ class Entry(msgspec.Struct, kw_only=True):
     issued_at_ns: int
     expires_at_ns: int
     state: str = ISSUED
+    urgent: bool = False  # a thermal emergency: sent before every other message
     attempts: int = 0
     last_sent_ns: int = 0
     applied_cap_w: float = math.nan
@@ -89,6 +90,10 @@ class Ledger:
         self.finished.append(e)
         del self.finished[: -self.MAX_FINISHED]
 
+    def is_open(self, e: Entry) -> bool:
+        """Whether `e` is still the device's command (not superseded, answered or expired)."""
+        return self.open.get(e.id) is e
+
     def issue(
         self,
         now_ns: int,
@@ -99,6 +104,7 @@ class Ledger:
         cap_w: float,
         reason: str,
         kind: str = "set_power_cap",
+        urgent: bool = False,
     ) -> tuple[Entry, list[events.Event]]:
         """A new command (superseding the device's open one); returns it and the events."""
         out = []
@@ -120,6 +126,7 @@ class Ledger:
             reason=reason,
             issued_at_ns=now_ns,
             expires_at_ns=now_ns + self.ttl_ns,
+            urgent=urgent,
         )
         self.open[e.id] = e
         self.open_by_slot[slot] = e.id

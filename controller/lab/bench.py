@@ -138,7 +138,8 @@ class Commands:
         decoder = msgspec.json.Decoder(bus.Command)
         async with aiomqtt.Client("127.0.0.1", self.port, identifier="xpu-bench-sub") as client:
             mqtt_session.set_nodelay(client)
-            await client.subscribe(f"{topics.root}/cmd/+/req", qos=1)
+            # QoS 0: delivered as they come, not held behind the observer's own acknowledgements
+            await client.subscribe(f"{topics.root}/cmd/+/req", qos=0)
             self._ready.set()
             reader = asyncio.ensure_future(self._read(client, topics, decoder))
             await self._stop.wait()
@@ -187,7 +188,7 @@ def critical_latency(
 
 
 def _loadgens(
-    args: argparse.Namespace, target: str, nodes: int, ramp_s: float, run_s: float
+    args: argparse.Namespace, target: str, nodes: int, ramp_s: float, run_s: float, mqtt_url: str
 ) -> list[subprocess.Popen[bytes]]:
     """Start the pre-encoded load generator process(es), the nodes split between them."""
     procs = []
@@ -206,6 +207,8 @@ def _loadgens(
             "--hot-per-s", str(args.hot_per_s / args.loadgen_procs), "--hot-after-s", str(ramp_s),
             "--seed", str(args.seed),
         ]  # fmt: skip
+        if mqtt_url:
+            argv += ["--mqtt", mqtt_url]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE))  # noqa: S603 - our own program
         first += count
     return procs
@@ -276,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             ]
         else:
-            loaders = _loadgens(args, target, nodes, ramp_s, 3600.0)  # until stopped
+            mqtt_url = f"mqtt://127.0.0.1:{mqtt_port}" if mqtt_port else ""
+            loaders = _loadgens(args, target, nodes, ramp_s, 3600.0, mqtt_url)  # until stopped
         _wait_registered(stub, devices, ramp_s, quiet=quiet)
         time.sleep(settle_s)
         s0 = stub.GetSummary(cpb.GetSummaryRequest(), timeout=10)

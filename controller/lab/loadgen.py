@@ -29,6 +29,7 @@ import time
 import uuid
 from typing import Any, cast
 
+import aiomqtt
 import grpc
 import grpc.aio
 import msgspec
@@ -38,6 +39,7 @@ from xpuctl.agent.adapters import codec
 from xpuctl.agent.core import model
 from xpuctl.agent.drivers.sim import SimDriver
 from xpuctl.common import cli
+from xpuctl.protos.xpu.v1 import bus
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 METHOD = "/xpu.v1.Telemetry/Stream"
@@ -96,15 +98,41 @@ class Node:
         self.bodies = [body(s) for s in self.samples]
         self.hot_rows = [i for i, d in enumerate(self.infos) if d.power_cap_settable and d.temp_slowdown_c is not None]
         self.rows = len(self.infos)
+        self.row_of = {d.uuid: i for i, d in enumerate(self.infos)}
+        self.caps: dict[int, float] = {}  # row -> the cap a command set (telemetry reports it)
         self.seq = 0
         self.acked = 0  # the controller's acked_seq
         self.answered = asyncio.Event()
         self.hot_turn = 0
 
     def next(self, now_ns: int) -> bytes:
-        """The next batch, stamped `now_ns`."""
+        """The next batch, stamped `now_ns` (encoded afresh while a command's cap is on)."""
         self.seq += 1
+        if self.caps:
+            return message(self.seq, now_ns, self.rows, body(self._capped(self.samples[self.seq % VARIANTS])))
         return message(self.seq, now_ns, self.rows, self.bodies[self.seq % VARIANTS])
+
+    def _capped(self, samples: list[model.DeviceSample]) -> list[model.DeviceSample]:
+        out = list(samples)
+        for row, cap in self.caps.items():
+            power = min(out[row].power_w or 0.0, cap)
+            out[row] = msgspec.structs.replace(out[row], power_limit_w=cap, power_w=power)
+        return out
+
+    def apply(self, device_uuid: str, cap_w: float | None) -> float | None:
+        """A command's cap on one device, clamped to its range (None: back to the default);
+        the cap now enforced, or None for a device this node does not have.
+        """
+        row = self.row_of.get(device_uuid)
+        if row is None:
+            return None
+        info = self.infos[row]
+        if cap_w is None:
+            self.caps.pop(row, None)
+            return info.power_limit_default_w
+        low, high = info.power_limit_min_w or 0.0, info.power_limit_max_w or cap_w
+        self.caps[row] = min(max(cap_w, low), high)
+        return self.caps[row]
 
     def next_hot(self, now_ns: int) -> tuple[bytes, str] | None:
         """The next batch with one settable device hot; (bytes, its uuid), None if none can be."""
@@ -113,7 +141,7 @@ class Node:
         row = self.hot_rows[self.hot_turn % len(self.hot_rows)]
         self.hot_turn += 1
         self.seq += 1
-        samples = list(self.samples[self.seq % VARIANTS])
+        samples = self._capped(self.samples[self.seq % VARIANTS])
         slowdown = self.infos[row].temp_slowdown_c or 0.0
         samples[row] = msgspec.structs.replace(samples[row], temperature_c=slowdown + HOT_ABOVE_SLOWDOWN_C)
         return message(self.seq, now_ns, self.rows, body(samples)), self.infos[row].uuid
@@ -133,6 +161,7 @@ class Run:
         self.sent_messages = 0
         self.sent_samples = 0
         self.acks = 0
+        self.answered = 0  # commands applied and answered
         self.hot: list[tuple[str, str, int]] = []
         self.errors: dict[str, int] = {}
         self.hot_every = 0  # a node's batches between its hot ones (0: none)
@@ -154,7 +183,10 @@ class Run:
 
     async def _drain(self, call: grpc.aio.StreamStreamCall[bytes, bytes], node: Node) -> None:
         while True:
-            answer = await call.read()
+            try:
+                answer = await call.read()
+            except grpc.aio.AioRpcError:
+                return  # the stream's writer says why
             if answer is EOF:
                 return
             self.acks += 1
@@ -187,6 +219,8 @@ class Run:
             except grpc.aio.AioRpcError as exc:
                 key = exc.code().name
                 self.errors[key] = self.errors.get(key, 0) + 1
+            except asyncio.InvalidStateError:  # the controller ended the stream
+                self.errors["ENDED"] = self.errors.get("ENDED", 0) + 1
             finally:
                 call.cancel()
 
@@ -197,13 +231,39 @@ class Run:
         rnd = random.Random(a.seed)  # noqa: S311 - start offsets, not secrets
         step = a.ramp_s / max(1, len(self.nodes))
         period = 1.0 / a.rate if a.rate > 0 else 0.0
+        responder = asyncio.create_task(self.answer_commands(a.mqtt)) if a.mqtt else None
         async with asyncio.TaskGroup() as tg:
             for k, node in enumerate(self.nodes):
                 tg.create_task(self.stream(node, k * step + rnd.random() * period))
+        if responder is not None:
+            responder.cancel()
 
     def stop(self) -> None:
         """End every stream after the message it is writing."""
         self.stop_at = 0.0
+
+    async def answer_commands(self, url: str) -> None:
+        """Apply and answer the controller's commands to this process's nodes, as agents do
+        (one MQTT session for all of them): without answers the controller sends each command
+        again every period until it expires, a load no real cluster makes.
+        """
+        target = bus.parse_url(url)
+        topics = bus.Topics()
+        nodes = {n.node_id: n for n in self.nodes}
+        decoder = msgspec.json.Decoder(bus.Command)
+        async with aiomqtt.Client(target.host, target.port, identifier=f"loadgen-{self.args.first}") as client:
+            for node_id in nodes:
+                await client.subscribe(topics.cmd_req(node_id), qos=1)
+            async for msg in client.messages:
+                node = nodes.get(topics.node_of(msg.topic.value))
+                if node is None or not isinstance(msg.payload, bytes | bytearray):
+                    continue
+                cmd = decoder.decode(msg.payload)
+                cap = cmd.power_cap_w if isinstance(cmd, bus.SetPowerCap) else None
+                applied = node.apply(cmd.device_uuid, cap)
+                result = bus.Result(id=cmd.id, ok=applied is not None, applied_cap_w=applied)
+                await client.publish(topics.cmd_res(node.node_id), msgspec.json.encode(result), qos=1)
+                self.answered += 1
 
     def report(self, cpu_s: float) -> dict[str, Any]:
         """What was sent, as one JSON object."""
@@ -212,6 +272,7 @@ class Run:
             "sent_messages": self.sent_messages,
             "sent_samples": self.sent_samples,
             "acks": self.acks,
+            "commands_answered": self.answered,
             "hot": self.hot,
             "errors": self.errors,
             "cpu_s": cpu_s,
@@ -234,6 +295,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--hot-per-s", type=float, default=0.0, help="hot batches per second (paced only)")
     p.add_argument("--hot-after-s", type=float, default=0.0, help="no hot batch before this")
+    p.add_argument("--mqtt", default="", metavar="URL", help="answer the controller's commands on this broker")
     p.add_argument("--node-prefix", default="bench")
     p.add_argument("--seed", type=int, default=0)
     return p

@@ -11,6 +11,8 @@ a Finding; the caller turns it into an event. Pure: time comes in as `now_ns`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from xpuctl.controller import config
@@ -119,16 +121,48 @@ class Detectors:
         A full pass (no `slots`, not `critical_only`) also advances the detectors' own state
         (EWMAs, run lengths); a critical-path pass only judges.
         """
+        findings: list[base.Finding] = []
+        if slots is None and not critical_only:
+            for _ in self.steps(reg, store, now_ns, findings):
+                pass
+            return findings
         n = len(reg)
         self.grow(n)
         self._facts(reg)
-        full = slots is None
         if slots is None:
             slots = np.arange(n, dtype=np.int64)
         if slots.size == 0:
             return []
+        frame = self._frame(store, now_ns, slots, full=False)
+        for det in self.detectors:
+            if det.critical_path:
+                findings.extend(self._judge(det, frame))
+        return findings
+
+    def steps(
+        self, reg: registry.Registry, store: ring.RingStore, now_ns: int, findings: list[base.Finding]
+    ) -> Iterator[None]:
+        """A full pass over every device, one detector per step, adding to `findings`.
+
+        Other work may run between the steps (the tick yields to it): a device that got a newer
+        sample meanwhile may also have been judged by the critical path on that sample, so the
+        critical-path detectors leave it to the next pass rather than judge it on the older one.
+        """
+        n = len(reg)
+        self.grow(n)
+        self._facts(reg)
+        if n == 0:
+            return
+        slots = np.arange(n, dtype=np.int64)
+        frame = self._frame(store, now_ns, slots, full=True)
+        for det in self.detectors:
+            yield
+            findings.extend(self._judge(det, frame, store=store if det.critical_path else None))
+        self.prev_ts[slots] = frame.latest_ts
+
+    def _frame(self, store: ring.RingStore, now_ns: int, slots: base.I64, *, full: bool) -> base.Frame:
         latest_ts = store.latest_timestamps(slots)
-        frame = base.Frame(
+        return base.Frame(
             now_ns=now_ns,
             slots=slots,
             latest=store.latest(slots),
@@ -142,22 +176,19 @@ class Detectors:
             last_error_code=self.last_error_code,
             layout=self._layout if full else None,
         )
-        findings: list[base.Finding] = []
-        for det in self.detectors:
-            if critical_only and not det.critical_path:
-                continue
-            if not full and not det.critical_path:
-                continue
-            findings.extend(self._judge(det, frame))
-        if full and not critical_only:
-            self.prev_ts[slots] = latest_ts
-        return findings
 
-    def _judge(self, det: base.Detector, frame: base.Frame) -> list[base.Finding]:
+    def _judge(
+        self, det: base.Detector, frame: base.Frame, *, store: ring.RingStore | None = None
+    ) -> list[base.Finding]:
+        """Raise and clear what `det` finds; with `store`, not on devices sampled since the frame."""
         verdict = det.evaluate(frame)
         is_open = self.open[det.kind][frame.slots]
         raised = verdict.raise_ & ~is_open
         cleared = verdict.clear & is_open & ~verdict.raise_
+        if store is not None:
+            newer = store.latest_timestamps(frame.slots) != frame.latest_ts
+            raised &= ~newer
+            cleared &= ~newer
         if not (raised.any() or cleared.any()):
             return []
         mask = self.open[det.kind]
