@@ -76,25 +76,30 @@ def batch_columns(b: pb.Batch, limits: ingest.Limits) -> ingest.BatchColumns:
     present = np.zeros((k, model.N_METRICS), dtype=bool)
     metrics: list[int] = []
     chunks = []
+    masks = []
+    # one pass over the columns, each field read once (upb builds a new wrapper on every read)
     for col in b.columns:
         m = col.metric - 1
         if not 0 <= m < model.N_METRICS:
             continue  # a metric from a newer agent: ignored, not an error
-        check(f"column {model.METRICS[m]}", len(col.values))
+        col_values = col.values
+        if len(col_values) != k:
+            check(f"column {model.METRICS[m]}", len(col_values))
         metrics.append(m)
-        chunks.append(col.values)
+        chunks.append(col_values)
+        col_present = col.present
+        if col_present:
+            check(f"column {model.METRICS[m]} present", len(col_present))
+            masks.append((m, col_present))
     if metrics:
         # one C-level pass over all columns, then one fancy-indexed store
         flat = np.fromiter(itertools.chain.from_iterable(chunks), np.float64, k * len(metrics))
         values[:, metrics] = flat.reshape(len(metrics), k).T
         present[:, metrics] = True
-    for col in b.columns:
-        if col.present and 0 < col.metric <= model.N_METRICS:
-            m = col.metric - 1
-            check(f"column {model.METRICS[m]} present", len(col.present))
-            p = np.fromiter(col.present, bool, k)
-            present[:, m] = p
-            values[~p, m] = np.nan
+    for m, col_present in masks:
+        p = np.fromiter(col_present, bool, k)
+        present[:, m] = p
+        values[~p, m] = np.nan
     errors = []
     chars = limits.max_error_text_chars
     for e in itertools.islice(b.errors, limits.max_error_events_per_batch):

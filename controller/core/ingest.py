@@ -48,6 +48,7 @@ _MIN_TEMP_C = -273.15
 _UTIL = model.M["utilization"]
 _POWER = model.M["power_w"]
 _TEMPS = [model.M["temperature_c"], model.M["memory_temperature_c"]]
+_LOWER = np.where(_NONNEG, 0.0, _MIN_TEMP_C)  # per metric, the lowest value a good row may carry
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -514,7 +515,58 @@ class Ingest:
         del self.recent_errors[: -self.MAX_RECENT_ERRORS]
         return stored
 
+    def _upper_bounds(self, node: registry.NodeState) -> F64:
+        """Per row and metric, the highest value a good row may carry (the largest float where
+        nothing bounds it, so that infinity fails): utilisation 1, the plausible power of the
+        row's device, the plausible temperature.
+        """
+        if node.upper_bounds is None or node.upper_bounds.shape[0] != node.declared_max_w.size:
+            lim = self.limits
+            up = np.full((node.declared_max_w.size, model.N_METRICS), np.finfo(np.float64).max)
+            up[:, _UTIL] = 1.0
+            declared = node.declared_max_w
+            up[:, _POWER] = np.where(
+                np.isfinite(declared),
+                lim.implausible_power_factor * declared + lim.implausible_power_margin_w,
+                lim.max_power_w,
+            )
+            up[:, _TEMPS] = lim.max_temperature_c
+            node.upper_bounds = up
+        return node.upper_bounds
+
+    def _all_good(self, node: registry.NodeState, cols: BatchColumns, now_ns: int) -> bool:
+        """Whether every row passes every check of `_check`, in a dozen array operations instead
+        of `_check`'s fifty (issue 13: nearly every batch is good). False: let `_check` say which
+        rows fail and why; it never accepts a row `_check` would reject.
+        """
+        dev = cols.device
+        k = dev.size
+        if k == 0:
+            return True
+        if int(dev.max()) >= node.slots.size or int(dev.min()) < 0 or (node.slots[dev] < 0).any():
+            return False
+        if k > 1 and len(set(dev.tolist())) < k:
+            return False
+        ts, lim = cols.timestamp_ns, self.limits
+        if int(ts.min()) < max(1, now_ns - int(lim.max_past_s * 1e9)) or int(ts.max()) > now_ns + int(
+            lim.max_future_s * 1e9
+        ):
+            return False
+        if int(cols.health.min()) < 1 or int(cols.health.max()) > 4:
+            return False
+        with np.errstate(invalid="ignore"):
+            inside = (cols.values >= _LOWER) & (cols.values <= self._upper_bounds(node)[dev])  # NaN: outside
+        return bool((inside | ~cols.present).all())
+
     def _check(
+        self, node: registry.NodeState, cols: BatchColumns, now_ns: int
+    ) -> tuple[npt.NDArray[np.bool_], int, str]:
+        """Per row: whether it is good; how many are not; the first reason's text."""
+        if self._all_good(node, cols, now_ns):
+            return np.ones(cols.device.size, dtype=bool), 0, ""
+        return self._check_rows(node, cols, now_ns)
+
+    def _check_rows(
         self, node: registry.NodeState, cols: BatchColumns, now_ns: int
     ) -> tuple[npt.NDArray[np.bool_], int, str]:
         """Per row: the first failing check (0 = good); counts; the first reason's text."""

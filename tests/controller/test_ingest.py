@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import cast
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.core import ingest, model, registry, ring
@@ -135,3 +139,76 @@ def test_nodes_device_ids_and_hellos_are_bounded() -> None:
     assert refusal(ing, hello_facts("a", ["a0", "a1"])) == ""  # its third
     assert refusal(ing, hello_facts("a", ["a0", "a1"])) == "RESOURCE_EXHAUSTED:hello_rate"
     assert refusal(ing, hello_facts("a", ["a0", "a1"]), now_ns=NOW_NS + 61 * 10**9) == ""  # a minute later
+
+
+# Issue 13: the quick all-good test must agree with the row-by-row checks on every batch: good
+# batches with at most one defect, each near a bound (a random batch is nearly always bad).
+_EDGES = [0.0, 0.5, 1.0, 1.0000001, -1e-9, -273.15, -274.0, 199.0, 201.0, 1600.0, 1601.0, 5001.0, 7e5]
+_BAD = st.one_of(st.sampled_from(_EDGES), st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.floats())
+_STAMPS = [1, 0, -5, NOW_NS + 299 * 10**9, NOW_NS + 301 * 10**9, NOW_NS - 7 * 86_400 * 10**9 - 1]
+
+
+@st.composite
+def raw_batches(draw: st.DrawFn) -> pb.Batch:
+    devices = draw(st.lists(st.sampled_from([0, 1, 3]), unique=True, max_size=3))
+    rows = len(devices)
+    stamps, health = [NOW_NS] * rows, [1] * rows
+    metrics = sorted(draw(st.sets(st.integers(1, model.N_METRICS), max_size=6)))
+    values = {m: [0.5] * rows for m in metrics}
+    defect = draw(st.sampled_from(["none", "device", "stamp", "health", "value", "absent"]))
+    if rows and defect != "none":
+        r = draw(st.integers(0, rows - 1))
+        if defect == "device":
+            devices[r] = draw(st.sampled_from([0, 1, 2, 3, 4, 9]))  # a repeat, refused or unknown
+        elif defect == "stamp":
+            stamps[r] = draw(st.sampled_from(_STAMPS))
+        elif defect == "health":
+            health[r] = draw(st.integers(0, 5))
+        elif metrics:
+            values[draw(st.sampled_from(metrics))][r] = draw(_BAD)
+    b = pb.Batch(seq=1, device=devices, timestamp_ns=stamps, health=cast("list[pb.Health]", health))
+    for m in metrics:
+        col = b.columns.add(metric=m, values=values[m])
+        if defect == "absent":  # the bad value sits in a cell marked absent: not a defect
+            col.present.extend([False] * rows)
+    return b
+
+
+def _node_for_the_quick_test() -> tuple[ingest.Ingest, registry.NodeState]:
+    ing = ingest.Ingest(registry.Registry(), ring.RingStore(n_metrics=model.N_STORED, window=8))
+    stream = ingest.StreamState()
+    infos = [
+        model.DeviceInfo(uuid="d0", index=0, vendor="nvidia", model="H100", power_limit_max_w=700.0),
+        model.DeviceInfo(uuid="d1", index=1, vendor="nvidia", model="H100"),  # no declared maximum
+        model.DeviceInfo(uuid="d2", index=2, vendor="acme", model="?"),  # refused at Hello
+        model.DeviceInfo(uuid="d3", index=3, vendor="amd", model="MI300X", power_limit_default_w=750.0),
+    ]
+    facts = ingest.HelloFacts(
+        node_id="n", boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+    )
+    ing.hello(stream, facts, NOW_NS)
+    assert stream.node is not None
+    return ing, stream.node
+
+
+def _agree(ing: ingest.Ingest, node: registry.NodeState, b: pb.Batch) -> None:
+    cols = codec.batch_columns(b, ing.limits)
+    _, rejected, _ = ing._check_rows(node, cols, NOW_NS)
+    assert ing._all_good(node, cols, NOW_NS) == (rejected == 0), b
+
+
+@settings(max_examples=400, deadline=None)
+@given(b=raw_batches())
+def test_the_quick_all_good_test_agrees_with_the_row_checks(b: pb.Batch) -> None:
+    ing, node = _node_for_the_quick_test()
+    _agree(ing, node, b)
+
+
+def test_the_quick_all_good_test_agrees_at_every_bound_of_every_metric() -> None:
+    ing, node = _node_for_the_quick_test()
+    for device in (0, 1, 3):
+        for metric in range(1, model.N_METRICS + 1):
+            for value in [*_EDGES, math.nan, math.inf, -math.inf]:
+                b = pb.Batch(seq=1, device=[device], timestamp_ns=[NOW_NS], health=cast("list[pb.Health]", [1]))
+                b.columns.add(metric=metric, values=[value])
+                _agree(ing, node, b)
