@@ -243,11 +243,9 @@ class Control:
         if (det.last_error_ns[slots] > det.prev_ts[slots]).any():
             return True
         self._facts()
-        temps = self.store.latest(slots)[:, model.M["temperature_c"]]
-        slowdown = self._slowdown[slots]
+        temps = self.store.newest[slots, model.M["temperature_c"]]
         margin = max(self.cfg.detect.thermal_rise_window_c, self.cfg.detect.thermal_margin_c)
-        with np.errstate(invalid="ignore"):
-            return bool((temps >= slowdown - margin).any())
+        return bool((temps >= self._slowdown[slots] - margin).any())  # NaN (no slowdown, no reading): False
 
     def tick(self, now_ns: int) -> Output:
         """One control period, all at once."""

@@ -540,19 +540,19 @@ class Ingest:
         rows fail and why; it never accepts a row `_check` would reject.
         """
         dev = cols.device
-        k = dev.size
-        if k == 0:
+        rows = dev.tolist()  # a batch has a handful of rows: Python's min/max beat numpy's here
+        if not rows:
             return True
-        if int(dev.max()) >= node.slots.size or int(dev.min()) < 0 or (node.slots[dev] < 0).any():
+        if max(rows) >= node.slots.size or min(rows) < 0 or len(set(rows)) < len(rows):
             return False
-        if k > 1 and len(set(dev.tolist())) < k:
+        if (node.slots[dev] < 0).any():
             return False
-        ts, lim = cols.timestamp_ns, self.limits
-        if int(ts.min()) < max(1, now_ns - int(lim.max_past_s * 1e9)) or int(ts.max()) > now_ns + int(
+        stamps, health, lim = cols.timestamp_ns.tolist(), cols.health.tolist(), self.limits
+        if min(stamps) < max(1, now_ns - int(lim.max_past_s * 1e9)) or max(stamps) > now_ns + int(
             lim.max_future_s * 1e9
         ):
             return False
-        if int(cols.health.min()) < 1 or int(cols.health.max()) > 4:
+        if min(health) < 1 or max(health) > 4:
             return False
         with np.errstate(invalid="ignore"):
             inside = (cols.values >= _LOWER) & (cols.values <= self._upper_bounds(node)[dev])  # NaN: outside
