@@ -325,6 +325,24 @@ class RawStream:
         return (await self.exchange(raw)).ack
 
 
+def settable(uuids: list[str], *, slowdown_c: float | None = None) -> list[model.DeviceInfo]:
+    """H100s with a settable cap of 100..700 W (and a slowdown temperature when given)."""
+    return [
+        model.DeviceInfo(
+            uuid=u,
+            index=i,
+            vendor="nvidia",
+            model="H100",
+            power_limit_min_w=100.0,
+            power_limit_max_w=700.0,
+            power_limit_default_w=700.0,
+            power_cap_settable=True,
+            temp_slowdown_c=slowdown_c,
+        )
+        for i, u in enumerate(uuids)
+    ]
+
+
 def feed_node(
     h: hub.Hub,
     node: str,
@@ -339,21 +357,14 @@ def feed_node(
     batch at `power_w` (and `limit_w` enforced; None: not reported); its stream, still open.
     """
     stream = ingest.StreamState()
-    infos = [
-        model.DeviceInfo(
-            uuid=u,
-            index=i,
-            vendor="nvidia",
-            model="H100",
-            power_limit_min_w=100.0,
-            power_limit_max_w=700.0,
-            power_limit_default_w=700.0,
-            power_cap_settable=True,
-        )
-        for i, u in enumerate(uuids)
-    ]
     facts = ingest.HelloFacts(
-        node_id=node, boot_id=boot_id, agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+        node_id=node,
+        boot_id=boot_id,
+        agent_version="t",
+        devices=settable(uuids),
+        labels={},
+        interval_s=1.0,
+        acked_seq=0,
     )
     h.hello(stream, facts, now_ns)
     n = len(uuids)

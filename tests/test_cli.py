@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -138,25 +139,16 @@ def test_xpuctl_unreachable_controller_exits_3() -> None:
     assert "cannot reach the controller" in r.stderr
 
 
-def test_bench_reports_the_contract_keys() -> None:
-    r = run(
-        "xpuctl.controller.cli",
-        "bench",
-        "--devices",
-        "40",
-        "--interval-s",
-        "0.5",
-        "--duration-s",
-        "8",
-        "--ramp-s",
-        "1",
-        "--hot-per-s",
-        "2",
-        "--json",
-        timeout=120,
-    )
+def bench_json(*args: str) -> dict[str, Any]:
+    """`xpu-controller bench ARGS --json` (8 s, 1 s of ramp): its result."""
+    r = run("xpuctl.controller.cli", "bench", *args, "--duration-s", "8", "--ramp-s", "1", "--json", timeout=120)
     assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout)
+    result: dict[str, Any] = json.loads(r.stdout)
+    return result
+
+
+def test_bench_reports_the_contract_keys() -> None:
+    result = bench_json("--devices", "40", "--interval-s", "0.5", "--hot-per-s", "2")
     for key in (
         "samples_per_s",
         "controller_cpu_us_per_sample",
@@ -174,21 +166,7 @@ def test_bench_reports_the_contract_keys() -> None:
 
 
 def test_bench_flat_out_reports_the_sustained_rate() -> None:
-    r = run(
-        "xpuctl.controller.cli",
-        "bench",
-        "--flat-out",
-        "--streams",
-        "4",
-        "--duration-s",
-        "8",
-        "--ramp-s",
-        "1",
-        "--json",
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout)
+    result = bench_json("--flat-out", "--streams", "4")
     assert result["flat_out"] is True and result["devices_registered"] == 32
     assert result["samples_per_s"] > 32  # faster than once a second per device: not paced
     assert isinstance(result["kept_up"], bool) and result["loadgen_processes"] == 1

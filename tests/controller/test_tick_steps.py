@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import cast
 
+from tests.helpers import settable
 from xpuctl.controller import hub
 from xpuctl.controller.adapters import codec
-from xpuctl.controller.core import ingest, model
+from xpuctl.controller.core import ingest
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 T0 = 1_700_000_000 * 10**9
@@ -15,20 +16,7 @@ SLOWDOWN_C = 85.0
 
 def hello(h: hub.Hub, node: str, devices: int, now_ns: int) -> ingest.StreamState:
     stream = ingest.StreamState()
-    infos = [
-        model.DeviceInfo(
-            uuid=f"{node}-{i}",
-            index=i,
-            vendor="nvidia",
-            model="H100",
-            power_limit_min_w=100.0,
-            power_limit_max_w=700.0,
-            power_limit_default_w=700.0,
-            power_cap_settable=True,
-            temp_slowdown_c=SLOWDOWN_C,
-        )
-        for i in range(devices)
-    ]
+    infos = settable([f"{node}-{i}" for i in range(devices)], slowdown_c=SLOWDOWN_C)
     facts = ingest.HelloFacts(
         node_id=node, boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
     )
