@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from tests.helpers import settable
-from xpuctl.controller import hub
+from xpuctl.controller import hub, service
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.core import ingest
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
@@ -78,3 +78,28 @@ def test_the_critical_path_between_the_steps_is_not_undone_by_the_older_frame() 
     assert h.control.detectors.is_open("thermal")[slot]
     cleared = [e for e in h.recent_events if e.kind == "anomaly.cleared" and e.device_uuid == "n1-0"]
     assert cleared == []
+
+
+def test_the_gc_policy_freezes_after_each_tick_and_collects_everything_now_and_then() -> None:
+    import gc  # noqa: PLC0415 - this test only
+    import weakref  # noqa: PLC0415
+
+    class Linked:
+        me: object = None
+
+    policy = service.GcPolicy(full_every_s=300.0)
+    start = policy.last_full
+    try:
+        gc.unfreeze()
+        kept = Linked()
+        kept.me = kept  # a cycle: only the cyclic collector frees it
+        alive = weakref.ref(kept)
+        policy.after_tick(start + 1.0)  # frozen while still in use
+        del kept
+        gc.collect()
+        assert alive() is not None and policy.full_collections == 0  # out of the collector's sight
+        policy.after_tick(start + 301.0)  # every 5 min: unfrozen and collected once
+        assert alive() is None and policy.full_collections == 1
+        assert gc.get_freeze_count() > 0  # the survivors are frozen again
+    finally:
+        gc.unfreeze()
