@@ -39,7 +39,8 @@ class GcPolicy:
     event loop stopped, several times a minute, and a critical sample or a command that came
     meanwhile waited that long (with collections left on, 1 in 100 waited over 16 ms to be
     decided; with this policy 3-4 ms). After every tick, what survived is frozen (`gc.freeze`:
-    moved out of the collector's sight; the young generations stay collected as usual), and
+    moved out of the collector's sight; newer objects are still collected, the youngest
+    generation after YOUNG_THRESHOLD allocations), and
     every `full_every_s` everything is unfrozen and collected once, so that cycles which became
     garbage after they were frozen are still freed: one pause of that length per period.
     """

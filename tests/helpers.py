@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from xpuctl.controller import config, hub, service
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import ingest, model, registry
+from xpuctl.controller.lab.bench import mosquitto_binary
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -150,14 +150,6 @@ class Processes:
 
 
 MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "test.conf"
-
-
-def mosquitto_binary() -> str | None:
-    """Where Mosquitto is (scripts/test installs it when it is missing)."""
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 class Mosquitto:

@@ -53,6 +53,8 @@ class Counters(msgspec.Struct, kw_only=True):
 # One more publisher takes only thermal emergencies, so that one never waits for a free one.
 PUBLISHERS = 8
 URGENT, COMMAND, OTHER = 0, 1, 2  # priorities: emergencies (their own queue), commands, the rest
+# (priority, order, topic, payload, retain, properties, the command or None)
+Outgoing = tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]
 
 
 class ControllerBus:
@@ -85,17 +87,12 @@ class ControllerBus:
         self.reconnect_max_s = reconnect_max_s
         self.sessions: mqtt_session.Sessions | None = None
         self.client: aiomqtt.Client | None = None
-        # (priority, order, topic, payload, retain, properties, command): emergencies first, then
-        # the other commands, then events and leases (see URGENT, COMMAND, OTHER)
-        self.outgoing: asyncio.PriorityQueue[
-            tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]
-        ] = asyncio.PriorityQueue(max_queued)
+        # commands before events and leases; emergencies apart (see URGENT, COMMAND, OTHER)
+        self.outgoing: asyncio.PriorityQueue[Outgoing] = asyncio.PriorityQueue(max_queued)
+        self.urgent: asyncio.Queue[Outgoing] = asyncio.Queue(max_queued)
         # set by the service: whether a queued command is still its device's (not superseded,
         # answered or expired); one that is not is dropped rather than sent after its successor
         self.current: Callable[[ledger.Entry], bool] = lambda _e: True
-        self.urgent: asyncio.Queue[tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]] = (
-            asyncio.Queue(max_queued)
-        )
         self._order = 0
         self.counters = Counters()
         self.connected = asyncio.Event()
@@ -235,11 +232,7 @@ class ControllerBus:
             status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
             self._offer(self.topics.controller_status, msgspec.json.encode(status), retain=True)
 
-    async def _publisher(
-        self,
-        client: aiomqtt.Client,
-        queue: asyncio.Queue[tuple[int, int, str, bytes, bool, Properties | None, ledger.Entry | None]],
-    ) -> None:
+    async def _publisher(self, client: aiomqtt.Client, queue: asyncio.Queue[Outgoing]) -> None:
         while True:
             _, _, topic, payload, retain, props, command = await queue.get()
             if command is not None and not self.current(command):

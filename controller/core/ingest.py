@@ -515,22 +515,30 @@ class Ingest:
         del self.recent_errors[: -self.MAX_RECENT_ERRORS]
         return stored
 
+    def _plausible_power_w(self, declared_max_w: F64) -> F64:
+        """The highest plausible power of devices that declared these maxima (NaN: none declared)."""
+        lim = self.limits
+        return np.where(
+            np.isfinite(declared_max_w),
+            lim.implausible_power_factor * declared_max_w + lim.implausible_power_margin_w,
+            lim.max_power_w,
+        )
+
+    def _stamp_window(self, now_ns: int) -> tuple[int, int]:
+        """(oldest, newest) sample timestamp a good row may carry."""
+        lim = self.limits
+        return now_ns - int(lim.max_past_s * 1e9), now_ns + int(lim.max_future_s * 1e9)
+
     def _upper_bounds(self, node: registry.NodeState) -> F64:
         """Per row and metric, the highest value a good row may carry (the largest float where
         nothing bounds it, so that infinity fails): utilisation 1, the plausible power of the
         row's device, the plausible temperature.
         """
         if node.upper_bounds is None or node.upper_bounds.shape[0] != node.declared_max_w.size:
-            lim = self.limits
             up = np.full((node.declared_max_w.size, model.N_METRICS), np.finfo(np.float64).max)
             up[:, _UTIL] = 1.0
-            declared = node.declared_max_w
-            up[:, _POWER] = np.where(
-                np.isfinite(declared),
-                lim.implausible_power_factor * declared + lim.implausible_power_margin_w,
-                lim.max_power_w,
-            )
-            up[:, _TEMPS] = lim.max_temperature_c
+            up[:, _POWER] = self._plausible_power_w(node.declared_max_w)
+            up[:, _TEMPS] = self.limits.max_temperature_c
             node.upper_bounds = up
         return node.upper_bounds
 
@@ -547,10 +555,9 @@ class Ingest:
             return False
         if (node.slots[dev] < 0).any():
             return False
-        stamps, health, lim = cols.timestamp_ns.tolist(), cols.health.tolist(), self.limits
-        if min(stamps) < max(1, now_ns - int(lim.max_past_s * 1e9)) or max(stamps) > now_ns + int(
-            lim.max_future_s * 1e9
-        ):
+        stamps, health = cols.timestamp_ns.tolist(), cols.health.tolist()
+        oldest, newest = self._stamp_window(now_ns)
+        if min(stamps) < max(1, oldest) or max(stamps) > newest:
             return False
         if min(health) < 1 or max(health) > 4:
             return False
@@ -601,17 +608,13 @@ class Ingest:
         mark(8, util_high)
         lim = self.limits
         declared = node.declared_max_w[known_rows] if n_rows else np.full(k, np.nan)
-        power_bound = np.where(
-            np.isfinite(declared),
-            lim.implausible_power_factor * declared + lim.implausible_power_margin_w,
-            lim.max_power_w,
-        )
+        power_bound = self._plausible_power_w(declared)
         with np.errstate(invalid="ignore"):
             too_much = present[:, _POWER] & (vals[:, _POWER] > power_bound)
             too_hot = (present[:, _TEMPS] & (vals[:, _TEMPS] > lim.max_temperature_c)).any(axis=1)
         mark(9, too_much)
         mark(10, np.asarray(too_hot))
-        future_ns, past_ns = now_ns + int(lim.max_future_s * 1e9), now_ns - int(lim.max_past_s * 1e9)
+        past_ns, future_ns = self._stamp_window(now_ns)
         mark(11, (cols.timestamp_ns > future_ns) | (cols.timestamp_ns < past_ns))
         good = reason == 0
         rejected = int(k - good.sum())

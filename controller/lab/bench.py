@@ -93,7 +93,8 @@ listener {port} 127.0.0.1
 KEPT_UP_P99_MS = 1000.0  # flat out: the controller kept up when ingest p99 stayed under this
 
 
-def _mosquitto() -> str | None:
+def mosquitto_binary() -> str | None:
+    """Where Mosquitto is (on PATH, or Debian's /usr/sbin; scripts/test installs it), or None."""
     for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
@@ -119,8 +120,8 @@ class Commands:
     def __init__(self, port: int) -> None:
         """Subscribe (returns once subscribed)."""
         self.port = port
-        self.seen: list[tuple[str, str, int]] = []  # (node, device uuid, received at ns)
-        self.issued: dict[tuple[str, str, int], int] = {}  # the controller's decision time of each
+        # (node, device uuid, received at ns, the command's issued_at_ns: the controller's decision)
+        self.seen: list[tuple[str, str, int, int]] = []
         self.total = 0
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,9 +155,7 @@ class Commands:
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
             cmd = decoder.decode(payload)
             if cmd.reason.startswith("emergency"):
-                key = (topics.node_of(message.topic.value), cmd.device_uuid, at)
-                self.seen.append(key)
-                self.issued[key] = cmd.issued_at_ns
+                self.seen.append((topics.node_of(message.topic.value), cmd.device_uuid, at, cmd.issued_at_ns))
 
     def stop(self) -> None:
         """Disconnect and end the thread."""
@@ -166,15 +165,15 @@ class Commands:
 
 
 def critical_latency(
-    hot: list[tuple[str, str, int]], seen: list[tuple[str, str, int]], issued: dict[tuple[str, str, int], int]
+    hot: list[tuple[str, str, int]], seen: list[tuple[str, str, int, int]]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
     """Per hot sample, ms from its timestamp to the first emergency command for its device at or
     after it, and to the controller's decision (the command's issued_at_ns); and how many hot
     samples got none.
     """
     arrivals: dict[tuple[str, str], list[tuple[int, int]]] = {}
-    for key in seen:
-        arrivals.setdefault(key[:2], []).append((key[2], issued.get(key, key[2])))
+    for node, dev, at, issued_at in seen:
+        arrivals.setdefault((node, dev), []).append((at, issued_at))
     total, decided, missed = [], [], 0
     for node, dev, ts in hot:
         later = [a for a in arrivals.get((node, dev), []) if a[0] >= ts]
@@ -237,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     work = tempfile.TemporaryDirectory(prefix="xpu-bench-")
     broker: subprocess.Popen[bytes] | None = None
     mqtt_port = 0
-    binary = _mosquitto()
+    binary = mosquitto_binary()
     if binary is None:
         _say(quiet=quiet, text="bench: mosquitto is not installed: no bus, so no sample-to-command figure")
     else:
@@ -329,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     # the hot samples of the measured part (not those of the ramp, when every node says Hello)
     hot = [(str(n), str(d), int(t)) for r in reports for n, d, t in r.get("hot", []) if w0 <= t <= w1]
     if commands is not None and hot:
-        lat, decided, missed = critical_latency(hot, commands.seen, commands.issued)
+        lat, decided, missed = critical_latency(hot, commands.seen)
         result["hot_samples"] = len(hot)
         result["hot_without_command"] = missed
         if lat.size:
