@@ -100,10 +100,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node-id", type=_node_id, default=socket.gethostname())
     run.add_argument(
         "--controller",
-        type=cli.address,
+        type=cli.addresses,
         default=None,
-        metavar="HOST[:PORT]",
-        help="required here or in --config (the port defaults to 50051)",
+        metavar="HOST[:PORT][,...]",
+        help="required here or in --config (the port defaults to 50051); a shard's candidates, comma-separated: "
+        "the agent follows the one that owns the shard",
+    )
+    run.add_argument(
+        "--shard",
+        default=None,
+        metavar="ID",
+        help="the shard whose owner's lease this node follows (status/controller/ID); without it, the one controller's",
     )
     run.add_argument("--config", default=None, metavar="FILE", help="TOML settings, [agent] table")
     run.add_argument(
@@ -326,6 +333,7 @@ async def _run(args: argparse.Namespace) -> int:
         max_command_lifetime_s=args.max_command_lifetime_s,
         tls_files=tls_files,
         rediscover_s=args.rediscover_s,
+        shard=args.shard or "",
     )
 
     async def announce() -> None:
@@ -491,7 +499,7 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) ->
         if field == "mqtt":
             value = cli.bus_url(value)
         if field == "controller":
-            value = cli.address(value)
+            value = cli.addresses(value)
         setattr(args, field, value)
     if args.controller is None:
         where = args.config or "flags"

@@ -24,7 +24,9 @@ class Agent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     node_id: str | None = None
     """Node identity (default: the host name); with mTLS it must match the certificate."""
     controller: str | None = None
-    """Controller address HOST:PORT."""
+    """Controller address HOST:PORT, or a shard's candidates HOST:PORT,HOST:PORT,... (the agent follows the owner)."""
+    shard: str | None = None
+    """The shard whose owner's lease (`status/controller/<shard>`) this node follows; none: the one controller's."""
     mqtt: str | None = None
     """Action bus URL (mqtt://HOST:PORT or mqtts://...); without it the agent only reports."""
     driver: str = "auto"

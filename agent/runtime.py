@@ -50,12 +50,14 @@ class Agent:
         max_command_lifetime_s: float = 300.0,
         tls_files: tls.ClientFiles | None = None,
         rediscover_s: float = 30.0,
+        shard: str = "",
     ) -> None:
         """Create the agent; nothing runs until `run`. Without `bus_url` there is no actuator.
 
         `rediscover_s`: how often drivers whose discovery failed are tried again.
         """
         self.rediscover_s = rediscover_s
+        self.shard = shard
         self.node_id = node_id
         self.boot_id = str(uuid.uuid4())
         self.sampler = sampler
@@ -178,7 +180,9 @@ class Agent:
             now_ns=time.time_ns(),
             max_lifetime_s=self.max_command_lifetime_s,
         )
-        return mqtt.AgentBus(url=url, node_id=self.node_id, boot_id=self.boot_id, act=act, apply_cap=self._apply_cap)
+        return mqtt.AgentBus(
+            url=url, node_id=self.node_id, boot_id=self.boot_id, act=act, apply_cap=self._apply_cap, shard=self.shard
+        )
 
     async def _apply_cap(self, uuid: str, index: int, cap_w: float) -> float:
         """Write one device's cap through its driver, off the loop; returns the enforced limit."""

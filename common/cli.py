@@ -162,6 +162,30 @@ def address(text: str) -> str:
     return f"{host}:{port or GRPC_PORT}"
 
 
+def addresses(text: str) -> str:
+    """An argument type: one controller address or several, `HOST[:PORT],HOST[:PORT],...` (the
+    candidates of a shard, DESIGN 11), each as `address` makes it; a gRPC scheme target is one.
+
+    Raises:
+        argparse.ArgumentTypeError: an empty list, or a bad address in it (named).
+    """
+    text = text.strip()
+    if text.split(":", 1)[0] in GRPC_SCHEMES:
+        return text
+    parts = [p for p in (p.strip() for p in text.split(",")) if p]
+    if not parts:
+        msg = "empty address: give HOST[:PORT][,HOST[:PORT]...]"
+        raise argparse.ArgumentTypeError(msg)
+    return ",".join(address(p) for p in parts)
+
+
+def split_addresses(text: str) -> list[str]:
+    """The addresses of an `addresses` value (a gRPC scheme target stays one)."""
+    if text.split(":", 1)[0] in GRPC_SCHEMES:
+        return [text]
+    return [p for p in text.split(",") if p]
+
+
 def bus_url(text: str) -> bus.BusUrl:
     """An argument type: an MQTT URL (`mqtt://` or `mqtts://`), parsed."""
     try:

@@ -56,11 +56,21 @@ def _config(args: argparse.Namespace) -> config.Config:
     )
     bus_cfg = msgspec.structs.replace(cfg.bus, url=args.mqtt) if args.mqtt else cfg.bus
     state = msgspec.structs.replace(cfg.state, dir=args.state_dir) if args.state_dir else cfg.state
-    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg, state=state)
+    shard = msgspec.structs.replace(
+        cfg.shard,
+        **{
+            k: v
+            for k, flag in (("id", "shard"), ("etcd", "etcd"), ("advertise", "advertise"))
+            if (v := getattr(args, flag, None)) is not None  # only `serve` has these flags
+        },
+    )
+    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg, state=state, shard=shard)
     try:  # replace() does not check constraints: a flag must meet its setting's range too
-        return msgspec.convert(msgspec.to_builtins(merged), config.Config)
+        checked = msgspec.convert(msgspec.to_builtins(merged), config.Config)
     except msgspec.ValidationError as exc:
         raise config.ConfigError("command-line flags", f"{exc} (--budget-w, --control-period-s)") from exc
+    config.check_shard(checked, "command-line flags")
+    return checked
 
 
 def state_dir(cfg: config.Config, environ: Mapping[str, str]) -> pathlib.Path | None:
@@ -116,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         help="release a gone device's slot, and forget a silent node, after this long (default 1 h)",
     )
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+    serve.add_argument("--shard", default=None, metavar="ID", help="run as a candidate owner of this shard (DESIGN 11)")
+    serve.add_argument(
+        "--etcd", default=None, metavar="URL[,URL...]", help="with --shard: every etcd member, http://HOST:PORT"
+    )
+    serve.add_argument(
+        "--advertise", default=None, metavar="HOST:PORT", help="with --shard: where agents reach this controller"
+    )
     serve.add_argument(
         "--state-dir",
         default=None,

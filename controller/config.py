@@ -193,6 +193,28 @@ class State(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     `none` keeps nothing (every start begins empty)."""
 
 
+class Shard(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One shard of a deployment with more than one controller (DESIGN 11, issue 14).
+
+    Without an id the controller is the only one (the default). With one it is a candidate owner
+    of the shard: it acts (takes streams, sends commands) only while it holds the shard's key in
+    etcd, and points agents at the owner otherwise.
+    """
+
+    id: str | None = None
+    """The shard's name (a power domain: a row, a hall); letters, digits, '.', '_', '-'."""
+    etcd: str | None = None
+    """Every etcd member: http://HOST:PORT[,http://HOST:PORT...] (all of them, so that losing one is invisible)."""
+    advertise: str | None = None
+    """HOST:PORT at which agents and the gateway reach this controller (unique per candidate)."""
+    nodes: tuple[str, ...] = ()
+    """The shard's nodes as shell patterns (`hall1-*`); empty takes every node that streams here."""
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=2, le=60)] = 5.0
+    """TTL of the owner's lease; the owner stops acting 1 s before it could lapse."""
+    prefix: str = "/xpu/v1"
+    """Root of xpuctl's keys in etcd."""
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every controller setting."""
 
@@ -203,6 +225,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     auth: Auth = msgspec.field(default_factory=Auth)
     state: State = msgspec.field(default_factory=State)
     limits: Limits = msgspec.field(default_factory=Limits)
+    shard: Shard = msgspec.field(default_factory=Shard)
 
 
 class ConfigError(XpuError):
@@ -214,7 +237,7 @@ class ConfigError(XpuError):
         self.path, self.problem = path, problem
 
 
-GROUPS = ("detect", "power", "bus", "tls", "auth", "state", "limits")
+GROUPS = ("detect", "power", "bus", "tls", "auth", "state", "limits", "shard")
 
 
 def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:
@@ -234,7 +257,27 @@ def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = No
     except msgspec.ValidationError as exc:
         raise ConfigError(where, f"{exc}; `xpu-controller config example` prints every key") from exc
     _check_tls(cfg, where)
+    check_shard(cfg, where)
     return cfg
+
+
+def check_shard(cfg: Config, where: str) -> None:
+    """A shard needs etcd and an advertised address; etcd and advertise mean nothing without one.
+
+    Raises:
+        ConfigError: naming what is missing.
+    """
+    sh = cfg.shard
+    given = [k for k in ("etcd", "advertise") if getattr(sh, k) is not None]
+    if sh.id is None and given:
+        raise ConfigError(where, f"shard {' and '.join(given)} given without a shard id (--shard ID) - at $.shard")
+    if sh.id is not None and len(given) != 2:
+        missing = sorted({"etcd", "advertise"} - set(given))
+        raise ConfigError(
+            where,
+            f"shard {sh.id!r} needs {' and '.join(missing)}: --etcd http://HOST:PORT[,...] --advertise HOST:PORT"
+            " - at $.shard",
+        )
 
 
 def _check_tls(cfg: Config, where: str) -> None:

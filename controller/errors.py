@@ -19,6 +19,17 @@ class ProtocolViolation(XpuError):
         self.node_id = node_id
 
 
+class NotOwner(ProtocolViolation):
+    """A sharded controller that does not act for the shard (a standby, fenced), or a node of
+    another shard: FAILED_PRECONDITION, naming the owner's address when it is known (issue 14.3).
+    """
+
+    def __init__(self, reason: str, message: str, *, owner: str = "", node_id: str = "") -> None:
+        """`owner`: the address agents should dial instead ('' unknown)."""
+        super().__init__("FAILED_PRECONDITION", reason, message, node_id=node_id)
+        self.owner = owner
+
+
 class InfeasibleBudget(XpuError):
     """The devices' floors alone need more than the budget leaves for them."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
@@ -32,6 +33,7 @@ from xpuctl.controller.core import (
     ledger,
     model,
     operations,
+    ownership,
     registry,
     ring,
     views,
@@ -85,6 +87,9 @@ class Hub:
         self.decisions = 0  # operator decisions since start (with the ledger's version: what to save)
         self.saves = 0  # set by the service: desired-state saves done, and those that failed
         self.save_errors = 0
+        # set by the service in a sharded deployment (issue 14): who acts for the shard, and its nodes
+        self.ownership: ownership.Ownership | None = None
+        self.shard_nodes: tuple[str, ...] = ()
 
     @property
     def budget_w(self) -> float | None:
@@ -102,6 +107,23 @@ class Hub:
         stored = self.ingest.batch(stream, cols, now_ns)
         self.handle(self.control.on_batch(stored, now_ns), now_ns)
         return stored.answer
+
+    def admission(self, node_id: str | None) -> errors.NotOwner | None:
+        """Why a stream (a Hello from `node_id`, or a batch: None) may not be taken; None when it may.
+
+        Only a sharded controller refuses: while it is not the shard's acting owner, and a Hello
+        from a node outside the shard's patterns.
+        """
+        own = self.ownership
+        if own is None:
+            return None
+        if not own.acting(time.monotonic()):
+            owner = own.owner_address if own.owner_address != own.address else ""
+            return errors.NotOwner("not_owner", own.refusal(), owner=owner, node_id=node_id or "")
+        if node_id is not None and not ownership.member(node_id, self.shard_nodes):
+            message = f"node {node_id!r} is not in shard {own.shard} (nodes {', '.join(self.shard_nodes)})"
+            return errors.NotOwner("not_in_shard", message, node_id=node_id)
+        return None
 
     def refused(self, violation: errors.ProtocolViolation, *, peer: str, now_ns: int) -> None:
         """A stream ended for a protocol violation; a second machine with a node's id is an event."""

@@ -23,9 +23,9 @@ import msgspec
 
 from xpuctl.common import tls
 from xpuctl.controller import config, errors, hub
-from xpuctl.controller.adapters import broker, metrics, mqtt
+from xpuctl.controller.adapters import broker, etcd, metrics, mqtt
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
-from xpuctl.controller.core import access, desired, events, ingest, ledger, registry
+from xpuctl.controller.core import access, desired, events, ingest, ledger, ownership, registry
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -125,12 +125,25 @@ class Service:
 
         Raises:
             desired.Corrupt: the store holds something that cannot be read.
+            config.ConfigError: a bad shard id or etcd endpoint.
         """
         self.cfg = cfg
         self.boot_id = str(uuid.uuid4())
         self.gc = GcPolicy()
         self.state = hub.Hub(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
         self.state.policy = policy(cfg)
+        self.elector: etcd.Elector | None = None
+        sh = cfg.shard
+        if sh.id is not None and sh.etcd is not None and sh.advertise is not None:
+            try:
+                own = ownership.Ownership(sh.id, sh.advertise, ttl_s=sh.lease_ttl_s)
+                self.elector = etcd.Elector(
+                    etcd.Etcd(sh.etcd), own, boot_id=self.boot_id, prefix=sh.prefix, on_change=self._on_ownership
+                )
+            except ValueError as exc:  # EndpointError too
+                raise config.ConfigError("shard", str(exc)) from exc
+            self.state.ownership = own
+            self.state.shard_nodes = sh.nodes
         self.listen = listen
         self.reflection_on = reflection_on
         self.embedded_port = embedded_port
@@ -218,6 +231,24 @@ class Service:
     def _on_status(self, node_id: str, status: bus.Status) -> None:
         self.node_bus_status[node_id] = status.state
 
+    # -- the shard (issue 14) ----------------------------------------------------------------------
+
+    def acting(self) -> bool:
+        """Whether this controller acts now: always, unless it is a shard candidate that does not own."""
+        own = self.state.ownership
+        return own is None or own.acting(time.monotonic())
+
+    def _epoch(self) -> int:
+        own = self.state.ownership
+        return own.epoch if own is not None else 0
+
+    def _on_ownership(self, what: str, message: str) -> None:
+        severity = {"acquired": "info", "observed": "info"}.get(what, "warning")
+        log.log(logging.INFO if severity == "info" else logging.WARNING, "%s", message)
+        self.state.publish(
+            [events.Event(timestamp_ns=time.time_ns(), kind=f"shard.{what}", severity=severity, message=message)]
+        )
+
     # -- the desired state (issue 18.2) ------------------------------------------------------------
 
     async def _persist(self) -> None:
@@ -284,8 +315,9 @@ class Service:
         next_at = time.monotonic()
         while True:
             now_ns = time.time_ns()
-            for _ in self.state.tick_steps(now_ns):
-                await asyncio.sleep(0)  # batches, the critical path and the bus go on between the steps
+            if self.acting():  # a standby or fenced shard candidate decides nothing
+                for _ in self.state.tick_steps(now_ns):
+                    await asyncio.sleep(0)  # batches, the critical path and the bus go on between the steps
             self._save_if_changed()
             self.gc.after_tick(time.monotonic())
             next_at += period
@@ -320,8 +352,11 @@ class Service:
                     topics=bus.Topics(self.cfg.bus.root),
                     heartbeat_s=self.cfg.bus.heartbeat_s,
                     max_queued=self.cfg.bus.max_queued,
+                    shard=self.cfg.shard.id or "",
                 )
                 self.bus.current = self.state.control.ledger.is_open
+                self.bus.gate = self.acting
+                self.bus.epoch = self._epoch
                 self.state.bus_stats = self._bus_stats
             if self.metrics_listen:
                 msrv = await metrics.serve(self.state, self.metrics_listen, server_files(self.cfg))
@@ -337,11 +372,12 @@ class Service:
             await server.start()
             await server.set_serving(serving=True)
             log.info(
-                "xpu-controller serving on port %d (%s); bus %s; budget %s",
+                "xpu-controller serving on port %d (%s); bus %s; budget %s%s",
                 self.port,
                 "mTLS, access rules enforced" if self.cfg.tls.on else "plaintext, no access control",
                 url or "off",
                 self.state.budget_w,
+                f"; candidate owner of shard {self.cfg.shard.id} (etcd {self.cfg.shard.etcd})" if self.elector else "",
             )
             if not self.cfg.tls.on and not _loopback(self.listen.rpartition(":")[0].strip("[]")):
                 log.warning(
@@ -356,6 +392,7 @@ class Service:
                 async with asyncio.TaskGroup() as tg:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
                     saver = tg.create_task(self._saver(self.store), name="controller.saver") if self.store else None
+                    elector = tg.create_task(self.elector.run(), name="controller.elector") if self.elector else None
                     self.ready.set()
                     stopped = tg.create_task(stop.wait(), name="controller.stop")
                     waits: set[asyncio.Future[Any]] = {stopped}
@@ -371,6 +408,8 @@ class Service:
                     ticks.cancel()
                     if saver is not None:
                         saver.cancel()
+                    if elector is not None:
+                        elector.cancel()  # revokes the lease: a standby takes over at once
             finally:
                 if bus_task is not None and not bus_task.done():
                     bus_task.cancel()
@@ -379,6 +418,8 @@ class Service:
                         log.warning("MQTT session did not close within %gs; leaving it", SHUTDOWN_BUS_S)
                 await server.set_serving(serving=False)
                 await server.stop(1.0)
+                if self.elector is not None:
+                    await self.elector.etcd.close()
                 self._final_save()
 
 

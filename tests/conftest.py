@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.helpers import Controller, Mosquitto, Processes, free_port
+from tests.helpers import Controller, EtcdCluster, Mosquitto, Processes, free_port
 from xpuctl.controller.core import ingest, registry
 
 UNIT_TIMEOUT_S = 2.0
@@ -83,6 +83,18 @@ def mosquitto(tmp_path: pathlib.Path) -> Iterator[Mosquitto]:
     m.start()
     yield m
     m.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: pathlib.Path) -> Iterator[EtcdCluster]:
+    """A started 3-member etcd cluster for one test (healthy when the test begins)."""
+    cluster = EtcdCluster(tmp_path)
+    cluster.start()
+    try:
+        cluster.wait_healthy()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -5,10 +5,16 @@ holds for this boot), then send every buffered batch after that Ack and each new
 Acks free the buffer. On any stream error: log it, wait (exponential backoff, full jitter), start
 a new session, resend everything after the last Ack (at-least-once; the controller drops
 duplicates). A Throttle pauses sending for the time it names.
+
+Several targets (a shard's candidates, DESIGN 11): a standby refuses the stream with
+FAILED_PRECONDITION and names the owner in the trailing metadata `xpu-owner`; the next session
+goes to that owner if it is one of the targets (an address outside the list is never dialled), else
+to the next target in turn, as after any other error.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -21,7 +27,7 @@ import grpc
 import grpc.aio
 
 from xpuctl.agent.core import buffer
-from xpuctl.common import backoff, tls
+from xpuctl.common import backoff, cli, tls
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.agent.link")
@@ -45,6 +51,8 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 # the reconnect backoff's cap (jittered): a restarted controller has its agents back within it
 BACKOFF_CAP_S = 5.0
+OWNER_METADATA = "xpu-owner"  # a standby's pointer to its shard's owner (controller telemetry.py)
+REDIRECT_MAX_S = 0.5  # a session sent to the named owner starts within this (jittered)
 
 
 class StreamClosedError(Exception):
@@ -68,8 +76,12 @@ class Link:
         channel: grpc.aio.Channel | None = None,
         tls_files: tls.ClientFiles | None = None,
     ) -> None:
-        """`make_hello(acked_seq)` builds the encoded Hello for a new session; `tls_files` turn on (m)TLS."""
-        self.target = target
+        """`make_hello(acked_seq)` builds the encoded Hello for a new session; `tls_files` turn on (m)TLS.
+
+        `target` is one address or several, comma-separated (`cli.addresses`).
+        """
+        self.targets = cli.split_addresses(target)
+        self.target = self.targets[0]
         self.node_id = node_id
         self.boot_id = boot_id
         self.make_hello = make_hello
@@ -85,6 +97,7 @@ class Link:
         self.up = asyncio.Event()  # set at the first session's first Ack, never cleared
         self.sessions_total = 0
         self.rejected_samples_total = 0
+        self.redirects_total = 0  # sessions moved to the owner a standby named
         self.last_error = ""
         self._leaving = False  # goodbye() asked: end the stream as a stop
         self._session_ended = asyncio.Event()
@@ -104,38 +117,86 @@ class Link:
             ("grpc.initial_reconnect_backoff_ms", min(500, cap_ms)),
             ("grpc.max_reconnect_backoff_ms", cap_ms),
         ]
-        channel = self._channel or tls.secure_channel(self.target, self.tls_files, options)
-        stream = channel.stream_stream(
-            STREAM_METHOD,
-            request_serializer=None,  # batches are encoded once, when sampled
-            response_deserializer=pb.ControllerMessage.FromString,
-        )
+        channels: dict[str, grpc.aio.Channel] = {}
         attempt = 0
         try:
             while True:
+                channel = self._channel or channels.get(self.target)
+                if channel is None:
+                    channel = channels[self.target] = tls.secure_channel(self.target, self.tls_files, options)
+                stream = channel.stream_stream(
+                    STREAM_METHOD,
+                    request_serializer=None,  # batches are encoded once, when sampled
+                    response_deserializer=pb.ControllerMessage.FromString,
+                )
+                redirected = False
                 try:
                     await self._session(stream)
                     raise StreamClosedError  # noqa: TRY301 - a normal end still means reconnect
                 except* grpc.aio.AioRpcError as group:
                     exc = group.exceptions[0]
                     assert isinstance(exc, grpc.aio.AioRpcError)  # noqa: S101 - narrows the type: holds by construction
-                    self._lost(f"{exc.code().name}: {exc.details()}")
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        self._lost(f"{exc.code().name}: {exc.details()}")
+                    redirected = self._next_target(exc)
+                    if not redirected and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        self._lost(f"{exc.code().name}: {exc.details()}")
                 except* StreamClosedError:
                     self._lost("controller closed the stream")
+                    self._rotate()
                 if self.connected:
                     attempt = 0
                 self.connected = False
-                delay = backoff.delay_s(
-                    attempt,
-                    base_s=self.backoff_base_s,
-                    cap_s=self.backoff_cap_s,
-                    uniform01=self.rng.random(),
-                )
-                attempt += 1
+                if redirected:
+                    delay = self.rng.uniform(0.0, REDIRECT_MAX_S)
+                else:
+                    delay = backoff.delay_s(
+                        attempt,
+                        base_s=self.backoff_base_s,
+                        cap_s=self.backoff_cap_s,
+                        uniform01=self.rng.random(),
+                    )
+                    attempt += 1
                 await asyncio.sleep(delay)
         finally:
-            if self._channel is None:
+            for channel in channels.values():
                 await channel.close(None)
+
+    def _rotate(self) -> None:
+        """The next target in turn (with one target, the same)."""
+        self.target = self.targets[(self.targets.index(self.target) + 1) % len(self.targets)]
+
+    def _next_target(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Choose the next session's target after `exc`; True when a standby named the owner."""
+        if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            pairs = cast("list[tuple[str, str]]", list(exc.trailing_metadata() or ()))  # the stubs lag grpc.aio
+            owner = next((str(v) for k, v in pairs if k == OWNER_METADATA), "")
+            if owner:
+                try:
+                    owner = cli.address(owner)
+                except argparse.ArgumentTypeError:
+                    owner = ""
+            if owner in self.targets and owner != self.target:
+                log.info(
+                    "node %s: %s is a standby; following the owner at %s",
+                    self.node_id,
+                    self.target,
+                    owner,
+                    extra={"node_id": self.node_id},
+                )
+                self.target = owner
+                self.redirects_total += 1
+                return True
+            if owner and owner not in self.targets:
+                log.warning(
+                    "node %s: %s names %s as the owner, which is not in --controller; not dialling it",
+                    self.node_id,
+                    self.target,
+                    owner,
+                    extra={"node_id": self.node_id},
+                )
+        self._rotate()
+        return False
 
     async def goodbye(self, timeout_s: float = 2.0) -> None:
         """End the session as a stop, not a loss: close the sending side after the batch in flight,

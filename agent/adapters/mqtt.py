@@ -44,8 +44,9 @@ class AgentBus:
         apply_cap: ApplyCap,
         topics: bus.Topics | None = None,
         reconnect_max_s: float = 5.0,
+        shard: str = "",
     ) -> None:
-        """Nothing connects until `run`."""
+        """Nothing connects until `run`; the lease followed is `shard`'s owner's (DESIGN 11) or the one controller's."""
         self.url = url
         self.connect_kwargs = mqtt_session.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.node_id = node_id
@@ -53,6 +54,7 @@ class AgentBus:
         self.act = act
         self.apply_cap = apply_cap
         self.topics = topics or bus.Topics()
+        self.lease_topic = self.topics.lease(shard)
         self.reconnect_max_s = reconnect_max_s
         self.client: aiomqtt.Client | None = None
         self.sessions: mqtt_session.Sessions | None = None
@@ -101,7 +103,7 @@ class AgentBus:
         await client.publish(self.topics.status(self.node_id), msgspec.json.encode(online), qos=1, retain=True)
         await self._publish_state()
         await client.subscribe(self.topics.cmd_req(self.node_id), qos=1)
-        await client.subscribe(self.topics.controller_status, qos=1)
+        await client.subscribe(self.lease_topic, qos=1)
         self.connected.set()
         log.info("MQTT session up (%s:%d, protocol %s)", self.url.host, self.url.port, client._client.protocol)  # noqa: SLF001
         async for message in client.messages:
@@ -112,7 +114,7 @@ class AgentBus:
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         now_ns = time.time_ns()
-        if topic == self.topics.controller_status:
+        if topic == self.lease_topic:
             try:
                 status = msgspec.json.decode(payload, type=bus.Status)
             except msgspec.DecodeError:

@@ -6,10 +6,12 @@ Theory of operation. A command arrives as bytes on `cmd/<node>/req`. In order:
 2. bytes that are not a valid command are counted and answered with the decoding error;
 3. a command whose id was seen is a duplicate: it is answered with the first result again
    (or not at all while that one is still being applied);
-4. a command past its expiry is never applied: answered `expired`; nor one whose expiry is further
+4. a command from a shard's owner (DESIGN 11) whose epoch is lower than the highest this agent has
+   seen for that shard comes from a deposed owner: answered `stale epoch`, never applied;
+5. a command past its expiry is never applied: answered `expired`; nor one whose expiry is further
    ahead than the agent's maximum lifetime (a command meant to be replayable for a year);
-5. while in fail-safe, commands are still applied: the controller's lease is back if they come;
-6. otherwise the cap is clamped to the device's range and applied (by the adapter, off the loop),
+6. while in fail-safe, commands are still applied: the controller's lease is back if they come;
+7. otherwise the cap is clamped to the device's range and applied (by the adapter, off the loop),
    and the enforced limit read back is the answer.
 The lease: the controller republishes its `online` status every heartbeat. When none has come for
 `failsafe_after_s` (or the controller said `lost`/`offline`, or the broker is gone, as long),
@@ -75,6 +77,7 @@ class Counters(msgspec.Struct, kw_only=True):
     garbage: int = 0
     foreign: int = 0
     too_long: int = 0  # refused: valid for longer than the agent's maximum
+    stale_epoch: int = 0  # refused: from a shard owner older than one already heard
     fail_safe_entries: int = 0
 
 
@@ -105,6 +108,7 @@ class Actuator:
         self.fail_safe = False
         self.enforced_w: dict[str, float | None] = {d.uuid: None for d in devices}
         self.results: collections.OrderedDict[str, bus.Result | None] = collections.OrderedDict()
+        self.epochs: dict[str, int] = {}  # the highest fencing epoch seen per shard
         self.counters = Counters()
 
     # -- commands --------------------------------------------------------------------------------
@@ -125,6 +129,16 @@ class Actuator:
             if first is None:
                 return Ignore(why=f"command {cmd.id} is being applied")
             return Answer(result=first)
+        if cmd.shard:
+            highest = self.epochs.get(cmd.shard, 0)
+            if cmd.epoch < highest:
+                self.counters.stale_epoch += 1
+                error = (
+                    f"stale epoch {cmd.epoch} for shard {cmd.shard}: its owner has since changed "
+                    f"(epoch {highest} seen); not applied"
+                )
+                return self._remember(cmd.id, bus.Result(id=cmd.id, ok=False, error=error))
+            self.epochs[cmd.shard] = cmd.epoch
         device = self.devices.get(cmd.device_uuid)
         if device is None:
             self.counters.foreign += 1
@@ -243,7 +257,7 @@ class Actuator:
                 for d in self.devices.values()
             ],
             commands_applied=self.counters.applied,
-            commands_rejected=self.counters.garbage + self.counters.expired,
+            commands_rejected=self.counters.garbage + self.counters.expired + self.counters.stale_epoch,
         )
 
 

@@ -65,6 +65,7 @@ BUS_COUNTERS = {
     "events_sent": "Events published on the bus.",
     "dropped_outgoing": "Messages dropped because the outgoing queue was full.",
     "superseded_unsent": "Queued commands not sent: their device had a newer command by then.",
+    "fenced_unsent": "Queued commands and leases not sent: this controller no longer acted for its shard.",
     "garbage_in": "Unreadable messages received (answers, states, statuses).",
     "results_in": "Answers of agents received.",
     "unknown_results": "Answers to commands the controller does not know (late, forged or repeated).",

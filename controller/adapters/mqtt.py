@@ -45,6 +45,7 @@ class Counters(msgspec.Struct, kw_only=True):
     connects: int = 0
     disconnects: int = 0
     superseded_unsent: int = 0  # commands dropped from the queue: their device has a newer one
+    fenced_unsent: int = 0  # commands and leases not sent: this controller no longer acts for its shard
 
 
 # Publishers on one session. A QoS 1 publish waits for the broker's PUBACK, one loop round trip:
@@ -73,8 +74,15 @@ class ControllerBus:
         heartbeat_s: float = 1.0,
         max_queued: int = 10_000,
         reconnect_max_s: float = 5.0,
+        shard: str = "",
     ) -> None:
-        """Nothing connects until `run`."""
+        """Nothing connects until `run`.
+
+        With a `shard` (DESIGN 11) the lease is the shard's (`status/controller/<shard>`), there is
+        no will (a standby that dies must not speak for the owner: agents see the heartbeats stop),
+        and commands and leases go out only while `gate()` says this controller acts for the shard,
+        checked just before each is handed to the socket.
+        """
         self.url = url
         self.connect_kwargs = mqtt_session.connect_kwargs(url)  # raises tls.TlsError on a bad file, at once
         self.boot_id = boot_id
@@ -82,6 +90,10 @@ class ControllerBus:
         self.on_link = on_link
         self.throttle = logs.Throttle()
         self.topics = topics or bus.Topics()
+        self.shard = shard
+        self.lease_topic = self.topics.lease(shard)
+        self.gate: Callable[[], bool] = lambda: True  # set by the service: whether we act for the shard
+        self.epoch: Callable[[], int] = lambda: 0  # set by the service: the shard's fencing epoch
         self.heartbeat_s = heartbeat_s
         self.max_queued = max_queued
         self.reconnect_max_s = reconnect_max_s
@@ -131,6 +143,8 @@ class ControllerBus:
                 reason=e.reason[:1024],
                 issued_at_ns=e.issued_at_ns,
                 expires_at_ns=e.expires_at_ns,
+                shard=self.shard,
+                epoch=self.epoch(),
             )
         else:
             cmd = bus.SetPowerCap(
@@ -140,6 +154,8 @@ class ControllerBus:
                 reason=e.reason[:1024],
                 issued_at_ns=e.issued_at_ns,
                 expires_at_ns=e.expires_at_ns,
+                shard=self.shard,
+                epoch=self.epoch(),
             )
         props = None
         if self.sessions is not None and self.sessions.protocol == aiomqtt.ProtocolVersion.V5:
@@ -176,7 +192,7 @@ class ControllerBus:
             self.url.port,
             identifier=f"xpu-controller-{self.boot_id[:8]}",
             protocol=protocol,
-            will=mqtt_session.will(self.topics.controller_status, self.boot_id),
+            will=None if self.shard else mqtt_session.will(self.lease_topic, self.boot_id),
             keepalive=10,
             max_queued_incoming_messages=self.max_queued,
             **self.connect_kwargs,
@@ -220,17 +236,19 @@ class ControllerBus:
             raise group.exceptions[0] from None
 
     async def _heartbeat_once(self, client: aiomqtt.Client) -> None:
-        if self.leaving:
+        if self.leaving or not self.gate():
             return
         status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
-        await client.publish(self.topics.controller_status, msgspec.json.encode(status), qos=1, retain=True)
+        await client.publish(self.lease_topic, msgspec.json.encode(status), qos=1, retain=True)
 
     async def _heartbeat(self) -> None:
         """Queue the lease every heartbeat: the publishers do all publishing on a session."""
         while True:
             await asyncio.sleep(self.heartbeat_s)
+            if not self.gate():
+                continue
             status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
-            self._offer(self.topics.controller_status, msgspec.json.encode(status), retain=True)
+            self._offer(self.lease_topic, msgspec.json.encode(status), retain=True)
 
     async def _publisher(self, client: aiomqtt.Client, queue: asyncio.Queue[Outgoing]) -> None:
         while True:
@@ -238,8 +256,11 @@ class ControllerBus:
             if command is not None and not self.current(command):
                 self.counters.superseded_unsent += 1
                 continue
-            if self.leaving and topic == self.topics.controller_status:
+            if self.leaving and topic == self.lease_topic:
                 continue  # a lease queued before the goodbye must not overwrite it
+            if (command is not None or topic == self.lease_topic) and not self.gate():
+                self.counters.fenced_unsent += 1  # fenced since it was queued (a pause, a lapsed lease)
+                continue
             # no await between the check above and this call: paho queues the packet at once, so
             # a lease published here is on the wire before say_offline's `offline`
             await client.publish(topic, payload, qos=1, retain=retain, properties=props)
@@ -271,4 +292,5 @@ class ControllerBus:
         Leases still queued, or due, are not sent after it, so the retained status ends `offline`.
         """
         self.leaving = True
-        await mqtt_session.say_offline(self.client, self.topics.controller_status, self.boot_id)
+        if self.gate():  # a standby's goodbye is not the shard's: the owner still holds the lease
+            await mqtt_session.say_offline(self.client, self.lease_topic, self.boot_id)

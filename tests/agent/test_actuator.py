@@ -118,3 +118,35 @@ def test_a_command_valid_for_too_long_is_refused() -> None:
     assert "beyond this agent's 300s maximum" in d.result.error
     assert a.counters.too_long == 1
     assert isinstance(a.on_command("n1", cmd("near", expires=S + 300 * S), S), actuator.Apply)
+
+
+def sharded(i: str, shard: str, epoch: int) -> bytes:
+    return msgspec.json.encode(
+        bus.SetPowerCap(
+            id=i, device_uuid="d0", power_cap_w=300.0, issued_at_ns=0, expires_at_ns=100 * S, shard=shard, epoch=epoch
+        )
+    )
+
+
+def test_a_deposed_owners_epoch_is_refused_once_a_newer_one_was_seen() -> None:
+    a = act()
+    assert isinstance(a.on_command("n1", sharded("c1", "s1", 5), S), actuator.Apply)
+    assert isinstance(a.on_command("n1", sharded("c2", "s1", 9), S), actuator.Apply)
+    late = a.on_command("n1", sharded("c3", "s1", 5), S)  # the old owner, after a pause
+    assert isinstance(late, actuator.Answer) and not late.result.ok
+    assert "stale epoch 5 for shard s1" in late.result.error and "epoch 9 seen" in late.result.error
+    assert a.counters.stale_epoch == 1 and a.state(S).commands_rejected == 1
+    # epochs are per shard; and a command without a shard (one controller) is not judged by them
+    assert isinstance(a.on_command("n1", sharded("c4", "s2", 1), S), actuator.Apply)
+    assert isinstance(a.on_command("n1", cmd("c5"), S), actuator.Apply)
+    # the same epoch again is the same owner
+    assert isinstance(a.on_command("n1", sharded("c6", "s1", 9), S), actuator.Apply)
+
+
+def test_a_negative_epoch_is_garbage() -> None:
+    payload = (
+        b'{"kind":"set_power_cap","id":"x","device_uuid":"d0","power_cap_w":300,"issued_at_ns":0,'
+        b'"expires_at_ns":9,"shard":"s1","epoch":-1}'
+    )
+    d = act().on_command("n1", payload, 1)
+    assert isinstance(d, actuator.Answer) and "epoch" in d.result.error

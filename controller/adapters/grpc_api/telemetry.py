@@ -22,6 +22,8 @@ from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.controller.grpc")
 
+# trailing metadata of a FAILED_PRECONDITION from a standby: the owner's address (issue 14.3)
+OWNER_METADATA = "xpu-owner"
 SERVICE = pb.DESCRIPTOR.services_by_name["Telemetry"].full_name
 
 
@@ -57,7 +59,12 @@ class TelemetryService:
                     st.ingest.counters.reject(v.reason)
                     st.refused(v, peer=stream.peer, now_ns=now_ns)
                     node = stream.node.node_id if stream.node else "?"
-                    log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
+                    if isinstance(v, errors.NotOwner):
+                        if v.owner:  # machine-readable, for agents that follow the owner
+                            context.set_trailing_metadata(((OWNER_METADATA, v.owner),))
+                        log.info("stream from %s (%s) refused: %s", context.peer(), node, v.message)
+                    else:
+                        log.warning("stream from %s (%s) ended: %s: %s", context.peer(), node, v.code, v.message)
                     await context.abort(getattr(grpc.StatusCode, v.code), errors.bounded(v.message))
                 if st.ingest.answer_now(stream, answer, now_ns):
                     held = None
@@ -81,5 +88,9 @@ class TelemetryService:
             facts = codec.hello_facts(msg.hello)
             if (denial := access.check_node(self.state.policy, facts.node_id, identities)) is not None:
                 raise ProtocolViolation(denial.code, "identity_mismatch", denial.message)
+            if (refusal := self.state.admission(facts.node_id)) is not None:
+                raise refusal
             return self.state.hello(stream, facts, now_ns)
+        if self.state.ownership is not None and (refusal := self.state.admission(None)) is not None:
+            raise refusal  # fenced while the stream was up: end it, the agent finds the owner
         return self.state.batch(stream, codec.batch_columns(msg.batch, self.state.ingest.limits), now_ns)

@@ -30,6 +30,8 @@ class SetPowerCap(msgspec.Struct, frozen=True, kw_only=True, tag="set_power_cap"
     reason: Text = ""
     issued_at_ns: int
     expires_at_ns: int
+    shard: str = ""  # a sharded controller's shard and fencing epoch (DESIGN 11); "" and 0 otherwise
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class RestoreDefault(msgspec.Struct, frozen=True, kw_only=True, tag="restore_default", tag_field="kind"):
@@ -40,6 +42,8 @@ class RestoreDefault(msgspec.Struct, frozen=True, kw_only=True, tag="restore_def
     reason: Text = ""
     issued_at_ns: int
     expires_at_ns: int
+    shard: str = ""
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 Command = SetPowerCap | RestoreDefault
@@ -110,6 +114,10 @@ class Topics:
     def controller_status(self) -> str:
         """The controller's lease."""
         return self.status("controller")
+
+    def lease(self, shard: str = "") -> str:
+        """The lease of a shard's owner (`status/controller/<shard>`), or of the one controller."""
+        return f"{self.controller_status}/{shard}" if shard else self.controller_status
 
     @property
     def events(self) -> str:
