@@ -205,7 +205,7 @@ async def serve(args: argparse.Namespace) -> int:
     store = None
     try:
         cfg = _config(args)
-        store = _store(cfg)
+        store = None if cfg.shard.id else _store(cfg)  # a shard keeps its decisions in etcd
         svc = service.Service(
             cfg,
             listen=args.listen,

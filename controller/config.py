@@ -213,6 +213,8 @@ class Shard(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """TTL of the owner's lease; the owner stops acting 1 s before it could lapse."""
     prefix: str = "/xpu/v1"
     """Root of xpuctl's keys in etcd."""
+    warmup_s: Seconds = 30.0
+    """A new owner starts with no history: for this long it lowers caps (budget, thermal) but raises none."""
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

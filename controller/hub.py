@@ -206,12 +206,20 @@ class Hub:
 
     # -- the operators' verbs ----------------------------------------------------------------------
 
+    def _must_act(self) -> None:
+        """A decision taken by a standby would be lost (and not its to take): refuse it, naming the owner."""
+        refusal = self.admission(None)
+        if refusal is not None:
+            raise refusal
+
     def set_budget(self, budget_w: float, now_ns: int) -> None:
         """Set the cluster budget in watts; 0 removes it.
 
         Raises:
             errors.BadValue: not a finite number of watts >= 0.
+            errors.NotOwner: a shard candidate that does not act for its shard (names the owner).
         """
+        self._must_act()
         self.publish(self.control.set_budget(operations.budget(budget_w), now_ns).events)
         self.decisions += 1
 
@@ -221,7 +229,9 @@ class Hub:
         Raises:
             errors.BadValue: the weight is outside its range.
             errors.UnknownDevice, errors.UnknownNode, errors.MissingTarget: see `operations`.
+            errors.NotOwner: see `set_budget`.
         """
+        self._must_act()
         w = operations.weight(weight)
         if device_uuid:
             operations.device_slot(self.registry, device_uuid)
@@ -237,7 +247,9 @@ class Hub:
 
         Raises:
             errors.UnknownDevice, errors.UnknownNode, errors.MissingTarget, errors.MissingReason.
+            errors.NotOwner: see `set_budget`.
         """
+        self._must_act()
         slots = operations.target_slots(self.registry, device_uuid=device_uuid, node_id=node_id)
         self.publish(operations.cordon(self.registry, slots, cordoned=cordoned, reason=reason, now_ns=now_ns))
         self.decisions += 1
@@ -250,7 +262,9 @@ class Hub:
         Raises:
             errors.UnknownDevice, errors.DeviceInUse: see `operations.releasable`.
             errors.MissingReason: no reason given.
+            errors.NotOwner: see `set_budget`.
         """
+        self._must_act()
         if not reason.strip():
             raise errors.MissingReason
         slot = operations.releasable(self.registry, uuid)

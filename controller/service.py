@@ -133,6 +133,7 @@ class Service:
         self.state = hub.Hub(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
         self.state.policy = policy(cfg)
         self.elector: etcd.Elector | None = None
+        self._etcd_store: etcd.EtcdStore | None = None
         sh = cfg.shard
         if sh.id is not None and sh.etcd is not None and sh.advertise is not None:
             try:
@@ -144,6 +145,8 @@ class Service:
                 raise config.ConfigError("shard", str(exc)) from exc
             self.state.ownership = own
             self.state.shard_nodes = sh.nodes
+            # the shard's decisions live in etcd, read by each new owner (issue 14.4)
+            store = self._etcd_store = etcd.EtcdStore(sh.etcd, shard=sh.id, prefix=sh.prefix, epoch=self._epoch)
         self.listen = listen
         self.reflection_on = reflection_on
         self.embedded_port = embedded_port
@@ -164,7 +167,7 @@ class Service:
         self._dirty = asyncio.Event()
         self._saved = asyncio.Condition()
         if store is not None:
-            saved = store.load()
+            saved = store.load() if self.elector is None else None  # a shard's: when it takes the shard over
             if saved is not None:
                 self.state.restore(saved, where=store.where, now_ns=time.time_ns())
             self.state.persist = self._persist
@@ -242,7 +245,29 @@ class Service:
         own = self.state.ownership
         return own.epoch if own is not None else 0
 
+    def _adopt_desired(self) -> None:
+        """A new owner takes the shard's budget, cordons and priorities from etcd (not the previous
+        owner's open commands: it adopts the caps agents report instead). One short blocking
+        read, once per takeover.
+        """
+        if self.store is None:
+            return
+        try:
+            saved = self.store.load()
+        except desired.Corrupt as exc:
+            self._state_event("state.restore_failed", "critical", f"{exc}; the shard runs on its config's settings")
+            return
+        if saved is not None:
+            self.state.restore(
+                msgspec.structs.replace(saved, commands=[]), where=self.store.where, now_ns=time.time_ns()
+            )
+
     def _on_ownership(self, what: str, message: str) -> None:
+        if what == "acquired":  # cold: no cap is raised before there is history to raise it on
+            warmup_s = self.cfg.shard.warmup_s
+            self.state.control.hold_raises_until_ns = time.time_ns() + int(warmup_s * 1e9)
+            message += f"; raising no cap for {warmup_s:g}s while its history fills"
+            self._adopt_desired()
         severity = {"acquired": "info", "observed": "info"}.get(what, "warning")
         log.log(logging.INFO if severity == "info" else logging.WARNING, "%s", message)
         self.state.publish(
@@ -296,12 +321,12 @@ class Service:
 
     def _save_if_changed(self) -> None:
         """After a tick: the ledger's open commands (or a decision) changed since the last save."""
-        if self.store is not None and self.state.desired_version() != self._saved_version:
+        if self.store is not None and self.acting() and self.state.desired_version() != self._saved_version:
             self._dirty.set()
 
     def _final_save(self) -> None:
         """On the way out: the last state, written in place (the loops have stopped)."""
-        if self.store is None:
+        if self.store is None or self.elector is not None:  # a shard's lease is gone by now: saved as it went
             return
         try:
             self.store.save(self.state.snapshot(time.time_ns()))
@@ -420,6 +445,8 @@ class Service:
                 await server.stop(1.0)
                 if self.elector is not None:
                     await self.elector.etcd.close()
+                    if self._etcd_store is not None:
+                        self._etcd_store.close()
                 self._final_save()
 
 

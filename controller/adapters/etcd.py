@@ -32,7 +32,7 @@ import grpc
 import grpc.aio
 from aetcd import rpc  # etcd's generated v3 API (etcdserverpb); the package's client is not used
 
-from xpuctl.controller.core import ownership
+from xpuctl.controller.core import desired, ownership
 
 log = logging.getLogger("xpu.controller.etcd")
 
@@ -262,3 +262,71 @@ class Elector:
         if (address, epoch) != (self.own.owner_address, self.own.epoch):
             self.own.observed(address, epoch)
             self.on_change("observed", f"shard {self.own.shard}: owned by {address or '?'} (epoch {epoch})")
+
+
+class NotOwnerError(OSError):
+    """A save refused by etcd: this controller no longer owns the shard (the owner key changed)."""
+
+
+class EtcdStore:
+    """`desired.Store` in etcd (issue 14.4): `<prefix>/shards/<id>/desired`, written only by the owner.
+
+    Each save is a transaction that puts the state only if the owner key's create revision is
+    still this owner's epoch: a deposed owner cannot overwrite its successor's decisions. Calls
+    are blocking (the service saves from a thread, and loads once when it takes the shard over).
+    """
+
+    def __init__(self, urls: str, *, shard: str, prefix: str, epoch: Callable[[], int], timeout_s: float = 2.0) -> None:
+        """Parse the endpoints (raises EndpointError); connects lazily."""
+        self.channel = grpc.insecure_channel(target(urls), options=CHANNEL_OPTIONS)
+        self.kv = rpc.KVStub(self.channel)
+        self.owner = owner_key(prefix, shard)
+        self.key = f"{prefix.rstrip('/')}/shards/{shard}/desired".encode()
+        self.where = f"etcd {self.key.decode()}"
+        self.epoch = epoch
+        self.timeout_s = timeout_s
+
+    def load(self) -> desired.Desired | None:
+        """The saved state; None when nothing was saved yet.
+
+        Raises:
+            desired.Corrupt: what is saved cannot be read, or etcd cannot be read (named).
+        """
+        try:
+            reply = self.kv.Range(rpc.RangeRequest(key=self.key), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise desired.Corrupt(f"{self.where}: cannot read it ({_why(exc)})") from exc
+        if not reply.kvs:
+            return None
+        try:
+            return desired.decode(bytes(reply.kvs[0].value))
+        except desired.Corrupt as exc:
+            raise desired.Corrupt(f"{self.where}: {exc}; delete the key (etcdctl del {self.key.decode()})") from exc
+
+    def save(self, d: desired.Desired) -> None:
+        """Put `d` while this owner's key still stands.
+
+        Raises:
+            NotOwnerError: the shard has another owner (or none) now.
+            OSError: etcd could not be reached.
+        """
+        compare = rpc.Compare(
+            result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=self.owner, create_revision=self.epoch()
+        )
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=self.key, value=desired.encode(d)))
+        try:
+            reply = self.kv.Txn(rpc.TxnRequest(compare=[compare], success=[put]), timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise OSError(f"etcd: {_why(exc)}") from exc
+        if not reply.succeeded:
+            msg = f"this controller no longer owns the shard (epoch {self.epoch()}); not saved"
+            raise NotOwnerError(msg)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+
+def _why(exc: grpc.RpcError) -> str:
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    return f"{code().name}: {details()}" if callable(code) and callable(details) else str(exc)

@@ -62,6 +62,8 @@ class Control:
         self.node_status: dict[str, registry.NodeStatus] = {}
         self.feasible = True
         self.last_decision: power.Decision | None = None
+        # a new shard owner starts cold (issue 14.4): until then it lowers caps but raises none
+        self.hold_raises_until_ns = 0
         self._version = -1
         self._static: dict[str, F64] = {}
         self._group = np.zeros(0, dtype=np.int64)
@@ -280,6 +282,7 @@ class Control:
             for start in range(0, n, STEP_DEVICES):
                 parts.append(self.recent_max_w(np.arange(start, min(n, start + STEP_DEVICES), dtype=np.int64), now_ns))
                 yield
+            self.power.hold_raises = now_ns < self.hold_raises_until_ns
             decision = self.power.decide(self.inputs(now_ns, recent_max=np.concatenate(parts)))
             self.last_decision = decision
             out.events.extend(

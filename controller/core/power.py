@@ -158,6 +158,9 @@ class PowerController:
         self.thermal_ceiling_w = np.zeros(0)  # inf = none
         self.cut_now = np.zeros(0, dtype=bool)  # cut by `emergency` since the last period
         self.reclaim_w = 0.0  # budget handed out beyond the estimates, learnt from measured power
+        # set each period by the caller: a new shard owner without enough history lowers caps (the
+        # budget, thermal emergencies) but raises none, and sets no unknown cap outright
+        self.hold_raises = False
 
     def grow(self, n: int) -> None:
         """Make room for n devices."""
@@ -348,6 +351,8 @@ class PowerController:
         new = np.where(known | ~np.isfinite(target), new, target)  # unknown cap: set it outright
         with np.errstate(invalid="ignore"):
             move = s & np.isfinite(new) & (~known | (np.abs(new - base) >= deadband))
+            if self.hold_raises:
+                move &= known & (new < base)
         kept = np.where(s & ~move, base, new)
         if math.isfinite(budget_w):
             over = float(np.nansum(np.where(s, expected_w(kept, demand), 0.0))) - budget_w

@@ -108,6 +108,18 @@ def test_rises_are_slew_limited_and_cuts_are_not() -> None:
     assert all(c.cap_w <= 250.0 + 1e-6 for c in d.commands)
 
 
+def test_a_cold_owner_lowers_caps_but_raises_none_until_warm() -> None:
+    ctl = power.PowerController(config.Power(budget_w=8 * 700.0, slew_frac=0.2))
+    ctl.hold_raises = True  # a new shard owner, before warmup_s of history (issue 14.4)
+    assert not ctl.decide(inputs(8, power_w=300.0, limit_w=300.0)).commands  # would raise: held
+    ctl.budget_w = 8 * 250.0
+    d = ctl.decide(inputs(8, power_w=400.0, limit_w=400.0))
+    assert d.commands and all(c.cap_w <= 250.0 + 1e-6 for c in d.commands)  # a cut is not held
+    ctl.hold_raises = False
+    ctl.budget_w = 8 * 700.0
+    assert ctl.decide(inputs(8, power_w=250.0, limit_w=250.0)).commands  # warm: it raises again
+
+
 def test_infeasible_budget_is_reported_not_raised() -> None:
     ctl = power.PowerController(config.Power(budget_w=500.0))
     d = ctl.decide(inputs(8, power_w=600.0, limit_w=700.0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -85,6 +86,11 @@ class Shard:
         return {r.id: r for r in (msgspec.json.decode(p, type=bus.Result) for _, p in self.watcher.on(RES))}
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 async def nodes(address: str) -> dict[str, cpb.Node]:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
@@ -125,6 +131,7 @@ async def shard(etcd: EtcdCluster, mosquitto: Mosquitto, processes: Processes) -
     processes.start(*agent_argv(controllers, "n1", "nvidia", "--mqtt", mosquitto.url, "--shard", "s1"))
     await wait_async(lambda: streaming_to(s.address(0)), timeout_s=30, what="the agent to stream to owner A")
     s.start_controller(1)
+    await wait_until(lambda: listening(s.ports[1]), timeout_s=20, what="standby B to listen")
     await wait_until(lambda: bool(s.commands()), timeout_s=20, what="owner A's first command")
     try:
         yield s
@@ -154,12 +161,20 @@ async def test_a_standby_refuses_streams_naming_the_owner(shard: Shard) -> None:
 async def test_owner_killed_standby_owns_and_the_agent_follows_within_ttl_plus_5s(shard: Shard) -> None:
     epoch_a = shard.commands()[-1][1].epoch
     assert all(c.shard == "s1" and c.epoch == epoch_a for _, c in shard.commands())
+    await set_budget(shard.address(0), 2300)  # an operator's decision, kept in etcd by the owner
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # the standby takes no decision
+        await set_budget(shard.address(1), 1900)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"the owner is at {shard.address(0)}" in (refused.value.details() or "")
     shard.procs[0].kill()
     killed = time.monotonic()
     took = await wait_async(
         lambda: streaming_to(shard.address(1)), timeout_s=TTL_S + 5, what="the agent to stream to B"
     )
     assert took <= TTL_S + 5
+    async with grpc.aio.insecure_channel(shard.address(1)) as channel:  # B took the decision over from etcd
+        budget = await cgrpc.ClusterStub(channel).GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)
+    assert budget.budget_w == 2300
     await set_budget(shard.address(1), 2000)
     await wait_until(
         lambda: any(c.epoch > epoch_a for _, c in shard.commands()), timeout_s=20, what="B's first command"
