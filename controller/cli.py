@@ -16,8 +16,8 @@ from importlib import resources
 import msgspec
 
 from xpuctl.common import cli, exits, logs, pipes, systemd, tls
-from xpuctl.controller import config, service
-from xpuctl.controller.adapters import statefile
+from xpuctl.controller import config, gateway, service
+from xpuctl.controller.adapters import etcd, statefile
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import desired, ingest, registry
 from xpuctl.protos.xpu.v1 import bus
@@ -158,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
         "--budget-w", type=cli.positive(float), default=None, help="default: 85%% of the fleet's draw after 15 s"
     )
 
+    gw = sub.add_parser("gateway", help="serve the Cluster API over every shard (DESIGN 11)")
+    gw.add_argument("--etcd", required=True, metavar="URL[,URL...]", help="every etcd member, http://HOST:PORT")
+    gw.add_argument("--listen", type=_listen, default="127.0.0.1:50050", metavar="HOST:PORT")
+    gw.add_argument("--prefix", default="/xpu/v1", help="root of xpuctl's keys in etcd (the shards' [shard] prefix)")
     validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
     validate.add_argument("--config", default=None, metavar="FILE")
 
@@ -263,6 +267,26 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_gateway(args: argparse.Namespace) -> int:
+    """Run `xpu-controller gateway` until SIGINT/SIGTERM."""
+    notifier = systemd.Notifier(os.environ)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    notifier.ready(f"gateway on {args.listen}")
+    try:
+        await gateway.serve(etcd_urls=args.etcd, listen=args.listen, prefix=args.prefix, stop=stop)
+    except etcd.EndpointError as exc:
+        log.error("--etcd: %s", exc)
+        return exits.CONFIG
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("shut down")
+    return 0
+
+
 @pipes.quiet_when_the_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-controller`."""
@@ -297,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xpuctl.controller.lab import demo  # noqa: PLC0415 - only the demo needs rich Live
 
         command = demo.run
+    elif args.command == "gateway":
+        command = run_gateway
     else:
         command = serve
     try:

@@ -116,6 +116,18 @@ class Etcd:
         reply = await self.kv.Range(rpc.RangeRequest(key=key), timeout=self.timeout_s)
         return reply.kvs[0] if reply.kvs else None
 
+    async def owners(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """Every shard that has an owner now: shard id -> (its address, its epoch)."""
+        start = f"{prefix.rstrip('/')}/shards/".encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # every key under the prefix
+        reply = await self.kv.Range(rpc.RangeRequest(key=start, range_end=end), timeout=self.timeout_s)
+        out: dict[str, tuple[str, int]] = {}
+        for kv in reply.kvs:
+            shard, _, leaf = bytes(kv.key)[len(start) :].decode(errors="replace").partition("/")
+            if leaf == "owner" and (address := _address_of(kv)):
+                out[shard] = (address, int(kv.create_revision))
+        return out
+
     async def grant(self, ttl_s: float) -> int:
         """A new lease's id."""
         reply = await self.lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=math.ceil(ttl_s)), timeout=self.timeout_s)

@@ -250,7 +250,7 @@ class GetDeviceResponse(_message.Message):
     def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("timestamp_ns", "kind", "node_id", "device_uuid", "severity", "message", "value", "threshold", "detector", "action_id")
+    __slots__ = ("timestamp_ns", "kind", "node_id", "device_uuid", "severity", "message", "value", "threshold", "detector", "action_id", "shard")
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +261,7 @@ class Event(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DETECTOR_FIELD_NUMBER: _ClassVar[int]
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     timestamp_ns: int
     kind: str
     node_id: str
@@ -271,7 +272,8 @@ class Event(_message.Message):
     threshold: float
     detector: str
     action_id: str
-    def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., detector: _Optional[str] = ..., action_id: _Optional[str] = ...) -> None: ...
+    shard: str
+    def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., detector: _Optional[str] = ..., action_id: _Optional[str] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("kinds", "node_id", "since_ns", "device_uuid", "history_only")
