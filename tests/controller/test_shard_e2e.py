@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -128,7 +128,9 @@ async def shard(etcd: EtcdCluster, mosquitto: Mosquitto, processes: Processes) -
     await s.watcher.start()
     s.start_controller(0)
     controllers = f"{s.address(0)},{s.address(1)}"
-    processes.start(*agent_argv(controllers, "n1", "nvidia", "--mqtt", mosquitto.url, "--shard", "s1"))
+    processes.start(
+        *agent_argv(controllers, "n1", "nvidia", "--mqtt", mosquitto.url, "--shard", "s1", "--failsafe-after-s", "8")
+    )
     await wait_async(lambda: streaming_to(s.address(0)), timeout_s=30, what="the agent to stream to owner A")
     s.start_controller(1)
     await wait_until(lambda: listening(s.ports[1]), timeout_s=20, what="standby B to listen")
@@ -233,3 +235,43 @@ async def test_a_frozen_owner_fences_itself_and_its_epoch_is_refused(shard: Shar
     await wait_until(lambda: "inject-1" in shard.answers(), timeout_s=10, what="the agent's answer to the injection")
     answer = shard.answers()["inject-1"]
     assert not answer.ok and f"stale epoch {epoch_a} for shard s1" in answer.error
+
+
+async def test_quorum_lost_fences_the_owner_the_agent_fails_safe_and_an_owner_returns(shard: Shard) -> None:
+    assert shard.watcher is not None
+    shard.etcd.kill(1)
+    shard.etcd.kill(2)
+    lost = time.monotonic()
+    # the owner fences within the TTL: it refuses the stream (and the standby has nobody to name)
+    took = await wait_async(
+        lambda: _not(streaming_to(shard.address(0))), timeout_s=TTL_S + 2, what="the owner to drop the stream"
+    )
+    assert took <= TTL_S + 2
+    fenced = time.monotonic()
+
+    def fail_safe_states() -> list[float]:
+        return [
+            t
+            for t, p in shard.watcher.on("xpu/v1/state/n1")  # type: ignore[union-attr]
+            if t > lost and p and msgspec.json.decode(p, type=bus.NodeState).fail_safe
+        ]
+
+    # no lease any more: the agent keeps its caps for --failsafe-after-s (8 s), then restores defaults
+    await wait_until(lambda: bool(fail_safe_states()), timeout_s=30, what="the agent to fail safe")
+    assert fail_safe_states()[0] - fenced >= 8 - TTL_S  # not before its own deadline (lease silent >= 8 s)
+    shard.etcd.start(1)
+    shard.etcd.start(2)
+    await asyncio.to_thread(shard.etcd.wait_healthy)
+    back = time.monotonic()
+    took = await wait_async(
+        lambda: _any_streaming(shard), timeout_s=TTL_S + 10, what="an owner again, and the agent streaming to it"
+    )
+    assert time.monotonic() - back <= TTL_S + 10
+
+
+async def _not(check: Awaitable[bool]) -> bool:
+    return not await check
+
+
+async def _any_streaming(shard: Shard) -> bool:
+    return await streaming_to(shard.address(0)) or await streaming_to(shard.address(1))
