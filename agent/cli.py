@@ -184,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--timeout-s", type=cli.positive(float), default=20.0, help="per command (killed after)")
 
     fleet = sub.add_parser("fleet", help="many simulated agents in one process (load generator)")
-    fleet.add_argument("--controller", type=cli.address, required=True, metavar="HOST[:PORT]")
+    fleet.add_argument("--controller", type=cli.addresses, required=True, metavar="HOST[:PORT][,...]")
+    fleet.add_argument("--shard", default="", metavar="ID", help="the shard whose owner's lease the nodes follow")
     fleet.add_argument("--nodes", type=cli.positive(int), required=True)
     fleet.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     fleet.add_argument(
@@ -405,6 +406,7 @@ async def _fleet(args: argparse.Namespace) -> int:
         node_prefix=args.node_prefix,
         buffer_batches=args.buffer_batches,
         faults=args.sim_fault,
+        shard=args.shard,
     )
     await fleet.run(spec)
     return exits.OK

@@ -39,6 +39,7 @@ class FleetSpec(msgspec.Struct, frozen=True, kw_only=True):
     node_prefix: str = "sim"
     buffer_batches: int = 600
     faults: list[faults.Fault] = msgspec.field(default_factory=list)  # applied to the first node
+    shard: str = ""  # the shard whose owner's lease the nodes follow (DESIGN 11)
 
 
 async def run(spec: FleetSpec) -> None:
@@ -67,6 +68,7 @@ async def run(spec: FleetSpec) -> None:
                 labels={"fleet": spec.node_prefix},
                 bus_url=spec.mqtt,
                 failsafe_after_s=spec.failsafe_after_s,
+                shard=spec.shard,
             )
         )
     log.info(

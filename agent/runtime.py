@@ -180,9 +180,11 @@ class Agent:
             now_ns=time.time_ns(),
             max_lifetime_s=self.max_command_lifetime_s,
         )
-        return mqtt.AgentBus(
+        agent_bus = mqtt.AgentBus(
             url=url, node_id=self.node_id, boot_id=self.boot_id, act=act, apply_cap=self._apply_cap, shard=self.shard
         )
+        agent_bus.on_owner = self.link.owner_is  # a new owner's lease: stream to it without waiting out a backoff
+        return agent_bus
 
     async def _apply_cap(self, uuid: str, index: int, cap_w: float) -> float:
         """Write one device's cap through its driver, off the loop; returns the enforced limit."""

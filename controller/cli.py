@@ -171,7 +171,14 @@ def _parser() -> argparse.ArgumentParser:
         "bench",
         help="capacity (ingest: samples/s, latency, memory) or policy (power: xpuctl vs the static cap)",
     )
-    bench.add_argument("--scenario", choices=["ingest", "power", "detect"], default="ingest")
+    bench.add_argument("--scenario", choices=["ingest", "power", "detect", "failover"], default="ingest")
+    bench.add_argument("--shards", type=cli.positive(int), default=2, help="failover scenario: shards")
+    bench.add_argument(
+        "--candidates", type=cli.positive(int), default=2, help="failover scenario: candidates per shard"
+    )
+    bench.add_argument(
+        "--freeze", action="store_true", help="failover scenario: SIGSTOP the owners past the TTL instead of SIGKILL"
+    )
     bench.add_argument("--nodes", type=cli.positive(int), default=64, help="power scenario: simulated nodes")
     bench.add_argument("--simulated-s", type=cli.positive(int), default=1800, help="power scenario: length")
     bench.add_argument("--budget-frac", type=cli.fraction, default=0.7, help="power scenario: budget / demand")
@@ -312,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 
         return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, as_json=args.json)
+    if args.command == "bench" and args.scenario == "failover":
+        from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd
+
+        return failoverbench.run(args)
     if args.command == "bench":
         from xpuctl.controller.lab import bench  # noqa: PLC0415 - only the bench needs it
 

@@ -378,6 +378,7 @@ class Service:
                     heartbeat_s=self.cfg.bus.heartbeat_s,
                     max_queued=self.cfg.bus.max_queued,
                     shard=self.cfg.shard.id or "",
+                    address=self.cfg.shard.advertise or "",
                 )
                 self.bus.current = self.state.control.ledger.is_open
                 self.bus.gate = self.acting

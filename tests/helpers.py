@@ -10,13 +10,11 @@ import asyncio
 import contextlib
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import cast
 
@@ -30,6 +28,7 @@ from xpuctl.controller import config, hub, service
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import ingest, model, registry
+from xpuctl.controller.lab import etcdcluster
 from xpuctl.controller.lab.bench import mosquitto_binary
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
@@ -203,86 +202,24 @@ class Mosquitto:
             self.proc = None
 
 
-ETCD_BINARY = "etcd"
-
-
-class EtcdCluster:
-    """A real etcd cluster of `members` on free loopback ports (never 2379/2380), each member
-    killable and restartable; data in the test's directory.
+class EtcdCluster(etcdcluster.EtcdCluster):
+    """The lab's private etcd cluster (controller/lab/etcdcluster.py), skipping the test when
+    etcd is not installed and failing it when the cluster does not come up.
     """
 
     def __init__(self, tmp: pathlib.Path, members: int = 3) -> None:
-        """Not started; skips the test when etcd is not installed."""
-        binary = shutil.which(ETCD_BINARY) or ("/usr/bin/etcd" if pathlib.Path("/usr/bin/etcd").exists() else None)
-        if binary is None:
-            pytest.skip("etcd is not installed (scripts/test installs etcd-server with apt-get)")
-        self.binary = binary
-        self.tmp = tmp
-        self.names = [f"m{k + 1}" for k in range(members)]
-        self.client_ports = [free_port() for _ in self.names]
-        self.peer_ports = [free_port() for _ in self.names]
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
-        self.started = [False] * members
-        self.initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))
-        self.urls = ",".join(f"http://127.0.0.1:{p}" for p in self.client_ports)
-
-    def start(self, k: int | None = None) -> None:
-        """Start every member (or member `k` again); returns at once (see `wait_healthy`)."""
-        for i in [k] if k is not None else range(len(self.names)):
-            name, cport, pport = self.names[i], self.client_ports[i], self.peer_ports[i]
-            argv = [
-                self.binary,
-                "--name", name,
-                "--data-dir", str(self.tmp / f"etcd-{name}"),
-                "--listen-client-urls", f"http://127.0.0.1:{cport}",
-                "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-                "--listen-peer-urls", f"http://127.0.0.1:{pport}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-                "--initial-cluster", self.initial,
-                "--initial-cluster-token", f"xpu-test-{self.peer_ports[0]}",
-                "--initial-cluster-state", "existing" if self.started[i] else "new",
-                "--heartbeat-interval", "100",
-                "--election-timeout", "1000",
-                "--log-level", "warn",
-            ]  # fmt: skip
-            with (self.tmp / f"etcd-{name}.log").open("ab") as out:
-                self.procs[i] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-            self.started[i] = True
-
-    def healthy(self, k: int) -> bool:
-        """Whether member `k` answers /health with quorum."""
+        """Not started."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.client_ports[k]}/health", timeout=1) as r:
-                return b'"true"' in r.read()
-        except OSError:
-            return False
+            super().__init__(tmp, members)
+        except etcdcluster.EtcdError as exc:
+            pytest.skip(str(exc))
 
     def wait_healthy(self, timeout_s: float = 20.0) -> None:
         """Block until every running member reports health (a cluster with quorum)."""
-        deadline = time.monotonic() + timeout_s
-        running = [k for k, p in enumerate(self.procs) if p is not None]
-        while not all(self.healthy(k) for k in running):
-            for k in running:
-                proc = self.procs[k]
-                if proc is not None and proc.poll() is not None:
-                    log = (self.tmp / f"etcd-{self.names[k]}.log").read_text()[-2000:]
-                    pytest.fail(f"etcd {self.names[k]} exited: {log}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"etcd not healthy within {timeout_s:g}s")
-            time.sleep(0.1)
-
-    def kill(self, k: int) -> None:
-        """SIGKILL member `k`."""
-        proc = self.procs[k]
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-            self.procs[k] = None
-
-    def stop(self) -> None:
-        """Kill every member."""
-        for k in range(len(self.names)):
-            self.kill(k)
+        try:
+            super().wait_healthy(timeout_s)
+        except etcdcluster.EtcdError as exc:
+            pytest.fail(str(exc))
 
 
 class Watcher:

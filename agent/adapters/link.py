@@ -97,7 +97,8 @@ class Link:
         self.up = asyncio.Event()  # set at the first session's first Ack, never cleared
         self.sessions_total = 0
         self.rejected_samples_total = 0
-        self.redirects_total = 0  # sessions moved to the owner a standby named
+        self.redirects_total = 0  # sessions moved to the owner a standby (or its lease) named
+        self._retry_now = asyncio.Event()
         self.last_error = ""
         self._leaving = False  # goodbye() asked: end the stream as a stop
         self._session_ended = asyncio.Event()
@@ -119,6 +120,7 @@ class Link:
         ]
         channels: dict[str, grpc.aio.Channel] = {}
         attempt = 0
+        untried = len(self.targets) - 1  # candidates not yet tried since the last success or backoff
         try:
             while True:
                 channel = self._channel or channels.get(self.target)
@@ -146,10 +148,15 @@ class Link:
                     self._rotate()
                 if self.connected:
                     attempt = 0
+                    untried = len(self.targets) - 1
                 self.connected = False
-                if redirected:
+                if redirected or untried > 0:
+                    # the named owner, or the next candidate of this round: at once (jittered); the
+                    # backoff grows only once every candidate has failed in turn
+                    untried -= 0 if redirected else 1
                     delay = self.rng.uniform(0.0, REDIRECT_MAX_S)
                 else:
+                    untried = len(self.targets) - 1
                     delay = backoff.delay_s(
                         attempt,
                         base_s=self.backoff_base_s,
@@ -157,10 +164,27 @@ class Link:
                         uniform01=self.rng.random(),
                     )
                     attempt += 1
-                await asyncio.sleep(delay)
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):  # an owner's lease on the bus cuts the wait short
+                    await asyncio.wait_for(self._retry_now.wait(), delay)
         finally:
             for channel in channels.values():
                 await channel.close(None)
+
+    def owner_is(self, address: str) -> None:
+        """The shard's owner says (in its lease on the bus) that it is at `address`: while not
+        streaming, the next session goes there at once. An address not in the targets is ignored.
+        """
+        try:
+            owner = cli.address(address)
+        except argparse.ArgumentTypeError:
+            return
+        if self.connected or owner not in self.targets:
+            return
+        if owner != self.target:
+            self.target = owner
+            self.redirects_total += 1
+        self._retry_now.set()
 
     def _rotate(self) -> None:
         """The next target in turn (with one target, the same)."""

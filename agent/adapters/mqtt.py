@@ -55,6 +55,7 @@ class AgentBus:
         self.apply_cap = apply_cap
         self.topics = topics or bus.Topics()
         self.lease_topic = self.topics.lease(shard)
+        self.on_owner: Callable[[str], None] | None = None  # a shard owner's lease named its address
         self.reconnect_max_s = reconnect_max_s
         self.client: aiomqtt.Client | None = None
         self.sessions: mqtt_session.Sessions | None = None
@@ -121,6 +122,8 @@ class AgentBus:
                 self.controller_garbage += 1
                 log.warning("unreadable controller status on %s: %r", topic, bytes(payload[:80]))
                 return
+            if status.state == bus.ONLINE and status.address and self.on_owner is not None:
+                self.on_owner(status.address)
             if self.act.on_controller_status(status.state, now_ns):
                 log.info("controller lease back: fail-safe ended", extra={"node_id": self.node_id})
                 await self._publish_state()

@@ -75,6 +75,7 @@ class ControllerBus:
         max_queued: int = 10_000,
         reconnect_max_s: float = 5.0,
         shard: str = "",
+        address: str = "",
     ) -> None:
         """Nothing connects until `run`.
 
@@ -91,6 +92,7 @@ class ControllerBus:
         self.throttle = logs.Throttle()
         self.topics = topics or bus.Topics()
         self.shard = shard
+        self.address = address  # advertised in the shard's lease, so that agents come straight here
         self.lease_topic = self.topics.lease(shard)
         self.gate: Callable[[], bool] = lambda: True  # set by the service: whether we act for the shard
         self.epoch: Callable[[], int] = lambda: 0  # set by the service: the shard's fencing epoch
@@ -238,7 +240,9 @@ class ControllerBus:
     async def _heartbeat_once(self, client: aiomqtt.Client) -> None:
         if self.leaving or not self.gate():
             return
-        status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
+        status = bus.Status(
+            state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s, address=self.address
+        )
         await client.publish(self.lease_topic, msgspec.json.encode(status), qos=1, retain=True)
 
     async def _heartbeat(self) -> None:
@@ -247,7 +251,13 @@ class ControllerBus:
             await asyncio.sleep(self.heartbeat_s)
             if not self.gate():
                 continue
-            status = bus.Status(state=bus.ONLINE, boot_id=self.boot_id, at_ns=time.time_ns(), lease_s=self.heartbeat_s)
+            status = bus.Status(
+                state=bus.ONLINE,
+                boot_id=self.boot_id,
+                at_ns=time.time_ns(),
+                lease_s=self.heartbeat_s,
+                address=self.address,
+            )
             self._offer(self.lease_topic, msgspec.json.encode(status), retain=True)
 
     async def _publisher(self, client: aiomqtt.Client, queue: asyncio.Queue[Outgoing]) -> None:

@@ -85,6 +85,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     boot_id: str = ""
     at_ns: int = 0
     lease_s: float = 0.0
+    address: str = ""  # a shard owner's lease: where agents reach it (DESIGN 11)
 
 
 class Topics:
