@@ -59,6 +59,10 @@ class StreamClosedError(Exception):
     """The controller closed the stream without an error status."""
 
 
+class OwnerMovedError(Exception):
+    """The shard's lease names another owner than the one this session streams to."""
+
+
 class Link:
     """Streams the batches of one agent's buffer to the controller."""
 
@@ -99,6 +103,8 @@ class Link:
         self.rejected_samples_total = 0
         self.redirects_total = 0  # sessions moved to the owner a standby (or its lease) named
         self._retry_now = asyncio.Event()
+        self._moved = asyncio.Event()  # set by owner_is: the session's controller is no longer the owner
+        self._moved_to = ""
         self.last_error = ""
         self._leaving = False  # goodbye() asked: end the stream as a stop
         self._session_ended = asyncio.Event()
@@ -123,6 +129,8 @@ class Link:
         untried = len(self.targets) - 1  # candidates not yet tried since the last success or backoff
         try:
             while True:
+                if self._moved_to:  # named by the owner's lease as the session ended anyway
+                    self.target, self._moved_to = self._moved_to, ""
                 channel = self._channel or channels.get(self.target)
                 if channel is None:
                     channel = channels[self.target] = tls.secure_channel(self.target, self.tls_files, options)
@@ -146,6 +154,17 @@ class Link:
                 except* StreamClosedError:
                     self._lost("controller closed the stream")
                     self._rotate()
+                except* OwnerMovedError:
+                    log.info(
+                        "node %s: the shard's owner is now %s; leaving %s",
+                        self.node_id,
+                        self._moved_to,
+                        self.target,
+                        extra={"node_id": self.node_id},
+                    )
+                    self.target, self._moved_to = self._moved_to, ""
+                    self.redirects_total += 1
+                    redirected = True
                 if self.connected:
                     attempt = 0
                     untried = len(self.targets) - 1
@@ -172,14 +191,20 @@ class Link:
                 await channel.close(None)
 
     def owner_is(self, address: str) -> None:
-        """The shard's owner says (in its lease on the bus) that it is at `address`: while not
-        streaming, the next session goes there at once. An address not in the targets is ignored.
+        """The shard's owner says (in its lease on the bus) that it is at `address`: the next
+        session goes there at once, and a session to another candidate (a deposed owner, which may
+        be frozen and never answer again) ends. An address not in the targets is ignored.
         """
         try:
             owner = cli.address(address)
         except argparse.ArgumentTypeError:
             return
-        if self.connected or owner not in self.targets:
+        if owner not in self.targets:
+            return
+        if self.connected:
+            if owner != self.target:  # the one we stream to was deposed (frozen, cut off): leave it now
+                self._moved_to = owner
+                self._moved.set()
             return
         if owner != self.target:
             self.target = owner
@@ -246,6 +271,7 @@ class Link:
         self.last_error = reason
 
     async def _session(self, stream: Stream) -> None:
+        self._moved.clear()
         call = stream(None)
         try:
             await call.write(self.make_hello(self.batches.acked_seq))
@@ -262,6 +288,7 @@ class Link:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._send(call), name=f"link[{self.node_id}].tx")
                 tg.create_task(self._receive(call), name=f"link[{self.node_id}].rx")
+                tg.create_task(self._until_moved(), name=f"link[{self.node_id}].owner")
         finally:
             call.cancel()
             self._session_ended.set()
@@ -290,6 +317,10 @@ class Link:
                 msg.throttle.retry_after_ms,
                 extra={"node_id": self.node_id},
             )
+
+    async def _until_moved(self) -> None:
+        await self._moved.wait()
+        raise OwnerMovedError
 
     async def _receive(self, call: Call) -> None:
         while True:

@@ -197,11 +197,13 @@ async def test_a_frozen_owner_fences_itself_and_its_epoch_is_refused(shard: Shar
     a = shard.procs[0]
     os.kill(a.pid, signal.SIGSTOP)
     stopped = time.monotonic()
+    # B takes over; its lease names it, and the agent leaves the frozen A for it (A never answers)
+    took = await wait_async(
+        lambda: streaming_to(shard.address(1)), timeout_s=TTL_S + 5, what="the agent to leave frozen A for B"
+    )
     await wait_until(lambda: time.monotonic() - stopped > TTL_S + 2, timeout_s=TTL_S + 3, what="TTL + 2 s")
     os.kill(a.pid, signal.SIGCONT)
-    woke = time.monotonic()
-    # A finds itself fenced before anything; the agent, refused by A, goes to B, which commands it
-    took = await wait_async(lambda: streaming_to(shard.address(1)), timeout_s=20, what="the agent to stream to B")
+    woke = time.monotonic()  # A finds itself fenced before it sends anything
     await set_budget(shard.address(1), 2000)
     await wait_until(
         lambda: any(c.epoch > epoch_a for _, c in shard.commands()), timeout_s=20, what="B's first command"
