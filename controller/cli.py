@@ -281,15 +281,24 @@ async def run_gateway(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    notifier.ready(f"gateway on {args.listen}")
+    watchdog = asyncio.create_task(notifier.watchdog_loop(), name="gateway.sd_watchdog")
     try:
-        await gateway.serve(etcd_urls=args.etcd, listen=args.listen, prefix=args.prefix, stop=stop)
+        await gateway.serve(
+            etcd_urls=args.etcd,
+            listen=args.listen,
+            prefix=args.prefix,
+            stop=stop,
+            on_ready=lambda port: notifier.ready(f"gateway serving on port {port}"),
+        )
     except etcd.EndpointError as exc:
         log.error("--etcd: %s", exc)
         return exits.CONFIG
     except OSError as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
     log.info("shut down")
     return 0
 

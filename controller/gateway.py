@@ -379,8 +379,10 @@ def merge_device_pages(parts: list[cpb.ListDevicesResponse], page_size: int) -> 
     return cpb.ListDevicesResponse(devices=page, next_page_token=page[-1].info.uuid if more and page else "")
 
 
-async def serve(*, etcd_urls: str, listen: str, prefix: str, stop: asyncio.Event) -> None:
-    """Run a gateway until `stop` is set.
+async def serve(
+    *, etcd_urls: str, listen: str, prefix: str, stop: asyncio.Event, on_ready: Callable[[int], None] | None = None
+) -> None:
+    """Run a gateway until `stop` is set; `on_ready(port)` once it serves.
 
     Raises:
         etcd.EndpointError: a bad `--etcd`.
@@ -401,6 +403,8 @@ async def serve(*, etcd_urls: str, listen: str, prefix: str, stop: asyncio.Event
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("xpu-controller gateway on port %d; shards from etcd %s (prefix %s)", port, etcd_urls, prefix)
     refresher = asyncio.create_task(owners.run(), name="gateway.owners")
+    if on_ready is not None:
+        on_ready(port)
     try:
         await stop.wait()
     finally:

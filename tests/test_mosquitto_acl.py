@@ -123,6 +123,19 @@ async def test_nodes_are_confined_to_their_own_topics(broker: Mosquitto) -> None
         assert leaked == []
 
 
+async def test_a_node_reads_its_shard_owners_lease_and_cannot_forge_it(broker: Mosquitto) -> None:
+    lease = "xpu/v1/status/controller/hall1"  # a shard owner's lease (DESIGN 11)
+    async with (
+        client(broker, "controller") as (ctl, _),
+        client(broker, "node-a", lease) as (a, a_in),
+        client(broker, "node-b", lease) as (_b, b_in),
+    ):
+        await a.publish(lease, b"forged", qos=1)  # refused by the ACL: B sees only the owner's fence
+        await ctl.publish(lease, b"fence", qos=1)
+        assert await received_until_fence(b_in) == []
+        assert await asyncio.wait_for(a_in.get(), 10) == (lease, b"fence")
+
+
 async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_path: pathlib.Path) -> None:
     """`mqtt://USER@HOST:PORT?password_file=F`, as the programs read it: the right password gets in
     (and the ACL applies to that user), a wrong one is refused.
