@@ -267,6 +267,9 @@ class Service:
             warmup_s = self.cfg.shard.warmup_s
             self.state.control.hold_raises_until_ns = time.time_ns() + int(warmup_s * 1e9)
             message += f"; raising no cap for {warmup_s:g}s while its history fills"
+            self.state.publish(
+                self.state.control.abandon_commands(time.time_ns(), "this controller took the shard again, new epoch")
+            )
             self._adopt_desired()
         severity = {"acquired": "info", "observed": "info"}.get(what, "warning")
         log.log(logging.INFO if severity == "info" else logging.WARNING, "%s", message)

@@ -256,6 +256,16 @@ class Control:
             pass
         return out
 
+    def abandon_commands(self, now_ns: int, why: str) -> list[events.Event]:
+        """Close every open command (see `ledger.Ledger.abandon`); the loop takes the caps that
+        telemetry reports for those devices from now on.
+        """
+        closed, out = self.ledger.abandon(now_ns, why)
+        for e in closed:
+            if e.slot >= 0:
+                self.power.forget(e.slot)
+        return out
+
     def steps(self, now_ns: int, out: Output) -> Iterator[None]:
         """One control period in steps of a few milliseconds at 10,000 devices, into `out`.
 

@@ -235,6 +235,17 @@ class Ledger:
         self._finish(e, FAILED, now_ns)
         return e, [self._event(e, FAILED, now_ns, f"{e.device_uuid}: {error}", severity="warning")]
 
+    def abandon(self, now_ns: int, why: str) -> tuple[list[Entry], list[events.Event]]:
+        """Close every open command as expired, never to be sent again (a shard owner taking the
+        shard again starts a new epoch: what it had in flight before was decided on what it knew
+        then); the closed entries and their events.
+        """
+        closed, out = list(self.open.values()), []
+        for e in closed:
+            self._finish(e, EXPIRED, now_ns)
+            out.append(self._event(e, EXPIRED, now_ns, f"not sent again: {why}", "warning"))
+        return closed, out
+
     def due(self, now_ns: int) -> tuple[list[Entry], list[Entry], list[events.Event]]:
         """(to send now: new or unanswered past the retry time, expired now, their events)."""
         send, expired, out = [], [], []

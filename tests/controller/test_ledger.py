@@ -55,3 +55,13 @@ def test_one_writer_per_device() -> None:
     b, evs = lg.issue(S, slot=3, node_id="n", device_uuid="d3", cap_w=250.0, reason="budget")
     assert a.state == ledger.SUPERSEDED and evs[0].kind == "action.superseded"
     assert list(lg.open) == [b.id]
+
+
+def test_abandoned_commands_are_closed_and_never_sent_again() -> None:
+    lg = make()
+    a, b = issue(lg, 0, slot=0), issue(lg, 0, slot=1)
+    closed, evs = lg.abandon(1 * S, "new epoch")
+    assert [e.id for e in closed] == [a.id, b.id] and all(e.state == ledger.EXPIRED for e in closed)
+    assert [e.kind for e in evs] == ["action.expired", "action.expired"] and "new epoch" in evs[0].message
+    assert lg.due(3 * S) == ([], [], []) and not lg.open
+    assert lg.result(4 * S, node_id="n", id=a.id, ok=True, applied_cap_w=300.0, error="") == (None, [])
