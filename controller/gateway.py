@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -165,6 +165,23 @@ class Gateway(cgrpc.ClusterServicer):
                 last = exc.details() or "not found"
         raise ShardError(grpc.StatusCode.NOT_FOUND, f"{last} (in no shard)")
 
+    async def _all(self, method: str, request: Any, context: Context) -> list[Any]:  # noqa: ANN401 - any Cluster request
+        """Every shard's answer to `method` (ending the call naming the shard that failed)."""
+        md = self._metadata(context)
+        try:
+            parts = await self._each(lambda s: getattr(s, method)(request, timeout=CALL_TIMEOUT_S, metadata=md))
+        except ShardError as exc:
+            await self._fail(context, exc)
+        return list(parts.values())
+
+    async def _one(self, method: str, request: Any, context: Context) -> Any:  # noqa: ANN401 - any Cluster call
+        """`method` on the shard that knows its target (ending the call when none does)."""
+        md = self._metadata(context)
+        try:
+            return await self._route(lambda s: getattr(s, method)(request, timeout=CALL_TIMEOUT_S, metadata=md))
+        except ShardError as exc:
+            await self._fail(context, exc)
+
     @staticmethod
     async def _fail(context: Context, exc: ShardError) -> NoReturn:
         await context.abort(exc.code, exc.message)
@@ -174,83 +191,41 @@ class Gateway(cgrpc.ClusterServicer):
 
     async def GetSummary(self, request: cpb.GetSummaryRequest, context: Context) -> cpb.Summary:  # noqa: N802 - gRPC method name
         """The sums of the shards' summaries."""
-        md = self._metadata(context)
-        try:
-            parts = await self._each(lambda s: s.GetSummary(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
-        return merge_summaries(list(parts.values()))
+        return merge_summaries(await self._all("GetSummary", request, context))
 
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:  # noqa: N802
         """Every shard's nodes, by node id."""
-        md = self._metadata(context)
-        try:
-            parts = await self._each(lambda s: s.ListNodes(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
-        nodes = sorted((n for p in parts.values() for n in p.nodes), key=lambda n: n.node_id)
+        parts: list[cpb.ListNodesResponse] = await self._all("ListNodes", request, context)
+        nodes = sorted((n for p in parts for n in p.nodes), key=lambda n: n.node_id)
         return cpb.ListNodesResponse(nodes=nodes)
 
     async def ListDevices(self, request: cpb.ListDevicesRequest, context: Context) -> cpb.ListDevicesResponse:  # noqa: N802
         """The shards' devices in uuid order, paged as one controller pages them."""
-        md = self._metadata(context)
-        try:
-            parts = await self._each(lambda s: s.ListDevices(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
-        return merge_device_pages(list(parts.values()), request.page_size)
+        return merge_device_pages(await self._all("ListDevices", request, context), request.page_size)
 
-    async def GetDevice(self, request: cpb.GetDeviceRequest, context: Context) -> cpb.GetDeviceResponse:  # noqa: N802
+    async def GetDevice(self, request: cpb.GetDeviceRequest, context: Context) -> cpb.GetDeviceResponse:  # noqa: N802 - gRPC method name
         """From the shard that has the device."""
-        md = self._metadata(context)
-        try:
-            return await self._route(lambda s: s.GetDevice(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
+        return cast("cpb.GetDeviceResponse", await self._one("GetDevice", request, context))
 
-    async def Cordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802
+    async def Cordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802 - gRPC method name
         """On the shard that has the device or node."""
-        md = self._metadata(context)
-        try:
-            return await self._route(lambda s: s.Cordon(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
+        return cast("cpb.CordonResponse", await self._one("Cordon", request, context))
 
-    async def Uncordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802
+    async def Uncordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802 - gRPC method name
         """On the shard that has the device or node."""
-        md = self._metadata(context)
-        try:
-            return await self._route(lambda s: s.Uncordon(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
+        return cast("cpb.CordonResponse", await self._one("Uncordon", request, context))
 
-    async def SetPriority(self, request: cpb.SetPriorityRequest, context: Context) -> cpb.SetPriorityResponse:  # noqa: N802
+    async def SetPriority(self, request: cpb.SetPriorityRequest, context: Context) -> cpb.SetPriorityResponse:  # noqa: N802 - gRPC method name
         """On the shard that has the device or node."""
-        md = self._metadata(context)
-        try:
-            return await self._route(lambda s: s.SetPriority(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
+        return cast("cpb.SetPriorityResponse", await self._one("SetPriority", request, context))
 
-    async def ReleaseDevice(  # noqa: N802 - gRPC method name
-        self, request: cpb.ReleaseDeviceRequest, context: Context
-    ) -> cpb.ReleaseDeviceResponse:
+    async def ReleaseDevice(self, request: cpb.ReleaseDeviceRequest, context: Context) -> cpb.ReleaseDeviceResponse:  # noqa: N802 - gRPC method name
         """On the shard that has the device."""
-        md = self._metadata(context)
-        try:
-            return await self._route(lambda s: s.ReleaseDevice(request, timeout=CALL_TIMEOUT_S, metadata=md))
-        except ShardError as exc:
-            await self._fail(context, exc)
+        return cast("cpb.ReleaseDeviceResponse", await self._one("ReleaseDevice", request, context))
 
     async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
         """The sum of the shards' budgets (none unless every shard has one) and power."""
-        md = self._metadata(context)
-        try:
-            parts = list(
-                (await self._each(lambda s: s.GetPowerBudget(request, timeout=CALL_TIMEOUT_S, metadata=md))).values()
-            )
-        except ShardError as exc:
-            await self._fail(context, exc)
+        parts: list[cpb.PowerBudget] = await self._all("GetPowerBudget", request, context)
         out = cpb.PowerBudget(power_w=sum(p.power_w for p in parts), feasible=all(p.feasible for p in parts))
         if all(p.HasField("budget_w") for p in parts):
             out.budget_w = sum(p.budget_w for p in parts)
