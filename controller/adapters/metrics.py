@@ -194,6 +194,23 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
             "# TYPE xpu_bus_up gauge",
             f"xpu_bus_up {bus_stats['up']}",
         ]
+    own = state.ownership
+    if own is not None:  # a shard candidate (DESIGN 11)
+        acting = int(own.acting(time.monotonic()))
+        out += [
+            "# HELP xpu_shard_owner 1 while this controller acts for its shard (owns it, lease confirmed).",
+            "# TYPE xpu_shard_owner gauge",
+            f'xpu_shard_owner{{shard="{own.shard}"}} {acting}',
+            "# HELP xpu_shard_epoch The shard's fencing epoch as this controller knows it.",
+            "# TYPE xpu_shard_epoch gauge",
+            f'xpu_shard_epoch{{shard="{own.shard}"}} {own.epoch}',
+            "# HELP xpu_shard_takeovers_total Times this controller became the shard's owner.",
+            "# TYPE xpu_shard_takeovers_total counter",
+            f'xpu_shard_takeovers_total{{shard="{own.shard}"}} {own.takeovers}',
+            "# HELP xpu_shard_fences_total Times it stopped acting because its lease could have lapsed or was lost.",
+            "# TYPE xpu_shard_fences_total counter",
+            f'xpu_shard_fences_total{{shard="{own.shard}"}} {own.fences}',
+        ]
     out += [
         "# HELP xpu_ingest_rejected_total Samples or messages rejected, by reason.",
         "# TYPE xpu_ingest_rejected_total counter",

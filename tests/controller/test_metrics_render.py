@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import numpy as np
 
 from xpuctl.controller import hub
 from xpuctl.controller.adapters import codec, metrics
-from xpuctl.controller.core import ingest, model
+from xpuctl.controller.core import ingest, model, ownership
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 NOW_NS = 1_800_000_000_000_000_000
@@ -54,3 +55,13 @@ def test_an_open_anomaly_makes_the_device_degraded() -> None:
     h.control.detectors.open["thermal"] = np.array([False, True])  # fault injection: a raised anomaly
     text = metrics.render(h, NOW_NS + 1 * S)
     assert (status_of(text, "gpu-0"), status_of(text, "gpu-1")) == ("ok", "degraded")
+
+
+def test_a_shard_candidate_exports_whether_it_owns_and_its_epoch() -> None:
+    h = fed_hub()
+    h.ownership = own = ownership.Ownership("hall1", "a:1")
+    assert 'xpu_shard_owner{shard="hall1"} 0' in metrics.render(h, NOW_NS)
+    own.acquired(epoch=42, sent_at=time.monotonic())
+    text = metrics.render(h, NOW_NS)
+    assert 'xpu_shard_owner{shard="hall1"} 1' in text and 'xpu_shard_epoch{shard="hall1"} 42' in text
+    assert 'xpu_shard_takeovers_total{shard="hall1"} 1' in text
