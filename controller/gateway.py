@@ -11,8 +11,9 @@ the owners:
 - WatchEvents: every shard's stream, each event naming its shard; a stream that breaks (an owner
   failover) is opened again on the new owner from the time of its last event;
 - SetPowerBudget: refused, naming why: a budget over shards is the root allocator's (issue 15).
-A shard whose owner cannot be reached fails the call with UNAVAILABLE naming the shard: a listing
-is complete or it is an error, never silently partial. Operator credentials (the `authorization`
+A shard whose owner cannot be reached, or that has no owner for the moment (during a failover;
+a shard the gateway has seen, for FORGET_SHARD_S), fails the call with UNAVAILABLE naming the
+shard: a listing is complete or it is an error, never silently partial. Operator credentials (the `authorization`
 metadata) are passed on to the owners, which decide.
 """
 
@@ -41,6 +42,7 @@ T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DEADLINE_EXCEEDED)
 PASSED_ON = ("authorization",)  # metadata the owners judge for themselves
+FORGET_SHARD_S = 300.0  # a shard without an owner this long is taken as removed from the site
 
 
 class ShardError(Exception):
@@ -62,6 +64,7 @@ class Owners:
         self.prefix = prefix
         self.refresh_s = refresh_s
         self.known: dict[str, tuple[str, int]] = {}  # shard -> (owner address, epoch)
+        self.seen: dict[str, float] = {}  # every shard that had an owner -> when it last had one (monotonic)
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.last_error = ""
 
@@ -76,6 +79,10 @@ class Owners:
             self.last_error = why
             return
         self.last_error = ""
+        now = time.monotonic()
+        self.seen.update(dict.fromkeys(found, now))
+        for shard in [s for s, at in self.seen.items() if now - at > FORGET_SHARD_S]:
+            del self.seen[shard]  # gone for good (removed from the site): no longer waited for
         if found != self.known:
             log.info("owners: %s", ", ".join(f"{s}={a} (epoch {e})" for s, (a, e) in sorted(found.items())) or "none")
         self.known = found
@@ -130,9 +137,14 @@ class Gateway(cgrpc.ClusterServicer):
         Raises:
             ShardError: no shard has an owner, or one of them did not answer.
         """
+        await self.owners.refresh()  # the owners now: a listing is as complete as etcd is at this moment
         shards = sorted(self.owners.known)
         if not shards:
             msg = f"no shard has an owner in etcd ({self.owners.client.target}, prefix {self.owners.prefix})"
+            raise ShardError(grpc.StatusCode.UNAVAILABLE, msg)
+        orphans = sorted(set(self.owners.seen) - set(shards))
+        if orphans:  # a listing without them would be silently partial
+            msg = f"shard {', '.join(orphans)} has no owner right now (a failover takes a few seconds); try again"
             raise ShardError(grpc.StatusCode.UNAVAILABLE, msg)
         answers = await asyncio.gather(*(self._ask(s, call) for s in shards), return_exceptions=True)
         out: dict[str, T] = {}

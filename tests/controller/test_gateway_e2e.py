@@ -155,6 +155,10 @@ async def test_watch_events_carries_both_shards_and_survives_an_owner_failover(s
             old = await owner_of(site, "s1")
             site.procs[old].kill()
             killed_ns = time.time_ns()
+            # until a standby owns s1, a listing is an error naming it, never a silently partial answer
+            with pytest.raises(grpc.aio.AioRpcError) as partial:
+                await cgrpc.ClusterStub(channel).ListNodes(cpb.ListNodesRequest(), timeout=10)
+            assert partial.value.code() == grpc.StatusCode.UNAVAILABLE and "shard s1" in (partial.value.details() or "")
             await wait_until(
                 lambda: any(e.shard == "s1" and e.kind == "shard.acquired" and e.timestamp_ns > killed_ns for e in got),
                 timeout_s=20,
