@@ -64,7 +64,9 @@ def _config(args: argparse.Namespace) -> config.Config:
             if (v := getattr(args, flag, None)) is not None  # only `serve` has these flags
         },
     )
-    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg, state=state, shard=shard)
+    history_url = getattr(args, "history_url", None)
+    hist = msgspec.structs.replace(cfg.history, url=history_url) if history_url else cfg.history
+    merged = msgspec.structs.replace(cfg, power=power, bus=bus_cfg, state=state, shard=shard, history=hist)
     try:  # replace() does not check constraints: a flag must meet its setting's range too
         checked = msgspec.convert(msgspec.to_builtins(merged), config.Config)
     except msgspec.ValidationError as exc:
@@ -126,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="release a gone device's slot, and forget a silent node, after this long (default 1 h)",
     )
     serve.add_argument("--no-reflection", action="store_true", help="turn gRPC server reflection off")
+    serve.add_argument(
+        "--history-url",
+        default=None,
+        metavar="URL",
+        help="export 10 s aggregates to VictoriaMetrics at http://HOST:PORT ([history] in the config)",
+    )
     serve.add_argument("--shard", default=None, metavar="ID", help="run as a candidate owner of this shard (DESIGN 11)")
     serve.add_argument(
         "--etcd", default=None, metavar="URL[,URL...]", help="with --shard: every etcd member, http://HOST:PORT"

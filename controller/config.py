@@ -193,6 +193,17 @@ class State(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     `none` keeps nothing (every start begins empty)."""
 
 
+class History(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """History beyond the ring (issue 15.6): aggregates of every device metric to a time-series database."""
+
+    url: str | None = None
+    """VictoriaMetrics' address, http://HOST:PORT (its /api/v1/import/prometheus); None exports nothing."""
+    period_s: Period = 10.0
+    """Each export holds the mean, max and last value of every device metric over this long."""
+    max_queued: Count = 30
+    """Periods kept while the database is slow or gone; beyond, the oldest is dropped (counted)."""
+
+
 class Shard(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One shard of a deployment with more than one controller (DESIGN 11, issue 14).
 
@@ -228,6 +239,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     state: State = msgspec.field(default_factory=State)
     limits: Limits = msgspec.field(default_factory=Limits)
     shard: Shard = msgspec.field(default_factory=Shard)
+    history: History = msgspec.field(default_factory=History)
 
 
 class ConfigError(XpuError):
@@ -239,7 +251,7 @@ class ConfigError(XpuError):
         self.path, self.problem = path, problem
 
 
-GROUPS = ("detect", "power", "bus", "tls", "auth", "state", "limits", "shard")
+GROUPS = ("detect", "power", "bus", "tls", "auth", "state", "limits", "shard", "history")
 
 
 def load(path: str | pathlib.Path | None, environ: Mapping[str, str] | None = None) -> Config:

@@ -82,6 +82,7 @@ class Hub:
         self.forward: Callable[[events.Event], None] | None = None
         self.send: Callable[[ledger.Entry, int], bool] | None = None
         self.bus_stats: Callable[[], dict[str, int]] | None = None  # the bus's counters, for /metrics
+        self.history_stats: Callable[[], dict[str, int | str]] | None = None  # the history export's, if any
         # set by the service with a state store: returns once what was decided so far is saved
         self.persist: Callable[[], Awaitable[None]] | None = None
         self.decisions = 0  # operator decisions since start (with the ledger's version: what to save)

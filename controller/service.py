@@ -23,7 +23,7 @@ import msgspec
 
 from xpuctl.common import tls
 from xpuctl.controller import config, errors, hub
-from xpuctl.controller.adapters import broker, etcd, metrics, mqtt
+from xpuctl.controller.adapters import broker, etcd, history, metrics, mqtt
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
 from xpuctl.controller.core import access, desired, events, ingest, ledger, ownership, registry
 from xpuctl.protos.xpu.v1 import bus
@@ -132,6 +132,14 @@ class Service:
         self.gc = GcPolicy()
         self.state = hub.Hub(window=window, liveness=liveness, limits=limits, cfg=cfg, prefix=self.boot_id[:8])
         self.state.policy = policy(cfg)
+        self.history: history.Exporter | None = None
+        self._history_from_ns = time.time_ns()
+        if cfg.history.url is not None:
+            try:
+                self.history = history.Exporter(cfg.history.url, max_queued=cfg.history.max_queued)
+            except ValueError as exc:
+                raise config.ConfigError("history", str(exc)) from exc
+            self.state.history_stats = lambda: msgspec.structs.asdict(self.history.stats) if self.history else {}
         self.elector: etcd.Elector | None = None
         self._etcd_store: etcd.EtcdStore | None = None
         sh = cfg.shard
@@ -338,6 +346,18 @@ class Service:
 
     # -- running ---------------------------------------------------------------------------------
 
+    async def _export_history(self, now_ns: int) -> None:
+        """Every [history] period: the period's aggregates into the exporter's queue, in steps."""
+        if self.history is None or now_ns - self._history_from_ns < self.cfg.history.period_s * 1e9:
+            return
+        if self.acting():
+            periods: list[history.Period] = []
+            for _ in history.aggregate_steps(self.state, self._history_from_ns, now_ns, periods):
+                await asyncio.sleep(0)  # batches and the critical path go on between the metrics
+            for period in periods:
+                self.history.offer(period)
+        self._history_from_ns = now_ns
+
     async def _ticks(self) -> None:
         period = self.cfg.power.period_s
         next_at = time.monotonic()
@@ -347,6 +367,7 @@ class Service:
                 for _ in self.state.tick_steps(now_ns):
                     await asyncio.sleep(0)  # batches, the critical path and the bus go on between the steps
             self._save_if_changed()
+            await self._export_history(now_ns)
             self.gc.after_tick(time.monotonic())
             next_at += period
             delay = next_at - time.monotonic()
@@ -422,6 +443,7 @@ class Service:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
                     saver = tg.create_task(self._saver(self.store), name="controller.saver") if self.store else None
                     elector = tg.create_task(self.elector.run(), name="controller.elector") if self.elector else None
+                    exporter = tg.create_task(self.history.run(), name="controller.history") if self.history else None
                     self.ready.set()
                     stopped = tg.create_task(stop.wait(), name="controller.stop")
                     waits: set[asyncio.Future[Any]] = {stopped}
@@ -438,7 +460,9 @@ class Service:
                     if saver is not None:
                         saver.cancel()
                     if elector is not None:
-                        elector.cancel()  # revokes the lease: a standby takes over at once
+                        elector.cancel()
+                    if exporter is not None:
+                        exporter.cancel()  # revokes the lease: a standby takes over at once
             finally:
                 if bus_task is not None and not bus_task.done():
                     bus_task.cancel()

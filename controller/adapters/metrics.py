@@ -75,11 +75,13 @@ BUS_COUNTERS = {
 }
 
 
-def _esc(value: str) -> str:
+def escape(value: str) -> str:
+    """A label value as the text format writes it."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _num(x: float) -> str:
+def number(x: float) -> str:
+    """A sample value as the text format writes it."""
     if math.isnan(x):
         return "NaN"
     if math.isinf(x):
@@ -94,7 +96,7 @@ def render(state: hub.Hub, now_ns: int) -> str:
     slots = np.arange(n, dtype=np.int64)
     latest = store.latest(slots)
     labels = [
-        f'hw_id="{_esc(i.uuid)}",hw_vendor="{i.vendor}",hw_model="{_esc(i.model)}",xpu_node="{_esc(node)}"'
+        f'hw_id="{escape(i.uuid)}",hw_vendor="{i.vendor}",hw_model="{escape(i.model)}",xpu_node="{escape(node)}"'
         for i, node in zip(reg.infos, reg.node_of_slot, strict=True)
     ]
     # Only devices of online nodes export values (issue 18.4): a stopped node's last readings
@@ -118,7 +120,9 @@ def render(state: hub.Hub, now_ns: int) -> str:
         col = latest[:, model.M[metric]] if n else np.zeros(0)
         sep = "," + extra if extra else ""
         out.extend(
-            f"{name}{{{labels[s]}{sep}}} {_num(v)}" for s, v in enumerate(col.tolist()) if live[s] and not math.isnan(v)
+            f"{name}{{{labels[s]}{sep}}} {number(v)}"
+            for s, v in enumerate(col.tolist())
+            if live[s] and not math.isnan(v)
         )
     out.append(
         "# HELP hw_status Operational status of the device (OTel hw.status): 1 for its state; degraded while "
@@ -145,12 +149,12 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     out = [
         "# HELP xpu_cluster_power_watts Power drawn by every device, from the newest samples.",
         "# TYPE xpu_cluster_power_watts gauge",
-        f"xpu_cluster_power_watts {_num(s.power_w)}",
+        f"xpu_cluster_power_watts {number(s.power_w)}",
         "# HELP xpu_cluster_power_budget_watts The cluster power budget (absent when none is set).",
         "# TYPE xpu_cluster_power_budget_watts gauge",
     ]
     if state.budget_w is not None:
-        out.append(f"xpu_cluster_power_budget_watts {_num(state.budget_w)}")
+        out.append(f"xpu_cluster_power_budget_watts {number(state.budget_w)}")
     out += ["# HELP xpu_nodes Nodes by liveness.", "# TYPE xpu_nodes gauge"]
     for status in names.NODE_STATUS.values():
         out.append(f'xpu_nodes{{status="{status}"}} {s.nodes_by_status.get(status, 0)}')
@@ -229,10 +233,10 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     out += [
         "# HELP xpu_ingest_latency_p50_seconds Median sample age when stored, over the recent window.",
         "# TYPE xpu_ingest_latency_p50_seconds gauge",
-        f"xpu_ingest_latency_p50_seconds {_num(p50 / 1e3)}",
+        f"xpu_ingest_latency_p50_seconds {number(p50 / 1e3)}",
         "# HELP xpu_ingest_latency_p99_seconds 99th percentile of sample age when stored, recent window.",
         "# TYPE xpu_ingest_latency_p99_seconds gauge",
-        f"xpu_ingest_latency_p99_seconds {_num(p99 / 1e3)}",
+        f"xpu_ingest_latency_p99_seconds {number(p99 / 1e3)}",
     ]
     return out
 

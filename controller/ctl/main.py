@@ -62,6 +62,15 @@ def summary_json(s: cpb.Summary) -> dict[str, object]:
             "ingest_p99_ms": s.ingest.ingest_p99_ms,
             "streams_open": s.ingest.streams_open,
         },
+        "history": {
+            "url": s.history.url,
+            "exported": s.history.exported,
+            "dropped": s.history.dropped,
+            "failed": s.history.failed,
+            "last_error": s.history.last_error,
+        }
+        if s.history.url
+        else None,
     }
 
 
@@ -180,6 +189,10 @@ def _print_summary(console: Console, s: cpb.Summary) -> None:
         f"p50 {i.ingest_p50_ms:.1f} ms, p99 {i.ingest_p99_ms:.1f} ms, {i.streams_open} streams",
     )
     table.add_row("rejected", rejected)
+    h = s.history
+    if h.url:
+        trouble = f"; failing: {h.last_error}" if h.last_error else ""
+        table.add_row("history", f"to {h.url}: {h.exported:,} periods exported, {h.dropped:,} dropped{trouble}")
     console.print(table)
 
 

@@ -59,7 +59,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
         """Cluster totals and ingest statistics."""
         st = self.state
         p50, p99 = st.ingest.latency.quantiles()
-        return codec.summary_pb(
+        out = codec.summary_pb(
             st.views.summary(time.time_ns()),
             st.ingest.counters,
             p50,
@@ -68,6 +68,9 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             st.budget_w,
             st.control.anomalies_open(),
         )
+        if st.history_stats is not None:
+            out.history.CopyFrom(cpb.HistoryStats(**st.history_stats()))  # type: ignore[arg-type]  # str/int fields by name
+        return out
 
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Context) -> cpb.ListNodesResponse:  # noqa: N802
         """Every node with liveness and delivery counters."""

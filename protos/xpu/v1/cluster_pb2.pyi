@@ -50,8 +50,22 @@ class IngestStats(_message.Message):
     streams_open: int
     def __init__(self, batches_total: _Optional[int] = ..., samples_total: _Optional[int] = ..., duplicate_batches_total: _Optional[int] = ..., gap_batches_total: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., ingest_p50_ms: _Optional[float] = ..., ingest_p99_ms: _Optional[float] = ..., streams_open: _Optional[int] = ...) -> None: ...
 
+class HistoryStats(_message.Message):
+    __slots__ = ("url", "exported", "dropped", "failed", "last_error")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    exported: int
+    dropped: int
+    failed: int
+    last_error: str
+    def __init__(self, url: _Optional[str] = ..., exported: _Optional[int] = ..., dropped: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class Summary(_message.Message):
-    __slots__ = ("nodes", "nodes_online", "nodes_stale", "nodes_offline", "devices", "devices_by_vendor", "devices_by_health", "power_w", "budget_w", "anomalies_open", "ingest")
+    __slots__ = ("nodes", "nodes_online", "nodes_stale", "nodes_offline", "devices", "devices_by_vendor", "devices_by_health", "power_w", "budget_w", "anomalies_open", "ingest", "history")
     class DevicesByVendorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +91,7 @@ class Summary(_message.Message):
     BUDGET_W_FIELD_NUMBER: _ClassVar[int]
     ANOMALIES_OPEN_FIELD_NUMBER: _ClassVar[int]
     INGEST_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     nodes: int
     nodes_online: int
     nodes_stale: int
@@ -88,7 +103,8 @@ class Summary(_message.Message):
     budget_w: float
     anomalies_open: int
     ingest: IngestStats
-    def __init__(self, nodes: _Optional[int] = ..., nodes_online: _Optional[int] = ..., nodes_stale: _Optional[int] = ..., nodes_offline: _Optional[int] = ..., devices: _Optional[int] = ..., devices_by_vendor: _Optional[_Mapping[str, int]] = ..., devices_by_health: _Optional[_Mapping[str, int]] = ..., power_w: _Optional[float] = ..., budget_w: _Optional[float] = ..., anomalies_open: _Optional[int] = ..., ingest: _Optional[_Union[IngestStats, _Mapping]] = ...) -> None: ...
+    history: HistoryStats
+    def __init__(self, nodes: _Optional[int] = ..., nodes_online: _Optional[int] = ..., nodes_stale: _Optional[int] = ..., nodes_offline: _Optional[int] = ..., devices: _Optional[int] = ..., devices_by_vendor: _Optional[_Mapping[str, int]] = ..., devices_by_health: _Optional[_Mapping[str, int]] = ..., power_w: _Optional[float] = ..., budget_w: _Optional[float] = ..., anomalies_open: _Optional[int] = ..., ingest: _Optional[_Union[IngestStats, _Mapping]] = ..., history: _Optional[_Union[HistoryStats, _Mapping]] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("node_id", "boot_id", "status", "agent_version", "labels", "devices", "power_w", "last_seen_ns", "first_seq", "acked_seq", "batches_stored", "duplicate_batches", "gap_batches", "dropped_total", "connected", "weight")
