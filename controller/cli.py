@@ -10,16 +10,17 @@ import os
 import pathlib
 import signal
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import msgspec
 
 from xpuctl.common import cli, exits, logs, pipes, systemd, tls
-from xpuctl.controller import config, gateway, service
+from xpuctl.controller import config, gateway, root, service
 from xpuctl.controller.adapters import etcd, statefile
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
-from xpuctl.controller.core import desired, ingest, registry
+from xpuctl.controller.core import desired, ingest, ownership, registry
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -170,6 +171,15 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--etcd", required=True, metavar="URL[,URL...]", help="every etcd member, http://HOST:PORT")
     gw.add_argument("--listen", type=_listen, default="127.0.0.1:50050", metavar="HOST:PORT")
     gw.add_argument("--prefix", default="/xpu/v1", help="root of xpuctl's keys in etcd (the shards' [shard] prefix)")
+    rt = sub.add_parser("root", help="run a candidate root allocator of the site budget (issue 15)")
+    rt.add_argument("--etcd", required=True, metavar="URL[,URL...]", help="every etcd member, http://HOST:PORT")
+    rt.add_argument("--advertise", required=True, metavar="NAME", help="this candidate's name (unique per candidate)")
+    rt.add_argument(
+        "--budget-w", type=cli.positive(float), default=None, help="the site budget, when etcd has none yet"
+    )
+    rt.add_argument("--period-s", type=cli.positive(float), default=5.0, help="allocation period; grants last 3")
+    rt.add_argument("--static-frac", type=cli.fraction, default=0.5, help="share of the headroom kept as static shares")
+    rt.add_argument("--prefix", default="/xpu/v1", help="root of xpuctl's keys in etcd")
     validate = sub.add_parser("validate", help="check a config file (exit 78 when it is bad)")
     validate.add_argument("--config", default=None, metavar="FILE")
 
@@ -311,6 +321,37 @@ async def run_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_root(args: argparse.Namespace) -> int:
+    """Run `xpu-controller root` until SIGINT/SIGTERM."""
+    try:
+        client = etcd.Etcd(args.etcd)
+        own = ownership.Ownership("site", args.advertise)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return exits.CONFIG
+    allocator = root.RootService(
+        client,
+        own,
+        boot_id=str(uuid.uuid4()),
+        prefix=args.prefix,
+        budget_w=args.budget_w,
+        period_s=args.period_s,
+        static_frac=args.static_frac,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(allocator.run(), name="root")
+    log.info("xpu-controller root %s: candidate root allocator (etcd %s)", args.advertise, args.etcd)
+    await stop.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await client.close()
+    log.info("shut down")
+    return 0
+
+
 @pipes.quiet_when_the_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `xpu-controller`."""
@@ -351,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = demo.run
     elif args.command == "gateway":
         command = run_gateway
+    elif args.command == "root":
+        command = run_root
     else:
         command = serve
     try:

@@ -226,6 +226,11 @@ class Shard(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """Root of xpuctl's keys in etcd."""
     warmup_s: Seconds = 30.0
     """A new owner starts with no history: for this long it lowers caps (budget, thermal) but raises none."""
+    site: bool = False
+    """Take the shard's budget from the site's root allocator (`xpu-controller root`, issue 15) instead
+    of its own: it reports floor and demand, and runs inside the grant it holds, or its static share."""
+    site_period_s: Period = 5.0
+    """How often it reports to the root and reads its grant (the root's period; grants last 3 of them)."""
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -30,6 +30,17 @@ class NotOwner(ProtocolViolation):
         self.owner = owner
 
 
+class SiteManaged(XpuError):
+    """A shard whose budget comes from the site's root: its own SetPowerBudget is refused."""
+
+    def __init__(self, shard: str) -> None:
+        """Name the shard and where to set the budget instead."""
+        super().__init__(
+            f"shard {shard} takes its budget from the site's root allocator; set the site budget through "
+            "the gateway (xpuctl --controller GATEWAY budget WATTS)"
+        )
+
+
 class InfeasibleBudget(XpuError):
     """The devices' floors alone need more than the budget leaves for them."""
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.aio
+import msgspec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from xpuctl.controller.adapters import etcd
@@ -241,16 +244,31 @@ class Gateway(cgrpc.ClusterServicer):
         out = cpb.PowerBudget(power_w=sum(p.power_w for p in parts), feasible=all(p.feasible for p in parts))
         if all(p.HasField("budget_w") for p in parts):
             out.budget_w = sum(p.budget_w for p in parts)
+        try:  # a site under a root allocator: its budget is the site's, not the sum of the grants
+            kv = await self.owners.client.get(etcd.SiteKeys(self.owners.prefix).budget)
+            if kv is not None:
+                out.budget_w = float(json.loads(bytes(kv.value))["budget_w"])  # type: ignore[attr-defined]
+        except (grpc.aio.AioRpcError, ValueError, KeyError, TypeError):
+            pass
         return out
 
     async def SetPowerBudget(self, request: cpb.SetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
-        """Refused: splitting one budget over shards is the root allocator's (not built yet)."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "a budget over every shard needs the root allocator (not built yet); set each shard's budget on its "
-            "owner: xpuctl --controller OWNER budget WATTS (the owners are in `xpuctl nodes` of each shard)",
-        )
-        raise AssertionError  # unreachable: abort raises
+        """The site budget, which the root allocator splits over the shards (`xpu-controller root`, issue 15)."""
+        watts = request.budget_w
+        if not math.isfinite(watts) or watts <= 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"site budget {watts!r} W: give a positive number of watts (a site always has a budget)",
+            )
+        keys = etcd.SiteKeys(self.owners.prefix)
+        try:
+            await self.owners.client.put(keys.budget, msgspec.json.encode({"budget_w": watts}))
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd {exc.code().name}: {exc.details()}; not set")
+        log.info("site budget set to %.0f W", watts)
+        out = await self.GetPowerBudget(cpb.GetPowerBudgetRequest(), context)
+        out.budget_w = watts  # the site's; the shards follow within a root period or two
+        return out
 
     async def WatchEvents(self, request: cpb.WatchEventsRequest, context: Context) -> AsyncIterator[cpb.Event]:  # noqa: N802
         """Every shard's events as they come, each naming its shard (see the module docstring)."""

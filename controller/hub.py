@@ -91,6 +91,7 @@ class Hub:
         # set by the service in a sharded deployment (issue 14): who acts for the shard, and its nodes
         self.ownership: ownership.Ownership | None = None
         self.shard_nodes: tuple[str, ...] = ()
+        self.site_managed = False  # the budget is the site root's grant (issue 15): SetPowerBudget refused
 
     @property
     def budget_w(self) -> float | None:
@@ -221,6 +222,8 @@ class Hub:
             errors.NotOwner: a shard candidate that does not act for its shard (names the owner).
         """
         self._must_act()
+        if self.site_managed and self.ownership is not None:
+            raise errors.SiteManaged(self.ownership.shard)
         self.publish(self.control.set_budget(operations.budget(budget_w), now_ns).events)
         self.decisions += 1
 

@@ -19,13 +19,14 @@ import time
 import uuid
 from typing import Any
 
+import grpc.aio
 import msgspec
 
 from xpuctl.common import tls
 from xpuctl.controller import config, errors, hub
 from xpuctl.controller.adapters import broker, etcd, history, metrics, mqtt
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
-from xpuctl.controller.core import access, desired, events, ingest, ledger, ownership, registry
+from xpuctl.controller.core import access, desired, events, ingest, ledger, ownership, registry, site
 from xpuctl.protos.xpu.v1 import bus
 
 log = logging.getLogger("xpu.controller")
@@ -153,6 +154,7 @@ class Service:
                 raise config.ConfigError("shard", str(exc)) from exc
             self.state.ownership = own
             self.state.shard_nodes = sh.nodes
+            self.state.site_managed = sh.site
             # the shard's decisions live in etcd, read by each new owner (issue 14.4)
             store = self._etcd_store = etcd.EtcdStore(sh.etcd, shard=sh.id, prefix=sh.prefix, epoch=self._epoch)
         self.listen = listen
@@ -269,6 +271,54 @@ class Service:
             self.state.restore(
                 msgspec.structs.replace(saved, commands=[]), where=self.store.where, now_ns=time.time_ns()
             )
+
+    async def _site(self, elector: etcd.Elector) -> None:
+        """A shard under the site's root (issue 15): every site period, report floor and demand,
+        read the grant (a linearizable read; its lease runs from when the read was sent), run
+        inside it, and acknowledge it once the caps in force fit it.
+        """
+        sh, keys = self.cfg.shard, etcd.SiteKeys(self.cfg.shard.prefix)
+        assert sh.id is not None  # noqa: S101 - only started for a shard; narrows the type
+        lease = site.Lease(floor_w=0.0)
+        acked: tuple[int, int] | None = None
+        while True:
+            await asyncio.sleep(sh.site_period_s)
+            own = elector.own
+            if not own.acting(time.monotonic()):
+                lease, acked = site.Lease(floor_w=0.0), None  # a new owner starts from the store
+                continue
+            d = self.state.control.last_decision
+            floor = (d.floors_w + d.fixed_w) if d is not None else 0.0
+            report = site.Report(floor_w=floor, demand_w=d.demand_w if d is not None else 0.0)
+            lease.floor_w = floor
+            owner = etcd.owner_key(sh.prefix, sh.id)
+            try:
+                await elector.etcd.put_fenced(
+                    keys.of(sh.id, "report"),
+                    msgspec.json.encode(report),
+                    owner=owner,
+                    epoch=own.epoch,
+                    lease=elector.lease_id,
+                )
+                sent = time.monotonic()
+                kv = await elector.etcd.get(keys.of(sh.id, "grant"))
+                if kv is not None:
+                    lease.on_read(msgspec.json.decode(bytes(kv.value), type=site.Grant), sent)  # type: ignore[attr-defined]
+            except (grpc.aio.AioRpcError, msgspec.DecodeError) as exc:
+                log.warning("shard %s: site root's grant not read: %s", sh.id, exc)
+            budget = lease.budget_w(time.monotonic())
+            old = self.state.budget_w
+            if old is None or abs(budget - old) > max(1.0, 0.01 * old):
+                self.state.publish(self.state.control.set_budget(budget, time.time_ns()).events)
+            grant = lease.grant
+            if grant is not None and grant.order != acked and d is not None and d.caps_w <= budget * 1.001 + 1.0:
+                try:  # the caps in force fit the grant: the root may count it, not the one before
+                    if await elector.etcd.put_fenced(
+                        keys.of(sh.id, "ack"), msgspec.json.encode(grant), owner=owner, epoch=own.epoch
+                    ):
+                        acked = grant.order
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("shard %s: grant not acknowledged: %s", sh.id, exc)
 
     def _on_ownership(self, what: str, message: str) -> None:
         if what == "acquired":  # cold: no cap is raised before there is history to raise it on
@@ -443,6 +493,11 @@ class Service:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
                     saver = tg.create_task(self._saver(self.store), name="controller.saver") if self.store else None
                     elector = tg.create_task(self.elector.run(), name="controller.elector") if self.elector else None
+                    on_site = (
+                        tg.create_task(self._site(self.elector), name="controller.site")
+                        if self.elector is not None and self.cfg.shard.site
+                        else None
+                    )
                     exporter = tg.create_task(self.history.run(), name="controller.history") if self.history else None
                     self.ready.set()
                     stopped = tg.create_task(stop.wait(), name="controller.stop")
@@ -461,6 +516,8 @@ class Service:
                         saver.cancel()
                     if elector is not None:
                         elector.cancel()
+                    if on_site is not None:
+                        on_site.cancel()
                     if exporter is not None:
                         exporter.cancel()  # revokes the lease: a standby takes over at once
             finally:

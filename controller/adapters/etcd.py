@@ -96,6 +96,26 @@ def owner_key(prefix: str, shard: str) -> bytes:
     return f"{prefix.rstrip('/')}/shards/{shard}/owner".encode()
 
 
+class SiteKeys:
+    """The site budget's keys under a prefix (issue 15; controller/root.py says what each holds)."""
+
+    def __init__(self, prefix: str) -> None:
+        """Keys under `prefix` (default `/xpu/v1`)."""
+        self.prefix = prefix.rstrip("/")
+        self.budget = f"{self.prefix}/site/budget".encode()
+        self.shards = f"{self.prefix}/shards/".encode()
+        self.root_prefix = f"{self.prefix}/root"
+
+    def of(self, shard: str, what: str) -> bytes:
+        """`shards/<shard>/<what>`."""
+        return f"{self.prefix}/shards/{shard}/{what}".encode()
+
+    def split(self, key: bytes) -> tuple[str, str]:
+        """(shard, what) of a key under `shards/`."""
+        shard, _, what = key[len(self.shards) :].decode(errors="replace").partition("/")
+        return shard, what
+
+
 class Etcd:
     """The few etcd calls the elector needs, each under a deadline."""
 
@@ -127,6 +147,23 @@ class Etcd:
             if leaf == "owner" and (address := _address_of(kv)):
                 out[shard] = (address, int(kv.create_revision))
         return out
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        """Put `key` (no condition: an operator's decision)."""
+        await self.kv.Put(rpc.PutRequest(key=key, value=value), timeout=self.timeout_s)
+
+    async def put_fenced(self, key: bytes, value: bytes, *, owner: bytes, epoch: int, lease: int = 0) -> bool:
+        """Put `key` only while `owner`'s create revision is `epoch` (the writer still owns); False if not."""
+        compare = rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=owner, create_revision=epoch)
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+        reply = await self.kv.Txn(rpc.TxnRequest(compare=[compare], success=[put]), timeout=self.timeout_s)
+        return bool(reply.succeeded)
+
+    async def under(self, prefix: bytes) -> dict[bytes, bytes]:
+        """Every key under `prefix` with its value (a linearizable read)."""
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        reply = await self.kv.Range(rpc.RangeRequest(key=prefix, range_end=end), timeout=self.timeout_s)
+        return {bytes(kv.key): bytes(kv.value) for kv in reply.kvs}
 
     async def grant(self, ttl_s: float) -> int:
         """A new lease's id."""

@@ -144,6 +144,8 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     settable_budget_w: float
     floors_w: float
     problem: str = ""
+    demand_w: float = 0.0  # what every device would draw uncapped (demand estimates, fixed loads included)
+    caps_w: float = 0.0  # the caps in force as the loop believes them, plus fixed loads: the most it can draw
 
 
 class PowerController:
@@ -280,6 +282,10 @@ class PowerController:
             target = np.full(n, np.nan)
             target[s] = caps
         commands = self._moves(inputs, s, current, target, settable_budget, demand)
+        wanted = demand if self.budget_w is not None else self._demand(inputs, current)
+        with np.errstate(invalid="ignore"):
+            demand_w = float(np.nansum(np.where(s, np.minimum(wanted, inputs.max_w), 0.0))) + fixed_w
+            caps_w = float(np.nansum(np.where(s, np.where(np.isfinite(current), current, inputs.max_w), 0.0))) + fixed_w
         return Decision(
             commands=commands,
             feasible=feasible,
@@ -287,6 +293,8 @@ class PowerController:
             settable_budget_w=settable_budget,
             floors_w=floors_w,
             problem=problem,
+            demand_w=demand_w,
+            caps_w=caps_w,
         )
 
     def assess(self, inputs: Inputs) -> tuple[bool, str]:
