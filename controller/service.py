@@ -308,6 +308,8 @@ class Service:
                 log.warning("shard %s: site root's grant not read: %s", sh.id, exc)
             budget = lease.budget_w(time.monotonic())
             old = self.state.budget_w
+            if d is None or budget <= 0:  # no decision yet: nothing to run inside (the floor is unknown)
+                continue
             if old is None or abs(budget - old) > max(1.0, 0.01 * old):
                 self.state.publish(self.state.control.set_budget(budget, time.time_ns()).events)
             grant = lease.grant

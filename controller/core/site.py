@@ -10,8 +10,9 @@ root can die and a shard can be cut off, and at every instant this must hold:
   root, read by the shard with a linearizable read). A grant carries the shard's budget and its
   static share, the budget it falls back to when the grant lapses. It is valid for `ttl_s` from
   when the shard *sent* the read that returned it, on the shard's own monotonic clock (a late
-  reply cannot stretch it). A shard takes only a grant newer (root epoch, seq) than its own, and
-  acknowledges the newest it enforces (its caps read back) in the store.
+  reply cannot stretch it). The root writes every shard's grant again each period (a new seq):
+  that is the renewal, so grants lapse when the root is gone. A shard takes only a grant newer
+  (root epoch, seq) than its own, and acknowledges the newest it enforces (its caps read back).
 - **Static shares** are floor-proportional and sum to less than B: a shard's floor (the least its
   devices draw at their lowest caps, with the loads the loop cannot cap) plus `static_frac` of the
   headroom B - sum(floors), split by floor (`static_shares`). The rest is the pool the root moves.
@@ -97,9 +98,7 @@ class Lease:
         if grant is None:
             return False
         if self.grant is not None and grant.order <= self.grant.order:
-            if grant.order == self.grant.order:  # the same grant confirmed: valid from this read on
-                self.valid_until = max(self.valid_until, sent_at + grant.ttl_s)
-            return False
+            return False  # the same grant read again does not renew it: only the root renews (a new seq)
         self.grant = grant
         self.valid_until = sent_at + grant.ttl_s
         return True
@@ -205,8 +204,20 @@ class Root:
             new_grant = max(min(target[s], current.grant_w), new_static)
             if new_grant < current.grant_w - EPS_W or new_static < current.static_w - EPS_W:
                 writes.append((s, self._write(s, new_grant, new_static, now)))
-        if now < self.no_raise_until:
-            return writes
+        if now >= self.no_raise_until:
+            writes += self._raises(shards, target, static, now)
+        written = {s for s, _ in writes}
+        for s in shards:  # the others' leases renewed: a grant lapses unless its root is alive
+            current = self.current.get(s)
+            if s not in written and current is not None:
+                writes.append((s, self._write(s, current.grant_w, current.static_w, now)))
+        return writes
+
+    def _raises(
+        self, shards: list[str], target: dict[str, float], static: dict[str, float], now: float
+    ) -> list[tuple[str, Grant]]:
+        """Raises into the room left by everything counted, the shards furthest below target first."""
+        writes: list[tuple[str, Grant]] = []
         for s in sorted(shards, key=lambda s: target[s] - self.committed_w(s, now), reverse=True):  # most short first
             current = self.current.get(s)
             room = max(0.0, self.budget_w - self.bound_w(now))
