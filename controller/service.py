@@ -141,6 +141,7 @@ class Service:
             except ValueError as exc:
                 raise config.ConfigError("history", str(exc)) from exc
             self.state.history_stats = lambda: msgspec.structs.asdict(self.history.stats) if self.history else {}
+        self._static_w: float | None = None  # the shard's static share, under a site root
         self.elector: etcd.Elector | None = None
         self._etcd_store: etcd.EtcdStore | None = None
         sh = cfg.shard
@@ -272,6 +273,29 @@ class Service:
                 msgspec.structs.replace(saved, commands=[]), where=self.store.where, now_ns=time.time_ns()
             )
 
+    async def _safe_caps(self, period_s: float) -> None:
+        """A shard's owner pushes each node the caps its agents fall back to without it: the
+        devices together within the shard's static share of the site budget (under a root), or its
+        own budget; sent again when they change by more than 1% (issue 15.3).
+        """
+        sent: dict[str, dict[str, float]] = {}
+        while True:
+            await asyncio.sleep(period_s)
+            total = self._static_w if self.cfg.shard.site else self.state.budget_w
+            if self.bus is None or total is None or not self.acting() or not len(self.state.registry):
+                sent.clear()  # a new owner (or this one again) pushes everything afresh
+                continue
+            now_ns = time.time_ns()
+            for node, caps in self.state.control.safe_caps(now_ns, total).items():
+                before = sent.get(node)
+                changed = (
+                    before is None
+                    or before.keys() != caps.keys()
+                    or any(abs(caps[u] - before[u]) > 0.01 * before[u] for u in caps)
+                )
+                if changed and self.bus.send_safe_caps(node, caps, now_ns):
+                    sent[node] = caps
+
     async def _site(self, elector: etcd.Elector) -> None:
         """A shard under the site's root (issue 15): every site period, report floor and demand,
         read the grant (a linearizable read; its lease runs from when the read was sent), run
@@ -307,6 +331,7 @@ class Service:
             except (grpc.aio.AioRpcError, msgspec.DecodeError) as exc:
                 log.warning("shard %s: site root's grant not read: %s", sh.id, exc)
             budget = lease.budget_w(time.monotonic())
+            self._static_w = lease.static_w if lease.grant is not None else None
             old = self.state.budget_w
             if d is None or budget <= 0:  # no decision yet: nothing to run inside (the floor is unknown)
                 continue
@@ -495,6 +520,11 @@ class Service:
                     ticks = tg.create_task(self._ticks(), name="controller.ticks")
                     saver = tg.create_task(self._saver(self.store), name="controller.saver") if self.store else None
                     elector = tg.create_task(self.elector.run(), name="controller.elector") if self.elector else None
+                    safe = (
+                        tg.create_task(self._safe_caps(self.cfg.shard.site_period_s), name="controller.safe_caps")
+                        if self.elector is not None
+                        else None
+                    )
                     on_site = (
                         tg.create_task(self._site(self.elector), name="controller.site")
                         if self.elector is not None and self.cfg.shard.site
@@ -520,6 +550,8 @@ class Service:
                         elector.cancel()
                     if on_site is not None:
                         on_site.cancel()
+                    if safe is not None:
+                        safe.cancel()
                     if exporter is not None:
                         exporter.cancel()  # revokes the lease: a standby takes over at once
             finally:

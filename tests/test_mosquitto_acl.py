@@ -136,6 +136,16 @@ async def test_a_node_reads_its_shard_owners_lease_and_cannot_forge_it(broker: M
         assert await asyncio.wait_for(a_in.get(), 10) == (lease, b"fence")
 
 
+async def test_a_node_reads_only_its_own_site_safe_caps(broker: Mosquitto) -> None:
+    async with (
+        client(broker, "controller") as (ctl, _),
+        client(broker, "node-a", "xpu/v1/safe/+") as (_a, a_in),
+    ):
+        await ctl.publish("xpu/v1/safe/node-b", b"b's caps", qos=1)  # not A's to read
+        await ctl.publish("xpu/v1/safe/node-a", b"fence", qos=1)
+        assert await received_until_fence(a_in) == []
+
+
 async def test_bus_urls_with_a_user_and_a_password_file(broker: Mosquitto, tmp_path: pathlib.Path) -> None:
     """`mqtt://USER@HOST:PORT?password_file=F`, as the programs read it: the right password gets in
     (and the ACL applies to that user), a wrong one is refused.

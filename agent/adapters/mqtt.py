@@ -105,6 +105,8 @@ class AgentBus:
         await self._publish_state()
         await client.subscribe(self.topics.cmd_req(self.node_id), qos=1)
         await client.subscribe(self.lease_topic, qos=1)
+        if self.lease_topic != self.topics.controller_status:  # a shard's node: its site-safe caps too
+            await client.subscribe(self.topics.safe(self.node_id), qos=1)
         self.connected.set()
         log.info("MQTT session up (%s:%d, protocol %s)", self.url.host, self.url.port, client._client.protocol)  # noqa: SLF001
         async for message in client.messages:
@@ -115,6 +117,11 @@ class AgentBus:
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         now_ns = time.time_ns()
+        if topic == self.topics.safe(self.node_id):
+            why = self.act.on_safe_caps(bytes(payload))
+            if why:
+                log.warning("%s", why, extra={"node_id": self.node_id})
+            return
         if topic == self.lease_topic:
             try:
                 status = msgspec.json.decode(payload, type=bus.Status)
@@ -181,7 +188,13 @@ class AgentBus:
         while True:
             restores = self.act.check_lease(time.time_ns())
             if restores:
-                log.warning("controller lease lost: restoring default caps on %d device(s) (fail-safe)", len(restores))
+                safe = sum(not a.restore for a in restores)
+                log.warning(
+                    "controller lease lost: fail-safe on %d device(s): %d to their site-safe cap, %d to their default",
+                    len(restores),
+                    safe,
+                    len(restores) - safe,
+                )
                 for apply in restores:
                     await self._apply(apply)
                 try:

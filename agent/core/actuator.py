@@ -15,8 +15,10 @@ Theory of operation. A command arrives as bytes on `cmd/<node>/req`. In order:
    and the enforced limit read back is the answer.
 The lease: the controller republishes its `online` status every heartbeat. When none has come for
 `failsafe_after_s` (or the controller said `lost`/`offline`, or the broker is gone, as long),
-every settable device goes back to its default cap and the node reports fail-safe until the
-controller is heard again. Pure: time comes in as `now_ns`.
+every settable device goes back to its default cap, or, in a sharded deployment, to the
+site-safe cap its shard's owner pushed in advance (clamped into the device's range: thousands of
+nodes restoring full power at once would exceed the site's feed), and the node reports fail-safe
+until the controller is heard again. Pure: time comes in as `now_ns`.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Actuator:
         self.enforced_w: dict[str, float | None] = {d.uuid: None for d in devices}
         self.results: collections.OrderedDict[str, bus.Result | None] = collections.OrderedDict()
         self.epochs: dict[str, int] = {}  # the highest fencing epoch seen per shard
+        self.safe_w: dict[str, float] = {}  # site-safe caps by device uuid (sharded deployments)
         self.counters = Counters()
 
     # -- commands --------------------------------------------------------------------------------
@@ -224,8 +227,25 @@ class Actuator:
         """The broker connection is gone: the controller cannot be heard."""
         self.controller_online = False
 
+    def on_safe_caps(self, payload: bytes) -> str:
+        """The owner's site-safe caps (`safe/<node>`); '' when taken, else why not (logged, counted).
+
+        Only an owner at least as recent as every one heard (its epoch) may set them.
+        """
+        try:
+            safe = msgspec.json.decode(payload, type=bus.SafeCaps)
+        except msgspec.DecodeError as exc:
+            self.counters.garbage += 1
+            return f"unreadable site-safe caps: {exc}"
+        if safe.epoch < self.epochs.get(safe.shard, 0):
+            self.counters.stale_epoch += 1
+            return f"site-safe caps of stale epoch {safe.epoch} for shard {safe.shard}; kept the ones before"
+        self.epochs[safe.shard] = safe.epoch
+        self.safe_w = {u: clamp(w, self.devices[u]) for u, w in safe.caps.items() if u in self.devices}
+        return ""
+
     def check_lease(self, now_ns: int) -> list[Apply]:
-        """Restore defaults once the lease is gone longer than allowed; returns what to apply."""
+        """Fail safe once the lease is gone longer than allowed (see the module docstring); what to apply."""
         if self.fail_safe:
             return []
         silent_ns = now_ns - self.last_heard_ns
@@ -235,11 +255,15 @@ class Actuator:
             return []
         self.fail_safe = True
         self.counters.fail_safe_entries += 1
-        return [
-            Apply(id="", uuid=d.uuid, index=d.index, cap_w=float(d.default_w), restore=True)
-            for d in self.devices.values()
-            if d.settable and d.default_w is not None
-        ]
+        out = []
+        for d in self.devices.values():
+            if not d.settable:
+                continue
+            if d.uuid in self.safe_w:
+                out.append(Apply(id="", uuid=d.uuid, index=d.index, cap_w=self.safe_w[d.uuid]))
+            elif d.default_w is not None:
+                out.append(Apply(id="", uuid=d.uuid, index=d.index, cap_w=float(d.default_w), restore=True))
+        return out
 
     def state(self, now_ns: int) -> bus.NodeState:
         """The reported state."""

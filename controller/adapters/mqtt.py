@@ -170,6 +170,13 @@ class ControllerBus:
             self.counters.commands_sent += 1
         return sent
 
+    def send_safe_caps(self, node_id: str, caps: dict[str, float], now_ns: int) -> bool:
+        """Queue a node's site-safe caps (retained; sharded deployments only); False with no session."""
+        if self.client is None or not self.shard:
+            return False
+        payload = bus.SafeCaps(shard=self.shard, epoch=self.epoch(), at_ns=now_ns, caps=caps)
+        return self._offer(self.topics.safe(node_id), msgspec.json.encode(payload), retain=True)
+
     def send_event(self, event: events.Event) -> None:
         """Queue an event for `xpu/v1/events` (dropped, and counted, when there is no room)."""
         if self.client is not None and self._offer(self.topics.events, _event_encoder.encode(event)):
@@ -268,7 +275,7 @@ class ControllerBus:
                 continue
             if self.leaving and topic == self.lease_topic:
                 continue  # a lease queued before the goodbye must not overwrite it
-            if (command is not None or topic == self.lease_topic) and not self.gate():
+            if (command is not None or retain) and not self.gate():  # commands, the lease, site-safe caps
                 self.counters.fenced_unsent += 1  # fenced since it was queued (a pause, a lapsed lease)
                 continue
             # no await between the check above and this call: paho queues the packet at once, so

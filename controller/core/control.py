@@ -256,6 +256,16 @@ class Control:
             pass
         return out
 
+    def safe_caps(self, now_ns: int, total_w: float) -> dict[str, dict[str, float]]:
+        """Node -> device uuid -> its site-safe cap (see `power.PowerController.safe_caps`)."""
+        caps = self.power.safe_caps(self.inputs(now_ns), total_w)
+        out: dict[str, dict[str, float]] = {}
+        for slot in np.flatnonzero(np.isfinite(caps)).tolist():
+            if self.registry.present[slot]:
+                node = self.registry.node_of_slot[slot]
+                out.setdefault(node, {})[self.registry.infos[slot].uuid] = round(float(caps[slot]), 1)
+        return out
+
     def abandon_commands(self, now_ns: int, why: str) -> list[events.Event]:
         """Close every open command (see `ledger.Ledger.abandon`); the loop takes the caps that
         telemetry reports for those devices from now on.

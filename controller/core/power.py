@@ -250,6 +250,26 @@ class PowerController:
         self.thermal_ceiling_w = ceiling
         self.cut_now[:] = False
 
+    def safe_caps(self, inputs: Inputs, total_w: float) -> F64:
+        """Caps (NaN where the loop cannot cap) under which the devices stay within `total_w` even
+        if every one drew its cap, the loads the loop cannot cap included: the site-safe caps that
+        agents fall back to without their owner (issue 15.3). Shared by weight of range; every
+        device at its floor when even that does not fit.
+        """
+        s = self._cappable(inputs)
+        out = np.full(inputs.settable.size, np.nan)
+        if not s.any():
+            return out
+        span = inputs.max_w - inputs.min_w
+        weight = np.where(span > 0, span, 1.0) * inputs.weight
+        try:
+            out[s] = allocate(
+                total_w - self._fixed_w(inputs, s), inputs.min_w[s], inputs.max_w[s], inputs.max_w[s], weight[s]
+            )
+        except InfeasibleBudget:
+            out[s] = inputs.min_w[s]
+        return out
+
     def decide(self, inputs: Inputs) -> Decision:
         """One control period: the commands that move caps towards the allocation."""
         n = inputs.settable.size

@@ -150,3 +150,15 @@ def test_a_negative_epoch_is_garbage() -> None:
     )
     d = act().on_command("n1", payload, 1)
     assert isinstance(d, actuator.Answer) and "epoch" in d.result.error
+
+
+def test_fail_safe_goes_to_the_site_safe_cap_clamped_and_only_from_a_current_owner() -> None:
+    a = act()
+    assert isinstance(a.on_command("n1", sharded("c1", "s1", 9), S), actuator.Apply)  # epoch 9 heard
+    stale = msgspec.json.encode(bus.SafeCaps(shard="s1", epoch=8, caps={"d0": 350.0}))
+    assert "stale epoch 8" in a.on_safe_caps(stale) and a.safe_w == {}
+    assert a.on_safe_caps(b"{not json") != ""
+    fresh = msgspec.json.encode(bus.SafeCaps(shard="s1", epoch=9, caps={"d0": 150.0, "elsewhere": 300.0}))
+    assert a.on_safe_caps(fresh) == "" and a.safe_w == {"d0": 200.0}  # clamped to d0's 200..700 W
+    (apply,) = a.check_lease(20 * S)  # silent past 10 s: fail safe
+    assert apply.uuid == "d0" and apply.cap_w == 200.0 and not apply.restore

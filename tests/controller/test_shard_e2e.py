@@ -241,6 +241,10 @@ async def test_a_frozen_owner_fences_itself_and_its_epoch_is_refused(shard: Shar
 
 async def test_quorum_lost_fences_the_owner_the_agent_fails_safe_and_an_owner_returns(shard: Shard) -> None:
     assert shard.watcher is not None
+    watcher = shard.watcher
+    await wait_until(lambda: bool(watcher.on("xpu/v1/safe/n1")), timeout_s=15, what="the owner's site-safe caps")
+    safe = msgspec.json.decode(watcher.on("xpu/v1/safe/n1")[-1][1], type=bus.SafeCaps)
+    assert safe.shard == "s1" and len(safe.caps) == 8 and sum(safe.caps.values()) <= 2400 + 1
     shard.etcd.kill(1)
     shard.etcd.kill(2)
     lost = time.monotonic()
@@ -258,9 +262,16 @@ async def test_quorum_lost_fences_the_owner_the_agent_fails_safe_and_an_owner_re
             if t > lost and p and msgspec.json.decode(p, type=bus.NodeState).fail_safe
         ]
 
-    # no lease any more: the agent keeps its caps for --failsafe-after-s (8 s), then restores defaults
+    # no lease any more: the agent keeps its caps for --failsafe-after-s (8 s), then goes to the
+    # site-safe caps its owner pushed (within the shard's budget), not to its defaults
     await wait_until(lambda: bool(fail_safe_states()), timeout_s=30, what="the agent to fail safe")
     assert fail_safe_states()[0] - fenced >= 8 - TTL_S  # not before its own deadline (lease silent >= 8 s)
+
+    def enforced() -> dict[str, float | None]:
+        state = msgspec.json.decode(watcher.on("xpu/v1/state/n1")[-1][1], type=bus.NodeState)
+        return {d.uuid: d.power_limit_w for d in state.devices}
+
+    await wait_until(lambda: enforced() == safe.caps, timeout_s=10, what="the site-safe caps enforced")
     shard.etcd.start(1)
     shard.etcd.start(2)
     await asyncio.to_thread(shard.etcd.wait_healthy)

@@ -88,6 +88,18 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     address: str = ""  # a shard owner's lease: where agents reach it (DESIGN 11)
 
 
+class SafeCaps(msgspec.Struct, frozen=True, kw_only=True):
+    """`safe/<node>` (retained): the caps a node of a shard goes to when it loses its owner too
+    long, pushed in advance by the owner so that the shard's devices together stay within its
+    static share of the site budget (DESIGN 8, 11). Devices not named restore their default.
+    """
+
+    shard: str
+    epoch: Annotated[int, msgspec.Meta(ge=0)]
+    at_ns: int = 0
+    caps: dict[Uuid, CapW] = msgspec.field(default_factory=dict)
+
+
 class Topics:
     """Topic names under a root (default `xpu/v1`)."""
 
@@ -119,6 +131,10 @@ class Topics:
     def lease(self, shard: str = "") -> str:
         """The lease of a shard's owner (`status/controller/<shard>`), or of the one controller."""
         return f"{self.controller_status}/{shard}" if shard else self.controller_status
+
+    def safe(self, node_id: str) -> str:
+        """A node's site-safe caps (sharded deployments)."""
+        return f"{self.root}/safe/{node_id}"
 
     @property
     def events(self) -> str:
