@@ -190,7 +190,9 @@ def _parser() -> argparse.ArgumentParser:
         help="capacity (ingest: samples/s, latency, memory) or policy (power: xpuctl vs the static cap)",
     )
     bench.add_argument("--scenario", choices=["ingest", "power", "detect", "failover"], default="ingest")
-    bench.add_argument("--shards", type=cli.positive(int), default=2, help="failover scenario: shards")
+    bench.add_argument(
+        "--shards", type=cli.positive(int), default=None, help="failover: shards (2); power: also run in N shards"
+    )
     bench.add_argument(
         "--candidates", type=cli.positive(int), default=2, help="failover scenario: candidates per shard"
     )
@@ -376,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.scenario == "power":
         from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 
-        return powerbench.run(args.nodes, args.simulated_s, args.budget_frac, args.seed, as_json=args.json)
+        return powerbench.run(
+            args.nodes, args.simulated_s, args.budget_frac, args.seed, as_json=args.json, shards=args.shards or 1
+        )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd
 

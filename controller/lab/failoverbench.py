@@ -43,6 +43,11 @@ from xpuctl.protos.xpu.v1 import cluster_pb2_grpc as cgrpc
 TTL_S = 5.0  # the controller's default lease TTL
 
 
+def shards_of(args: argparse.Namespace) -> int:
+    """`--shards`, 2 when not given."""
+    return int(args.shards or 2)
+
+
 def _say(text: str, *, quiet: bool) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
@@ -108,7 +113,7 @@ def _start(
     bench._wait_port(mqtt_port, procs[-1], "mosquitto")  # noqa: SLF001
     mqtt = f"mqtt://127.0.0.1:{mqtt_port}"
     addresses: dict[str, dict[str, subprocess.Popen[bytes]]] = {}
-    for k in range(args.shards):
+    for k in range(shards_of(args)):
         shard = f"s{k + 1}"
         (work / f"{shard}.toml").write_text(f'[shard]\nnodes = ["{shard}-*"]\n')
         addresses[shard] = {}
@@ -143,7 +148,7 @@ async def _measure(
         async def all_streaming() -> bool:
             nonlocal owners
             owners = await client.owners("/xpu/v1")
-            if len(owners) < args.shards:
+            if len(owners) < shards_of(args):
                 return False
             counts = [len(await _connected(a)) for a, _ in owners.values()]
             return all(c == args.nodes for c in counts)
@@ -217,10 +222,10 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]], stale: int) ->
     return {
         "scenario": "failover",
         "how": "sigstop" if args.freeze else "sigkill",
-        "shards": args.shards,
+        "shards": shards_of(args),
         "candidates": args.candidates,
         "nodes_per_shard": args.nodes,
-        "devices": args.shards * args.nodes * 8,
+        "devices": shards_of(args) * args.nodes * 8,
         "lease_ttl_s": TTL_S,
         "takeover_s_median": round(statistics.median(takeovers), 2),
         "takeover_s_max": max(takeovers),
@@ -246,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
             _say(f"bench: etcd (3 members) at {cluster.urls}", quiet=args.json)
             mqtt_port, addresses = _start(args, pathlib.Path(tmp), cluster.urls, procs)
             _say(
-                f"bench: {args.shards} shard(s) x {args.candidates} candidate(s), {args.nodes} simulated node(s) "
+                f"bench: {shards_of(args)} shard(s) x {args.candidates} candidate(s), {args.nodes} simulated node(s) "
                 "of 8 devices each per shard; waiting for every node to stream",
                 quiet=args.json,
             )

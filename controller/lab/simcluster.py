@@ -32,8 +32,12 @@ class SimCluster:
         node_faults: dict[int, list[faults.Fault]] | None = None,
         cfg: config.Config | None = None,
         window: int = 120,
+        first_node: int = 0,
     ) -> None:
-        """One node per entry of `vendors` (vendors may repeat); node i runs workloads[i]."""
+        """One node per entry of `vendors` (vendors may repeat); node i runs workloads[i] and is
+        named `sim-<first_node + i>` (a shard of a larger simulated site simulates the same nodes
+        as the whole site does).
+        """
         self.cfg = cfg or config.Config()
         self.registry = registry.Registry()
         self.store = ring.RingStore(n_metrics=model.N_STORED, window=window, counters=model.COUNTERS)
@@ -49,7 +53,7 @@ class SimCluster:
         workloads = workloads or ["mixed"] * len(vendors)
         node_faults = node_faults or {}
         for k, vendor in enumerate(vendors):
-            node_id = f"sim-{k:04d}"
+            node_id = f"sim-{first_node + k:04d}"
             # the simulated driver describes its devices as an agent would; its node is stepped here
             driver = SimDriver(
                 vendor=vendor,

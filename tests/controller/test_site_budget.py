@@ -178,3 +178,16 @@ class SiteModel(RuleBasedStateMachine):
 
 SiteModel.TestCase.settings = settings(max_examples=400, stateful_step_count=80, deadline=None)
 test_the_site_invariant_holds_under_loss_delay_reordering_and_deaths = pytest.mark.slow(SiteModel.TestCase)
+
+
+@pytest.mark.slow
+def test_the_power_scenario_in_shards_keeps_the_budget_and_the_work_of_one_allocator() -> None:
+    from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - the simulator only here
+
+    ref = powerbench.simulate("uncapped", nodes=16, seconds=300, seed=1, budget_w=None)
+    budget = 0.7 * ref.mean_power_w
+    one = powerbench.simulate("xpuctl", nodes=16, seconds=300, seed=1, budget_w=budget)
+    four = powerbench.simulate_sharded(nodes=16, seconds=300, seed=1, budget_w=budget, shards=4)
+    assert four.seconds_above_budget_2pct <= 2, four
+    assert abs(four.work_tdp_s / one.work_tdp_s - 1) <= 0.02, (four, one)
+    assert four.mean_power_w >= 0.9 * budget  # the budget is used, not left idle by the split
