@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pathlib
+import signal
 import socket
+import subprocess
 import time
 
 import grpc
 import grpc.aio
+import msgspec
 import pytest
 
 from tests.helpers import EtcdCluster, Mosquitto, Processes, free_port, wait_until
+from xpuctl.controller.adapters import etcd as etcd_adapter
+from xpuctl.controller.core import site
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc as cgrpc
 
@@ -67,11 +73,13 @@ async def test_the_site_stays_within_its_budget_through_a_change_and_a_dead_root
         "xpuctl.controller.cli", "--log-format", "text", "root", "--etcd", etcd.urls, "--advertise", "r1",
         "--budget-w", "26000", "--period-s", "1",
     )  # fmt: skip
+    owners: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
     for shard, prefix in SHARDS.items():
-        port = free_port()
+        port = ports[shard] = free_port()
         conf = tmp_path / f"{shard}.toml"
         conf.write_text(f'[shard]\nnodes = ["{prefix}-*"]\nsite = true\nsite_period_s = 1.0\nwarmup_s = 2.0\n')
-        processes.start(
+        owners[shard] = processes.start(
             "xpuctl.controller.cli", "--log-format", "text", "serve", "--config", str(conf),
             "--listen", f"127.0.0.1:{port}", "--mqtt", mosquitto.url, "--shard", shard, "--etcd", etcd.urls,
             "--advertise", f"127.0.0.1:{port}", "--state-dir", "none",
@@ -115,6 +123,27 @@ async def test_the_site_stays_within_its_budget_through_a_change_and_a_dead_root
     lowered = await watch(gateway, 10)
     assert all(b == 20_000 for _, b in lowered)
     assert over_for_long(lowered) <= 4, lowered
+
+    # one shard is cut off (its owner frozen past its lease and its grant): the other gets none of
+    # its watts, since the root counts what the frozen one may still use; the site stays within budget
+    client = etcd_adapter.Etcd(etcd.urls)
+    os.kill(owners["s1"].pid, signal.SIGSTOP)
+    cut: list[tuple[float, float]] = []  # (s2's measured draw + the most s1 may use, the budget)
+    try:
+        until = time.monotonic() + 8
+        while time.monotonic() < until:
+            kv = await client.get(b"/xpu/v1/shards/s1/grant")
+            assert kv is not None
+            s1 = msgspec.json.decode(bytes(kv.value), type=site.Grant)  # type: ignore[attr-defined]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports['s2']}") as channel:
+                s2 = await cgrpc.ClusterStub(channel).GetSummary(cpb.GetSummaryRequest(), timeout=5)
+            cut.append((s2.power_w + max(s1.grant_w, s1.static_w), 20_000.0))
+            await asyncio.sleep(0.5)
+    finally:
+        os.kill(owners["s1"].pid, signal.SIGCONT)
+        await client.close()
+    assert len(cut) >= 10 and over_for_long(cut) <= 4, cut
+    await watch(gateway, 10)  # s1 is back (a new epoch of its own, cold for warmup_s)
 
     # the root dies: grants lapse after 3 s and the shards fall back to their static shares
     root.kill()
