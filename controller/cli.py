@@ -171,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--etcd", required=True, metavar="URL[,URL...]", help="every etcd member, http://HOST:PORT")
     gw.add_argument("--listen", type=_listen, default="127.0.0.1:50050", metavar="HOST:PORT")
     gw.add_argument("--prefix", default="/xpu/v1", help="root of xpuctl's keys in etcd (the shards' [shard] prefix)")
+    gw.add_argument(
+        "--history-url",
+        default=None,
+        metavar="URL",
+        help="VictoriaMetrics the shards export to: history beyond the ring",
+    )
     rt = sub.add_parser("root", help="run a candidate root allocator of the site budget (issue 15)")
     rt.add_argument("--etcd", required=True, metavar="URL[,URL...]", help="every etcd member, http://HOST:PORT")
     rt.add_argument("--advertise", required=True, metavar="NAME", help="this candidate's name (unique per candidate)")
@@ -309,9 +315,13 @@ async def run_gateway(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             stop=stop,
             on_ready=lambda port: notifier.ready(f"gateway serving on port {port}"),
+            history_url=args.history_url,
         )
     except etcd.EndpointError as exc:
         log.error("--etcd: %s", exc)
+        return exits.CONFIG
+    except ValueError as exc:
+        log.error("%s", exc)
         return exits.CONFIG
     except OSError as exc:
         log.error("%s", exc)

@@ -33,10 +33,12 @@ import grpc.aio
 import msgspec
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from xpuctl.controller.adapters import etcd
+from xpuctl.controller.adapters import etcd, history
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
+from xpuctl.controller.core import model
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc as cgrpc
+from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("xpu.gateway")
 
@@ -112,9 +114,10 @@ class Owners:
 class Gateway(cgrpc.ClusterServicer):
     """The Cluster API answered by the shards' owners."""
 
-    def __init__(self, owners: Owners) -> None:
-        """Ask the owners `owners` knows."""
+    def __init__(self, owners: Owners, history_reader: history.Reader | None = None) -> None:
+        """Ask the owners `owners` knows (and `history_reader` for history beyond their rings)."""
         self.owners = owners
+        self.history = history_reader
 
     # -- asking the owners -----------------------------------------------------------------------
 
@@ -219,8 +222,21 @@ class Gateway(cgrpc.ClusterServicer):
         return merge_device_pages(await self._all("ListDevices", request, context), request.page_size)
 
     async def GetDevice(self, request: cpb.GetDeviceRequest, context: Context) -> cpb.GetDeviceResponse:  # noqa: N802 - gRPC method name
-        """From the shard that has the device."""
-        return cast("cpb.GetDeviceResponse", await self._one("GetDevice", request, context))
+        """From the shard that has the device; with a history database, the points asked for
+        beyond its ring come from there (10 s means, older than the ring's oldest sample).
+        """
+        reply = cast("cpb.GetDeviceResponse", await self._one("GetDevice", request, context))
+        if self.history is None or not request.limit or len(reply.history) >= request.limit:
+            return reply
+        before = reply.history[0].timestamp_ns if reply.history else time.time_ns()
+        metric = model.METRICS[(request.metric or pb.METRIC_POWER_W) - 1]
+        older = await self.history.older(
+            request.uuid, metric, before_ns=before, want=request.limit - len(reply.history)
+        )
+        if not older:
+            return reply
+        points = [cpb.Point(timestamp_ns=t, value=v) for t, v in older]
+        return cpb.GetDeviceResponse(device=reply.device, history=[*points, *reply.history])
 
     async def Cordon(self, request: cpb.CordonRequest, context: Context) -> cpb.CordonResponse:  # noqa: N802 - gRPC method name
         """On the shard that has the device or node."""
@@ -385,7 +401,13 @@ def merge_device_pages(parts: list[cpb.ListDevicesResponse], page_size: int) -> 
 
 
 async def serve(
-    *, etcd_urls: str, listen: str, prefix: str, stop: asyncio.Event, on_ready: Callable[[int], None] | None = None
+    *,
+    etcd_urls: str,
+    listen: str,
+    prefix: str,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+    history_url: str | None = None,
 ) -> None:
     """Run a gateway until `stop` is set; `on_ready(port)` once it serves.
 
@@ -396,7 +418,8 @@ async def serve(
     client = etcd.Etcd(etcd_urls, timeout_s=2.0)
     owners = Owners(client, prefix=prefix)
     server = grpc.aio.server(options=grpc_server.SERVER_OPTIONS)
-    cgrpc.add_ClusterServicer_to_server(Gateway(owners), server)
+    reader = history.Reader(history_url) if history_url else None  # raises ValueError on a bad URL
+    cgrpc.add_ClusterServicer_to_server(Gateway(owners, reader), server)
     health_servicer: grpc_server.HealthServicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # untyped
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import math
 import urllib.error
@@ -130,6 +131,51 @@ def render(state: hub.Hub, since_ns: int, now_ns: int) -> bytes:
     for _ in aggregate_steps(state, since_ns, now_ns, periods):
         pass
     return periods[0].encode() if periods else b""
+
+
+class Reader:
+    """History beyond the ring, read back from VictoriaMetrics (`/api/v1/export`), for the gateway."""
+
+    def __init__(self, url: str) -> None:
+        """Read from VictoriaMetrics at `url` (see `check_url`; raises ValueError)."""
+        check_url(url)
+        parts = urllib.parse.urlsplit(url)
+        self.base = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+        self.errors = 0
+
+    def _export(self, selector: str, start_s: float, end_s: float) -> list[tuple[int, float]]:
+        query = urllib.parse.urlencode({"match[]": selector, "start": f"{start_s:.3f}", "end": f"{end_s:.3f}"})
+        with urllib.request.urlopen(f"{self.base}/api/v1/export?{query}", timeout=POST_TIMEOUT_S) as reply:  # noqa: S310
+            points: list[tuple[int, float]] = []
+            for line in reply.read().decode().splitlines():
+                series = json.loads(line) if line.strip() else {}
+                points += [
+                    (int(t) * 1_000_000, float(v))
+                    for t, v in zip(series.get("timestamps", []), series.get("values", []), strict=False)
+                ]
+        return sorted(points)
+
+    async def older(
+        self, uuid: str, metric: str, *, before_ns: int, want: int, period_s: float = 10.0
+    ) -> list[tuple[int, float]]:
+        """Up to `want` (time ns, value) points of `metric` of device `uuid` before `before_ns`:
+        the period means (counters: the last values). Empty when the metric is not exported or the
+        database does not answer (counted, logged).
+        """
+        row = next((r for r in metrics.DEVICE_METRICS if r[0] == metric), None)
+        if row is None or want <= 0:
+            return []
+        _, name, kind, _, extra = row
+        agg = "last" if kind == "counter" else "mean"
+        selector = f'{name}{{hw_id="{metrics.escape(uuid)}",agg="{agg}"{"," + extra if extra else ""}}}'
+        end_s = before_ns / 1e9 - 0.001
+        try:
+            points = await asyncio.to_thread(self._export, selector, end_s - want * period_s * 1.5, end_s)
+        except (OSError, ValueError) as exc:
+            self.errors += 1
+            log.warning("history: cannot read %s from %s: %s", selector, self.base, exc)
+            return []
+        return points[-want:]
 
 
 class Exporter:

@@ -15,12 +15,16 @@ import urllib.request
 from collections.abc import Iterator
 from typing import cast
 
+import grpc
+import grpc.aio
 import pytest
 
-from tests.helpers import RunningService, free_port, wait_until, xpuctl
+from tests.helpers import EtcdCluster, Processes, RunningService, free_port, wait_until, xpuctl
 from xpuctl.controller import config, hub, service
 from xpuctl.controller.adapters import codec, history
 from xpuctl.controller.core import ingest, model
+from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
+from xpuctl.protos.xpu.v1 import cluster_pb2_grpc as cgrpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 S = 1_000_000_000
@@ -194,3 +198,39 @@ async def test_a_dead_database_drops_old_periods_counts_them_and_ingest_goes_on(
         assert shown["url"] == dead and shown["dropped"] >= 3 and shown["exported"] == 0 and shown["last_error"]
     finally:
         await running.stop()
+
+
+@pytest.mark.slow
+async def test_the_gateway_answers_history_beyond_the_ring_from_victoria_metrics(
+    vm: VictoriaMetrics, etcd: EtcdCluster, processes: Processes, tmp_path: pathlib.Path
+) -> None:
+    port, gw_port = free_port(), free_port()
+    conf = tmp_path / "shard.toml"
+    conf.write_text("[history]\nperiod_s = 1.0\n")
+    processes.start(
+        "xpuctl.controller.cli", "--log-format", "text", "serve", "--config", str(conf), "--window", "5",
+        "--listen", f"127.0.0.1:{port}", "--shard", "s1", "--etcd", etcd.urls, "--advertise", f"127.0.0.1:{port}",
+        "--state-dir", "none", "--history-url", vm.url,
+    )  # fmt: skip
+    processes.agent(f"127.0.0.1:{port}", "n1", "amd")
+    processes.start(
+        "xpuctl.controller.cli", "--log-format", "text", "gateway", "--etcd", etcd.urls,
+        "--listen", f"127.0.0.1:{gw_port}", "--history-url", vm.url,
+    )  # fmt: skip
+    await wait_until(lambda: bool(vm.series('hw_power_watts{xpu_node="n1",agg="mean"}')), timeout_s=30, what="exports")
+    uuid = cast("dict[str, str]", vm.series('hw_power_watts{xpu_node="n1",agg="mean"}')[0]["metric"])["hw_id"]
+
+    def enough() -> bool:  # a dozen periods exported: more than the 5 samples the ring keeps
+        return len(cast("list[int]", vm.series(f'hw_power_watts{{hw_id="{uuid}",agg="mean"}}')[0]["values"])) >= 12
+
+    await wait_until(enough, timeout_s=40, what="a dozen exported periods")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw_port}") as channel:
+        stub = cgrpc.ClusterStub(channel)
+        deep = await stub.GetDevice(cpb.GetDeviceRequest(uuid=uuid, metric=pb.METRIC_POWER_W, limit=12), timeout=10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        ring = await cgrpc.ClusterStub(channel).GetDevice(cpb.GetDeviceRequest(uuid=uuid, limit=12), timeout=10)
+    assert len(ring.history) <= 5  # the owner alone has its ring
+    times = [p.timestamp_ns for p in deep.history]
+    assert len(deep.history) == 12 and times == sorted(times) and len(set(times)) == 12
+    assert times[0] < ring.history[0].timestamp_ns  # older than anything the ring still holds
+    assert all(p.value > 0 for p in deep.history)
