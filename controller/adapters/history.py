@@ -17,6 +17,7 @@ import collections
 import json
 import logging
 import math
+import struct
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,6 +35,11 @@ from xpuctl.controller.core import model
 log = logging.getLogger("xpu.controller.history")
 
 IMPORT_PATH = "/api/v1/import/prometheus"
+REMOTE_WRITE_HEADERS = {
+    "Content-Encoding": "snappy",
+    "Content-Type": "application/x-protobuf",
+    "X-Prometheus-Remote-Write-Version": "0.1.0",
+}
 POST_TIMEOUT_S = 5.0
 
 
@@ -48,19 +54,64 @@ class Stats(msgspec.Struct, kw_only=True):
 
 
 def check_url(url: str) -> str:
-    """The import endpoint for a `--history-url` (`http://HOST:PORT`, VictoriaMetrics' address).
+    """The endpoint for a `--history-url`: `http://HOST:PORT` of VictoriaMetrics (its text import),
+    or a Prometheus remote-write URL, one whose path ends in `/write` or `/push` (Prometheus's
+    `/api/v1/write`, VictoriaMetrics' `/api/v1/write`, Mimir's and Cortex's `/api/v1/push`).
 
     Raises:
         ValueError: not http(s)://HOST:PORT[/path], naming the value.
     """
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        msg = f"--history-url {url!r}: expected http://HOST:PORT of VictoriaMetrics (or https://)"
+        msg = f"--history-url {url!r}: expected http://HOST:PORT of VictoriaMetrics, or a remote-write URL"
         raise ValueError(msg)
     path = parts.path.rstrip("/")
-    return urllib.parse.urlunsplit(
-        (parts.scheme, parts.netloc, path if path.endswith("/prometheus") else path + IMPORT_PATH, "", "")
-    )
+    if not path.endswith(("/prometheus", "/write", "/push")):
+        path += IMPORT_PATH
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def remote_write(url: str) -> bool:
+    """Whether an endpoint from `check_url` takes Prometheus remote write (else the text import)."""
+    return urllib.parse.urlsplit(url).path.endswith(("/write", "/push"))
+
+
+# -- Prometheus remote write: protobuf (prompb WriteRequest) in a snappy block, written by hand ----
+# The wire facts: prometheus/prompb/remote.proto and types.proto (WriteRequest.timeseries = 1;
+# TimeSeries.labels = 1, .samples = 2; Label.name = 1, .value = 2; Sample.value = 1 (double),
+# .timestamp = 2 (int64, ms)); the snappy block format (google/snappy format_description.txt):
+# the uncompressed length as a varint, then elements; a literal of n bytes is tag 0xF4 (61 << 2,
+# then n - 1 in 2 little-endian bytes) and the bytes. Literals only: valid snappy, no compression.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if not n:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _series(labels: list[tuple[str, str]], value: float, stamp_ms: int) -> bytes:
+    body = b"".join(_field(1, _field(1, k.encode()) + _field(2, v.encode())) for k, v in sorted(labels))
+    sample = b"\x09" + struct.pack("<d", value) + b"\x10" + _varint(stamp_ms & 0xFFFFFFFFFFFFFFFF)
+    return _field(1, body + _field(2, sample))
+
+
+def snappy_literals(data: bytes) -> bytes:
+    """`data` as a snappy block of literals (see above)."""
+    out = [_varint(len(data))]
+    for start in range(0, len(data), 65536):
+        chunk = data[start : start + 65536]
+        out.append(b"\xf4" + struct.pack("<H", len(chunk) - 1) + chunk)
+    return b"".join(out)
 
 
 class Period:
@@ -73,6 +124,25 @@ class Period:
         # (Prometheus name, extra labels, agg, values per slot, whether the slot has a value)
         self.columns: list[tuple[str, str, str, npt.NDArray[np.float64], npt.NDArray[np.bool_]]] = []
         self.encoded: bytes | None = None
+        self.written: bytes | None = None
+
+    def encode_remote_write(self) -> bytes:
+        """The period as a snappy-framed prompb WriteRequest (kept, like `encode`)."""
+        if self.written is None:
+            base = [
+                [("hw_id", i.uuid), ("hw_vendor", i.vendor), ("hw_model", i.model), ("xpu_node", node)]
+                for i, node in zip(self.infos, self.nodes, strict=True)
+            ]
+            parts = []
+            for name, extra, agg, values, has in self.columns:
+                more = [kv.split("=", 1) for kv in extra.split(",") if kv] if extra else []
+                fixed = [("__name__", name), ("agg", agg), *((k, v.strip('"')) for k, v in more)]
+                parts += [
+                    _series(base[s] + fixed, v, self.stamp_ms)
+                    for s, v in zip(np.flatnonzero(has).tolist(), values[has].tolist(), strict=True)
+                ]
+            self.written = snappy_literals(b"".join(parts))
+        return self.written
 
     def encode(self) -> bytes:
         """The Prometheus text lines (kept: a retried post does not format again)."""
@@ -198,7 +268,11 @@ class Exporter:
         self._wake.set()
 
     def _post(self, period: Period) -> None:
-        request = urllib.request.Request(self.endpoint, data=period.encode(), method="POST")  # noqa: S310 - the operator's URL, checked
+        if remote_write(self.endpoint):
+            data, headers = period.encode_remote_write(), REMOTE_WRITE_HEADERS
+        else:
+            data, headers = period.encode(), {}
+        request = urllib.request.Request(self.endpoint, data=data, headers=headers, method="POST")  # noqa: S310 - the operator's URL, checked
         with urllib.request.urlopen(request, timeout=POST_TIMEOUT_S) as reply:  # noqa: S310
             reply.read()
 

@@ -234,3 +234,70 @@ async def test_the_gateway_answers_history_beyond_the_ring_from_victoria_metrics
     assert len(deep.history) == 12 and times == sorted(times) and len(set(times)) == 12
     assert times[0] < ring.history[0].timestamp_ns  # older than anything the ring still holds
     assert all(p.value > 0 for p in deep.history)
+
+
+def test_remote_write_is_a_snappy_block_of_a_prompb_write_request() -> None:
+    framed = history.snappy_literals(b"x" * 70_000)
+    assert framed[:3] == bytes([0xF0, 0xA2, 0x04])  # 70,000 as a varint
+    assert framed[3] == 0xF4 and framed[4:6] == (65535).to_bytes(2, "little")  # a literal of 65,536 bytes
+    assert len(framed) == 3 + (3 + 65536) + (3 + 4464)
+    assert history.remote_write(history.check_url("http://prom:9090/api/v1/write"))
+    assert not history.remote_write(history.check_url("http://vm:8428"))
+
+
+@pytest.fixture
+def prometheus(tmp_path: pathlib.Path) -> Iterator[str]:
+    """A real Prometheus taking remote writes on a free loopback port: its base URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (scripts/test installs it with apt-get)")
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text("global: {}\n")
+    argv = [
+        binary,
+        f"--config.file={tmp_path / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-remote-write-receiver",
+        "--log.level=error",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while _get(f"{base}/-/ready") is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("prometheus did not become ready")
+        time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+async def test_remote_write_reaches_a_real_prometheus(prometheus: str) -> None:
+    exporter = history.Exporter(f"{prometheus}/api/v1/write")
+    sender = asyncio.create_task(exporter.run())
+    t0 = time.time_ns() - 60 * S
+    try:
+        periods: list[history.Period] = []
+        for _ in history.aggregate_steps(fed([100.0, 400.0, 500.0, 600.0], t0), t0 + 1 * S, t0 + 4 * S, periods):
+            pass
+        exporter.offer(periods[0])
+        await wait_until(lambda: exporter.stats.exported == 1, timeout_s=10, what="the remote write to be taken")
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    query = urllib.parse.urlencode({"query": 'hw_power_watts{xpu_node="n1"}', "time": f"{(t0 + 4 * S) / 1e9:.3f}"})
+    answer = json.loads(_get(f"{prometheus}/api/v1/query?{query}") or b"{}")
+    got = {r["metric"]["agg"]: float(r["value"][1]) for r in answer["data"]["result"]}
+    assert got == {"mean": 500.0, "max": 600.0, "last": 600.0}
+    one = answer["data"]["result"][0]["metric"]
+    assert one["hw_id"] == "gpu-0" and one["hw_vendor"] == "nvidia" and one["hw_model"] == "H100"
+
+
+def _get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own loopback server
+            return bytes(r.read())
+    except OSError:
+        return None
