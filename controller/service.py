@@ -313,7 +313,8 @@ class Service:
                 continue
             d = self.state.control.last_decision
             floor = (d.floors_w + d.fixed_w) if d is not None else 0.0
-            report = site.Report(floor_w=floor, demand_w=d.demand_w if d is not None else 0.0)
+            draw = self.state.views.summary(time.time_ns()).power_w
+            report = site.Report(floor_w=floor, demand_w=d.demand_w if d is not None else 0.0, draw_w=draw)
             lease.floor_w = floor
             owner = etcd.owner_key(sh.prefix, sh.id)
             try:
