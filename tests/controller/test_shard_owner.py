@@ -167,3 +167,17 @@ async def test_quorum_lost_fences_the_owner_within_ttl_and_an_owner_returns_with
     await wait_until(lambda: a.acting() or b.acting(), timeout_s=TTL_S + 2, what="an owner once quorum is back")
     assert time.monotonic() - back <= TTL_S + 2
     assert not (a.acting() and b.acting())
+
+
+def test_a_shard_under_the_site_root_refuses_its_own_budget_naming_the_gateway() -> None:
+    from xpuctl.controller import errors, hub  # noqa: PLC0415
+
+    h = hub.Hub()
+    h.ownership = own = ownership.Ownership("hall1", "a:1")
+    own.acquired(epoch=3, sent_at=time.monotonic())
+    h.site_managed = True
+    with pytest.raises(errors.SiteManaged, match="through the gateway"):
+        h.set_budget(5000.0, 0)
+    h.site_managed = False
+    h.set_budget(5000.0, 0)
+    assert h.budget_w == 5000.0
