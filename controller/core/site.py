@@ -171,7 +171,9 @@ class Root:
 
     def bound_w(self, now: float) -> float:
         """The root's count of the invariant's left side."""
-        return sum(self.committed_w(s, now) for s in set(self.current) | set(self.floor))
+        return sum(
+            self.committed_w(s, now) for s in sorted(set(self.current) | set(self.floor))
+        )  # in order: runs repeat
 
     # -- the plan -----------------------------------------------------------------------------------
 

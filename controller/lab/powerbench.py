@@ -20,6 +20,7 @@ import time
 import msgspec
 import numpy as np
 
+from xpuctl.agent.drivers.sim import engine
 from xpuctl.controller import config
 from xpuctl.controller.core import ledger, site
 from xpuctl.controller.lab.simcluster import SimCluster
@@ -70,6 +71,53 @@ def vendors_for(nodes: int) -> list[str]:
     return [cycle[k % len(cycle)] for k in range(nodes)]
 
 
+class Tally:
+    """A run's score, second by second: the warm-up is the baseline, the rest is scored."""
+
+    def __init__(self, budget_w: float | None) -> None:
+        """Nothing counted yet."""
+        self.budget_w = budget_w
+        self.work0 = self.work_tdp0 = self.energy0 = self.total_power = self.worst = 0.0
+        self.above = self.above2 = self.seconds = 0
+
+    def second(self, second: int, nodes: list[engine.SimNode], power_w: float) -> None:
+        """The state after simulated second `second`."""
+        if second < WARMUP_S:
+            self.work0, self.work_tdp0, self.energy0 = _totals(nodes)
+            return
+        self.seconds += 1
+        self.total_power += power_w
+        if self.budget_w is not None:
+            self.above += power_w > self.budget_w
+            self.above2 += power_w > self.budget_w * 1.02
+            self.worst = max(self.worst, power_w / self.budget_w - 1)
+
+    def run(self, policy: str, nodes: list[engine.SimNode], commands: int, **extra: float) -> Run:
+        """The score of the seconds counted."""
+        work, work_tdp, energy = _totals(nodes)
+        return Run(
+            policy=policy,
+            work_tdp_s=round(work_tdp - self.work_tdp0, 1),
+            work_device_s=round(work - self.work0, 1),
+            energy_kwh=round((energy - self.energy0) / 3.6e6, 3),
+            mean_power_w=round(self.total_power / max(1, self.seconds), 1),
+            seconds_above_budget=int(self.above),
+            seconds_above_budget_2pct=int(self.above2),
+            worst_overshoot_pct=round(100 * self.worst, 2),
+            commands=commands,
+            **extra,
+        )
+
+
+def _totals(nodes: list[engine.SimNode]) -> tuple[float, float, float]:
+    """Work (device-s), TDP-weighted work and energy (J) so far."""
+    return (
+        float(sum(n.work.sum() for n in nodes)),
+        float(sum((n.work * n.tdp_w).sum() for n in nodes)),
+        float(sum(n.energy_j.sum() for n in nodes)),
+    )
+
+
 def simulate(
     policy: str, *, nodes: int, seconds: int, seed: int, budget_w: float | None, power: config.Power | None = None
 ) -> Run:
@@ -85,10 +133,7 @@ def simulate(
                 if node.profiles[i].power_cap_settable:
                     node.set_cap(i, per_device)
     pending: list[ledger.Entry] = []
-    work0 = work_tdp0 = energy0 = 0.0
-    above = above2 = commands = 0
-    worst = 0.0
-    total_power = 0.0
+    tally, commands = Tally(budget_w), 0
     for second in range(WARMUP_S + seconds):
         cluster.apply(pending)  # commands decided last period take effect now
         out = cluster.step(1.0)
@@ -96,31 +141,8 @@ def simulate(
             tick = cluster.tick()
             pending = out.send + tick.send
             commands += len(pending)
-        if second < WARMUP_S:
-            work0 = float(sum(n.work.sum() for n in cluster.nodes))
-            work_tdp0 = float(sum((n.work * n.tdp_w).sum() for n in cluster.nodes))
-            energy0 = float(sum(n.energy_j.sum() for n in cluster.nodes))
-            continue
-        p = cluster.power_w()
-        total_power += p
-        if budget_w is not None:
-            above += p > budget_w
-            above2 += p > budget_w * 1.02
-            worst = max(worst, p / budget_w - 1)
-    work = float(sum(n.work.sum() for n in cluster.nodes)) - work0
-    work_tdp = float(sum((n.work * n.tdp_w).sum() for n in cluster.nodes)) - work_tdp0
-    energy = float(sum(n.energy_j.sum() for n in cluster.nodes)) - energy0
-    return Run(
-        policy=policy,
-        work_tdp_s=round(work_tdp, 1),
-        work_device_s=round(work, 1),
-        energy_kwh=round(energy / 3.6e6, 3),
-        mean_power_w=round(total_power / seconds, 1),
-        seconds_above_budget=int(above),
-        seconds_above_budget_2pct=int(above2),
-        worst_overshoot_pct=round(100 * worst, 2),
-        commands=commands,
-    )
+        tally.second(second, cluster.nodes, cluster.power_w())
+    return tally.run(policy, cluster.nodes, commands)
 
 
 ROOT_PERIOD_S = 5  # the root allocator's period (grants last 3 periods)
@@ -143,9 +165,8 @@ def simulate_sharded(
     root = site.Root(budget_w, epoch=1, now=0.0, ttl_s=3 * ROOT_PERIOD_S)
     leases = {s: site.Lease(floor_w=0.0) for s in names}
     pending: list[list[ledger.Entry]] = [[] for _ in clusters]
-    work0 = work_tdp0 = energy0 = 0.0
-    above = above2 = commands = changes = 0
-    worst = total_power = 0.0
+    tally, commands, changes = Tally(budget_w), 0, 0
+    nodes_all = [n for c in clusters for n in c.nodes]
     last_grant: dict[str, float] = {}
     for second in range(WARMUP_S + seconds):
         for j, cluster in enumerate(clusters):
@@ -171,29 +192,11 @@ def simulate_sharded(
                 cluster.control.power.budget_w = lease.budget_w(float(second))
                 if d is not None and d.caps_w <= lease.grant.grant_w * 1.001 + 1.0:
                     root.on_ack(s, lease.grant)
-        if second < WARMUP_S:
-            work0 = float(sum(n.work.sum() for c in clusters for n in c.nodes))
-            work_tdp0 = float(sum((n.work * n.tdp_w).sum() for c in clusters for n in c.nodes))
-            energy0 = float(sum(n.energy_j.sum() for c in clusters for n in c.nodes))
-            continue
-        p = sum(c.power_w() for c in clusters)
-        total_power += p
-        above += p > budget_w
-        above2 += p > budget_w * 1.02
-        worst = max(worst, p / budget_w - 1)
-    work = float(sum(n.work.sum() for c in clusters for n in c.nodes)) - work0
-    work_tdp = float(sum((n.work * n.tdp_w).sum() for c in clusters for n in c.nodes)) - work_tdp0
-    energy = float(sum(n.energy_j.sum() for c in clusters for n in c.nodes)) - energy0
-    return Run(
-        policy=f"xpuctl/{shards}",
-        work_tdp_s=round(work_tdp, 1),
-        work_device_s=round(work, 1),
-        energy_kwh=round(energy / 3.6e6, 3),
-        mean_power_w=round(total_power / seconds, 1),
-        seconds_above_budget=int(above),
-        seconds_above_budget_2pct=int(above2),
-        worst_overshoot_pct=round(100 * worst, 2),
-        commands=commands,
+        tally.second(second, nodes_all, sum(c.power_w() for c in clusters))
+    return tally.run(
+        f"xpuctl/{shards}",
+        nodes_all,
+        commands,
         grant_changes_per_shard_hour=round(changes / shards / (seconds / 3600), 1),
     )
 
