@@ -1,4 +1,5 @@
-"""Which process listens on a local TCP port (Linux /proc), for error messages that name it.
+"""Local TCP ports: a free one on loopback, and which process listens on one (Linux /proc), for
+error messages that name it.
 
 Best effort and read-only: None where /proc is not there or the process is not ours to see.
 """
@@ -6,8 +7,16 @@ Best effort and read-only: None where /proc is not there or the process is not o
 from __future__ import annotations
 
 import pathlib
+import socket
 
 _LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for private brokers and servers on loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def holder(port: int, proc: pathlib.Path = pathlib.Path("/proc")) -> str | None:

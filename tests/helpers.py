@@ -24,6 +24,7 @@ import grpc.aio
 import pytest
 
 from xpuctl.agent.adapters import link
+from xpuctl.common import ports
 from xpuctl.controller import config, hub, service
 from xpuctl.controller.adapters import codec
 from xpuctl.controller.adapters.grpc_api import server as grpc_server
@@ -35,11 +36,13 @@ from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+free_port = ports.free_port
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
@@ -175,9 +178,8 @@ class Mosquitto:
             self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if listening(self.port):
+                return
             if self.proc.poll() is not None:
                 pytest.fail(f"mosquitto exited: {self.log.read_text()[-2000:]}")
             time.sleep(0.02)

@@ -38,18 +38,12 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from xpuctl.common import mqtt_session
+from xpuctl.common import mqtt_session, ports
 from xpuctl.controller import lab
 from xpuctl.protos.xpu.v1 import bus, cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_s(pid: int) -> float:
@@ -101,7 +95,12 @@ def mosquitto_binary() -> str | None:
     return None
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Block until `proc` listens on 127.0.0.1:`port` (10 s at most).
+
+    Raises:
+        RuntimeError: it did not, naming `what`.
+    """
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -229,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     quiet = args.json
-    port = _free_port()
+    port = ports.free_port()
     target = f"127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     py = sys.executable
@@ -240,11 +239,11 @@ def run(args: argparse.Namespace) -> int:
     if binary is None:
         _say(quiet=quiet, text="bench: mosquitto is not installed: no bus, so no sample-to-command figure")
     else:
-        mqtt_port = _free_port()
+        mqtt_port = ports.free_port()
         conf = pathlib.Path(work.name) / "mosquitto.conf"
         conf.write_text(MOSQUITTO_CONF.format(port=mqtt_port))
         broker = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)  # noqa: S603
-        _wait_port(mqtt_port, broker, "mosquitto")
+        wait_port(mqtt_port, broker, "mosquitto")
     # ERROR: the hot samples raise anomalies, which the controller logs as warnings
     serve = [py, "-m", "xpuctl.controller.cli", "--log-level", "ERROR", "serve", "--listen", target]
     serve += ["--window", str(args.window)]

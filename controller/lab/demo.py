@@ -30,7 +30,7 @@ from typing import cast
 from rich.console import Console
 from rich.live import Live
 
-from xpuctl.common import cli
+from xpuctl.common import cli, ports
 from xpuctl.controller import config, hub, lab, service
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.tui import view
@@ -98,12 +98,6 @@ def _num(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:,.0f}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def default_listen() -> str:
     """127.0.0.1:50051 when it is free, so that `xpuctl` attaches with no flag; else a free port."""
     with socket.socket() as s:
@@ -148,7 +142,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, cfg: config.Config, console: Console, log_file: pathlib.Path | None) -> int:
-    svc = service.Service(cfg, listen=args.listen or default_listen(), embedded_port=_free_port())
+    svc = service.Service(cfg, listen=args.listen or default_listen(), embedded_port=ports.free_port())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
+
+from xpuctl.common import ports
 
 
 class EtcdError(RuntimeError):
@@ -25,12 +26,6 @@ def etcd_binary() -> str | None:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EtcdCluster:
@@ -49,8 +44,8 @@ class EtcdCluster:
         self.binary = binary
         self.workdir = workdir
         self.names = [f"m{k + 1}" for k in range(members)]
-        self.client_ports = [_free_port() for _ in self.names]
-        self.peer_ports = [_free_port() for _ in self.names]
+        self.client_ports = [ports.free_port() for _ in self.names]
+        self.peer_ports = [ports.free_port() for _ in self.names]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * members
         self.started = [False] * members
         self.initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))

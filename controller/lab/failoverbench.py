@@ -34,6 +34,7 @@ import grpc
 import grpc.aio
 import msgspec
 
+from xpuctl.common import ports
 from xpuctl.controller.adapters import etcd
 from xpuctl.controller.lab import bench, etcdcluster
 from xpuctl.protos.xpu.v1 import bus
@@ -106,11 +107,11 @@ def _start(
     if binary is None:
         msg = "mosquitto is not installed: apt-get install mosquitto (scripts/test does it)"
         raise RuntimeError(msg)
-    mqtt_port = bench._free_port()  # noqa: SLF001 - the lab's own helper
+    mqtt_port = ports.free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(bench.MOSQUITTO_CONF.format(port=mqtt_port))
     procs.append(subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL))  # noqa: S603
-    bench._wait_port(mqtt_port, procs[-1], "mosquitto")  # noqa: SLF001
+    bench.wait_port(mqtt_port, procs[-1], "mosquitto")
     mqtt = f"mqtt://127.0.0.1:{mqtt_port}"
     addresses: dict[str, dict[str, subprocess.Popen[bytes]]] = {}
     for k in range(shards_of(args)):
@@ -118,7 +119,7 @@ def _start(
         (work / f"{shard}.toml").write_text(f'[shard]\nnodes = ["{shard}-*"]\n')
         addresses[shard] = {}
         for _ in range(args.candidates):
-            address = f"127.0.0.1:{bench._free_port()}"  # noqa: SLF001
+            address = f"127.0.0.1:{ports.free_port()}"
             argv = [py, "-m", "xpuctl.controller.cli", "--log-level", "ERROR", "serve", "--listen", address]
             argv += ["--config", str(work / f"{shard}.toml"), "--mqtt", mqtt, "--state-dir", "none"]
             argv += ["--shard", shard, "--etcd", etcd_urls, "--advertise", address]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,18 +17,13 @@ import grpc
 import grpc.aio
 import pytest
 
-from tests.helpers import EtcdCluster, Mosquitto, Processes, agent_argv, free_port, wait_until, xpuctl
+from tests.helpers import EtcdCluster, Mosquitto, Processes, agent_argv, free_port, listening, wait_until, xpuctl
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc as cgrpc
 
 pytestmark = pytest.mark.slow
 
 SHARDS = {"s1": "a", "s2": "b"}  # shard -> its nodes' prefix
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass

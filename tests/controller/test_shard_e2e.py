@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -23,7 +22,17 @@ import grpc.aio
 import msgspec
 import pytest
 
-from tests.helpers import EtcdCluster, Mosquitto, Processes, RawStream, Watcher, agent_argv, free_port, wait_until
+from tests.helpers import (
+    EtcdCluster,
+    Mosquitto,
+    Processes,
+    RawStream,
+    Watcher,
+    agent_argv,
+    free_port,
+    listening,
+    wait_until,
+)
 from xpuctl.protos.xpu.v1 import bus
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc as cgrpc
@@ -84,11 +93,6 @@ class Shard:
     def answers(self) -> dict[str, bus.Result]:
         assert self.watcher is not None
         return {r.id: r for r in (msgspec.json.decode(p, type=bus.Result) for _, p in self.watcher.on(RES))}
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def nodes(address: str) -> dict[str, cpb.Node]:

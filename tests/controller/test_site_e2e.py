@@ -11,7 +11,6 @@ import contextlib
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 
@@ -20,7 +19,7 @@ import grpc.aio
 import msgspec
 import pytest
 
-from tests.helpers import EtcdCluster, Mosquitto, Processes, free_port, wait_until
+from tests.helpers import EtcdCluster, Mosquitto, Processes, free_port, listening, wait_until
 from xpuctl.controller.adapters import etcd as etcd_adapter
 from xpuctl.controller.core import site
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
@@ -30,11 +29,6 @@ pytestmark = pytest.mark.slow
 
 SHARDS = {"s1": "a", "s2": "b", "s3": "c"}
 NODES = 2  # per shard, 8 simulated devices each: 16 H100-class devices a shard
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def site_now(gateway: str) -> tuple[float, float]:
