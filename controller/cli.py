@@ -232,6 +232,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets (call from inside the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run the controller until SIGINT/SIGTERM, telling systemd (when it is there) how it goes.
 
@@ -266,10 +275,7 @@ async def serve(args: argparse.Namespace) -> int:
             store.close()
         log.error("%s", exc)
         return exits.CONFIG
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
 
     async def announce() -> None:
         await svc.ready.wait()
@@ -303,10 +309,7 @@ async def serve(args: argparse.Namespace) -> int:
 async def run_gateway(args: argparse.Namespace) -> int:
     """Run `xpu-controller gateway` until SIGINT/SIGTERM."""
     notifier = systemd.Notifier(os.environ)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     watchdog = asyncio.create_task(notifier.watchdog_loop(), name="gateway.sd_watchdog")
     try:
         await gateway.serve(
@@ -350,10 +353,7 @@ async def run_root(args: argparse.Namespace) -> int:
         period_s=args.period_s,
         static_frac=args.static_frac,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     task = asyncio.create_task(allocator.run(), name="root")
     log.info("xpu-controller root %s: candidate root allocator (etcd %s)", args.advertise, args.etcd)
     await stop.wait()

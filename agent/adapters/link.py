@@ -129,7 +129,7 @@ class Link:
         untried = len(self.targets) - 1  # candidates not yet tried since the last success or backoff
         try:
             while True:
-                if self._moved_to:  # named by the owner's lease as the session ended anyway
+                if self._moved_to:  # the shard's lease named another candidate (owner_is)
                     self.target, self._moved_to = self._moved_to, ""
                 channel = self._channel or channels.get(self.target)
                 if channel is None:
@@ -162,8 +162,7 @@ class Link:
                         self.target,
                         extra={"node_id": self.node_id},
                     )
-                    self.target, self._moved_to = self._moved_to, ""
-                    self.redirects_total += 1
+                    self.redirects_total += 1  # the next session goes there (the loop's first step)
                     redirected = True
                 if self.connected:
                     attempt = 0
@@ -195,11 +194,8 @@ class Link:
         session goes there at once, and a session to another candidate (a deposed owner, which may
         be frozen and never answer again) ends. An address not in the targets is ignored.
         """
-        try:
-            owner = cli.address(address)
-        except argparse.ArgumentTypeError:
-            return
-        if owner not in self.targets:
+        owner = self._candidate(address)
+        if not owner:
             return
         if self.connected:
             if owner != self.target:  # the one we stream to was deposed (frozen, cut off): leave it now
@@ -211,6 +207,14 @@ class Link:
             self.redirects_total += 1
         self._retry_now.set()
 
+    def _candidate(self, address: str) -> str:
+        """`address` as the targets spell it, when it is one of them; '' otherwise (never dialled)."""
+        try:
+            owner = cli.address(address)
+        except argparse.ArgumentTypeError:
+            return ""
+        return owner if owner in self.targets else ""
+
     def _rotate(self) -> None:
         """The next target in turn (with one target, the same)."""
         self.target = self.targets[(self.targets.index(self.target) + 1) % len(self.targets)]
@@ -219,13 +223,9 @@ class Link:
         """Choose the next session's target after `exc`; True when a standby named the owner."""
         if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
             pairs = cast("list[tuple[str, str]]", list(exc.trailing_metadata() or ()))  # the stubs lag grpc.aio
-            owner = next((str(v) for k, v in pairs if k == OWNER_METADATA), "")
-            if owner:
-                try:
-                    owner = cli.address(owner)
-                except argparse.ArgumentTypeError:
-                    owner = ""
-            if owner in self.targets and owner != self.target:
+            named = next((str(v) for k, v in pairs if k == OWNER_METADATA), "")
+            owner = self._candidate(named)
+            if owner and owner != self.target:
                 log.info(
                     "node %s: %s is a standby; following the owner at %s",
                     self.node_id,
@@ -236,12 +236,12 @@ class Link:
                 self.target = owner
                 self.redirects_total += 1
                 return True
-            if owner and owner not in self.targets:
+            if named and not owner:
                 log.warning(
                     "node %s: %s names %s as the owner, which is not in --controller; not dialling it",
                     self.node_id,
                     self.target,
-                    owner,
+                    named,
                     extra={"node_id": self.node_id},
                 )
         self._rotate()
