@@ -10,7 +10,7 @@ the owners:
   node (the others answer NOT_FOUND);
 - WatchEvents: every shard's stream, each event naming its shard; a stream that breaks (an owner
   failover) is opened again on the new owner from the time of its last event;
-- SetPowerBudget: refused, naming why: a budget over shards is the root allocator's (issue 15).
+- SetPowerBudget: the site budget in etcd, which the root allocator splits over the shards (issue 15).
 A shard whose owner cannot be reached, or that has no owner for the moment (during a failover;
 a shard the gateway has seen, for FORGET_SHARD_S), fails the call with UNAVAILABLE naming the
 shard: a listing is complete or it is an error, never silently partial. Operator credentials (the `authorization`
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -263,8 +262,8 @@ class Gateway(cgrpc.ClusterServicer):
         try:  # a site under a root allocator: its budget is the site's, not the sum of the grants
             kv = await self.owners.client.get(etcd.SiteKeys(self.owners.prefix).budget)
             if kv is not None:
-                out.budget_w = float(json.loads(bytes(kv.value))["budget_w"])  # type: ignore[attr-defined]
-        except (grpc.aio.AioRpcError, ValueError, KeyError, TypeError):
+                out.budget_w = msgspec.json.decode(bytes(kv.value), type=etcd.SiteBudget).budget_w  # type: ignore[attr-defined]
+        except (grpc.aio.AioRpcError, msgspec.DecodeError):
             pass
         return out
 
@@ -278,7 +277,7 @@ class Gateway(cgrpc.ClusterServicer):
             )
         keys = etcd.SiteKeys(self.owners.prefix)
         try:
-            await self.owners.client.put(keys.budget, msgspec.json.encode({"budget_w": watts}))
+            await self.owners.client.put(keys.budget, msgspec.json.encode(etcd.SiteBudget(watts)))
         except grpc.aio.AioRpcError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"etcd {exc.code().name}: {exc.details()}; not set")
         log.info("site budget set to %.0f W", watts)

@@ -34,12 +34,6 @@ from xpuctl.controller.errors import InfeasibleBudget
 log = logging.getLogger("xpu.root")
 
 
-class Budget(msgspec.Struct, frozen=True):
-    """The value of `site/budget`."""
-
-    budget_w: float
-
-
 def read_shards(
     keys: etcd.SiteKeys, entries: dict[bytes, bytes]
 ) -> tuple[dict[str, site.Report], dict[str, site.Grant], dict[str, site.Grant]]:
@@ -108,14 +102,14 @@ class RootService:
         raw = await self.client.get(self.keys.budget)
         if raw is not None:
             try:
-                return msgspec.json.decode(bytes(raw.value), type=Budget).budget_w  # type: ignore[attr-defined]
+                return msgspec.json.decode(bytes(raw.value), type=etcd.SiteBudget).budget_w  # type: ignore[attr-defined]
             except msgspec.DecodeError:
                 log.warning("root: unreadable site budget in etcd; keeping the last one")
                 return self.root.budget_w if self.root is not None else None
         if self.initial_budget_w is not None:  # the first root of a site: the site budget from its flag
             await self.client.put_fenced(
                 self.keys.budget,
-                msgspec.json.encode(Budget(self.initial_budget_w)),
+                msgspec.json.encode(etcd.SiteBudget(self.initial_budget_w)),
                 owner=etcd.owner_key(self.keys.root_prefix, self.own.shard),
                 epoch=self.own.epoch,
             )

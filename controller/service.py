@@ -339,7 +339,7 @@ class Service:
             if old is None or abs(budget - old) > max(1.0, 0.01 * old):
                 self.state.publish(self.state.control.set_budget(budget, time.time_ns()).events)
             grant = lease.grant
-            if grant is not None and grant.order != acked and d is not None and d.caps_w <= budget * 1.001 + 1.0:
+            if grant is not None and grant.order != acked and d.caps_w <= budget * 1.001 + 1.0:
                 try:  # the caps in force fit the grant: the root may count it, not the one before
                     if await elector.etcd.put_fenced(
                         keys.of(sh.id, "ack"), msgspec.json.encode(grant), owner=owner, epoch=own.epoch

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import grpc
 import grpc.aio
+import msgspec
 from aetcd import rpc  # etcd's generated v3 API (etcdserverpb); the package's client is not used
 
 from xpuctl.controller.core import desired, ownership
@@ -94,6 +95,12 @@ def target(urls: str) -> str:
 def owner_key(prefix: str, shard: str) -> bytes:
     """The key that names a shard's owner."""
     return f"{prefix.rstrip('/')}/shards/{shard}/owner".encode()
+
+
+class SiteBudget(msgspec.Struct, frozen=True):
+    """The value of `site/budget` (issue 15): the gateway's SetPowerBudget writes it, the root reads it."""
+
+    budget_w: float
 
 
 class SiteKeys:
