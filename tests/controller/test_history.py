@@ -69,17 +69,42 @@ def test_a_bad_history_url_is_refused_naming_it(bad: str) -> None:
     assert history.check_url("http://vm:8428") == "http://vm:8428/api/v1/import/prometheus"
 
 
+def start_server(name: str, args: list[str], ready_url: str, tmp: pathlib.Path) -> subprocess.Popen[bytes]:
+    """Start the installed program `name` with `args` (output to a log in `tmp`) and wait until
+    `ready_url` answers; skip when it is not installed, fail naming it when it does not come up.
+    """
+    binary = shutil.which(name)
+    if binary is None:
+        pytest.skip(f"{name} is not installed (scripts/test installs it with apt-get)")
+    log = tmp / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while _get(ready_url) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(proc)
+            pytest.fail(f"{name} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill what lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class VictoriaMetrics:
     """A real single-node VictoriaMetrics on a free loopback port."""
 
     def __init__(self, tmp: pathlib.Path) -> None:
-        binary = shutil.which("victoria-metrics")
-        if binary is None:
-            pytest.skip("victoria-metrics is not installed (scripts/test installs it with apt-get)")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        argv = [
-            binary,
+        args = [
             f"-httpListenAddr=127.0.0.1:{self.port}",
             f"-storageDataPath={tmp / 'vm'}",
             "-memory.allowedBytes=256MB",
@@ -87,21 +112,7 @@ class VictoriaMetrics:
             "-search.latencyOffset=0s",  # answer queries with what just came, not 30 s behind
             "-loggerLevel=ERROR",
         ]
-        self.log = tmp / "vm.log"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not self.healthy():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"victoria-metrics did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:  # noqa: S310 - our own loopback server
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        self.proc = start_server("victoria-metrics", args, f"{self.url}/health", tmp)
 
     def series(self, match: str) -> list[dict[str, object]]:
         query = urllib.parse.urlencode({"match[]": match, "start": "0"})
@@ -109,11 +120,7 @@ class VictoriaMetrics:
             return [json.loads(line) for line in r.read().decode().splitlines() if line]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_server(self.proc)
 
 
 @pytest.fixture
@@ -248,29 +255,19 @@ def test_remote_write_is_a_snappy_block_of_a_prompb_write_request() -> None:
 @pytest.fixture
 def prometheus(tmp_path: pathlib.Path) -> Iterator[str]:
     """A real Prometheus taking remote writes on a free loopback port: its base URL."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus is not installed (scripts/test installs it with apt-get)")
     port = free_port()
     (tmp_path / "prometheus.yml").write_text("global: {}\n")
-    argv = [
-        binary,
+    args = [
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-remote-write-receiver",
         "--log.level=error",
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while _get(f"{base}/-/ready") is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail("prometheus did not become ready")
-        time.sleep(0.1)
+    proc = start_server("prometheus", args, f"{base}/-/ready", tmp_path)
     yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_server(proc)
 
 
 @pytest.mark.slow
