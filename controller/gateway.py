@@ -288,6 +288,7 @@ class Gateway(cgrpc.ClusterServicer):
     async def WatchEvents(self, request: cpb.WatchEventsRequest, context: Context) -> AsyncIterator[cpb.Event]:  # noqa: N802
         """Every shard's events as they come, each naming its shard (see the module docstring)."""
         md = self._metadata(context)
+        request.after_id = 0  # shards number their events apart: a watcher resumes by time here
         if request.history_only:
             parts = {}
             try:
@@ -343,7 +344,7 @@ class Gateway(cgrpc.ClusterServicer):
                     if e.timestamp_ns > since:
                         since, seen_at_since = e.timestamp_ns, set()
                     seen_at_since.add(key)
-                    e.shard = shard
+                    e.shard, e.id = shard, 0  # ids are the shard's own (see _named)
                     with contextlib.suppress(asyncio.QueueFull):  # a slow watcher loses events, not the gateway
                         queue.put_nowait(e)
             except grpc.aio.AioRpcError as exc:
@@ -359,6 +360,7 @@ async def _collect(stream: AsyncIterator[cpb.Event]) -> list[cpb.Event]:
 def _named(evs: list[cpb.Event], shard: str) -> list[cpb.Event]:
     for e in evs:
         e.shard = shard
+        e.id = 0  # each shard numbers its own events: an id would mean nothing across them
     return evs
 
 

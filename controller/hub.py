@@ -72,6 +72,11 @@ class Hub:
         self.views.anomalies_of = self.control.detectors.open_kinds
         self.streams_open = 0
         self.recent_events: collections.deque[events.Event] = collections.deque(maxlen=EVENT_BACKLOG)
+        # event ids start at the start time in microseconds: a watcher's last id from before a
+        # restart is below every id after it (unless the controller published more than a million
+        # events a second on average, or the clock went back)
+        self.first_event_id = time.time_ns() // 1000
+        self.next_event_id = self.first_event_id
         self.watchers: set[asyncio.Queue[events.Event]] = set()
         self.events_dropped = 0
         self.event_counts: dict[str, int] = {}  # by kind, since start
@@ -194,6 +199,8 @@ class Hub:
     def publish(self, evs: list[events.Event]) -> None:
         """Hand events to WatchEvents streams (a slow watcher loses events, counted) and onwards."""
         for e in evs:
+            e = msgspec.structs.replace(e, id=self.next_event_id)  # noqa: PLW2901 - numbered here
+            self.next_event_id += 1
             self.recent_events.append(e)
             self.event_counts[e.kind] = self.event_counts.get(e.kind, 0) + 1
             if e.kind == "anomaly.raised":

@@ -236,4 +236,5 @@ def event_pb(e: events.Event) -> cpb.Event:
         threshold=e.threshold,
         detector=e.detector,
         action_id=e.action_id,
+        id=e.id,
     )

@@ -23,3 +23,4 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
     threshold: float = 0.0
     detector: str = ""
     action_id: str = ""
+    id: int = 0  # set when the hub publishes it: increasing, and across restarts (see Hub.publish)

@@ -15,24 +15,20 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import cast
 
-import grpc
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from xpuctl.client import Client, ClientError, Denied, Tls, Unreachable
 from xpuctl.common import cli, exits, pipes, tls
 from xpuctl.controller.core import dashboard
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
-from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
-from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 EXIT_UNREACHABLE = exits.UNREACHABLE
 EXIT_REFUSED = exits.REFUSED
 EXIT_DENIED = exits.DENIED
-TIMEOUT_S = 10.0
 
 
 def _opt(msg: object, name: str) -> float | None:
@@ -133,6 +129,7 @@ def event_json(e: cpb.Event) -> dict[str, object]:
         "threshold": e.threshold,
         "detector": e.detector or None,
         "action_id": e.action_id or None,
+        "id": e.id or None,
     }
 
 
@@ -448,20 +445,20 @@ def _add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 METRIC_NAMES = list(names.METRICS)
 
 
-def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: Console) -> int:
+def _run(args: argparse.Namespace, xpu: Client, console: Console) -> int:
     if args.command == "summary":
-        s = stub.GetSummary(cpb.GetSummaryRequest(), timeout=TIMEOUT_S)
+        s = xpu.summary()
         print(json.dumps(summary_json(s))) if args.json else _print_summary(console, s)
     elif args.command == "nodes":
-        nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes
+        nodes = xpu.nodes()
         if args.json:
             print(json.dumps([node_json(x) for x in nodes]))
         else:  # into a pipe or a file: full width, nothing cut
             _print_nodes(console if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True), nodes)
     elif args.command == "devices":
-        health = {v: k for k, v in names.HEALTH.items()}.get(args.health, 0)
-        req = cpb.ListDevicesRequest(node_id=args.node, vendor=args.vendor, health=cast("pb.Health", health))
-        devices = sorted(list_devices(stub, req), key=SORT_KEYS[args.sort])
+        devices = sorted(
+            xpu.devices(node_id=args.node, vendor=args.vendor, health=args.health), key=SORT_KEYS[args.sort]
+        )
         if args.json:
             print(json.dumps([device_json(x) for x in devices]))
         elif len(devices) > PLAIN_FROM_ROWS or not sys.stdout.isatty() or args.output == "wide":
@@ -469,12 +466,9 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
         else:
             _print_devices(console, devices)
     elif args.command == "device":
-        metric = METRIC_NAMES.index(args.metric) + 1
-        r = stub.GetDevice(
-            cpb.GetDeviceRequest(uuid=args.uuid, metric=cast("pb.Metric", metric), limit=args.limit), timeout=TIMEOUT_S
-        )
+        r = xpu.device(args.uuid, metric=args.metric, limit=args.limit)
         history = [{"timestamp_ns": p.timestamp_ns, "value": p.value} for p in r.history]
-        recent = _recent(stub, args.uuid)
+        recent = xpu.recent(args.uuid)
         if args.json:
             kept = [event_json(e) for e in recent]
             print(
@@ -492,12 +486,9 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
             else:
                 console.print(f"{args.metric}: no samples")
     elif args.command == "events":
-        return _events(args, stub)
+        _events(args, xpu)
     elif args.command == "budget":
-        if args.watts is None:
-            b = stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=TIMEOUT_S)
-        else:
-            b = stub.SetPowerBudget(cpb.SetPowerBudgetRequest(budget_w=args.watts), timeout=TIMEOUT_S)
+        b = xpu.budget() if args.watts is None else xpu.set_budget(args.watts)
         if args.json:
             print(json.dumps(budget_json(b)))
         else:
@@ -505,42 +496,26 @@ def _run(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: 
             state = "feasible" if b.feasible else "INFEASIBLE: the cappable devices' floors exceed it"
             console.print(f"budget {budget}; cluster power {b.power_w:,.0f} W; {state}")
     elif args.command == "priority":
-        return _priority(args, stub, console)
+        return _priority(args, xpu, console)
     elif args.command in ("cordon", "uncordon"):
-        cordon = cpb.CordonRequest(device_uuid=args.device, node_id=args.node, reason=args.reason)
-        call = stub.Cordon if args.command == "cordon" else stub.Uncordon
-        r = call(cordon, timeout=TIMEOUT_S)
-        if args.json:
-            print(json.dumps({"devices": r.devices}))
+        if args.command == "cordon":
+            n = xpu.cordon(args.reason, device_uuid=args.device, node_id=args.node)
         else:
-            console.print(f"{args.command}ed {r.devices} device(s)")
+            n = xpu.uncordon(device_uuid=args.device, node_id=args.node, reason=args.reason)
+        if args.json:
+            print(json.dumps({"devices": n}))
+        else:
+            console.print(f"{args.command}ed {n} device(s)")
     elif args.command == "release":
-        rel = stub.ReleaseDevice(
-            cpb.ReleaseDeviceRequest(device_uuid=args.device, reason=args.reason), timeout=TIMEOUT_S
-        )
+        node = xpu.release(args.device, args.reason)
         if args.json:
-            print(json.dumps({"device_uuid": args.device, "released_from": rel.node_id}))
+            print(json.dumps({"device_uuid": args.device, "released_from": node}))
         else:
-            console.print(f"released {args.device} from node {rel.node_id}: another node may declare it now")
+            console.print(f"released {args.device} from node {node}: another node may declare it now")
     return 0
 
 
-PAGE_SIZE = 2000  # devices per ListDevices page (the server caps pages at 5000)
 PLAIN_FROM_ROWS = 500  # a longer device list is printed as plain columns: rich takes seconds for 10,000 rows
-
-
-def list_devices(stub: cluster_pb2_grpc.ClusterStub, req: cpb.ListDevicesRequest) -> list[cpb.Device]:
-    """Every device the request selects, page by page (one answer would pass gRPC's 4 MiB limit at
-    about 15,000 devices).
-    """
-    out: list[cpb.Device] = []
-    req.page_size = PAGE_SIZE
-    while True:
-        page = stub.ListDevices(req, timeout=TIMEOUT_S)
-        out.extend(page.devices)
-        if not page.next_page_token:
-            return out
-        req.page_token = page.next_page_token
 
 
 def _print_plain(devices: Sequence[cpb.Device]) -> None:
@@ -556,22 +531,14 @@ def _print_plain(devices: Sequence[cpb.Device]) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
 
 
-def _recent(stub: cluster_pb2_grpc.ClusterStub, uuid: str) -> list[cpb.Event]:
-    """The kept events of one device: the commands sent to it and their answers, its anomalies."""
-    req = cpb.WatchEventsRequest(device_uuid=uuid, history_only=True)
-    return list(stub.WatchEvents(req, timeout=TIMEOUT_S))
-
-
-def _priority(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, console: Console) -> int:
+def _priority(args: argparse.Namespace, xpu: Client, console: Console) -> int:
     if args.weight is not None:
-        stub.SetPriority(
-            cpb.SetPriorityRequest(device_uuid=args.device, node_id=args.node, weight=args.weight), timeout=TIMEOUT_S
-        )
+        xpu.set_priority(args.weight, device_uuid=args.device, node_id=args.node)
     if args.device:
-        weight = stub.GetDevice(cpb.GetDeviceRequest(uuid=args.device, limit=1), timeout=TIMEOUT_S).device.weight
+        weight = xpu.device(args.device, limit=1).device.weight
         target = {"device_uuid": args.device}
     else:
-        nodes = {n.node_id: n for n in stub.ListNodes(cpb.ListNodesRequest(), timeout=TIMEOUT_S).nodes}
+        nodes = {n.node_id: n for n in xpu.nodes()}
         if args.node not in nodes:
             print(
                 f"xpuctl: priority: NOT_FOUND: no node {printable(args.node)!r}; `xpuctl nodes` lists them",
@@ -588,48 +555,35 @@ def _priority(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub, cons
     return 0
 
 
-def _events(args: argparse.Namespace, stub: cluster_pb2_grpc.ClusterStub) -> int:
-    """Print events; with --follow, reconnect (from the last one seen) when the controller goes."""
-    since, seen, told = args.since, 0, False
-    began = args.since or time.time_ns()  # after a reconnect: what came since we began, not seen yet
-    while True:
-        req = cpb.WatchEventsRequest(kinds=args.kind, node_id=args.node, device_uuid=args.device, since_ns=since)
-        call = stub.WatchEvents(req, timeout=None if args.follow else args.seconds)
-        try:
-            for e in call:
-                if e.timestamp_ns < seen:
-                    continue
-                seen, told = e.timestamp_ns, False
-                if args.json:
-                    print(json.dumps(event_json(e)), flush=True)
-                else:
-                    stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
-                    print(
-                        f"{stamp} {printable(e.severity):<8} {printable(e.kind):<18} {printable(e.message)}", flush=True
-                    )
-        except grpc.RpcError as exc:
-            if not args.follow:
-                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise
-                return 0
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
-                raise
-            if not told:  # once per outage
-                print(
-                    f"xpuctl: events: controller gone ({exc.code().name}); reconnecting...", file=sys.stderr, flush=True
-                )
-                told = True
-            time.sleep(1.0)  # a pause between tries; the controller's return is what we wait for
-        if not args.follow:
-            return 0
-        since = seen + 1 if seen else began  # the controller ended the stream or went: resume
+def _print_event(e: cpb.Event, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(event_json(e)), flush=True)
+    else:
+        stamp = time.strftime("%H:%M:%S", time.localtime(e.timestamp_ns / 1e9))
+        print(f"{stamp} {printable(e.severity):<8} {printable(e.kind):<18} {printable(e.message)}", flush=True)
 
 
-def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, str]]]:
-    """Channel credentials and options from the TLS flags (None: plaintext).
+def _events(args: argparse.Namespace, xpu: Client) -> None:
+    """Print events; with --follow, reconnect (after the last one seen) when the controller goes."""
+    if not args.follow:
+        for e in xpu.events(
+            kinds=args.kind, node_id=args.node, device_uuid=args.device, since_ns=args.since, seconds=args.seconds
+        ):
+            _print_event(e, as_json=args.json)
+        return
+
+    def gone(exc: ClientError) -> None:  # once per outage
+        print(f"xpuctl: events: controller gone ({exc.code}); reconnecting...", file=sys.stderr, flush=True)
+
+    for e in xpu.watch(kinds=args.kind, node_id=args.node, device_uuid=args.device, since_ns=args.since, on_gone=gone):
+        _print_event(e, as_json=args.json)
+
+
+def tls_settings(args: argparse.Namespace) -> Tls | None:
+    """The client's TLS settings from the flags (None: plaintext).
 
     Raises:
-        tls.TlsError: a file cannot be used, or a token or certificate without --tls-ca-file.
+        tls.TlsError: a token or certificate without --tls-ca-file.
     """
     if args.tls_ca_file is None:
         if args.token_file or args.tls_cert_file:
@@ -637,15 +591,14 @@ def credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | Non
             raise tls.TlsError(
                 what, args.token_file or args.tls_cert_file, "needs --tls-ca-file (credentials go over TLS only)"
             )
-        return None, []
-    files = tls.ClientFiles(
+        return None
+    return Tls(
         ca_file=args.tls_ca_file,
         cert_file=args.tls_cert_file,
         key_file=args.tls_key_file,
+        token_file=args.token_file,
         server_name=args.tls_server_name,
     )
-    token = tls.read_secret("token file", args.token_file) if args.token_file else None
-    return tls.operator_credentials(files, token), tls.channel_options(files)
 
 
 @pipes.quiet_when_the_reader_leaves
@@ -659,58 +612,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"xpuctl: XPUCTL_CONTROLLER: {exc}", file=sys.stderr)
             return 2
     try:
-        creds, options = credentials(args)
+        settings = tls_settings(args)
+        if args.command == "top":
+            from xpuctl.controller.ctl import top  # noqa: PLC0415 - only top needs the asyncio client
+
+            try:
+                return top.run(args.controller, interval_s=args.interval_s, once=args.once, tls=settings)
+            except KeyboardInterrupt:
+                return 0
+        xpu = Client(args.controller, tls=settings)
     except tls.TlsError as exc:
         print(f"xpuctl: {exc}", file=sys.stderr)
         return 2
-    if args.command == "top":
-        from xpuctl.controller.ctl import top  # noqa: PLC0415 - only top needs the async client
-
+    with xpu:
         try:
-            return top.run(
-                args.controller, interval_s=args.interval_s, once=args.once, credentials=creds, options=options
+            return _run(args, xpu, Console())
+        except KeyboardInterrupt:
+            return 0
+        except ValueError as exc:  # an argument the client checks (a health or metric name)
+            print(f"xpuctl: {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except Denied as exc:
+            print(f"xpuctl: {args.command}: {exc.code}: {printable(exc.details)}", file=sys.stderr)
+            print(
+                "xpuctl: pass an operator credential: --token-file, or --tls-cert-file/--tls-key-file",
+                file=sys.stderr,
             )
-        except KeyboardInterrupt:
-            return 0
-    console = Console()
-    # `events --follow` waits for a restarted controller: gRPC's own reconnect backoff (up to
-    # 120 s) would leave it waiting long after the controller is back
-    settings: list[tuple[str, str | int]] = [
-        *options,
-        ("grpc.initial_reconnect_backoff_ms", 500),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
-    channel_cm = (
-        grpc.secure_channel(args.controller, creds, options=settings)
-        if creds
-        else grpc.insecure_channel(args.controller, options=settings)
-    )
-    with channel_cm as channel:
-        stub = cluster_pb2_grpc.ClusterStub(channel)
-        try:
-            return _run(args, stub, console)
-        except KeyboardInterrupt:
-            return 0
-        except grpc.RpcError as exc:
-            code = exc.code()
-            details = exc.details()
-            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                print(f"xpuctl: {args.command}: {code.name}: {printable(details or '')}", file=sys.stderr)
-                print(
-                    "xpuctl: pass an operator credential: --token-file, or --tls-cert-file/--tls-key-file",
-                    file=sys.stderr,
-                )
-                return EXIT_DENIED
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                print(
-                    f"xpuctl: cannot reach the controller at {args.controller}: {printable(details or '')}",
-                    file=sys.stderr,
-                )
-                print("xpuctl: is `xpu-controller serve` running there? (--controller HOST:PORT)", file=sys.stderr)
-                if creds is None:
-                    print("xpuctl: if it serves TLS ([tls] in its config), pass --tls-ca-file", file=sys.stderr)
-                return EXIT_UNREACHABLE
-            print(f"xpuctl: {args.command}: {code.name}: {printable(details or '')}", file=sys.stderr)
+            return EXIT_DENIED
+        except Unreachable as exc:
+            print(
+                f"xpuctl: cannot reach the controller at {args.controller}: {printable(exc.details)}", file=sys.stderr
+            )
+            print("xpuctl: is `xpu-controller serve` running there? (--controller HOST:PORT)", file=sys.stderr)
+            if settings is None:
+                print("xpuctl: if it serves TLS ([tls] in its config), pass --tls-ca-file", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except ClientError as exc:
+            print(f"xpuctl: {args.command}: {exc.code}: {printable(exc.details)}", file=sys.stderr)
             return EXIT_REFUSED
 
 

@@ -21,17 +21,14 @@ import time
 import tty
 from collections.abc import Iterator
 
-import grpc
-import grpc.aio
 from rich.console import Console
 from rich.live import Live
 
+from xpuctl.client import AsyncClient, ClientError, Tls
 from xpuctl.controller.core import dashboard
-from xpuctl.controller.ctl import main
 from xpuctl.controller.tui import view
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
-from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 
 HISTORY = 300  # samples of cluster power kept for the sparkline
 
@@ -83,27 +80,27 @@ class Top:
             self._build(self.summary, self.budget)
         self.changed.set()
 
-    async def _watch(self, stub: cluster_pb2_grpc.ClusterStub) -> None:
+    async def _watch(self, xpu: AsyncClient) -> None:
         while True:
             try:
-                async for e in stub.WatchEvents(cpb.WatchEventsRequest()):
+                async for e in xpu.watch():  # across outages by itself; the poll reports them
                     self.events.append(
                         dashboard.EventRow(
                             timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message
                         )
                     )
-            except grpc.aio.AioRpcError:
-                pass  # the poll reports the problem; try again
+            except ClientError:
+                pass  # refused (a standby, a credential): the poll says so; try again
             await asyncio.sleep(1.0)
 
-    async def poll(self, stub: cluster_pb2_grpc.ClusterStub) -> None:
+    async def poll(self, xpu: AsyncClient) -> None:
         """One round of questions; on failure keep the last frame and say so."""
         try:
-            summary = await stub.GetSummary(cpb.GetSummaryRequest(), timeout=5)
-            budget = await stub.GetPowerBudget(cpb.GetPowerBudgetRequest(), timeout=5)
-            devices = await all_devices(stub)
-        except grpc.aio.AioRpcError as exc:
-            self.problem = f"controller {self.target}: {exc.code().name}: {exc.details()}"
+            summary = await xpu.summary()
+            budget = await xpu.budget()
+            devices = await xpu.devices()
+        except ClientError as exc:
+            self.problem = f"controller {exc}"
             if self.snapshot is not None:
                 self.snapshot = dashboard.Snapshot(
                     **{
@@ -138,18 +135,6 @@ class Top:
         )
 
 
-async def all_devices(stub: cluster_pb2_grpc.ClusterStub) -> list[cpb.Device]:
-    """Every device, page by page (see `main.list_devices`)."""
-    out: list[cpb.Device] = []
-    req = cpb.ListDevicesRequest(page_size=main.PAGE_SIZE)
-    while True:
-        page = await stub.ListDevices(req, timeout=10)
-        out.extend(page.devices)
-        if not page.next_page_token:
-            return out
-        req.page_token = page.next_page_token
-
-
 def waiting(target: str, problem: str) -> dashboard.Snapshot:
     """The frame before the first answer."""
     return dashboard.build(
@@ -171,22 +156,15 @@ async def _main(
     interval_s: float,
     *,
     once: bool,
-    credentials: grpc.ChannelCredentials | None,
-    options: list[tuple[str, str]],
+    tls: Tls | None,
 ) -> int:
     app = Top(target)
     console = Console()
-    channel_cm = (
-        grpc.aio.secure_channel(target, credentials, options=options)
-        if credentials
-        else grpc.aio.insecure_channel(target)
-    )
-    async with channel_cm as channel:
-        stub = cluster_pb2_grpc.ClusterStub(channel)
-        watcher = asyncio.create_task(app._watch(stub), name="top.events")  # noqa: SLF001
+    async with AsyncClient(target, tls=tls, timeout_s=5.0) as xpu:
+        watcher = asyncio.create_task(app._watch(xpu), name="top.events")  # noqa: SLF001
         try:
             if once:
-                await app.poll(stub)
+                await app.poll(xpu)
                 snap = app.snapshot or waiting(target, app.problem)
                 console.print(view.render(snap, console.size.width, console.size.height))
                 return 0 if app.snapshot is not None else 3
@@ -194,7 +172,7 @@ async def _main(
                 next_poll = 0.0
                 while not app.view.quit:
                     if time.monotonic() >= next_poll:
-                        await app.poll(stub)
+                        await app.poll(xpu)
                         next_poll = time.monotonic() + interval_s
                     snap = app.snapshot or waiting(target, app.problem)
                     live.update(view.render(snap, console.size.width, console.size.height - 1), refresh=True)
@@ -233,13 +211,10 @@ def run(
     *,
     interval_s: float = 1.0,
     once: bool = False,
-    credentials: grpc.ChannelCredentials | None = None,
-    options: list[tuple[str, str]] | None = None,
+    tls: Tls | None = None,
 ) -> int:
-    """Run until Ctrl-C (or one frame with `once`); TLS with `credentials`."""
+    """Run until Ctrl-C (or one frame with `once`); TLS with `tls`."""
     try:
-        return asyncio.run(
-            _main(target, max(interval_s, 0.2), once=once, credentials=credentials, options=options or [])
-        )
+        return asyncio.run(_main(target, max(interval_s, 0.2), once=once, tls=tls))
     except KeyboardInterrupt:
         return 0

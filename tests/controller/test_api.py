@@ -11,6 +11,7 @@ import grpc.aio
 import pytest
 
 from tests.helpers import Processes, RunningService, make_service, wait_until, xpuctl
+from xpuctl.client import AsyncClient
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.ctl import top
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
@@ -149,8 +150,7 @@ async def test_top_reconnects_by_itself() -> None:
 
     port = free_port()
     app = top.Top(f"127.0.0.1:{port}")
-    async with grpc.aio.insecure_channel(app.target) as ch:
-        stub = cluster_pb2_grpc.ClusterStub(ch)
+    async with AsyncClient(app.target) as stub:
         await app.poll(stub)
         assert snapshot(app) is None and "UNAVAILABLE" in app.problem
         svc = make_service(None)

@@ -148,24 +148,49 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             )
 
         q: asyncio.Queue[events.Event] = asyncio.Queue(maxsize=10_000)
-        kept: list[events.Event] = []
-        last = 0
+        last = 0  # the id of the last event sent: the live ones at or below it came with the history
         if not request.history_only:
             self.state.watchers.add(q)  # before the history: nothing falls between the two
         try:
-            if request.since_ns or request.history_only:
+            kept: list[events.Event] = []
+            if request.after_id:
+                lost = self._lost(request.after_id)
+                if lost is not None:
+                    yield lost
+                kept = [e for e in self.state.recent_events if e.id > request.after_id and wanted(e)]
+            elif request.since_ns or request.history_only:
                 kept = [e for e in self.state.recent_events if e.timestamp_ns >= request.since_ns and wanted(e)]
-                last = kept[-1].timestamp_ns if kept else 0
-                for e in kept:
-                    yield codec.event_pb(e)
+            for e in kept:
+                yield codec.event_pb(e)
+            last = kept[-1].id if kept else 0
             if request.history_only:
                 return
             while True:
                 e = await q.get()
-                if wanted(e) and not (e.timestamp_ns <= last and e in kept):  # already sent from the history
+                if wanted(e) and e.id > last:
                     yield codec.event_pb(e)
         finally:
             self.state.watchers.discard(q)
+
+    def _lost(self, after_id: int) -> cpb.Event | None:
+        """A `watch.lost` event when the kept events no longer follow on from `after_id`, else None."""
+        st = self.state
+        oldest = st.recent_events[0].id if st.recent_events else st.next_event_id
+        if after_id + 1 >= oldest:
+            return None
+        if after_id >= st.first_event_id:
+            n = oldest - after_id - 1
+            what = f"{n} event(s) after id {after_id} are no longer kept (the newest {hub.EVENT_BACKLOG:,} are)"
+        else:
+            n = 0
+            what = f"the controller restarted after id {after_id}: the events between it and the restart are not kept"
+        return cpb.Event(
+            timestamp_ns=time.time_ns(),
+            kind="watch.lost",
+            severity="warning",
+            message=f"{what}; the stream goes on from the oldest kept",
+            value=float(n),
+        )
 
     async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
         """The budget, the cluster's power now, and whether the budget is feasible."""

@@ -266,7 +266,7 @@ class GetDeviceResponse(_message.Message):
     def __init__(self, device: _Optional[_Union[Device, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("timestamp_ns", "kind", "node_id", "device_uuid", "severity", "message", "value", "threshold", "detector", "action_id", "shard")
+    __slots__ = ("timestamp_ns", "kind", "node_id", "device_uuid", "severity", "message", "value", "threshold", "detector", "action_id", "shard", "id")
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class Event(_message.Message):
     DETECTOR_FIELD_NUMBER: _ClassVar[int]
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     timestamp_ns: int
     kind: str
     node_id: str
@@ -289,21 +290,24 @@ class Event(_message.Message):
     detector: str
     action_id: str
     shard: str
-    def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., detector: _Optional[str] = ..., action_id: _Optional[str] = ..., shard: _Optional[str] = ...) -> None: ...
+    id: int
+    def __init__(self, timestamp_ns: _Optional[int] = ..., kind: _Optional[str] = ..., node_id: _Optional[str] = ..., device_uuid: _Optional[str] = ..., severity: _Optional[str] = ..., message: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., detector: _Optional[str] = ..., action_id: _Optional[str] = ..., shard: _Optional[str] = ..., id: _Optional[int] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
-    __slots__ = ("kinds", "node_id", "since_ns", "device_uuid", "history_only")
+    __slots__ = ("kinds", "node_id", "since_ns", "device_uuid", "history_only", "after_id")
     KINDS_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_NS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_UUID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
     kinds: _containers.RepeatedScalarFieldContainer[str]
     node_id: str
     since_ns: int
     device_uuid: str
     history_only: bool
-    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., device_uuid: _Optional[str] = ..., history_only: _Optional[bool] = ...) -> None: ...
+    after_id: int
+    def __init__(self, kinds: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ..., since_ns: _Optional[int] = ..., device_uuid: _Optional[str] = ..., history_only: _Optional[bool] = ..., after_id: _Optional[int] = ...) -> None: ...
 
 class PowerBudget(_message.Message):
     __slots__ = ("budget_w", "power_w", "feasible")
