@@ -168,3 +168,9 @@ class AsyncClient:
         req = cpb.ReleaseDeviceRequest(device_uuid=device_uuid, reason=reason)
         with self._errors():
             return str((await self.stub.ReleaseDevice(req, timeout=self.timeout_s)).node_id)
+
+    async def jobs(self, *, job_id: str = "", running_only: bool = False) -> list[cpb.Job]:
+        """Running jobs and the newest ended ones, with devices, energy, duration and mean power."""
+        req = cpb.ListJobsRequest(job_id=job_id, running_only=running_only)
+        with self._errors():
+            return list((await self.stub.ListJobs(req, timeout=self.timeout_s)).jobs)

@@ -194,3 +194,26 @@ class Client:
         req = cpb.ReleaseDeviceRequest(device_uuid=device_uuid, reason=reason)
         with self._errors():
             return str(self.stub.ReleaseDevice(req, timeout=self.timeout_s).node_id)
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    def start_job(self, job_id: str, node_id: str, indices: list[int], *, user: str = "") -> cpb.StartJobResponse:
+        """A scheduler's job began on `node_id` with its devices of `indices`; the answer names the
+        granted devices that are unfit (failed, cordoned, critically sick).
+        """
+        req = cpb.StartJobRequest(job_id=job_id, node_id=node_id, indices=indices, user=user)
+        with self._errors():
+            out: cpb.StartJobResponse = self.stub.StartJob(req, timeout=self.timeout_s)
+            return out
+
+    def end_job(self, job_id: str, node_id: str) -> cpb.Job:
+        """A scheduler's job ended on `node_id`; the job with its energy."""
+        with self._errors():
+            out: cpb.Job = self.stub.EndJob(cpb.EndJobRequest(job_id=job_id, node_id=node_id), timeout=self.timeout_s)
+            return out
+
+    def jobs(self, *, job_id: str = "", running_only: bool = False) -> list[cpb.Job]:
+        """Running jobs and the newest ended ones, with devices, energy, duration and mean power."""
+        req = cpb.ListJobsRequest(job_id=job_id, running_only=running_only)
+        with self._errors():
+            return list(self.stub.ListJobs(req, timeout=self.timeout_s).jobs)

@@ -96,6 +96,19 @@ class UnknownNode(XpuError):
         self.node_id = node_id
 
 
+class BadJob(XpuError):
+    """A job call that cannot be taken: no job id, an index its node does not have (INVALID_ARGUMENT)."""
+
+
+class UnknownJob(XpuError):
+    """No running job has this id (NOT_FOUND)."""
+
+    def __init__(self, job_id: str) -> None:
+        """Keep the id; the message says why it may be so."""
+        super().__init__(f"no running job {job_id!r}: it ended already, or its start was never told (the prolog)")
+        self.job_id = job_id
+
+
 class UnknownVendor(XpuError):
     """A vendor name outside the contract's list (INVALID_ARGUMENT)."""
 

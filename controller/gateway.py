@@ -253,6 +253,19 @@ class Gateway(cgrpc.ClusterServicer):
         """On the shard that has the device."""
         return cast("cpb.ReleaseDeviceResponse", await self._one("ReleaseDevice", request, context))
 
+    async def StartJob(self, request: cpb.StartJobRequest, context: Context) -> cpb.StartJobResponse:  # noqa: N802
+        """On the shard that has the node."""
+        return cast("cpb.StartJobResponse", await self._one("StartJob", request, context))
+
+    async def EndJob(self, request: cpb.EndJobRequest, context: Context) -> cpb.Job:  # noqa: N802
+        """On the shard that has the job's part on the node."""
+        return cast("cpb.Job", await self._one("EndJob", request, context))
+
+    async def ListJobs(self, request: cpb.ListJobsRequest, context: Context) -> cpb.ListJobsResponse:  # noqa: N802
+        """Every shard's jobs, a job on nodes of several shards as one."""
+        parts: list[cpb.ListJobsResponse] = await self._all("ListJobs", request, context)
+        return cpb.ListJobsResponse(jobs=merge_jobs([j for p in parts for j in p.jobs]))
+
     async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
         """The sum of the shards' budgets (none unless every shard has one) and power."""
         parts: list[cpb.PowerBudget] = await self._all("GetPowerBudget", request, context)
@@ -362,6 +375,29 @@ def _named(evs: list[cpb.Event], shard: str) -> list[cpb.Event]:
         e.shard = shard
         e.id = 0  # each shard numbers its own events: an id would mean nothing across them
     return evs
+
+
+def merge_jobs(parts: list[cpb.Job]) -> list[cpb.Job]:
+    """Jobs of several shards, one per job id: devices together, the earliest start, the latest end
+    (none while a part runs), energy added, duration and mean power again from those.
+    """
+    by_id: dict[str, cpb.Job] = {}
+    for j in parts:
+        have = by_id.get(j.job_id)
+        if have is None:
+            by_id[j.job_id] = cpb.Job()
+            by_id[j.job_id].CopyFrom(j)
+            continue
+        running = not have.ended_ns or not j.ended_ns
+        have.devices.extend(j.devices)
+        have.user = have.user or j.user
+        have.started_ns = min(have.started_ns, j.started_ns)
+        have.ended_ns = 0 if running else max(have.ended_ns, j.ended_ns)
+        have.energy_j += j.energy_j
+        have.duration_s = max(0.0, ((have.ended_ns or time.time_ns()) - have.started_ns) / 1e9)
+        have.mean_power_w = have.energy_j / have.duration_s if have.duration_s > 0 else 0.0
+        have.method = "+".join(sorted({*have.method.split("+"), *j.method.split("+")} - {""}))
+    return sorted(by_id.values(), key=lambda j: j.started_ns)
 
 
 def merge_summaries(parts: list[cpb.Summary]) -> cpb.Summary:

@@ -28,8 +28,10 @@ from xpuctl.controller.core import (
     access,
     control,
     desired,
+    detect,
     events,
     ingest,
+    jobs,
     ledger,
     model,
     operations,
@@ -81,6 +83,7 @@ class Hub:
         self.events_dropped = 0
         self.event_counts: dict[str, int] = {}  # by kind, since start
         self.raised_by_detector: dict[str, int] = {}  # anomaly.raised by detector, since start
+        self.jobs = jobs.Jobs()  # scheduler jobs and their energy (issue 16.3)
         self.policy = access.Policy()  # who may do what; set by the service when TLS is on
         self.denied: dict[str, int] = {}  # refused Cluster calls, by status code name
         # set by the service when there is a bus: every event, and each command to send
@@ -107,7 +110,12 @@ class Hub:
 
     def hello(self, stream: ingest.StreamState, facts: ingest.HelloFacts, now_ns: int) -> ingest.Answer:
         """A stream's Hello (see `ingest.Ingest.hello`, which raises ProtocolViolation)."""
-        return self.ingest.hello(stream, facts, now_ns)
+        answer = self.ingest.hello(stream, facts, now_ns)
+        for uuid in list(self.jobs.unplaced):  # devices of jobs that ran across a restart
+            slot = self.registry.slot_of_uuid.get(uuid)
+            if slot is not None:
+                self.jobs.adopt(uuid, slot, self.store)
+        return answer
 
     def batch(self, stream: ingest.StreamState, cols: ingest.BatchColumns, now_ns: int) -> ingest.Answer:
         """Store one batch, then run the critical path on what it stored; the Ack's fields."""
@@ -159,6 +167,7 @@ class Hub:
         `control.Control.steps`); its events and commands go out at the end.
         """
         out = control.Output()
+        self.jobs.integrate(self.store)
         yield from self.control.steps(now_ns, out)
         # a period can end with hundreds of events and commands: hand them on in parts
         for start in range(0, max(len(out.events), len(out.send)), HANDLE_STEP):
@@ -304,6 +313,88 @@ class Hub:
         if self.persist is not None:
             await self.persist()
 
+    # -- jobs (issue 16.3) -------------------------------------------------------------------------
+
+    def start_job(
+        self, job_id: str, node_id: str, indices: list[int], *, user: str, now_ns: int
+    ) -> tuple[jobs.Job, list[str]]:
+        """A job began on `node_id` with its devices of these indices; returns the job and, per
+        granted device that is failed, cordoned or has a critical anomaly open, what is wrong.
+
+        Raises:
+            errors.NotOwner: this controller is a standby.
+            errors.UnknownNode: a node it does not know.
+            errors.BadJob: no job id, or an index the node does not have.
+        """
+        self._must_act()
+        if not job_id.strip():
+            raise errors.BadJob("a job id is required (SLURM_JOB_ID)")
+        reg = self.registry
+        if node_id not in reg.nodes:
+            raise errors.UnknownNode(node_id, ": its agent has not said Hello; `xpuctl nodes` lists the nodes")
+        mine = {reg.infos[s].index: s for s in reg.slots_of(node_id) if reg.present[s]}
+        missing = sorted(set(indices) - set(mine))
+        if missing:
+            raise errors.BadJob(
+                f"node {node_id!r} has no device of index {', '.join(map(str, missing))} "
+                f"(it has {', '.join(map(str, sorted(mine))) or 'none'})"
+            )
+        granted = [(reg.infos[mine[i]].uuid, i, mine[i]) for i in sorted(set(indices))]
+        job, orphaned = self.jobs.start(job_id, node_id, granted, self.store, user=user, now_ns=now_ns)
+        self.decisions += 1
+        evs = [
+            events.Event(
+                timestamp_ns=now_ns,
+                kind="job.started",
+                node_id=node_id,
+                message=f"job {job_id} started on {node_id} with device(s) {', '.join(u for u, _, _ in granted) or 'none'}",
+            )
+        ]
+        evs += [
+            events.Event(
+                timestamp_ns=now_ns,
+                kind="job.ended",
+                node_id=node_id,
+                severity="warning",
+                message=f"job {other}: its device on {node_id} went to job {job_id} without an end being told",
+            )
+            for other in orphaned
+        ]
+        self.publish(evs)
+        return job, [self._unfit(slot) for _, _, slot in granted if self._unfit(slot)]
+
+    def _unfit(self, slot: int) -> str:
+        """What makes a device unfit for new work ("" when nothing does)."""
+        reg = self.registry
+        where = f"dev={reg.infos[slot].index}/{reg.infos[slot].uuid}"
+        health = self.store.newest[slot, model.HEALTH]
+        if health == model.HEALTH_FAILED:
+            return f"failed {where}"
+        if reg.cordoned[slot]:
+            return f"cordoned {where}: {reg.cordon_reason[slot]}"
+        critical = [k for k in self.control.detectors.open_kinds(slot) if k in detect.CRITICAL_KINDS]
+        return f"{','.join(critical)} {where}" if critical else ""
+
+    def end_job(self, job_id: str, node_id: str, now_ns: int) -> jobs.Job:
+        """A job ended on `node_id`.
+
+        Raises:
+            errors.NotOwner: this controller is a standby.
+            errors.UnknownJob: no such running job.
+        """
+        self._must_act()
+        job = self.jobs.end(job_id, node_id, self.store, now_ns)
+        if job is None:
+            raise errors.UnknownJob(job_id)
+        self.decisions += 1
+        if job.ended_ns:
+            joules = sum(self.jobs.device_energy(d, self.store)[0] for d in job.devices)
+            message = f"job {job_id} ended: {len(job.devices)} device(s), {joules / 3.6e6:.4f} kWh"
+        else:
+            message = f"job {job_id} ended on {node_id}; it runs on elsewhere"
+        self.publish([events.Event(timestamp_ns=now_ns, kind="job.ended", node_id=node_id, message=message)])
+        return job
+
     # -- the desired state, across restarts (issue 18.2) -------------------------------------------
 
     def desired_version(self) -> tuple[int, int, int]:
@@ -322,6 +413,7 @@ class Hub:
             node_weights=dict(c.node_weight),
             commands=c.ledger.saved(),
             nodes={n: max(s.last_seen_ns, s.last_hello_ns) for n, s in self.registry.nodes.items()},
+            jobs=self.jobs.saved(self.store),
         )
 
     def restore(self, saved: desired.Desired, *, where: str, now_ns: int) -> None:
@@ -345,6 +437,7 @@ class Hub:
         c.device_weight.update(saved.device_weights)
         c.node_weight.update(saved.node_weights)
         c.ledger.restore(saved.commands)
+        self.jobs.restore(saved.jobs)
         for node_id, seen_ns in saved.nodes.items():  # offline until they say Hello, not missing
             if node_id not in reg.nodes:
                 node = reg.node(node_id)
@@ -353,7 +446,7 @@ class Hub:
         message = (
             f"restored from {where}: budget {_watts(budget_w)}{note}, {len(saved.cordons)} cordon(s), "
             f"{len(saved.device_weights) + len(saved.node_weights)} weight(s), {len(saved.commands)} open command(s), "
-            f"{len(saved.nodes)} node(s) offline until they reconnect"
+            f"{len(saved.nodes)} node(s) offline until they reconnect, {len(self.jobs.running)} job(s) running"
         )
         log.info("%s", message)
         self.publish([events.Event(timestamp_ns=now_ns, kind="state.restored", message=message)])

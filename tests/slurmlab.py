@@ -34,7 +34,9 @@ def missing() -> str:
 class Slurm:
     """One slurmctld and two slurmd, started by `start` and stopped by `stop`."""
 
-    def __init__(self, *, health_check: pathlib.Path | None = None, interval_s: int = 3, prolog: str = "") -> None:
+    def __init__(
+        self, *, health_check: pathlib.Path | None = None, interval_s: int = 3, prolog: str = "", epilog: str = ""
+    ) -> None:
         """A fresh folder for the configuration, state and logs; `stop` removes it. Not pytest's
         tmp_path: munged runs as user munge, which must reach its socket's folder (pytest's are 0700).
         """
@@ -42,12 +44,12 @@ class Slurm:
         self.root.chmod(0o711)
         self.conf = self.root / "slurm.conf"
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.health_check, self.interval_s, self.prolog = health_check, interval_s, prolog
+        self.health_check, self.interval_s, self.prolog, self.epilog = health_check, interval_s, prolog, epilog
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def _write(self) -> None:
         r = self.root
-        for d in ("state", "dev", "munge", *(f"spool-{n}" for n in NODES)):
+        for d in ("state", "munge", *(f"spool-{n}" for n in NODES)):
             (r / d).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname().split(".")[0]
         ctld, ports = free_port(), [free_port() for _ in NODES]
@@ -56,6 +58,8 @@ class Slurm:
             extra += f"HealthCheckProgram={self.health_check}\nHealthCheckInterval={self.interval_s}\n"
         if self.prolog:
             extra += f"Prolog={self.prolog}\n"
+        if self.epilog:
+            extra += f"Epilog={self.epilog}\n"
         lines = [
             "ClusterName=xpulab",
             f"SlurmctldHost={host}(127.0.0.1)",
@@ -88,12 +92,13 @@ class Slurm:
         ]
         self.conf.write_text("\n".join(line for line in lines if line) + "\n")
         gres = []
-        for k, n in enumerate(NODES):
-            for i in (2 * k, 2 * k + 1):
-                dev = r / "dev" / f"xpu{i}"
+        for n in NODES:  # each node its own /dev, as real nodes: SLURM_JOB_GPUS names the files' numbers
+            (r / f"dev-{n}").mkdir(exist_ok=True)
+            for i in (0, 1):
+                dev = r / f"dev-{n}" / f"xpu{i}"
                 if not dev.exists():
                     os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))  # a character device like /dev/null
-            gres.append(f"NodeName={n} Name=gpu Type=fake File={r}/dev/xpu[{2 * k}-{2 * k + 1}]")
+            gres.append(f"NodeName={n} Name=gpu Type=fake File={r}/dev-{n}/xpu[0-1]")
         (r / "gres.conf").write_text("\n".join(gres) + "\n")
         key = r / "munge" / "munge.key"
         key.write_bytes(os.urandom(128))

@@ -7,6 +7,7 @@ left alone, a cordon drains through `sync`, and NHC's check_xpuctl says what is 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import subprocess
@@ -36,27 +37,33 @@ def controller() -> service.Service:
     )
 
 
-def health_check_program(tmp: pathlib.Path, target: str, slurm_conf: pathlib.Path) -> pathlib.Path:
-    """The shipped HealthCheckProgram, reading its settings from a defaults file of this test."""
-    defaults = tmp / "xpuctl.default"
+def hooks(target: str, slurm_conf: pathlib.Path, *, prolog_args: str = "") -> dict[str, pathlib.Path]:
+    """The shipped xpuctl-slurm-hook installed under its three names (as deploy/README.md's `ln -s`
+    do), reading its settings from a defaults file of this test, next to slurm.conf.
+    """
+    where = slurm_conf.parent / "hooks"
+    where.mkdir(exist_ok=True)
+    defaults = where / "xpuctl.default"
     defaults.write_text(
         f"XPUCTL={XPUCTL}\nXPUCTL_CONTROLLER={target}\nSLURM_CONF={slurm_conf}\n"
-        'XPUCTL_HEALTH_CHECK_ARGS="--timeout-s 3"\n'
+        f'XPUCTL_HEALTH_CHECK_ARGS="--timeout-s 3"\nXPUCTL_PROLOG_ARGS="{prolog_args}"\n'
     )
-    shipped = (ROOT / "deploy" / "slurm" / "xpuctl-health-check").read_text()
+    shipped = (ROOT / "deploy" / "slurm" / "xpuctl-slurm-hook").read_text()
     assert "XPUCTL_DEFAULTS=/etc/default/xpuctl\n" in shipped
-    program = tmp / "xpuctl-health-check"
+    program = where / "xpuctl-slurm-hook"
     program.write_text(shipped.replace("XPUCTL_DEFAULTS=/etc/default/xpuctl\n", f"XPUCTL_DEFAULTS={defaults}\n"))
     program.chmod(0o755)
-    return program
+    out = {}
+    for name in ("xpuctl-health-check", "xpuctl-prolog", "xpuctl-epilog"):
+        out[name] = where / name
+        out[name].symlink_to(program.name)
+    return out
 
 
-async def test_a_fault_drains_its_node_within_one_interval_and_recovery_resumes_it(
-    tmp_path: pathlib.Path, processes: Processes
-) -> None:
+async def test_a_fault_drains_its_node_within_one_interval_and_recovery_resumes_it(processes: Processes) -> None:
     ctl = await RunningService(controller()).start()
     slurm = slurmlab.Slurm(interval_s=INTERVAL_S)
-    slurm.health_check = health_check_program(tmp_path, ctl.target, slurm.conf)
+    slurm.health_check = hooks(ctl.target, slurm.conf)["xpuctl-health-check"]
     try:
         processes.agent(ctl.target, "xn1", "nvidia", "--sim-devices", "2")
         # device 1 of xn2 falls off the bus 12 s after its agent starts, for 8 s
@@ -114,7 +121,7 @@ async def test_a_fault_drains_its_node_within_one_interval_and_recovery_resumes_
         await ctl.stop()
 
 
-async def test_sync_drains_on_a_cordon_and_leaves_an_admins_drain(tmp_path: pathlib.Path, processes: Processes) -> None:
+async def test_sync_drains_on_a_cordon_and_leaves_an_admins_drain(processes: Processes) -> None:
     ctl = await RunningService(controller()).start()
     slurm = slurmlab.Slurm()
     try:
@@ -174,6 +181,61 @@ async def test_sync_drains_on_a_cordon_and_leaves_an_admins_drain(tmp_path: path
             )
             assert await asyncio.to_thread(slurm.reason, "xn2") == ADMIN
             assert (await asyncio.to_thread(slurm.states))["xn2"] == "drained"
+    except BaseException:
+        sys.stderr.write(slurm.logs())
+        raise
+    finally:
+        await asyncio.to_thread(slurm.stop)
+        await ctl.stop()
+
+
+async def test_jobs_are_accounted_and_a_gate_requeues(processes: Processes) -> None:
+    ctl = await RunningService(controller()).start()
+    slurm = slurmlab.Slurm()
+    installed = hooks(ctl.target, slurm.conf, prolog_args="--gate")
+    slurm.prolog, slurm.epilog = str(installed["xpuctl-prolog"]), str(installed["xpuctl-epilog"])
+    try:
+        processes.agent(ctl.target, "xn1", "nvidia", "--sim-devices", "2", "--sim-workload", "training")
+        processes.agent(ctl.target, "xn2", "nvidia", "--sim-devices", "2")
+        async with AsyncClient(ctl.target, timeout_s=5.0) as xpu:
+            await wait_until_async(lambda: devices_total(xpu), 4, what="both agents' devices")
+            await asyncio.to_thread(slurm.start)
+            job = await asyncio.to_thread(
+                slurm.run, "sbatch", "--parsable", "-w", "xn1", "--gres=gpu:1", "--wrap", "sleep 6"
+            )
+            job_id = job.strip().split(";")[0]
+
+            async def labelled() -> bool:  # while it runs, its device carries its id
+                return any(d.job_id == job_id for d in await xpu.devices(node_id="xn1"))
+
+            await wait_for(labelled, timeout_s=20, what=f"job {job_id}'s device labelled")
+            devices = {d.info.uuid: d.job_id for d in await xpu.devices(node_id="xn1")}
+            assert devices == {"nvidia-xn1-0": job_id, "nvidia-xn1-1": ""}  # SLURM_JOB_GPUS=0
+
+            async def ended() -> bool:
+                return any(j.job_id == job_id and j.ended_ns for j in await xpu.jobs())
+
+            await wait_for(ended, timeout_s=30, what=f"job {job_id} ended")
+            (j,) = await xpu.jobs(job_id=job_id)
+            assert [(d.uuid, d.index, d.method) for d in j.devices] == [("nvidia-xn1-0", 0, "counter")]
+            assert j.method == "counter" and 5 <= j.duration_s <= 20
+            # a training H100-class simulated device draws hundreds of watts
+            assert 100 < j.mean_power_w < 1000 and j.energy_j == pytest.approx(j.mean_power_w * j.duration_s)
+            assert all(not d.job_id for d in await xpu.devices(node_id="xn1"))
+            listed = await asyncio.to_thread(run, [XPUCTL, "--controller", ctl.target, "jobs", "--json"], {})
+            (shown,) = json.loads(listed.stdout)
+            assert shown["job_id"] == job_id and shown["state"] == "ended"
+            assert shown["energy_kwh"] == pytest.approx(j.energy_j / 3.6e6)
+
+            # the gate: a job granted a cordoned device fails its prolog; Slurm drains and requeues
+            await xpu.cordon("fan swap", device_uuid="nvidia-xn2-0")
+            await asyncio.to_thread(slurm.run, "sbatch", "-w", "xn2", "--gres=gpu:1", "--wrap", "true")
+            await wait_for(
+                lambda: asyncio.to_thread(lambda: slurm.states().get("xn2", "").startswith("drain")),
+                timeout_s=20,
+                what="Slurm to drain xn2 on the failed prolog",
+            )
+            assert "Prolog error" in await asyncio.to_thread(slurm.reason, "xn2")
     except BaseException:
         sys.stderr.write(slurm.logs())
         raise

@@ -13,7 +13,7 @@ from typing import cast
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from xpuctl.controller.core import events, ingest, model, registry, views
+from xpuctl.controller.core import events, ingest, jobs, model, registry, views
 from xpuctl.controller.errors import ProtocolViolation
 from xpuctl.protos import devices
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
@@ -237,4 +237,26 @@ def event_pb(e: events.Event) -> cpb.Event:
         detector=e.detector,
         action_id=e.action_id,
         id=e.id,
+    )
+
+
+def job_pb(job: jobs.Job, devices: list[cpb.JobDevice], now_ns: int) -> cpb.Job:
+    """A job with its devices' energy (measured by the caller) and the totals.
+
+    Its duration runs from its start to its end (to `now_ns` while it runs); its energy is the
+    sum of its devices'; its method is theirs, or `counter+integrated` when they differ.
+    """
+    energy = sum(d.energy_j for d in devices)
+    duration_s = max(0.0, ((job.ended_ns or now_ns) - job.started_ns) / 1e9)
+    methods = sorted({d.method for d in devices})
+    return cpb.Job(
+        job_id=job.job_id,
+        user=job.user,
+        started_ns=job.started_ns,
+        ended_ns=job.ended_ns,
+        devices=devices,
+        energy_j=energy,
+        duration_s=duration_s,
+        mean_power_w=energy / duration_s if duration_s > 0 else 0.0,
+        method="+".join(methods),
     )

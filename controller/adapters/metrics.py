@@ -95,8 +95,10 @@ def render(state: hub.Hub, now_ns: int) -> str:
     n = len(reg)
     slots = np.arange(n, dtype=np.int64)
     latest = store.latest(slots)
+    job_of = state.jobs.job_of_uuid
     labels = [
         f'hw_id="{escape(i.uuid)}",hw_vendor="{i.vendor}",hw_model="{escape(i.model)}",xpu_node="{escape(node)}"'
+        + (f',job_id="{escape(job_of[i.uuid])}"' if i.uuid in job_of else "")  # while a job runs on it
         for i, node in zip(reg.infos, reg.node_of_slot, strict=True)
     ]
     # Only devices of online nodes export values (issue 18.4): a stopped node's last readings

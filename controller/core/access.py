@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-READS = frozenset({"GetSummary", "ListNodes", "ListDevices", "GetDevice", "WatchEvents", "GetPowerBudget"})
+READS = frozenset({"GetSummary", "ListNodes", "ListDevices", "GetDevice", "WatchEvents", "GetPowerBudget", "ListJobs"})
 """Cluster methods that change nothing."""
 
 

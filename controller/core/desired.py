@@ -16,6 +16,8 @@ from typing import Annotated, Protocol
 
 import msgspec
 
+from xpuctl.controller.core import jobs
+
 FORMAT = 1
 # bounds of what a saved file may hold (a hand-edited or damaged file must not bring in an
 # infinite budget or a weight the API would have refused)
@@ -57,6 +59,8 @@ class Desired(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     nodes: dict[Text, int] = msgspec.field(default_factory=dict)
     """Node id -> when it was last heard from (ns): after a restart the nodes not back yet show as
     offline instead of missing."""
+    jobs: list[jobs.Job] = msgspec.field(default_factory=list)
+    """Running and recently ended scheduler jobs, with their devices' energy so far (issue 16.3)."""
 
 
 class Header(msgspec.Struct, kw_only=True):

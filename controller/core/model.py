@@ -24,6 +24,7 @@ COUNTERS: tuple[int, ...] = tuple(
 
 HEALTH_NAMES = names.HEALTH
 HEALTH_UNKNOWN = names.HEALTH_UNKNOWN
+HEALTH_FAILED = next(k for k, v in names.HEALTH.items() if v == "failed")
 
 ID_PATTERN = names.ID_PATTERN
 

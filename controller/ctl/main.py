@@ -134,6 +134,57 @@ def event_json(e: cpb.Event) -> dict[str, object]:
     }
 
 
+def job_json(j: cpb.Job) -> dict[str, object]:
+    """One object of `xpuctl jobs --json`."""
+    return {
+        "job_id": j.job_id,
+        "user": j.user or None,
+        "state": "ended" if j.ended_ns else "running",
+        "started_ns": j.started_ns,
+        "ended_ns": j.ended_ns or None,
+        "duration_s": j.duration_s,
+        "energy_j": j.energy_j,
+        "energy_kwh": j.energy_j / 3.6e6,
+        "mean_power_w": j.mean_power_w,
+        "method": j.method,
+        "devices": [
+            {
+                "uuid": d.uuid,
+                "node_id": d.node_id,
+                "index": d.index,
+                "energy_j": d.energy_j,
+                "method": d.method,
+                "start_ns": d.start_ns,
+                "end_ns": d.end_ns or None,
+            }
+            for d in j.devices
+        ],
+    }
+
+
+def _print_jobs(console: Console, found: Sequence[cpb.Job]) -> None:
+    table = Table(title=f"{len(found)} job(s)", title_justify="left")
+    for col in ("job", "user", "state", "devices", "duration", "energy kWh", "energy J", "mean W", "method"):
+        table.add_column(col, justify="left" if col in ("job", "user", "state", "devices", "method") else "right")
+    for j in found:
+        nodes = sorted({d.node_id for d in j.devices})
+        where = (
+            f"{len(j.devices)} on {', '.join(nodes)}" if len(nodes) <= 3 else f"{len(j.devices)} on {len(nodes)} nodes"
+        )
+        table.add_row(
+            cell(j.job_id),
+            cell(j.user or "-"),
+            "ended" if j.ended_ns else "running",
+            cell(where),
+            f"{j.duration_s:,.0f} s",
+            f"{j.energy_j / 3.6e6:,.4f}",
+            f"{j.energy_j:,.0f}",
+            f"{j.mean_power_w:,.0f}",
+            j.method or "-",
+        )
+    console.print(table)
+
+
 def budget_json(b: cpb.PowerBudget) -> dict[str, object]:
     """`xpuctl budget --json`."""
     return {"budget_w": _opt(b, "budget_w"), "power_w": b.power_w, "feasible": b.feasible}
@@ -439,6 +490,10 @@ def _add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
     rel.add_argument("--device", required=True)
     rel.add_argument("--reason", required=True, help="why (kept in the device.released event)")
     rel.add_argument("--json", action="store_true")
+    jb = sub.add_parser("jobs", help="scheduler jobs with their devices and energy")
+    jb.add_argument("--job", default="", help="only this job")
+    jb.add_argument("--running", action="store_true", help="only running jobs")
+    jb.add_argument("--json", action="store_true")
     top = sub.add_parser("top", help="live dashboard (Ctrl-C quits)")
     top.add_argument("--interval-s", type=cli.positive(float), default=1.0, help="refresh period")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
@@ -509,6 +564,12 @@ def _run(args: argparse.Namespace, xpu: Client, console: Console) -> int:
             print(json.dumps({"devices": n}))
         else:
             console.print(f"{args.command}ed {n} device(s)")
+    elif args.command == "jobs":
+        found = xpu.jobs(job_id=args.job, running_only=args.running)
+        if args.json:
+            print(json.dumps([job_json(j) for j in found]))
+        else:
+            _print_jobs(console if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True), found)
     elif args.command == "release":
         node = xpu.release(args.device, args.reason)
         if args.json:

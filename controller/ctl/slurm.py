@@ -2,10 +2,15 @@
 resume it when they are fit again.
 
 * `health-check` judges the node it runs on, once: Slurm's HealthCheckProgram runs it (through
-  `deploy/slurm/xpuctl-health-check`, since Slurm passes no arguments and no PATH), and LBNL NHC
+  `deploy/slurm/xpuctl-slurm-hook`, since Slurm passes no arguments and no PATH), and LBNL NHC
   through `check_xpuctl` (`--report-only`: say what is wrong and exit 1, NHC drains).
 * `sync` judges every node the controller and Slurm both know, as events come (WatchEvents),
   without waiting for the health-check interval, and every `--reconcile-s` in full.
+* `prolog` / `epilog` (Slurm's Prolog and Epilog) tell the controller which devices a job got on
+  this node and when it ended there: the devices carry the job's id (`job_id` in ListDevices and on
+  `/metrics`) and the job's energy is accounted (`xpuctl jobs`). With `--gate`, the prolog fails
+  (exit 1) when a granted device is unfit, so that Slurm drains the node and requeues the job.
+  Neither fails otherwise: a failing epilog would drain the node.
 
 A node is unfit when one of its devices is failed, cordoned (the cordon's reason goes into the
 drain's), or has an anomaly of `--drain-on` open (default: the critical detectors). The drain's
@@ -32,7 +37,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from xpuctl.client import AsyncClient, Client, ClientError, Tls
+from xpuctl.client import AsyncClient, Client, ClientError, Refused, Tls
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 
@@ -190,6 +195,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  
     sy.add_argument(
         "--resume-after-s", type=float, default=30.0, help="a node is resumed once fit for this long (no flapping)"
     )
+    pro = verbs.add_parser("prolog", help="a job starts here (Slurm's Prolog): its devices and energy")
+    pro.add_argument("--gate", action="store_true", help="exit 1 when a granted device is unfit (Slurm requeues)")
+    epi = verbs.add_parser("epilog", help="a job ends here (Slurm's Epilog)")
+    for p in (pro, epi):
+        p.add_argument("--node", default="", help="the Slurm node (default $SLURMD_NODENAME, else the short host name)")
+        p.add_argument("--xpu-node", default="", help="its node id in xpuctl, if not the same")
+        p.add_argument("--timeout-s", type=float, default=5.0, help="for the call to the controller")
     hc.add_argument(
         "--drain-when-unreachable", action="store_true", help="drain this node when the controller cannot be reached"
     )
@@ -214,8 +226,96 @@ def _drain_on(args: argparse.Namespace) -> frozenset[str]:
     return frozenset(k.strip() for k in args.drain_on.split(",") if k.strip())
 
 
+# Where a job's devices are named, first found first (values: indices as the node numbers them).
+# SLURM_JOB_GPUS is what Slurm's Prolog gets (verified on 22.05, notes/scheduler-integration.md
+# 1.1); CUDA_, ROCR_ and GPU_DEVICE_ORDINAL are what Slurm sets for the job (verified there); the
+# others are the vendors' own visible-devices variables, from their documentation (not verified
+# here): Huawei ASCEND_RT_/ASCEND_, Cambricon MLU_, Moore Threads MUSA_, Enflame TOPS_, Kunlunxin XPU_.
+DEVICE_VARIABLES = (
+    "SLURM_JOB_GPUS",
+    "SLURM_STEP_GPUS",
+    "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "GPU_DEVICE_ORDINAL",
+    "ASCEND_RT_VISIBLE_DEVICES",
+    "ASCEND_VISIBLE_DEVICES",
+    "MLU_VISIBLE_DEVICES",
+    "MUSA_VISIBLE_DEVICES",
+    "TOPS_VISIBLE_DEVICES",
+    "XPU_VISIBLE_DEVICES",
+)
+
+
+def granted(env: dict[str, str]) -> tuple[str, list[int]]:
+    """(the variable, the device indices) a job got, from its environment; ("", []) for none.
+
+    Raises:
+        ValueError: the variable holds something else than indices (UUIDs, for one).
+    """
+    for name in DEVICE_VARIABLES:
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            return name, sorted({int(part) for part in text.split(",") if part.strip()})
+        except ValueError:
+            msg = f"{name}={text!r}: expected device indices such as 0,1 (xpuctl maps indices, not ids)"
+            raise ValueError(msg) from None
+    return "", []
+
+
+def _job_node(args: argparse.Namespace) -> tuple[str, str]:
+    name = args.node or os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    return name, args.xpu_node or name
+
+
+def _prolog(args: argparse.Namespace, address: str, tls: Tls | None) -> int:
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    name, xpu_node = _job_node(args)
+    try:
+        variable, indices = granted(dict(os.environ))
+    except ValueError as exc:
+        _say(f"prolog of job {job_id} on {name}: {exc}; not accounted", to_stderr=True)
+        return 0
+    if not job_id or not indices:
+        return 0  # no job, or a job without accelerators: nothing to account
+    try:
+        with Client(address, tls=tls, timeout_s=args.timeout_s) as xpu:
+            answer = xpu.start_job(job_id, xpu_node, indices, user=os.environ.get("SLURM_JOB_USER", ""))
+    except ClientError as exc:
+        _say(
+            f"prolog of job {job_id} on {name} ({variable}={indices}): controller {exc}; not accounted", to_stderr=True
+        )
+        return 0  # a controller that is down must not stop jobs
+    if answer.unfit and args.gate:
+        print(f"xpuctl: job {job_id}: unfit device(s) on {name}: {'; '.join(answer.unfit)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _epilog(args: argparse.Namespace, address: str, tls: Tls | None) -> int:
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    name, xpu_node = _job_node(args)
+    if not job_id:
+        return 0
+    try:
+        with Client(address, tls=tls, timeout_s=args.timeout_s) as xpu:
+            xpu.end_job(job_id, xpu_node)
+    except Refused as exc:
+        if exc.code != "NOT_FOUND":  # NOT_FOUND: a job without accelerators, or no prolog: nothing to end
+            _say(f"epilog of job {job_id} on {name}: controller {exc}", to_stderr=True)
+    except ClientError as exc:
+        _say(f"epilog of job {job_id} on {name}: controller {exc}; its energy counts on", to_stderr=True)
+    return 0  # always: a failing epilog drains the node
+
+
 def run(args: argparse.Namespace, address: str, tls: Tls | None) -> int:
     """`xpuctl slurm <verb>`."""
+    if args.slurm_command == "prolog":
+        return _prolog(args, address, tls)
+    if args.slurm_command == "epilog":
+        return _epilog(args, address, tls)
     if args.slurm_command == "sync":
         try:
             return asyncio.run(_sync(args, address, tls))

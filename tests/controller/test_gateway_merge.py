@@ -39,3 +39,21 @@ def test_summaries_add_up_and_a_budget_needs_every_shard() -> None:
     assert not merged.HasField("budget_w")
     two.budget_w = 1000.0
     assert gateway.merge_summaries([one, two]).budget_w == 3000.0
+
+
+def test_a_job_on_two_shards_is_one_job() -> None:
+    def part(shard: str, start_s: int, end_s: int, joules: float, method: str) -> cpb.Job:
+        d = cpb.JobDevice(uuid=f"{shard}-0", node_id=shard, energy_j=joules, method=method)
+        return cpb.Job(
+            job_id="9", started_ns=start_s * 10**9, ended_ns=end_s * 10**9, devices=[d], energy_j=joules, method=method
+        )
+
+    other = cpb.Job(job_id="10", started_ns=1, ended_ns=2, energy_j=5.0)
+    (alone, job) = gateway.merge_jobs(
+        [part("a", 100, 160, 6000.0, "counter"), other, part("b", 90, 150, 3000.0, "integrated")]
+    )
+    assert alone.job_id == "10" and job.job_id == "9" and [d.uuid for d in job.devices] == ["a-0", "b-0"]
+    assert (job.started_ns, job.ended_ns, job.energy_j) == (90 * 10**9, 160 * 10**9, 9000.0)
+    assert job.duration_s == 70.0 and job.mean_power_w == 9000.0 / 70.0 and job.method == "counter+integrated"
+    running = gateway.merge_jobs([part("a", 100, 0, 1.0, "counter"), part("b", 90, 150, 1.0, "counter")])[0]
+    assert running.ended_ns == 0  # a part still runs

@@ -18,7 +18,7 @@ import grpc.aio
 from xpuctl.common import tls
 from xpuctl.controller import errors, hub
 from xpuctl.controller.adapters import codec
-from xpuctl.controller.core import access, events, model, operations, views
+from xpuctl.controller.core import access, events, jobs, model, operations, views
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import cluster_pb2_grpc
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
@@ -34,6 +34,8 @@ STATUS_OF_ERROR: dict[type[errors.XpuError], grpc.StatusCode] = {
     errors.UnknownVendor: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotSaved: grpc.StatusCode.DATA_LOSS,
     errors.DeviceInUse: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.BadJob: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.UnknownJob: grpc.StatusCode.NOT_FOUND,
 }
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -132,6 +134,7 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     def _device_pb(self, d: views.DeviceView) -> cpb.Device:
         out = codec.device_pb(d)
         out.weight = self.state.control.device_weight.get(d.info.uuid, 1.0)
+        out.job_id = self.state.jobs.job_of_uuid.get(d.info.uuid, "")
         return out
 
     async def WatchEvents(self, request: cpb.WatchEventsRequest, context: Context) -> AsyncIterator[cpb.Event]:  # noqa: N802
@@ -191,6 +194,54 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
             message=f"{what}; the stream goes on from the oldest kept",
             value=float(n),
         )
+
+    async def StartJob(self, request: cpb.StartJobRequest, context: Context) -> cpb.StartJobResponse:  # noqa: N802
+        """A scheduler's job began on a node with some of its devices (the prolog)."""
+        try:
+            job, unfit = self.state.start_job(
+                request.job_id, request.node_id, list(request.indices), user=request.user, now_ns=time.time_ns()
+            )
+            await self.state.durable()
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        return cpb.StartJobResponse(job=self._job_pb(job, time.time_ns()), unfit=unfit)
+
+    async def EndJob(self, request: cpb.EndJobRequest, context: Context) -> cpb.Job:  # noqa: N802
+        """A scheduler's job ended on a node (the epilog)."""
+        try:
+            job = self.state.end_job(request.job_id, request.node_id, time.time_ns())
+            await self.state.durable()
+        except errors.XpuError as exc:
+            await refuse(context, exc)
+        return self._job_pb(job, time.time_ns())
+
+    async def ListJobs(self, request: cpb.ListJobsRequest, context: Context) -> cpb.ListJobsResponse:  # noqa: N802
+        """Running jobs and the newest ended ones, with their devices' energy."""
+        now = time.time_ns()
+        chosen = [
+            j
+            for j in self.state.jobs.all()
+            if (not request.job_id or j.job_id == request.job_id) and not (request.running_only and j.ended_ns)
+        ]
+        return cpb.ListJobsResponse(jobs=[self._job_pb(j, now) for j in chosen])
+
+    def _job_pb(self, job: jobs.Job, now_ns: int) -> cpb.Job:
+        st = self.state
+        devices = []
+        for d in job.devices:
+            joules, method = st.jobs.device_energy(d, st.store)
+            devices.append(
+                cpb.JobDevice(
+                    uuid=d.uuid,
+                    node_id=d.node_id,
+                    index=d.index,
+                    start_ns=d.start_ns,
+                    end_ns=d.end_ns,
+                    energy_j=joules,
+                    method=method,
+                )
+            )
+        return codec.job_pb(job, devices, now_ns)
 
     async def GetPowerBudget(self, request: cpb.GetPowerBudgetRequest, context: Context) -> cpb.PowerBudget:  # noqa: N802
         """The budget, the cluster's power now, and whether the budget is feasible."""

@@ -19,7 +19,7 @@ from xpuctl.controller import config
 from xpuctl.controller.core import registry, ring
 from xpuctl.controller.core.detect import base, critical, ecc, overcap, spike, stale, straggler, stuck, thermal
 
-__all__ = ["KINDS", "Detectors", "Finding"]
+__all__ = ["CRITICAL_KINDS", "KINDS", "Detectors", "Finding"]
 
 Finding = base.Finding
 
@@ -36,6 +36,7 @@ _CLASSES: tuple[type[base.Detector], ...] = (
     spike.Spike,
 )
 KINDS: tuple[str, ...] = tuple(c.kind for c in _CLASSES)
+CRITICAL_KINDS = frozenset(c.kind for c in _CLASSES if c.severity == base.CRITICAL)
 
 
 class Detectors:

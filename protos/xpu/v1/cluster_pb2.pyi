@@ -160,7 +160,7 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("node_id", "info", "health", "health_reason", "timestamp_ns", "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total", "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "cordoned", "headroom_cap_w", "headroom_ceiling_w", "node_status", "cordon_reason", "anomalies", "weight")
+    __slots__ = ("node_id", "info", "health", "health_reason", "timestamp_ns", "utilization", "memory_used_bytes", "power_w", "energy_j", "power_limit_w", "temperature_c", "memory_temperature_c", "core_clock_hz", "memory_clock_hz", "ecc_corrected_total", "ecc_uncorrected_total", "pcie_rx_bytes_per_s", "pcie_tx_bytes_per_s", "cordoned", "headroom_cap_w", "headroom_ceiling_w", "node_status", "cordon_reason", "anomalies", "weight", "job_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class Device(_message.Message):
     CORDON_REASON_FIELD_NUMBER: _ClassVar[int]
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     info: _telemetry_pb2.DeviceInfo
     health: _telemetry_pb2.Health
@@ -211,7 +212,8 @@ class Device(_message.Message):
     cordon_reason: str
     anomalies: _containers.RepeatedScalarFieldContainer[str]
     weight: float
-    def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ..., cordon_reason: _Optional[str] = ..., anomalies: _Optional[_Iterable[str]] = ..., weight: _Optional[float] = ...) -> None: ...
+    job_id: str
+    def __init__(self, node_id: _Optional[str] = ..., info: _Optional[_Union[_telemetry_pb2.DeviceInfo, _Mapping]] = ..., health: _Optional[_Union[_telemetry_pb2.Health, str]] = ..., health_reason: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., utilization: _Optional[float] = ..., memory_used_bytes: _Optional[float] = ..., power_w: _Optional[float] = ..., energy_j: _Optional[float] = ..., power_limit_w: _Optional[float] = ..., temperature_c: _Optional[float] = ..., memory_temperature_c: _Optional[float] = ..., core_clock_hz: _Optional[float] = ..., memory_clock_hz: _Optional[float] = ..., ecc_corrected_total: _Optional[float] = ..., ecc_uncorrected_total: _Optional[float] = ..., pcie_rx_bytes_per_s: _Optional[float] = ..., pcie_tx_bytes_per_s: _Optional[float] = ..., cordoned: _Optional[bool] = ..., headroom_cap_w: _Optional[float] = ..., headroom_ceiling_w: _Optional[float] = ..., node_status: _Optional[_Union[NodeStatus, str]] = ..., cordon_reason: _Optional[str] = ..., anomalies: _Optional[_Iterable[str]] = ..., weight: _Optional[float] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
     __slots__ = ("node_id", "vendor", "health", "cordoned", "min_headroom_w", "page_size", "page_token")
@@ -372,3 +374,85 @@ class ReleaseDeviceResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class JobDevice(_message.Message):
+    __slots__ = ("uuid", "node_id", "index", "start_ns", "end_ns", "energy_j", "method")
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_NS_FIELD_NUMBER: _ClassVar[int]
+    END_NS_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    uuid: str
+    node_id: str
+    index: int
+    start_ns: int
+    end_ns: int
+    energy_j: float
+    method: str
+    def __init__(self, uuid: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., energy_j: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "user", "started_ns", "ended_ns", "devices", "energy_j", "duration_s", "mean_power_w", "method")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_NS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_NS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MEAN_POWER_W_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    user: str
+    started_ns: int
+    ended_ns: int
+    devices: _containers.RepeatedCompositeFieldContainer[JobDevice]
+    energy_j: float
+    duration_s: float
+    mean_power_w: float
+    method: str
+    def __init__(self, job_id: _Optional[str] = ..., user: _Optional[str] = ..., started_ns: _Optional[int] = ..., ended_ns: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[JobDevice, _Mapping]]] = ..., energy_j: _Optional[float] = ..., duration_s: _Optional[float] = ..., mean_power_w: _Optional[float] = ..., method: _Optional[str] = ...) -> None: ...
+
+class StartJobRequest(_message.Message):
+    __slots__ = ("job_id", "node_id", "indices", "user")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    indices: _containers.RepeatedScalarFieldContainer[int]
+    user: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ..., indices: _Optional[_Iterable[int]] = ..., user: _Optional[str] = ...) -> None: ...
+
+class StartJobResponse(_message.Message):
+    __slots__ = ("job", "unfit")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    UNFIT_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    unfit: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., unfit: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EndJobRequest(_message.Message):
+    __slots__ = ("job_id", "node_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    node_id: str
+    def __init__(self, job_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("job_id", "running_only")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_ONLY_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    running_only: bool
+    def __init__(self, job_id: _Optional[str] = ..., running_only: _Optional[bool] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...

@@ -89,6 +89,21 @@ class ClusterStub:
                 request_serializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceRequest.SerializeToString,
                 response_deserializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceResponse.FromString,
                 _registered_method=True)
+        self.StartJob = channel.unary_unary(
+                '/xpu.v1.Cluster/StartJob',
+                request_serializer=xpu_dot_v1_dot_cluster__pb2.StartJobRequest.SerializeToString,
+                response_deserializer=xpu_dot_v1_dot_cluster__pb2.StartJobResponse.FromString,
+                _registered_method=True)
+        self.EndJob = channel.unary_unary(
+                '/xpu.v1.Cluster/EndJob',
+                request_serializer=xpu_dot_v1_dot_cluster__pb2.EndJobRequest.SerializeToString,
+                response_deserializer=xpu_dot_v1_dot_cluster__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/xpu.v1.Cluster/ListJobs',
+                request_serializer=xpu_dot_v1_dot_cluster__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=xpu_dot_v1_dot_cluster__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -160,6 +175,24 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +250,21 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ReleaseDevice,
                     request_deserializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceRequest.FromString,
                     response_serializer=xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceResponse.SerializeToString,
+            ),
+            'StartJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartJob,
+                    request_deserializer=xpu_dot_v1_dot_cluster__pb2.StartJobRequest.FromString,
+                    response_serializer=xpu_dot_v1_dot_cluster__pb2.StartJobResponse.SerializeToString,
+            ),
+            'EndJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndJob,
+                    request_deserializer=xpu_dot_v1_dot_cluster__pb2.EndJobRequest.FromString,
+                    response_serializer=xpu_dot_v1_dot_cluster__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=xpu_dot_v1_dot_cluster__pb2.ListJobsRequest.FromString,
+                    response_serializer=xpu_dot_v1_dot_cluster__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +564,87 @@ class Cluster:
             '/xpu.v1.Cluster/ReleaseDevice',
             xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceRequest.SerializeToString,
             xpu_dot_v1_dot_cluster__pb2.ReleaseDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpu.v1.Cluster/StartJob',
+            xpu_dot_v1_dot_cluster__pb2.StartJobRequest.SerializeToString,
+            xpu_dot_v1_dot_cluster__pb2.StartJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpu.v1.Cluster/EndJob',
+            xpu_dot_v1_dot_cluster__pb2.EndJobRequest.SerializeToString,
+            xpu_dot_v1_dot_cluster__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpu.v1.Cluster/ListJobs',
+            xpu_dot_v1_dot_cluster__pb2.ListJobsRequest.SerializeToString,
+            xpu_dot_v1_dot_cluster__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
