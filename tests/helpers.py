@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import cast
 
@@ -389,3 +391,41 @@ def feed_node(
         b.columns.add(metric=pb.METRIC_POWER_LIMIT_W, values=[limit_w] * n)
     h.batch(stream, codec.batch_columns(b, h.ingest.limits), now_ns)
     return stream
+
+
+def start_server(name: str, args: list[str], ready_url: str, tmp: pathlib.Path) -> subprocess.Popen[bytes]:
+    """Start the installed program `name` with `args` (output to a log in `tmp`) and wait until
+    `ready_url` answers; skip when it is not installed, fail naming it when it does not come up.
+    """
+    binary = shutil.which(name)
+    if binary is None:
+        pytest.skip(f"{name} is not installed (scripts/test installs it with apt-get)")
+    log = tmp / f"{name}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while http_get(ready_url) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(proc)
+            pytest.fail(f"{name} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill what lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def http_get(url: str) -> bytes | None:
+    """The body of a GET to one of our loopback servers, None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own loopback server
+            return bytes(r.read())
+    except OSError:
+        return None

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import importlib.metadata
 import logging
 import math
+import platform
 import time
 from collections.abc import Awaitable
 
@@ -30,6 +32,10 @@ from xpuctl.controller.core import model, registry
 from xpuctl.protos import names
 
 log = logging.getLogger("xpu.controller.metrics")
+try:
+    VERSION = importlib.metadata.version("xpuctl")
+except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
+    VERSION = "unknown"
 
 # (metric in the store, Prometheus name, type, help, extra labels)
 DEVICE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (
@@ -139,9 +145,50 @@ def render(state: hub.Hub, now_ns: int) -> str:
         if state_name == "ok" and anomalous[s]:
             state_name = "degraded"
         out.extend(f'hw_status{{{labels[s]},hw_state="{h}"}} {1 if h == state_name else 0}' for h in HEALTH_STATES)
+    out.extend(_identity(state, labels, live, status))
     out.extend(_cluster(state, now_ns))
     out.append("")
     return "\n".join(out)
+
+
+def _identity(state: hub.Hub, labels: list[str], live: list[bool], status: dict[str, registry.NodeStatus]) -> list[str]:
+    """Per device its identity and its open anomalies; per node its liveness; the build."""
+    reg = state.registry
+    out = [
+        "# HELP xpu_device_info Identity of each device (value 1): index as its tool numbers it, PCI bus, driver.",
+        "# TYPE xpu_device_info gauge",
+    ]
+    for s, info in enumerate(reg.infos):
+        if reg.present[s]:
+            out.append(
+                f'xpu_device_info{{{labels[s]},index="{info.index}",pci_bus_id="{escape(info.bus_id or "")}",'
+                f'driver_version="{escape(info.driver_version or "")}"}} 1'
+            )
+    out += [
+        "# HELP xpu_device_anomaly 1 for each anomaly open on a device, by detector and severity.",
+        "# TYPE xpu_device_anomaly gauge",
+    ]
+    severity = {d.kind: d.severity for d in state.control.detectors.detectors}
+    for kind, mask in state.control.detectors.open.items():
+        for s in np.flatnonzero(mask[: len(reg)]).tolist():
+            if live[s]:
+                out.append(f'xpu_device_anomaly{{{labels[s]},detector="{kind}",severity="{severity[kind]}"}} 1')
+    out += [
+        "# HELP xpu_node_status Liveness of each node: 1 for its status (online, stale, offline).",
+        "# TYPE xpu_node_status gauge",
+    ]
+    for node_id in sorted(reg.nodes):
+        now = names.NODE_STATUS[int(status[node_id])]
+        out.extend(
+            f'xpu_node_status{{xpu_node="{escape(node_id)}",status="{name}"}} {int(name == now)}'
+            for name in names.NODE_STATUS.values()
+        )
+    out += [
+        "# HELP xpu_build_info The controller's version (value 1).",
+        "# TYPE xpu_build_info gauge",
+        f'xpu_build_info{{version="{escape(VERSION)}",python="{platform.python_version()}"}} 1',
+    ]
+    return out
 
 
 def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
@@ -157,6 +204,11 @@ def _cluster(state: hub.Hub, now_ns: int) -> list[str]:
     ]
     if state.budget_w is not None:
         out.append(f"xpu_cluster_power_budget_watts {number(state.budget_w)}")
+    out += [
+        "# HELP xpu_power_budget_feasible 0 when the cappable devices' floors and the fixed loads exceed the budget.",
+        "# TYPE xpu_power_budget_feasible gauge",
+        f"xpu_power_budget_feasible {int(state.control.feasible)}",
+    ]
     out += ["# HELP xpu_nodes Nodes by liveness.", "# TYPE xpu_nodes gauge"]
     for status in names.NODE_STATUS.values():
         out.append(f'xpu_nodes{{status="{status}"}} {s.nodes_by_status.get(status, 0)}')

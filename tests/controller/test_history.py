@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -19,7 +17,17 @@ import grpc
 import grpc.aio
 import pytest
 
-from tests.helpers import EtcdCluster, Processes, RunningService, free_port, wait_until, xpuctl
+from tests.helpers import (
+    EtcdCluster,
+    Processes,
+    RunningService,
+    free_port,
+    http_get,
+    start_server,
+    stop_server,
+    wait_until,
+    xpuctl,
+)
 from xpuctl.controller import config, hub, service
 from xpuctl.controller.adapters import codec, history
 from xpuctl.controller.core import ingest, model
@@ -67,35 +75,6 @@ def test_a_bad_history_url_is_refused_naming_it(bad: str) -> None:
     with pytest.raises(ValueError, match="history-url"):
         history.check_url(bad)
     assert history.check_url("http://vm:8428") == "http://vm:8428/api/v1/import/prometheus"
-
-
-def start_server(name: str, args: list[str], ready_url: str, tmp: pathlib.Path) -> subprocess.Popen[bytes]:
-    """Start the installed program `name` with `args` (output to a log in `tmp`) and wait until
-    `ready_url` answers; skip when it is not installed, fail naming it when it does not come up.
-    """
-    binary = shutil.which(name)
-    if binary is None:
-        pytest.skip(f"{name} is not installed (scripts/test installs it with apt-get)")
-    log = tmp / f"{name}.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while _get(ready_url) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            pytest.fail(f"{name} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return proc
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate, then kill what lingers."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class VictoriaMetrics:
@@ -285,16 +264,8 @@ async def test_remote_write_reaches_a_real_prometheus(prometheus: str) -> None:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
     query = urllib.parse.urlencode({"query": 'hw_power_watts{xpu_node="n1"}', "time": f"{(t0 + 4 * S) / 1e9:.3f}"})
-    answer = json.loads(_get(f"{prometheus}/api/v1/query?{query}") or b"{}")
+    answer = json.loads(http_get(f"{prometheus}/api/v1/query?{query}") or b"{}")
     got = {r["metric"]["agg"]: float(r["value"][1]) for r in answer["data"]["result"]}
     assert got == {"mean": 500.0, "max": 600.0, "last": 600.0}
     one = answer["data"]["result"][0]["metric"]
     assert one["hw_id"] == "gpu-0" and one["hw_vendor"] == "nvidia" and one["hw_model"] == "H100"
-
-
-def _get(url: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own loopback server
-            return bytes(r.read())
-    except OSError:
-        return None
