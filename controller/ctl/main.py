@@ -23,7 +23,7 @@ from rich.text import Text
 from xpuctl.client import Client, ClientError, Denied, Tls, Unreachable
 from xpuctl.common import cli, exits, pipes, tls
 from xpuctl.controller.core import dashboard
-from xpuctl.controller.ctl import slurm
+from xpuctl.controller.ctl import k8s, slurm
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 
@@ -440,13 +440,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "-o", "--output", choices=["table", "wide"], default="table", help="wide: every column at full width"
     )
-    slurm_verbs = _add_commands(sub)
+    nested = _add_commands(sub)
     parser.share_globals(sub)
-    parser.share_globals(slurm_verbs)
+    for verbs in nested:
+        parser.share_globals(verbs)
     return parser
 
 
-def _add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+def _add_commands(sub: argparse._SubParsersAction) -> list[argparse._SubParsersAction]:  # type: ignore[type-arg]
     dv = sub.add_parser("device", help="one device with the recent history of a metric")
     dv.add_argument("uuid")
     dv.add_argument("--metric", default="power_w", choices=METRIC_NAMES)
@@ -497,7 +498,7 @@ def _add_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
     top = sub.add_parser("top", help="live dashboard (Ctrl-C quits)")
     top.add_argument("--interval-s", type=cli.positive(float), default=1.0, help="refresh period")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
-    return slurm.add_parser(sub)
+    return [slurm.add_parser(sub), k8s.add_parser(sub)]
 
 
 METRIC_NAMES = list(names.METRICS)
@@ -686,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
         if args.command == "slurm":
             return slurm.run(args, args.controller, settings)
+        if args.command == "k8s":
+            return k8s.run(args, args.controller, settings)
         xpu = Client(args.controller, tls=settings)
     except tls.TlsError as exc:
         print(f"xpuctl: {exc}", file=sys.stderr)

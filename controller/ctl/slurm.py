@@ -53,22 +53,45 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 def reason_for(devices: Iterable[cpb.Device], drain_on: frozenset[str] = CRITICAL) -> str | None:
     """The drain reason for a node with these devices, or None when they are all fit."""
-    problems: list[str] = []
-    for d in sorted(devices, key=lambda d: (d.info.index, d.info.uuid)):
-        where = f"dev={d.info.index}/{d.info.uuid}"
-        if d.health == FAILED:
-            problems.append(f"failed {where}" + (f" ({d.health_reason})" if d.health_reason else ""))
-        elif d.cordoned:
-            problems.append(f"cordoned {where}" + (f": {d.cordon_reason}" if d.cordon_reason else ""))
-        else:
-            kinds = [k for k in d.anomalies if k in drain_on]
-            if kinds:
-                problems.append(f"{','.join(kinds)} {where}")
+    problems = [p.text for p in unfit(devices, drain_on)]
     if not problems:
         return None
     text = f"{PREFIX} {problems[0]}" + (f"; +{len(problems) - 1} more" if len(problems) > 1 else "")
     text = _CONTROL.sub(" ", text)
     return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """What makes one device unfit: `what` is failed, cordoned or the anomaly kinds."""
+
+    what: str
+    device: cpb.Device
+    why: str
+
+    @property
+    def text(self) -> str:
+        """`<what> dev=<index>/<uuid>` and why (a cordon's reason after a colon, else in brackets)."""
+        where = f"dev={self.device.info.index}/{self.device.info.uuid}"
+        if not self.why:
+            return f"{self.what} {where}"
+        return f"{self.what} {where}: {self.why}" if self.what == "cordoned" else f"{self.what} {where} ({self.why})"
+
+
+def unfit(devices: Iterable[cpb.Device], drain_on: frozenset[str] = CRITICAL) -> list[Problem]:
+    """The devices that are failed, cordoned or have an anomaly of `drain_on` open, by index
+    (the policy `xpuctl slurm` and `xpuctl k8s` share).
+    """
+    out = []
+    for d in sorted(devices, key=lambda d: (d.info.index, d.info.uuid)):
+        if d.health == FAILED:
+            out.append(Problem("failed", d, d.health_reason))
+        elif d.cordoned:
+            out.append(Problem("cordoned", d, d.cordon_reason))
+        else:
+            kinds = [k for k in d.anomalies if k in drain_on]
+            if kinds:
+                out.append(Problem(",".join(kinds), d, ""))
+    return out
 
 
 class NodeState(msgspec.Struct, frozen=True):
