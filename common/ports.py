@@ -6,17 +6,31 @@ Best effort and read-only: None where /proc is not there or the process is not o
 
 from __future__ import annotations
 
+import collections
 import pathlib
 import socket
+import threading
 
 _LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp
+_RECENT = 4096  # ports handed out lately, never handed out twice in a row
+_handed: collections.deque[int] = collections.deque(maxlen=_RECENT)
+_lock = threading.Lock()
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for private brokers and servers on loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 right now (for private brokers and servers on loopback), and
+    not one this process was given lately: the kernel may offer the same port to two binds in a row
+    when the first caller has not bound it yet (an etcd cluster once got two members on one port).
+    """
+    with _lock:
+        for _ in range(64):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed:
+                break
+        _handed.append(port)
+        return port
 
 
 def holder(port: int, proc: pathlib.Path = pathlib.Path("/proc")) -> str | None:

@@ -22,3 +22,10 @@ def test_a_free_port_has_no_holder() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening
     assert ports.holder(port) is None
+
+
+def test_free_ports_are_not_handed_out_twice() -> None:
+    # 500 ports from ~28,000 ephemeral ones: without the memory of recent ones a repeat is all but
+    # certain (the birthday bound), and two servers of one test would get the same port
+    got = [ports.free_port() for _ in range(500)]
+    assert len(set(got)) == len(got)
