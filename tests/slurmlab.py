@@ -144,11 +144,9 @@ class Slurm:
                 raise RuntimeError(msg)
             time.sleep(0.1)
 
-    def run(self, *argv: str, check: bool = True) -> str:
+    def run(self, *argv: str, check: bool = True, timeout_s: float = CALL_TIMEOUT_S) -> str:
         """A Slurm client command under a timeout; its stdout."""
-        done = subprocess.run(
-            list(argv), capture_output=True, text=True, env=self.env, timeout=CALL_TIMEOUT_S, check=False
-        )
+        done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=timeout_s, check=False)
         if check and done.returncode != 0:
             msg = f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}"
             raise RuntimeError(msg)

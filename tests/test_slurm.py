@@ -200,17 +200,18 @@ async def test_jobs_are_accounted_and_a_gate_requeues(processes: Processes) -> N
         async with AsyncClient(ctl.target, timeout_s=5.0) as xpu:
             await wait_until_async(lambda: devices_total(xpu), 4, what="both agents' devices")
             await asyncio.to_thread(slurm.start)
-            job = await asyncio.to_thread(
-                slurm.run, "sbatch", "--parsable", "-w", "xn1", "--gres=gpu:1", "--wrap", "sleep 6"
-            )
-            job_id = job.strip().split(";")[0]
+            # as a user would: srun blocks until the job is done (in a thread, with the checks alongside)
+            job = ("srun", "-w", "xn1", "--gres=gpu:1", "bash", "-c", "echo $SLURM_JOB_ID; sleep 6")
+            srun = asyncio.create_task(asyncio.to_thread(slurm.run, *job, timeout_s=60))
 
-            async def labelled() -> bool:  # while it runs, its device carries its id
-                return any(d.job_id == job_id for d in await xpu.devices(node_id="xn1"))
+            async def labelled() -> bool:  # while it runs, its device carries its job's id
+                return any(d.job_id for d in await xpu.devices(node_id="xn1"))
 
-            await wait_for(labelled, timeout_s=20, what=f"job {job_id}'s device labelled")
+            await wait_for(labelled, timeout_s=20, what="the job's device labelled")
             devices = {d.info.uuid: d.job_id for d in await xpu.devices(node_id="xn1")}
+            job_id = devices["nvidia-xn1-0"]
             assert devices == {"nvidia-xn1-0": job_id, "nvidia-xn1-1": ""}  # SLURM_JOB_GPUS=0
+            assert (await srun).strip() == job_id
 
             async def ended() -> bool:
                 return any(j.job_id == job_id and j.ended_ns for j in await xpu.jobs())

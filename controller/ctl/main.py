@@ -114,6 +114,7 @@ def device_json(d: cpb.Device) -> dict[str, object]:
         "ecc_uncorrected_total": _opt(d, "ecc_uncorrected_total"),
         "pcie_rx_bytes_per_s": _opt(d, "pcie_rx_bytes_per_s"),
         "pcie_tx_bytes_per_s": _opt(d, "pcie_tx_bytes_per_s"),
+        "job_id": d.job_id or None,
     }
 
 
