@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import msgspec
@@ -62,6 +62,19 @@ class Tls(msgspec.Struct, frozen=True, kw_only=True):
         )
         token = tls.read_secret("token file", self.token_file) if self.token_file else None
         return tls.operator_credentials(files, token), tls.channel_options(files)
+
+
+def channel_settings(settings: Tls | None) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """Credentials (None: plaintext) and options of a channel to the controller.
+
+    Raises:
+        tls.TlsError: a TLS file cannot be used.
+    """
+    options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+    if settings is None:
+        return None, options
+    creds, extra = settings.credentials()
+    return creds, [*options, *extra]
 
 
 class ClientError(Exception):

@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import grpc
 
@@ -29,12 +29,11 @@ class Client:
         """
         self.address = address or base.default_address()
         self.timeout_s = timeout_s
-        options: list[tuple[str, Any]] = list(base.CHANNEL_OPTIONS)
-        if tls is None:
+        creds, options = base.channel_settings(tls)
+        if creds is None:
             self._channel = grpc.insecure_channel(self.address, options=options)
         else:
-            creds, extra = tls.credentials()
-            self._channel = grpc.secure_channel(self.address, creds, options=[*options, *extra])
+            self._channel = grpc.secure_channel(self.address, creds, options=options)
         self.stub = cluster_pb2_grpc.ClusterStub(self._channel)
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from xpuctl.client import AsyncClient, ClientError, Tls
-from xpuctl.controller.ctl import slurm
+from xpuctl.controller.ctl import follow, slurm
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 
@@ -242,44 +242,20 @@ async def _sync(args: argparse.Namespace, address: str, tls: Tls | None, kube: K
         if args.once:
             await _round(xpu, kube, None, taint=args.taint)
             return 0
-        dirty: set[str] = set()
-        wake = asyncio.Event()
 
-        async def follow() -> None:
-            def gone(exc: ClientError) -> None:
-                _say(f"controller gone ({exc.code}); reconnecting")
+        async def judge(which: set[str] | None) -> None:
+            await _round(xpu, kube, which, taint=args.taint)
 
-            async for e in xpu.watch(kinds=["anomaly.", "device.", "node."], on_gone=gone):
-                if e.node_id:
-                    dirty.add(e.node_id)
-                    wake.set()
-                if e.kind == "anomaly.raised" and e.node_id:
-                    try:
-                        await asyncio.to_thread(kube.event, e)
-                    except (ApiException, OSError) as exc:
-                        _say(f"event for {e.node_id}: {exc}")
-
-        watcher = asyncio.create_task(follow(), name="k8s.sync.watch")
-        _say(f"following {address}; every node again each {args.reconcile_s:g} s")
-        try:
-            next_full = 0.0
-            while True:
-                full = time.monotonic() >= next_full
-                if full:
-                    next_full = time.monotonic() + args.reconcile_s
-                which = None if full else set(dirty)
-                dirty.clear()
-                wake.clear()
-                await _round(xpu, kube, which, taint=args.taint)
+        async def on_event(e: cpb.Event) -> None:
+            if e.kind == "anomaly.raised" and e.node_id:
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=max(next_full - time.monotonic(), 0.05))
-                    await asyncio.sleep(0.2)  # a burst of events is one round
-                except TimeoutError:
-                    pass
-                if watcher.done():
-                    watcher.result()
+                    await asyncio.to_thread(kube.event, e)
+                except (ApiException, OSError) as exc:
+                    _say(f"event for {e.node_id}: {exc}")
+
+        try:
+            await follow.run(xpu, judge, reconcile_s=args.reconcile_s, say=_say, on_event=on_event)
         except ClientError as exc:
             print(f"xpuctl: k8s sync: {exc}", file=sys.stderr)
             return 4
-        finally:
-            watcher.cancel()
+    return 0

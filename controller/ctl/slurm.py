@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from xpuctl.client import AsyncClient, Client, ClientError, Refused, Tls
+from xpuctl.controller.ctl import follow
 from xpuctl.protos import names
 from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 
@@ -388,46 +389,19 @@ async def _sync(args: argparse.Namespace, address: str, tls: Tls | None) -> int:
         print(f"xpuctl: slurm sync: {exc}", file=sys.stderr)
         return 2
     drain_on = _drain_on(args)
-    dirty: set[str] = set()
-    wake = asyncio.Event()
     fit_since: dict[str, float] = {}  # node -> when it was first seen fit while drained by us
     async with AsyncClient(address, tls=tls, timeout_s=args.timeout_s) as xpu:
 
-        async def follow() -> None:
-            def gone(exc: ClientError) -> None:
-                _say(f"controller gone ({exc.code}); reconnecting")
+        async def judge(which: set[str] | None) -> float | None:
+            await _round(xpu, slurm, which, drain_on, fit_since, args.resume_after_s)
+            return min((t + args.resume_after_s for t in fit_since.values()), default=None)  # a hold ending
 
-            async for e in xpu.watch(kinds=["anomaly.", "device.", "node."], on_gone=gone):
-                if e.node_id:
-                    dirty.add(e.node_id)
-                    wake.set()
-
-        watcher = asyncio.create_task(follow(), name="slurm.sync.watch")
-        _say(f"following {address}; every node again each {args.reconcile_s:g} s")
         try:
-            next_full = 0.0
-            while True:
-                full = time.monotonic() >= next_full
-                if full:
-                    next_full = time.monotonic() + args.reconcile_s
-                which = None if full else set(dirty)
-                dirty.clear()
-                wake.clear()
-                await _round(xpu, slurm, which, drain_on, fit_since, args.resume_after_s)
-                # the next round: an event, the next full one, or a fit node's hold running out
-                due = min([next_full, *(t + args.resume_after_s for t in fit_since.values())])
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=max(due - time.monotonic(), 0.05))
-                    await asyncio.sleep(0.2)  # a burst of events is one round
-                except TimeoutError:
-                    pass
-                if watcher.done():
-                    watcher.result()  # a refusal (a credential): raise it
+            await follow.run(xpu, judge, reconcile_s=args.reconcile_s, say=_say)
         except ClientError as exc:
             print(f"xpuctl: slurm sync: {exc}", file=sys.stderr)
             return 4
-        finally:
-            watcher.cancel()
+    return 0
 
 
 async def _round(
