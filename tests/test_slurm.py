@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests import slurmlab
-from tests.helpers import ROOT, Processes, RunningService, free_port
+from tests.helpers import ROOT, Processes, RunningService, free_port, http_get
 from xpuctl.client import AsyncClient
 from xpuctl.controller import config, service
 from xpuctl.controller.core import registry
@@ -190,7 +190,9 @@ async def test_sync_drains_on_a_cordon_and_leaves_an_admins_drain(processes: Pro
 
 
 async def test_jobs_are_accounted_and_a_gate_requeues(processes: Processes) -> None:
-    ctl = await RunningService(controller()).start()
+    svc = controller()
+    svc.metrics_listen = "127.0.0.1:0"
+    ctl = await RunningService(svc).start()
     slurm = slurmlab.Slurm()
     installed = hooks(ctl.target, slurm.conf, prolog_args="--gate")
     slurm.prolog, slurm.epilog = str(installed["xpuctl-prolog"]), str(installed["xpuctl-epilog"])
@@ -211,6 +213,10 @@ async def test_jobs_are_accounted_and_a_gate_requeues(processes: Processes) -> N
             devices = {d.info.uuid: d.job_id for d in await xpu.devices(node_id="xn1")}
             job_id = devices["nvidia-xn1-0"]
             assert devices == {"nvidia-xn1-0": job_id, "nvidia-xn1-1": ""}  # SLURM_JOB_GPUS=0
+            page = (await asyncio.to_thread(http_get, f"http://127.0.0.1:{svc.metrics_port}/metrics") or b"").decode()
+            power = [line for line in page.splitlines() if line.startswith("hw_power_watts{")]
+            assert len(power) == 4 and sum(f'job_id="{job_id}"' in line for line in power) == 1, power
+            assert any('hw_id="nvidia-xn1-0"' in line and f'job_id="{job_id}"' in line for line in power)
             assert (await srun).strip() == job_id
 
             async def ended() -> bool:
