@@ -92,6 +92,11 @@ def _store(cfg: config.Config) -> statefile.FileStore | None:
     return None if where is None else statefile.FileStore(where)
 
 
+def fractions(text: str) -> list[float]:
+    """An argument type: one fraction or several, comma-separated (0.5,0.7,0.85)."""
+    return [cli.fraction(part) for part in text.split(",") if part.strip()]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="xpu-controller", description="xpuctl controller")
     cli.add_version(parser)
@@ -205,10 +210,26 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--freeze", action="store_true", help="failover scenario: SIGSTOP the owners past the TTL instead of SIGKILL"
     )
-    bench.add_argument("--nodes", type=cli.positive(int), default=64, help="power scenario: simulated nodes")
-    bench.add_argument("--simulated-s", type=cli.positive(int), default=1800, help="power scenario: length")
-    bench.add_argument("--budget-frac", type=cli.fraction, default=0.7, help="power scenario: budget / demand")
-    bench.add_argument("--seed", type=int, default=0, help="power scenario: seed of the simulation")
+    bench.add_argument(
+        "--nodes", type=cli.positive(int), default=None, help="power, detect, failover: simulated nodes (32; 64)"
+    )
+    bench.add_argument(
+        "--simulated-s",
+        type=cli.positive(int),
+        default=None,
+        help="power, detect: length of a run (600 s; detect 1800)",
+    )
+    bench.add_argument(
+        "--budget-frac",
+        type=fractions,
+        default=None,
+        metavar="F[,F...]",
+        help="power scenario: budget / demand, one or several (default 0.5,0.7,0.85; detect: ignored)",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="power, detect: seed of the simulation (the first)")
+    bench.add_argument(
+        "--seeds", type=cli.positive(int), default=None, help="power scenario: this many seeds (default 3)"
+    )
     bench.add_argument("--devices", type=cli.positive(int), default=10_000)
     bench.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     bench.add_argument("--interval-s", type=cli.positive(float), default=1.0)
@@ -384,12 +405,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench" and args.scenario == "detect":
         from xpuctl.controller.lab import detectbench  # noqa: PLC0415 - only this bench needs the simulator
 
-        return detectbench.run(args.nodes, args.simulated_s, args.devices, args.seed, as_json=args.json)
+        return detectbench.run(args.nodes or 64, args.simulated_s or 1800, args.devices, args.seed, as_json=args.json)
     if args.command == "bench" and args.scenario == "power":
         from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - only this bench needs the simulator
 
         return powerbench.run(
-            args.nodes, args.simulated_s, args.budget_frac, args.seed, as_json=args.json, shards=args.shards or 1
+            args.nodes or 32,
+            args.simulated_s or 600,
+            args.budget_frac or [0.5, 0.7, 0.85],
+            list(range(args.seed, args.seed + (args.seeds or 3))),
+            as_json=args.json,
+            shards=args.shards or 1,
         )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd

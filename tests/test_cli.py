@@ -195,16 +195,25 @@ def test_bench_power_reports_each_policy() -> None:
         "4",
         "--simulated-s",
         "40",
+        "--budget-frac",
+        "0.7,0.85",
+        "--seeds",
+        "2",
         "--json",
         timeout=120,
     )
     assert r.returncode in (0, 1), r.stderr  # 1 = the loop did not beat the static cap on this tiny run
     out = json.loads(r.stdout)
-    assert [x["policy"] for x in out["runs"]] == ["uncapped", "static", "xpuctl"]
-    assert out["budget_w"] == pytest.approx(0.7 * out["demand_w"], rel=1e-3)
+    assert [(c["seed"], c["budget_frac"]) for c in out["cases"]] == [(0, 0.7), (0, 0.85), (1, 0.7), (1, 0.85)]
+    first = out["cases"][0]
+    assert [x["policy"] for x in first["runs"]] == ["uncapped", "static", "xpuctl", "oracle"]
+    assert first["budget_w"] == pytest.approx(0.7 * first["demand_w"], rel=1e-3)
     for key in ("work_tdp_s", "energy_kwh", "seconds_above_budget", "worst_overshoot_pct"):
-        assert all(key in x for x in out["runs"])
-    assert "run 3/3" in r.stderr  # progress on stderr
+        assert all(key in x for x in first["runs"])
+    oracle, static = first["runs"][3]["work_tdp_s"], first["runs"][1]["work_tdp_s"]
+    assert oracle >= first["runs"][2]["work_tdp_s"] and oracle >= static  # the oracle is the bound
+    assert set(out["summary"]) == {"0.7", "0.85"} and "share_of_oracle_gain" in out["summary"]["0.7"]
+    assert "seed 1, budget 85%" in r.stderr  # progress on stderr
 
 
 def test_bench_detect_reports_false_alarms_and_delays() -> None:

@@ -242,6 +242,7 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]], stale: int) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run the scenario; print the report (a table, or one JSON object with --json)."""
+    args.nodes = args.nodes or 64  # simulated nodes per shard (the bench's --nodes has no default)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="xpu-failover-") as tmp:
         cluster: etcdcluster.EtcdCluster | None = None

@@ -23,6 +23,7 @@ import numpy as np
 from xpuctl.agent.drivers.sim import engine
 from xpuctl.controller import config
 from xpuctl.controller.core import ledger, site
+from xpuctl.controller.lab import oracle
 from xpuctl.controller.lab.simcluster import SimCluster
 
 # A site that is mostly NVIDIA with AMD, Hygon, Cambricon and Iluvatar beside it (cappable), and
@@ -61,6 +62,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     worst_overshoot_pct: float
     commands: int
     grant_changes_per_shard_hour: float = 0.0  # with shards: grants the root changed (renewals not counted)
+    series_w: list[float] = msgspec.field(default_factory=list)  # power each scored second (not printed)
 
 
 def vendors_for(nodes: int) -> list[str]:
@@ -79,6 +81,7 @@ class Tally:
         self.budget_w = budget_w
         self.work0 = self.work_tdp0 = self.energy0 = self.total_power = self.worst = 0.0
         self.above = self.above2 = self.seconds = 0
+        self.series: list[float] = []  # the cluster's power each scored second
 
     def second(self, second: int, nodes: list[engine.SimNode], power_w: float) -> None:
         """The state after simulated second `second`."""
@@ -87,6 +90,7 @@ class Tally:
             return
         self.seconds += 1
         self.total_power += power_w
+        self.series.append(power_w)
         if self.budget_w is not None:
             self.above += power_w > self.budget_w
             self.above2 += power_w > self.budget_w * 1.02
@@ -105,6 +109,7 @@ class Tally:
             seconds_above_budget_2pct=int(self.above2),
             worst_overshoot_pct=round(100 * self.worst, 2),
             commands=commands,
+            series_w=self.series,
             **extra,
         )
 
@@ -134,8 +139,11 @@ def simulate(
                     node.set_cap(i, per_device)
     pending: list[ledger.Entry] = []
     tally, commands = Tally(budget_w), 0
+    settable = [np.array([p.power_cap_settable for p in n.profiles]) for n in cluster.nodes]
     for second in range(WARMUP_S + seconds):
         cluster.apply(pending)  # commands decided last period take effect now
+        if policy == "oracle" and budget_w is not None:
+            oracle.set_caps(cluster.nodes, budget_w, settable)  # for this very second, in hindsight
         out = cluster.step(1.0)
         if policy == "xpuctl":
             tick = cluster.tick()
@@ -201,61 +209,185 @@ def simulate_sharded(
     )
 
 
-def run(nodes: int, seconds: int, budget_frac: float, seed: int, *, as_json: bool, shards: int = 1) -> int:
-    """Three runs; print a table (or JSON); exit 0 when xpuctl did more work than the static cap."""
-    t0 = time.process_time()
-    print(f"bench power: {nodes} nodes, {seconds} simulated s; run 1/3 uncapped ...", file=sys.stderr)
-    ref = simulate("uncapped", nodes=nodes, seconds=seconds, seed=seed, budget_w=None)
-    budget = budget_frac * ref.mean_power_w
-    print("bench power: run 2/3 static cap ...", file=sys.stderr)
+class Case(msgspec.Struct, frozen=True, kw_only=True):
+    """One seed at one budget fraction: the policies' scores and how xpuctl compares."""
+
+    seed: int
+    budget_frac: float
+    budget_w: float
+    demand_w: float
+    runs: list[Run]
+    xpuctl_gain_pct: float  # TDP-weighted work over the static cap's
+    oracle_gain_pct: float
+    share_of_oracle_gain: float | None  # None where the oracle gains under 0.5% (nothing to share)
+    draw_frac: float  # xpuctl's mean power / budget over the seconds uncapped demand exceeds it
+    longest_above_2pct_s: int  # xpuctl's longest run of seconds above the budget + 2%
+    commands_per_device_hour: float
+    static_worst_overshoot_pct: float  # the static cap breaks the budget where floors exceed it
+
+
+def _longest(series: list[float], limit: float) -> int:
+    best = cur = 0
+    for w in series:
+        cur = cur + 1 if w > limit else 0
+        best = max(best, cur)
+    return best
+
+
+def case(ref: Run, nodes: int, seconds: int, frac: float, seed: int, power: config.Power | None = None) -> Case:
+    """Static, xpuctl and the oracle at `frac` of the uncapped run `ref`'s demand."""
+    budget = frac * ref.mean_power_w
     static = simulate("static", nodes=nodes, seconds=seconds, seed=seed, budget_w=budget)
-    print("bench power: run 3/3 xpuctl loop ...", file=sys.stderr)
-    loop = simulate("xpuctl", nodes=nodes, seconds=seconds, seed=seed, budget_w=budget)
-    runs = [ref, static, loop]
+    loop = simulate("xpuctl", nodes=nodes, seconds=seconds, seed=seed, budget_w=budget, power=power)
+    best = simulate("oracle", nodes=nodes, seconds=seconds, seed=seed, budget_w=budget)
+    over = [k for k, w in enumerate(ref.series_w) if w > budget]
+    draw = sum(loop.series_w[k] for k in over) / len(over) / budget if over else 1.0
+    gain, best_gain = loop.work_tdp_s - static.work_tdp_s, best.work_tdp_s - static.work_tdp_s
+    return Case(
+        seed=seed,
+        budget_frac=frac,
+        budget_w=round(budget, 1),
+        demand_w=ref.mean_power_w,
+        runs=[ref, static, loop, best],
+        xpuctl_gain_pct=round(100 * gain / static.work_tdp_s, 2),
+        oracle_gain_pct=round(100 * best_gain / static.work_tdp_s, 2),
+        share_of_oracle_gain=round(gain / best_gain, 3) if best_gain > 0.005 * static.work_tdp_s else None,
+        draw_frac=round(draw, 4),
+        longest_above_2pct_s=_longest(loop.series_w, budget * 1.02),
+        commands_per_device_hour=round(loop.commands / (nodes * 8) / (seconds / 3600), 1),
+        static_worst_overshoot_pct=static.worst_overshoot_pct,
+    )
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
+
+
+def run(
+    nodes: int,
+    seconds: int,
+    fracs: list[float],
+    seeds: list[int],
+    *,
+    as_json: bool,
+    shards: int = 1,
+) -> int:
+    """Every seed at every budget fraction; print a table (or JSON); exit 0 when xpuctl did more
+    work than the static cap wherever the static cap kept the budget.
+    """
+    t0 = time.process_time()
+    cases: list[Case] = []
+    total = len(seeds) * (1 + 3 * len(fracs))
+    done = 0
+    for seed in seeds:
+        print(f"bench power: seed {seed}: uncapped ({done + 1}/{total}) ...", file=sys.stderr)
+        ref = simulate("uncapped", nodes=nodes, seconds=seconds, seed=seed, budget_w=None)
+        done += 1
+        for frac in fracs:
+            print(
+                f"bench power: seed {seed}, budget {frac:.0%}: static, xpuctl, oracle ({done + 1}-{done + 3}/{total}) ...",
+                file=sys.stderr,
+            )
+            cases.append(case(ref, nodes, seconds, frac, seed))
+            done += 3
     sharded = None
     if shards > 1:
-        print(f"bench power: run 4/4 xpuctl loop in {shards} shards under the root allocator ...", file=sys.stderr)
-        sharded = simulate_sharded(nodes=nodes, seconds=seconds, seed=seed, budget_w=budget, shards=shards)
-        runs.append(sharded)
-    gain = 100 * (loop.work_tdp_s / static.work_tdp_s - 1)
-    gain_unweighted = 100 * (loop.work_device_s / static.work_device_s - 1)
-    result = {
+        first = cases[0]
+        print(f"bench power: xpuctl in {shards} shards under the root allocator ...", file=sys.stderr)
+        sharded = simulate_sharded(
+            nodes=nodes, seconds=seconds, seed=first.seed, budget_w=first.budget_w, shards=shards
+        )
+    summary = {
+        f"{frac:g}": {
+            "xpuctl_gain_pct": _spread([c.xpuctl_gain_pct for c in cases if c.budget_frac == frac]),
+            "oracle_gain_pct": _spread([c.oracle_gain_pct for c in cases if c.budget_frac == frac]),
+            "share_of_oracle_gain": _spread(
+                [c.share_of_oracle_gain for c in cases if c.budget_frac == frac and c.share_of_oracle_gain is not None]
+                or [float("nan")]
+            ),
+            "draw_frac": _spread([c.draw_frac for c in cases if c.budget_frac == frac]),
+            "commands_per_device_hour": _spread([c.commands_per_device_hour for c in cases if c.budget_frac == frac]),
+            "longest_above_2pct_s": max(c.longest_above_2pct_s for c in cases if c.budget_frac == frac),
+        }
+        for frac in fracs
+    }
+    result: dict[str, object] = {
         "scenario": "power",
         "nodes": nodes,
         "devices": nodes * 8,
         "simulated_s": seconds,
-        "seed": seed,
-        "demand_w": ref.mean_power_w,
-        "budget_w": round(budget, 1),
-        "budget_frac": budget_frac,
-        "runs": [msgspec.to_builtins(r) for r in runs],
-        "work_gain_vs_static_pct": round(gain, 2),
-        "work_gain_vs_static_unweighted_pct": round(gain_unweighted, 2),
+        "seeds": seeds,
+        "budget_fracs": fracs,
+        "cases": [_case_json(c) for c in cases],
+        "summary": summary,
         "cpu_s": round(time.process_time() - t0, 1),
     }
     if sharded is not None:
         result["shards"] = shards
-        result["sharded_work_vs_single_pct"] = round(100 * (sharded.work_tdp_s / loop.work_tdp_s - 1), 2)
+        result["sharded"] = _run_json(sharded)
+        result["sharded_work_vs_single_pct"] = round(100 * (sharded.work_tdp_s / cases[0].runs[2].work_tdp_s - 1), 2)
     if as_json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
     else:
-        print(f"power scenario: {nodes} nodes x 8 devices, {seconds} simulated s, seed {seed}")
-        print(f"demand (uncapped mean) {ref.mean_power_w:,.0f} W; budget {budget:,.0f} W ({budget_frac:.0%})")
-        head = f"{'policy':<10}{'work (TDP-s)':>16}{'work (dev-s)':>14}{'energy kWh':>12}{'mean W':>11}{'s > budget':>12}{'s > +2%':>9}{'worst %':>9}"
+        _print(nodes, seconds, cases, summary, sharded, result)
+    kept = [c for c in cases if c.static_worst_overshoot_pct <= 2.0]
+    return 0 if all(c.xpuctl_gain_pct > 0 for c in kept) else 1
+
+
+def _run_json(r: Run) -> dict[str, object]:
+    out = msgspec.to_builtins(r)
+    del out["series_w"]
+    return dict(out)
+
+
+def _case_json(c: Case) -> dict[str, object]:
+    out = msgspec.to_builtins(c)
+    out["runs"] = [_run_json(r) for r in c.runs]
+    return dict(out)
+
+
+def _print(
+    nodes: int,
+    seconds: int,
+    cases: list[Case],
+    summary: dict[str, dict[str, object]],
+    sharded: Run | None,
+    result: dict[str, object],
+) -> None:
+    print(f"power scenario: {nodes} nodes x 8 devices, {seconds} simulated s per run")
+    if len(cases) == 1:
+        c = cases[0]
+        print(
+            f"demand (uncapped mean) {c.demand_w:,.0f} W; budget {c.budget_w:,.0f} W ({c.budget_frac:.0%}); seed {c.seed}"
+        )
+        head = f"{'policy':<10}{'work (TDP-s)':>16}{'work (dev-s)':>14}{'energy kWh':>12}{'mean W':>11}{'s > budget':>12}{'s > +2%':>9}{'worst %':>9}{'commands':>10}"
         print(head)
-        for r in runs:
+        for r in c.runs + ([sharded] if sharded is not None else []):
             print(
                 f"{r.policy:<10}{r.work_tdp_s:>16,.0f}{r.work_device_s:>14,.0f}{r.energy_kwh:>12.2f}{r.mean_power_w:>11,.0f}"
-                f"{r.seconds_above_budget:>12}{r.seconds_above_budget_2pct:>9}{r.worst_overshoot_pct:>9.2f}"
+                f"{r.seconds_above_budget:>12}{r.seconds_above_budget_2pct:>9}{r.worst_overshoot_pct:>9.2f}{r.commands:>10}"
             )
+    head = f"{'budget':>7}{'seed':>6}{'xpuctl gain':>13}{'oracle gain':>13}{'share':>8}{'draw':>8}{'>+2% run':>10}{'cmd/dev-h':>11}{'static worst':>14}"
+    print(head)
+    for c in cases:
+        share = "n/a" if c.share_of_oracle_gain is None else f"{c.share_of_oracle_gain:.2f}"
         print(
-            f"xpuctl vs static: {gain:+.1f}% work (TDP-weighted), {gain_unweighted:+.1f}% in plain "
-            "device-seconds, under the same budget"
+            f"{c.budget_frac:>7.0%}{c.seed:>6}{c.xpuctl_gain_pct:>12.2f}%{c.oracle_gain_pct:>12.2f}%{share:>8}"
+            f"{c.draw_frac:>8.3f}{c.longest_above_2pct_s:>9}s{c.commands_per_device_hour:>11.0f}{c.static_worst_overshoot_pct:>13.1f}%"
         )
-        if sharded is not None:
-            print(
-                f"xpuctl in {shards} shards vs one allocator: {result['sharded_work_vs_single_pct']:+.2f}% work; "
-                f"{sharded.grant_changes_per_shard_hour:.0f} grant changes per shard-hour"
-            )
-    return 0 if gain > 0 else 1
+    for frac, row in summary.items():
+        sh = row["share_of_oracle_gain"]
+        assert isinstance(sh, dict)  # noqa: S101 - built above
+        print(
+            f"budget {float(frac):.0%}: share of the oracle's gain {sh['mean']:.2f} ({sh['min']:.2f}-{sh['max']:.2f})"
+        )
+    if sharded is not None:
+        print(
+            f"xpuctl in {result['shards']} shards vs one allocator: {result['sharded_work_vs_single_pct']:+.2f}% work"
+        )
+    print(
+        "gain: TDP-weighted work over the static cap's; share: xpuctl's gain / the oracle's; draw: xpuctl's mean power /"
+    )
+    print("budget while uncapped demand exceeds it; >+2% run: longest run above budget + 2%; static worst: the static")
+    print("cap's worst overshoot (it breaks the budget where the devices' floors exceed budget / devices)")
