@@ -17,11 +17,13 @@ healthy), its range, its weight, its recent power and its enforced limit. It the
 3. water-fills (`allocate`): every device gets its floor; the rest goes by weight up to each
    device's demand; what is still left goes by weight up to each device's ceiling. The ceiling
    is the device's maximum, lowered after a thermal event;
-4. moves each cap towards its target: a rise by at most `slew_frac` of the range per period, a
-   cut at once (the budget is the hard constraint); a change inside the deadband is skipped
-   unless skipping cuts would break the budget. "Each cap" is the cap telemetry says is
-   enforced, once the device's last command is answered and `reconcile_periods` have passed
-   (`_current`): a fail-safe, a restarted agent or a lost command is corrected, not believed away.
+4. moves caps towards the targets with as few commands as keep the budget (`_moves`): a change
+   inside the deadband waits; a rise is slewed (at most `slew_frac` of the range per period) and
+   goes only into what the plan leaves free, so it never forces a cut elsewhere; a cut the budget
+   needs goes at once, the largest first and a deadband at the least. "Each cap" is the cap
+   telemetry says is enforced, once the device's last command is answered and
+   `reconcile_periods` have passed (`_current`): a fail-safe, a restarted agent or a lost command
+   is corrected, not believed away.
 
 A thermal anomaly does not wait for the period: `emergency` cuts the device's ceiling to
 (1 - emergency_step_frac) of its power at once, and each period while the anomaly stays open it
@@ -370,6 +372,12 @@ class PowerController:
         return np.where(limited, np.fmax(current, enforced) + margin * span, recent * (1 + margin))
 
     def _moves(self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64) -> list[Command]:
+        """The fewest commands that keep the plan within the budget and move caps towards the
+        allocation (issue 17.3): a cut or a raise smaller than the deadband waits; a raise is
+        slewed and goes only into what the plan leaves free (so it never forces a cut elsewhere);
+        cuts the budget needs beyond those are taken largest first, a deadband each at the least
+        (a few meaningful commands, not many tiny ones). An unknown cap is set outright.
+        """
         span = inputs.max_w - inputs.min_w
         slew = self.cfg.slew_frac * span
         deadband = np.maximum(self.cfg.deadband_w, self.cfg.deadband_frac * span)
@@ -378,22 +386,42 @@ class PowerController:
         new = np.where(target > base, np.minimum(target, base + slew), target)
         new = np.where(known | ~np.isfinite(target), new, target)  # unknown cap: set it outright
         with np.errstate(invalid="ignore"):
-            move = s & np.isfinite(new) & (~known | (np.abs(new - base) >= deadband))
+            wanted = s & np.isfinite(new)
+            big = np.abs(new - base) >= deadband
+            move = wanted & (~known | (big & (new < base)))
+            raises = wanted & known & big & (new > base)
             if self.hold_raises:
-                move &= known & (new < base)
-        kept = np.where(s & ~move, base, new)
-        if math.isfinite(budget_w):
-            over = float(np.nansum(np.where(s, expected_w(kept, demand), 0.0))) - budget_w
-            if over > 0:  # skipped cuts are needed after all: take them, largest first
-                skipped = np.flatnonzero(s & ~move & (new < base))
-                for i in skipped[np.argsort(new[skipped] - base[skipped])]:
-                    move[i] = True
-                    over -= float(
-                        expected_w(base[i : i + 1], demand[i : i + 1])[0]
-                        - expected_w(new[i : i + 1], demand[i : i + 1])[0]
-                    )
-                    if over <= 0:
-                        break
+                move &= known
+                raises[:] = False
+        if not math.isfinite(budget_w):
+            return self._commands(inputs, move | raises, new)
+        kept = np.where(move, new, base)
+
+        def drawn(caps: F64) -> float:
+            return float(np.nansum(np.where(s, expected_w(caps, demand), 0.0)))
+
+        over = drawn(kept) - budget_w
+        if over > 0:  # cuts under the deadband are needed after all: the largest first
+            small = np.flatnonzero(wanted & known & ~move & (new < base))
+            for i in small[np.argsort(new[small] - base[small])].tolist():
+                cut = max(float(inputs.min_w[i]), min(float(new[i]), float(base[i] - deadband[i])))
+                before = float(expected_w(base[i : i + 1], demand[i : i + 1])[0])
+                over -= before - float(expected_w(np.array([cut]), demand[i : i + 1])[0])
+                new[i], kept[i], move[i] = cut, cut, True
+                if over <= 0:
+                    break
+        room = budget_w - drawn(kept)
+        up = np.flatnonzero(raises)
+        for i in up[np.argsort(base[up] - new[up])].tolist():  # the largest raise first
+            extra = float(
+                expected_w(new[i : i + 1], demand[i : i + 1])[0] - expected_w(base[i : i + 1], demand[i : i + 1])[0]
+            )
+            if extra <= room:
+                room -= extra
+                move[i] = True
+        return self._commands(inputs, move, new)
+
+    def _commands(self, inputs: Inputs, move: Mask, new: F64) -> list[Command]:
         out = []
         for i in np.flatnonzero(move).tolist():
             cap = float(np.clip(new[i], inputs.min_w[i], inputs.max_w[i]))

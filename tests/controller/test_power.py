@@ -257,3 +257,31 @@ def test_fixed_loads_are_held_for_a_time_window_and_forgotten_when_the_node_is_o
     assert np.isfinite(silent_ascend_node(window_s=120, silent_s=10)).all()  # held within the window
     assert np.isnan(silent_ascend_node(window_s=10, silent_s=12)).all()  # not past it (the node is stale)
     assert np.isnan(silent_ascend_node(window_s=120, silent_s=35)).all()  # offline: forgotten
+
+
+def test_a_raise_never_forces_a_cut_and_a_forced_cut_is_a_deadband_at_least() -> None:
+    # 8 devices of 200-700 W; the budget is all taken: devices 0-3 held at their 400 W caps want more
+    # (a raise), devices 4-7 have 400 W caps and draw 380 W
+    ctl = power.PowerController(config.Power(budget_w=8 * 400.0, deadband_frac=0.05, reserve_frac=0.0))
+    inp = inputs(8, power_w=400.0, limit_w=400.0)
+    inp.power_w[4:] = 380.0
+    inp.recent_max_w[4:] = 380.0
+    d = ctl.decide(inp)
+    cuts = [c for c in d.commands if c.cap_w < 400.0]
+    raises = [c for c in d.commands if c.cap_w > 400.0]
+    # the raises fit only what the cuts freed; every cut is at least the deadband (25 W) or to its target
+    assert all(400.0 - c.cap_w >= 25.0 - 1e-6 for c in cuts)
+    freed = sum(min(400.0, 380.0 * 1.05) - min(c.cap_w, 380.0 * 1.05) for c in cuts)
+    assert sum(c.cap_w - 400.0 for c in raises) <= freed + 1e-6
+
+
+@pytest.mark.slow  # a simulated fleet for 5 simulated minutes
+def test_a_steady_fleet_gets_at_most_a_command_per_device_per_minute() -> None:
+    from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - the simulator only here
+
+    ref = powerbench.simulate("uncapped", nodes=8, seconds=300, seed=3, budget_w=None)
+    budget = 0.7 * ref.mean_power_w
+    run = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget)
+    per_device_minute = run.commands / 64 / 5
+    assert per_device_minute <= 1.0, per_device_minute
+    assert run.seconds_above_budget_2pct <= 2 and powerbench._longest(run.series_w, budget * 1.02) <= 2
