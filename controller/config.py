@@ -117,7 +117,16 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     emergency_step_frac: Fraction = 0.3
     """A hot device's cap is cut by this fraction of its power at once, and again each period."""
     recovery_frac: Fraction = 0.05
-    """After a thermal event the device's ceiling rises by this fraction of its range per period."""
+    """After a thermal event the device's ceiling rises by this fraction of its range per period ..."""
+    thermal_settle_periods: Count = 10
+    """A device hot but no longer climbing fast is cut again (by a small step) only this many
+    periods after its last thermal cut: its temperature needs that long to answer; one still
+    climbing fast (thermal_rise) is cut by the full step each period, and a new thermal anomaly
+    acts at once."""
+    thermal_memory_periods: Count = 300
+    """... up to just under the power at which it last ran hot, for this many periods after it last
+    did; a device hot again there is cut by a small step only. So a device held near its limit
+    settles under it instead of swinging between its floor and its maximum."""
     command_ttl_s: Seconds = 10.0
     """A cap command expires this long after it is issued; it is never applied after that (agents
     refuse one that lives longer than their max_command_lifetime_s, 300 s by default)."""

@@ -149,6 +149,7 @@ class Control:
             recent_max_w=recent_max,
             limit_w=latest[:, model.M["power_limit_w"]],
             hot=hot,
+            rising=self.detectors.is_open("thermal_rise")[:n].copy(),
             measured_w=float(np.nansum(latest[:, model.M["power_w"]])),
             pending=self._pending(n),
         )

@@ -26,8 +26,11 @@ healthy), its range, its weight, its recent power and its enforced limit. It the
    is corrected, not believed away.
 
 A thermal anomaly does not wait for the period: `emergency` cuts the device's ceiling to
-(1 - emergency_step_frac) of its power at once, and each period while the anomaly stays open it
-is cut again; once it clears the ceiling recovers by `recovery_frac` of the range per period.
+(1 - emergency_step_frac) of its power at once; while the anomaly stays open it is cut again every
+`thermal_settle_periods` (the temperature needs that long to answer); once it clears the ceiling
+recovers by `recovery_frac` of the range per period, but for `thermal_memory_periods` only up to
+just under the power it last ran hot at, and a device hot again there is cut by a small step
+(`REPEAT_STEP_FRAC`): it settles near its sustainable power instead of swinging.
 With no budget set, only the thermal rules act. Pure: no clocks, no I/O.
 """
 
@@ -45,6 +48,7 @@ from xpuctl.controller.errors import InfeasibleBudget
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
+REPEAT_STEP_FRAC = 0.05  # a thermal cut, and the margin kept under the power it last ran hot at
 
 
 def fill(base: F64, top: F64, weight: F64, amount: float) -> F64:
@@ -124,6 +128,7 @@ class Inputs(msgspec.Struct, kw_only=True):
     recent_max_w: F64
     limit_w: F64
     hot: Mask
+    rising: Mask | None = None  # temperature climbing fast (thermal_rise open); None: as hot
     measured_w: float = math.nan  # the cluster's power now (all devices), for the slack feedback
     pending: Mask | None = None  # a command for the device is open (issued, not answered)
 
@@ -161,6 +166,9 @@ class PowerController:
         self.age = np.zeros(0, dtype=np.int64)  # periods since the target was asked for or applied
         self.thermal_ceiling_w = np.zeros(0)  # inf = none
         self.cut_now = np.zeros(0, dtype=bool)  # cut by `emergency` since the last period
+        self.hot_at_w = np.zeros(0)  # the lowest power it ran hot at, within the memory; inf = none
+        self.since_cut = np.zeros(0, dtype=np.int64)  # periods since its last thermal cut
+        self.since_hot = np.zeros(0, dtype=np.int64)  # periods since it was last hot
         self.reclaim_w = 0.0  # budget handed out beyond the estimates, learnt from measured power
         # set each period by the caller: a new shard owner without enough history lowers caps (the
         # budget, thermal emergencies) but raises none, and sets no unknown cap outright
@@ -174,6 +182,10 @@ class PowerController:
             self.age = np.concatenate([self.age, np.full(k, self.cfg.reconcile_periods, dtype=np.int64)])
             self.thermal_ceiling_w = np.concatenate([self.thermal_ceiling_w, np.full(k, np.inf)])
             self.cut_now = np.concatenate([self.cut_now, np.zeros(k, dtype=bool)])
+            self.hot_at_w = np.concatenate([self.hot_at_w, np.full(k, np.inf)])
+            far = np.full(k, 1 << 30, dtype=np.int64)
+            self.since_cut = np.concatenate([self.since_cut, far])
+            self.since_hot = np.concatenate([self.since_hot, far.copy()])
 
     def forget(self, slot: int) -> None:
         """The cap of `slot` is unknown again (its command failed or expired)."""
@@ -187,6 +199,8 @@ class PowerController:
             self.age[slot] = self.cfg.reconcile_periods
             self.thermal_ceiling_w[slot] = np.inf
             self.cut_now[slot] = False
+            self.hot_at_w[slot] = np.inf
+            self.since_cut[slot] = self.since_hot[slot] = 1 << 30
 
     def applied(self, slot: int, cap_w: float) -> None:
         """The agent enforces `cap_w` on `slot` now (its answer); telemetry shows it shortly."""
@@ -213,9 +227,12 @@ class PowerController:
         settled = self.age[slot] >= self.cfg.reconcile_periods and math.isfinite(limit_w)
         current = limit_w if settled or not math.isfinite(target) else target
         now = min((v for v in (power_w, current) if math.isfinite(v)), default=max_w)
-        ceiling = max(min_w, (1.0 - self.cfg.emergency_step_frac) * now)
+        step = self._step(slot)
+        ceiling = max(min_w, (1.0 - step) * now)
         self.thermal_ceiling_w[slot] = min(float(self.thermal_ceiling_w[slot]), ceiling)
         self.cut_now[slot] = True
+        self.hot_at_w[slot] = min(float(self.hot_at_w[slot]), now)
+        self.since_cut[slot] = self.since_hot[slot] = 0
         if math.isfinite(current) and current <= ceiling + 0.5:
             return None
         self._ask(slot, ceiling)
@@ -235,19 +252,48 @@ class PowerController:
             settled &= ~inputs.pending
         return np.where(settled & np.isfinite(inputs.limit_w), inputs.limit_w, asked)
 
+    def _step(self, slot: int) -> float:
+        """The fraction a thermal cut takes: the full step the first time, a small one where the
+        device ran hot lately (the cut is then near its sustainable power already).
+        """
+        if math.isfinite(float(self.hot_at_w[slot])):
+            return min(self.cfg.emergency_step_frac, REPEAT_STEP_FRAC)
+        return self.cfg.emergency_step_frac
+
     def _thermal_step(self, inputs: Inputs) -> None:
-        """Cut the ceilings of devices still hot (once per period); let the others recover."""
+        """Cut the ceilings of devices still hot; let the others recover (issue 17.3: a device held
+        near its limit settles under it instead of swinging between its floor and its maximum).
+
+        A device whose temperature still climbs fast is cut by the full step each period; one that
+        is hot but no longer climbing is cut by a small step, once its temperature had
+        `thermal_settle_periods` to answer the last cut. A cooled device's ceiling recovers, but
+        for `thermal_memory_periods` only up to just under the power it last ran hot at.
+        """
+        cfg = self.cfg
         span = inputs.max_w - inputs.min_w
-        step = 1.0 - self.cfg.emergency_step_frac
         capped = np.isfinite(self.thermal_ceiling_w)
-        hot = inputs.hot & inputs.settable & ~self.cut_now
+        self.since_cut += 1
+        self.since_hot += 1
+        hot = inputs.hot & inputs.settable
+        rising = hot & (inputs.rising if inputs.rising is not None else inputs.hot)
+        self.since_hot[hot] = 0
+        self.hot_at_w[self.since_hot > cfg.thermal_memory_periods] = np.inf
+        fast = rising & ~self.cut_now
+        slow = hot & ~rising & ~self.cut_now & (self.since_cut >= cfg.thermal_settle_periods)
         start = np.fmin(inputs.power_w, self._current(inputs))
         start = np.where(np.isfinite(start), start, inputs.max_w)
-        base = np.where(capped, self.thermal_ceiling_w, start)
-        cut = np.maximum(inputs.min_w, step * base)
-        recovering = ~inputs.hot & capped
-        grown = self.thermal_ceiling_w + self.cfg.recovery_frac * span
-        ceiling = np.where(hot, cut, np.where(recovering, grown, self.thermal_ceiling_w))
+        base = np.where(capped, np.fmin(self.thermal_ceiling_w, start), start)
+        step = np.where(fast, cfg.emergency_step_frac, min(cfg.emergency_step_frac, REPEAT_STEP_FRAC))
+        due = fast | slow
+        cut = np.maximum(inputs.min_w, (1.0 - step) * base)
+        self.hot_at_w = np.where(due, np.fmin(self.hot_at_w, start), self.hot_at_w)
+        self.since_cut[due] = 0
+        recovering = ~hot & capped
+        bound = np.where(np.isfinite(self.hot_at_w), (1.0 - REPEAT_STEP_FRAC) * self.hot_at_w, np.inf)
+        grown = np.minimum(self.thermal_ceiling_w + cfg.recovery_frac * span, np.maximum(bound, self.thermal_ceiling_w))
+        ceiling = np.where(
+            due, np.fmin(self.thermal_ceiling_w, cut), np.where(recovering, grown, self.thermal_ceiling_w)
+        )
         ceiling[recovering & (grown >= inputs.max_w)] = np.inf
         self.thermal_ceiling_w = ceiling
         self.cut_now[:] = False

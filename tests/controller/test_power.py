@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -9,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpuctl.controller import config
-from xpuctl.controller.core import control, power
+from xpuctl.controller.core import control, ledger, power
 from xpuctl.controller.errors import InfeasibleBudget
 from xpuctl.controller.lab.simcluster import SimCluster
 
@@ -128,7 +130,7 @@ def test_infeasible_budget_is_reported_not_raised() -> None:
 
 
 def test_emergency_cuts_at_once_and_the_ceiling_recovers_slowly() -> None:
-    cfg = config.Power(budget_w=None, emergency_step_frac=0.3, recovery_frac=0.05)
+    cfg = config.Power(budget_w=None, emergency_step_frac=0.3, recovery_frac=0.05, thermal_memory_periods=100)
     ctl = power.PowerController(cfg)
     ctl.grow(8)
     cmd = ctl.emergency(2, min_w=200.0, max_w=700.0, power_w=600.0, limit_w=700.0, why="thermal")
@@ -137,7 +139,7 @@ def test_emergency_cuts_at_once_and_the_ceiling_recovers_slowly() -> None:
     hot.hot[2] = True
     ctl.decide(hot)  # the period of the emergency: no second cut yet
     assert ctl.thermal_ceiling_w[2] == pytest.approx(420.0)
-    ctl.decide(hot)  # still hot a period later: cut again
+    ctl.decide(hot)  # still hot and climbing a period later: cut again by the full step
     assert ctl.thermal_ceiling_w[2] == pytest.approx(294.0)
     cool = inputs(8, power_w=290.0, limit_w=294.0)
     d = ctl.decide(cool)
@@ -145,7 +147,30 @@ def test_emergency_cuts_at_once_and_the_ceiling_recovers_slowly() -> None:
     assert [c.cap_w for c in d.commands if c.slot == 2] == [pytest.approx(319.0)]
     for _ in range(20):
         ctl.decide(cool)
-    assert np.isinf(ctl.thermal_ceiling_w[2])
+    # it recovers, but only to just under the power it last ran hot at (420 W), while it remembers
+    assert ctl.thermal_ceiling_w[2] == pytest.approx(0.95 * 420.0)
+    for _ in range(100):
+        ctl.decide(cool)
+    assert np.isinf(ctl.thermal_ceiling_w[2])  # forgotten after thermal_memory_periods
+
+
+def test_a_device_held_near_its_limit_settles_instead_of_swinging() -> None:
+    cfg = config.Power(budget_w=None, emergency_step_frac=0.3, thermal_settle_periods=10)
+    ctl = power.PowerController(cfg)
+    ctl.grow(1)
+    ctl.emergency(0, min_w=200.0, max_w=700.0, power_w=700.0, limit_w=700.0, why="thermal")  # to 490 W
+    warm = inputs(1, power_w=490.0, limit_w=490.0)
+    warm.hot[0] = True
+    warm.rising = np.zeros(1, dtype=bool)  # hot, but no longer climbing fast
+    ceilings = []
+    for _ in range(30):
+        ctl.decide(warm)
+        warm.power_w[0] = warm.limit_w[0] = min(490.0, float(ctl.thermal_ceiling_w[0]))
+        ceilings.append(float(ctl.thermal_ceiling_w[0]))
+    # a small step (5%) every 10 periods, never a dive to the floor
+    assert ceilings[0] == pytest.approx(490.0) and ceilings[9] == pytest.approx(490.0 * 0.95)
+    assert ceilings[19] == pytest.approx(490.0 * 0.95**2) and min(ceilings) > 400.0
+    assert all(b <= a for a, b in itertools.pairwise(ceilings))  # monotone
 
 
 def test_a_device_at_its_floor_is_not_cut_again() -> None:
@@ -285,3 +310,26 @@ def test_a_steady_fleet_gets_at_most_a_command_per_device_per_minute() -> None:
     per_device_minute = run.commands / 64 / 5
     assert per_device_minute <= 1.0, per_device_minute
     assert run.seconds_above_budget_2pct <= 2 and powerbench._longest(run.series_w, budget * 1.02) <= 2
+
+
+@pytest.mark.slow  # a simulated node for 11 simulated minutes
+def test_a_simulated_thermal_runaway_settles_under_the_slowdown_temperature() -> None:
+    from xpuctl.agent.drivers.sim import faults  # noqa: PLC0415 - the simulator only here
+
+    fault = faults.parse("thermal_runaway:dev=0:at=20:for=600")
+    sim = SimCluster(["nvidia"], workloads=["training"], node_faults={0: [fault]}, cfg=config.Config(), seed=1)
+    caps, temps = [], []
+    pending: list[ledger.Entry] = []
+    for _ in range(700):
+        sim.apply(pending)
+        out = sim.step(1.0)
+        pending = out.send + sim.tick().send
+        caps.append(float(sim.nodes[0].cap_w[0]))
+        temps.append(float(sim.nodes[0].temp_c[0]))
+    moves = np.sign(np.diff(caps))
+    moves = moves[moves != 0]
+    reversals = int(np.sum(moves[1:] != moves[:-1]))
+    slowdown = sim.nodes[0].profiles[0].temp_slowdown_c
+    assert reversals <= 3, caps[::10]  # down while hot, up once the fault is over: no saw-tooth
+    assert max(temps) < slowdown and min(caps[30:600]) > sim.nodes[0].limit_min_w[0]  # never dived to the floor
+    assert caps[-1] == pytest.approx(sim.nodes[0].limit_max_w[0], rel=0.01)  # back up after the fault
