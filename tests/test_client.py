@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import time
 from typing import Any
 
@@ -115,5 +116,26 @@ async def test_the_readme_example_runs() -> None:
     ctl = await RunningService(svc).start()
     try:
         assert await asyncio.to_thread(scope["roomiest"], 4, ctl.target) == []
+    finally:
+        await ctl.stop()
+
+
+async def test_xpuctl_events_hides_debug_events_unless_verbose() -> None:
+    from tests.helpers import xpuctl  # noqa: PLC0415
+
+    svc = make_service(None)
+    ctl = await RunningService(svc).start()
+    try:
+        now = time.time_ns()
+        svc.state.publish(
+            [
+                events.Event(timestamp_ns=now, kind="action.issued", severity="debug", message="cap gpu-1 at 500 W"),
+                events.Event(timestamp_ns=now + 1, kind="power.period", message="power loop: 1 cap(s) changed"),
+            ]
+        )
+        rc, out, _ = await xpuctl(ctl.target, "events", "--since", "1m", "--seconds", "1", "--json")
+        assert rc == 0 and [json.loads(x)["kind"] for x in out.splitlines()] == ["power.period"]
+        rc, out, _ = await xpuctl(ctl.target, "events", "--since", "1m", "--seconds", "1", "--json", "--verbose")
+        assert rc == 0 and [json.loads(x)["kind"] for x in out.splitlines()] == ["action.issued", "power.period"]
     finally:
         await ctl.stop()

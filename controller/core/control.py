@@ -304,7 +304,8 @@ class Control:
                 parts.append(self.recent_max_w(np.arange(start, min(n, start + STEP_DEVICES), dtype=np.int64), now_ns))
                 yield
             self.power.hold_raises = now_ns < self.hold_raises_until_ns
-            decision = self.power.decide(self.inputs(now_ns, recent_max=np.concatenate(parts)))
+            inputs = self.inputs(now_ns, recent_max=np.concatenate(parts))
+            decision = self.power.decide(inputs)
             self.last_decision = decision
             out.events.extend(
                 self._feasibility(
@@ -317,6 +318,8 @@ class Control:
             )
             for cmd in decision.commands:
                 self._issue(cmd, now_ns, out)
+            if decision.commands:
+                out.events.append(self._period_event(decision, inputs, now_ns))
             yield
         send, expired, evs = self.ledger.due(now_ns)
         for e in expired:
@@ -325,6 +328,23 @@ class Control:
         out.events.extend(evs)
         seen = {e.id for e in out.send}
         out.send.extend(e for e in send if e.id not in seen)
+
+    def _period_event(self, decision: power.Decision, inputs: power.Inputs, now_ns: int) -> events.Event:
+        """One line for a period's commands (issue 17.5): what operators read, where each command
+        is a `debug` event of its own (on the bus, and in `xpuctl events --verbose`).
+        """
+        n = len(decision.commands)
+        with np.errstate(invalid="ignore"):
+            cuts = sum(1 for c in decision.commands if not c.cap_w >= inputs.limit_w[c.slot])
+        draw_w = inputs.measured_w if math.isfinite(inputs.measured_w) else 0.0
+        budget = f"budget {self.power.budget_w / 1e3:,.1f} kW" if self.power.budget_w is not None else "no budget"
+        return events.Event(
+            timestamp_ns=now_ns,
+            kind="power.period",
+            message=f"power loop: {n} cap(s) changed ({cuts} down, {n - cuts} up), {budget}, draw {draw_w / 1e3:,.1f} kW",
+            value=float(n),
+            threshold=self.power.budget_w or 0.0,
+        )
 
     def _feasibility(
         self, now_ns: int, *, feasible: bool, message: str, value: float = 0.0, threshold: float = 0.0

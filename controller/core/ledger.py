@@ -67,8 +67,13 @@ class Ledger:
         self.unbound: dict[str, str] = {}  # device uuid -> id of a restored command without a slot yet
         self.version = 0  # bumped whenever the set of open commands changes (what is saved)
 
-    def _event(self, e: Entry, kind: str, now_ns: int, message: str, severity: str = "info") -> events.Event:
+    def _event(self, e: Entry, kind: str, now_ns: int, message: str, severity: str = "") -> events.Event:
+        """An action.<kind> event. A routine command's life (issued, applied, superseded) is
+        `debug`: operators read one `power.period` line per period instead (issue 17.5); an
+        emergency's is `info`, a failure or an expiry `warning`.
+        """
         self.totals[kind] = self.totals.get(kind, 0) + 1
+        severity = severity or ("info" if e.urgent else "debug")
         return events.Event(
             timestamp_ns=now_ns,
             kind=f"action.{kind}",

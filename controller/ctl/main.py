@@ -472,6 +472,11 @@ def _add_commands(sub: argparse._SubParsersAction) -> list[argparse._SubParsersA
     ev.add_argument("--kind", action="append", default=[], help="kind prefix, e.g. anomaly. (repeatable)")
     ev.add_argument("--node", default="")
     ev.add_argument("--json", action="store_true", help="one JSON object per line")
+    ev.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also debug events: each routine power-cap command (else one power.period line per period)",
+    )
     b = sub.add_parser("budget", help="show the power budget, or set it (W; 0 removes it)")
     b.add_argument("watts", nargs="?", type=float)
     b.add_argument("--json", action="store_true")
@@ -621,7 +626,9 @@ def _priority(args: argparse.Namespace, xpu: Client, console: Console) -> int:
     return 0
 
 
-def _print_event(e: cpb.Event, *, as_json: bool) -> None:
+def _print_event(e: cpb.Event, *, as_json: bool, verbose: bool) -> None:
+    if e.severity == "debug" and not verbose:
+        return
     if as_json:
         print(json.dumps(event_json(e)), flush=True)
     else:
@@ -635,14 +642,14 @@ def _events(args: argparse.Namespace, xpu: Client) -> None:
         for e in xpu.events(
             kinds=args.kind, node_id=args.node, device_uuid=args.device, since_ns=args.since, seconds=args.seconds
         ):
-            _print_event(e, as_json=args.json)
+            _print_event(e, as_json=args.json, verbose=args.verbose)
         return
 
     def gone(exc: ClientError) -> None:  # once per outage
         print(f"xpuctl: events: controller gone ({exc.code}); reconnecting...", file=sys.stderr, flush=True)
 
     for e in xpu.watch(kinds=args.kind, node_id=args.node, device_uuid=args.device, since_ns=args.since, on_gone=gone):
-        _print_event(e, as_json=args.json)
+        _print_event(e, as_json=args.json, verbose=args.verbose)
 
 
 def tls_settings(args: argparse.Namespace) -> Tls | None:

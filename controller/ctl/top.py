@@ -84,6 +84,8 @@ class Top:
         while True:
             try:
                 async for e in xpu.watch():  # across outages by itself; the poll reports them
+                    if e.severity == "debug":  # a routine command: its period's power.period line says it
+                        continue
                     self.events.append(
                         dashboard.EventRow(
                             timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -77,9 +78,10 @@ def snapshot(state: hub.Hub, now_ns: int, history: list[float], title: str = "xp
         for d in state.views.devices(now_ns)
     ]
     s = state.views.summary(now_ns)
+    shown = [e for e in itertools.islice(reversed(state.recent_events), 2000) if e.severity != "debug"][:50]
     events = [
         dashboard.EventRow(timestamp_ns=e.timestamp_ns, kind=e.kind, severity=e.severity, message=e.message)
-        for e in list(state.recent_events)[-50:]
+        for e in reversed(shown)  # routine commands are summed up by power.period lines
     ]
     return dashboard.build(
         rows,

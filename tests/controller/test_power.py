@@ -333,3 +333,29 @@ def test_a_simulated_thermal_runaway_settles_under_the_slowdown_temperature() ->
     assert reversals <= 3, caps[::10]  # down while hot, up once the fault is over: no saw-tooth
     assert max(temps) < slowdown and min(caps[30:600]) > sim.nodes[0].limit_min_w[0]  # never dived to the floor
     assert caps[-1] == pytest.approx(sim.nodes[0].limit_max_w[0], rel=0.01)  # back up after the fault
+
+
+def test_a_period_with_commands_says_so_in_one_line_and_each_command_is_debug() -> None:
+    from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - the simulator only here
+
+    cfg = config.Config(power=config.Power(budget_w=0.6 * 8 * 8 * 500.0))
+    sim = SimCluster(powerbench.vendors_for(8), workloads=["training"] * 8, seed=2, cfg=cfg)
+    periods, routine = 0, 0
+    pending: list[ledger.Entry] = []
+    for _ in range(40):
+        sim.apply(pending)
+        out = sim.step(1.0)
+        tick = sim.tick()
+        pending = out.send + tick.send
+        lines = [e for e in tick.events if e.kind == "power.period"]
+        commands = [e for e in tick.events if e.kind == "action.issued"]
+        assert len(lines) == (1 if commands else 0)
+        if lines:
+            periods += 1
+            assert lines[0].value == len(commands) and lines[0].message.startswith(
+                f"power loop: {len(commands)} cap(s)"
+            )
+            assert "budget 19.2 kW, draw " in lines[0].message  # 0.6 x 64 x 500 W
+        routine += sum(1 for e in commands if e.severity == "debug")
+        assert all(e.severity == ("info" if "emergency" in e.message else "debug") for e in commands)
+    assert periods and routine
