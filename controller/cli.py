@@ -230,6 +230,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--seeds", type=cli.positive(int), default=None, help="power scenario: this many seeds (default 3)"
     )
+    bench.add_argument(
+        "--capacity",
+        action="store_true",
+        help="power scenario: also how many devices a feed of the TDP of --nodes carries, by policy (5%% work lost)",
+    )
     bench.add_argument("--devices", type=cli.positive(int), default=10_000)
     bench.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     bench.add_argument("--interval-s", type=cli.positive(float), default=1.0)
@@ -416,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             list(range(args.seed, args.seed + (args.seeds or 3))),
             as_json=args.json,
             shards=args.shards or 1,
+            with_capacity=args.capacity,
         )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd

@@ -259,6 +259,67 @@ def case(ref: Run, nodes: int, seconds: int, frac: float, seed: int, power: conf
     )
 
 
+class Capacity(msgspec.Struct, frozen=True, kw_only=True):
+    """How many devices of the mix a fixed feed carries, by policy (issue 17.4)."""
+
+    feed_w: float  # the facility's budget: the TDP of `tdp_nodes` nodes
+    max_loss: float  # the most work a policy may lose against the same fleet uncapped
+    tdp_devices: int  # provisioned by TDP: every device at its TDP fits the feed
+    static_devices: int
+    xpuctl_devices: int
+    loss_at: dict[str, dict[int, float]]  # policy -> nodes -> work lost (fraction), as searched
+
+
+def _tdp_w(nodes: int) -> float:
+    cluster = SimCluster(vendors_for(nodes), seed=0)
+    return float(sum(n.tdp_w.sum() for n in cluster.nodes))
+
+
+def capacity(tdp_nodes: int, seconds: int, seed: int, *, max_loss: float = 0.05) -> Capacity:
+    """The facility budget is the TDP of `tdp_nodes` nodes (what provisioning by TDP fits); for the
+    static cap and for xpuctl, the most nodes of the same mix that run under it losing at most
+    `max_loss` of the work they would do uncapped (a search over the node count).
+    """
+    feed = _tdp_w(tdp_nodes)
+    uncapped: dict[int, float] = {}
+    loss_at: dict[str, dict[int, float]] = {"static": {}, "xpuctl": {}}
+
+    def loss(policy: str, nodes: int) -> float:
+        if nodes not in uncapped:
+            uncapped[nodes] = simulate("uncapped", nodes=nodes, seconds=seconds, seed=seed, budget_w=None).work_tdp_s
+        if nodes not in loss_at[policy]:
+            run = simulate(policy, nodes=nodes, seconds=seconds, seed=seed, budget_w=feed)
+            loss_at[policy][nodes] = round(1 - run.work_tdp_s / uncapped[nodes], 4)
+            print(
+                f"bench power: capacity: {policy} on {nodes} nodes loses {loss_at[policy][nodes]:.1%}", file=sys.stderr
+            )
+        return loss_at[policy][nodes]
+
+    most = {}
+    for policy in ("static", "xpuctl"):
+        lo, hi = tdp_nodes, tdp_nodes * 2
+        if loss(policy, lo) > max_loss:  # not even the TDP's count: search below it
+            lo, hi = 0, tdp_nodes
+        else:
+            while loss(policy, hi) <= max_loss:  # grow until it loses too much
+                lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if loss(policy, mid) <= max_loss:
+                lo = mid
+            else:
+                hi = mid
+        most[policy] = lo
+    return Capacity(
+        feed_w=round(feed, 1),
+        max_loss=max_loss,
+        tdp_devices=tdp_nodes * 8,
+        static_devices=most["static"] * 8,
+        xpuctl_devices=most["xpuctl"] * 8,
+        loss_at=loss_at,
+    )
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": round(sum(values) / len(values), 3), "min": min(values), "max": max(values)}
 
@@ -271,6 +332,7 @@ def run(
     *,
     as_json: bool,
     shards: int = 1,
+    with_capacity: bool = False,
 ) -> int:
     """Every seed at every budget fraction; print a table (or JSON); exit 0 when xpuctl did more
     work than the static cap wherever the static cap kept the budget.
@@ -322,6 +384,11 @@ def run(
         "summary": summary,
         "cpu_s": round(time.process_time() - t0, 1),
     }
+    cap = None
+    if with_capacity:
+        print("bench power: capacity under a fixed feed ...", file=sys.stderr)
+        cap = capacity(nodes, seconds, seeds[0])
+        result["capacity"] = msgspec.to_builtins(cap)
     if sharded is not None:
         result["shards"] = shards
         result["sharded"] = _run_json(sharded)
@@ -331,6 +398,12 @@ def run(
         sys.stdout.write("\n")
     else:
         _print(nodes, seconds, cases, summary, sharded, result)
+        if cap is not None:
+            print(
+                f"capacity under a feed of {cap.feed_w / 1e3:,.1f} kW (the TDP of {nodes} nodes), losing at most "
+                f"{cap.max_loss:.0%} of the work: by TDP {cap.tdp_devices} devices, static cap {cap.static_devices}, "
+                f"xpuctl {cap.xpuctl_devices} ({100 * (cap.xpuctl_devices / cap.tdp_devices - 1):+.0f}% over TDP)"
+            )
     kept = [c for c in cases if c.static_worst_overshoot_pct <= 2.0]
     return 0 if all(c.xpuctl_gain_pct > 0 for c in kept) else 1
 

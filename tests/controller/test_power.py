@@ -359,3 +359,17 @@ def test_a_period_with_commands_says_so_in_one_line_and_each_command_is_debug() 
         routine += sum(1 for e in commands if e.severity == "debug")
         assert all(e.severity == ("info" if "emergency" in e.message else "debug") for e in commands)
     assert periods and routine
+
+
+@pytest.mark.slow  # a dozen short simulations
+def test_capacity_under_a_fixed_feed_is_the_most_nodes_within_the_loss() -> None:
+    from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - the simulator only here
+
+    cap = powerbench.capacity(4, 120, 0)
+    assert cap.tdp_devices == 32 and cap.feed_w > 0
+    for policy, devices in (("static", cap.static_devices), ("xpuctl", cap.xpuctl_devices)):
+        nodes = devices // 8
+        tried = cap.loss_at[policy]
+        assert nodes == 0 or tried[nodes] <= cap.max_loss  # it fits ...
+        assert tried[nodes + 1] > cap.max_loss  # ... and one more node does not
+    assert cap.xpuctl_devices >= cap.static_devices
