@@ -235,6 +235,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="power scenario: also how many devices a feed of the TDP of --nodes carries, by policy (5%% work lost)",
     )
+    bench.add_argument(
+        "--alpha-sweep",
+        action="store_true",
+        help="power scenario: also the results across the throughput curve's plausible range (first seed)",
+    )
     bench.add_argument("--devices", type=cli.positive(int), default=10_000)
     bench.add_argument("--devices-per-node", type=cli.positive(int), default=8)
     bench.add_argument("--interval-s", type=cli.positive(float), default=1.0)
@@ -422,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             as_json=args.json,
             shards=args.shards or 1,
             with_capacity=args.capacity,
+            with_sweep=args.alpha_sweep,
         )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd
