@@ -170,6 +170,7 @@ class PowerController:
         self.since_cut = np.zeros(0, dtype=np.int64)  # periods since its last thermal cut
         self.since_hot = np.zeros(0, dtype=np.int64)  # periods since it was last hot
         self.reclaim_w = 0.0  # budget handed out beyond the estimates, learnt from measured power
+        self._slack: list[float] = []  # measured slack of the periods since the last reclaim step
         # set each period by the caller: a new shard owner without enough history lowers caps (the
         # budget, thermal emergencies) but raises none, and sets no unknown cap outright
         self.hold_raises = False
@@ -395,16 +396,25 @@ class PowerController:
         return self.budget_w * (1 - self.cfg.reserve_frac) - fixed_w + reclaim_w
 
     def _reclaim(self, inputs: Inputs) -> float:
-        """Slack feedback: estimates are peaks, so measured power runs below the budget; hand the
-        measured slack out too, and take it back at once (and more) when power exceeds the budget.
+        """Slack feedback: estimates are peaks, so measured power runs below the budget; hand a
+        share of the measured slack out too. Slowly and in steps (issue 17.2): the mean slack of
+        `reclaim_periods` periods once per that many, so that the caps do not chase every period's
+        noise; taken back at once, and twice over, when power exceeds the budget.
         """
         if self.budget_w is None or not math.isfinite(inputs.measured_w):
             return self.reclaim_w
         target = self.budget_w * (1 - self.cfg.reclaim_margin_frac)
-        slack = target - inputs.measured_w
-        gain = self.cfg.reclaim_gain if slack > 0 else 2 * self.cfg.reclaim_gain
         limit = self.cfg.reclaim_max_frac * self.budget_w
-        self.reclaim_w = min(max(self.reclaim_w + gain * slack, 0.0), limit)
+        if inputs.measured_w > self.budget_w:
+            self.reclaim_w = max(0.0, self.reclaim_w - 2 * (inputs.measured_w - target))
+            self._slack.clear()
+        else:
+            self._slack.append(target - inputs.measured_w)
+            if len(self._slack) >= self.cfg.reclaim_periods:
+                mean = sum(self._slack) / len(self._slack)
+                self.reclaim_w = min(max(self.reclaim_w + self.cfg.reclaim_gain * mean, 0.0), limit)
+                self._slack.clear()
+        self.reclaim_w = min(self.reclaim_w, limit)
         return self.reclaim_w
 
     def _demand(self, inputs: Inputs, current: F64) -> F64:

@@ -373,3 +373,20 @@ def test_capacity_under_a_fixed_feed_is_the_most_nodes_within_the_loss() -> None
         assert nodes == 0 or tried[nodes] <= cap.max_loss  # it fits ...
         assert tried[nodes + 1] > cap.max_loss  # ... and one more node does not
     assert cap.xpuctl_devices >= cap.static_devices
+
+
+def test_the_slack_feedback_steps_once_per_reclaim_periods_and_gives_back_at_once() -> None:
+    cfg = config.Power(budget_w=8 * 400.0, reclaim_max_frac=0.1, reclaim_gain=0.5, reclaim_periods=10)
+    ctl = power.PowerController(cfg)
+    inp = inputs(8, power_w=300.0, limit_w=400.0)
+    inp.measured_w = 2400.0  # the budget is 3200 W, aimed at 3136 W: 736 W of slack
+    seen = []
+    for _ in range(20):
+        ctl.decide(inp)
+        seen.append(ctl.reclaim_w)
+    assert seen[:9] == [0.0] * 9  # nothing until a step's periods are in
+    assert seen[9] == pytest.approx(320.0)  # half the mean slack, capped at 10% of the budget
+    assert seen[10:19] == [seen[9]] * 9 and seen[19] == pytest.approx(320.0)
+    inp.measured_w = 3300.0  # over the budget: taken back at once, twice the excess over the aim
+    ctl.decide(inp)
+    assert ctl.reclaim_w == 0.0
