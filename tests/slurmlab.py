@@ -146,7 +146,10 @@ class Slurm:
 
     def run(self, *argv: str, check: bool = True, timeout_s: float = CALL_TIMEOUT_S) -> str:
         """A Slurm client command under a timeout; its stdout."""
-        done = subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=timeout_s, check=False)
+        # in the lab's folder: sbatch writes its jobs' output (slurm-<id>.out) where it is run
+        done = subprocess.run(
+            list(argv), capture_output=True, text=True, env=self.env, cwd=self.root, timeout=timeout_s, check=False
+        )
         if check and done.returncode != 0:
             msg = f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}"
             raise RuntimeError(msg)
