@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from typing import Any, cast
@@ -34,7 +35,7 @@ def default_address() -> str:
     text = os.environ.get("XPUCTL_CONTROLLER") or f"127.0.0.1:{cli.GRPC_PORT}"
     try:
         return cli.address(text)
-    except Exception as exc:  # argparse's type error, from the shared parser
+    except argparse.ArgumentTypeError as exc:  # the shared argument type's error
         msg = f"XPUCTL_CONTROLLER: {exc}"
         raise ValueError(msg) from exc
 
@@ -113,7 +114,7 @@ def error_of(exc: grpc.RpcError, address: str) -> ClientError:
 
 
 def devices_request(node_id: str, vendor: str, health: str) -> cpb.ListDevicesRequest:
-    """A ListDevices request; `health` by name (`healthy`, `degraded`, ...; empty: any).
+    """A ListDevices request; `health` by name (`ok`, `degraded`, ...; empty: any).
 
     Raises:
         ValueError: an unknown health name.

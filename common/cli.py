@@ -83,12 +83,19 @@ class ArgumentParser(argparse.ArgumentParser):
                 child.add_argument(*names, **{**kwargs, "default": argparse.SUPPRESS})
 
 
+def package_version() -> str:
+    """The installed package's version, `unknown` when it is run from a tree not installed."""
+    try:
+        return importlib.metadata.version("xpuctl")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def version(program: str) -> str:
     """`PROGRAM VERSION (Python X.Y.Z)`, what `--version` prints."""
-    try:
-        number = importlib.metadata.version("xpuctl")
-    except importlib.metadata.PackageNotFoundError:
-        number = "unknown (not installed)"
+    number = package_version()
+    if number == "unknown":
+        number += " (not installed)"
     return f"{program} {number} (Python {platform.python_version()})"
 
 

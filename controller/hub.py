@@ -361,7 +361,8 @@ class Hub:
             for other in orphaned
         ]
         self.publish(evs)
-        return job, [self._unfit(slot) for _, _, slot in granted if self._unfit(slot)]
+        verdicts = [self._unfit(slot) for _, _, slot in granted]
+        return job, [v for v in verdicts if v]
 
     def _unfit(self, slot: int) -> str:
         """What makes a device unfit for new work ("" when nothing does)."""

@@ -46,9 +46,11 @@ METRICS: tuple[str, ...] = (
 # `xpu.v1.Health` numbers and the names the CLI, /metrics (OTel hw.state) and JSON use.
 HEALTH: dict[int, str] = {1: "ok", 2: "degraded", 3: "failed", 4: "unknown"}
 HEALTH_UNKNOWN = 4
+HEALTH_FAILED = 3
 
 # `xpu.v1.NodeStatus` numbers and their names.
 NODE_STATUS: dict[int, str] = {1: "online", 2: "stale", 3: "offline"}
+NODE_ONLINE = 1
 
 # Node ids become MQTT topic levels and file names: keep them plain.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

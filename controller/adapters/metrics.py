@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import importlib.metadata
 import logging
 import math
 import platform
@@ -26,16 +25,13 @@ from collections.abc import Awaitable
 
 import numpy as np
 
-from xpuctl.common import tls
+from xpuctl.common import cli, tls
 from xpuctl.controller import hub
 from xpuctl.controller.core import model, registry
 from xpuctl.protos import names
 
 log = logging.getLogger("xpu.controller.metrics")
-try:
-    VERSION = importlib.metadata.version("xpuctl")
-except importlib.metadata.PackageNotFoundError:  # run from a tree that is not installed
-    VERSION = "unknown"
+VERSION = cli.package_version()
 
 # (metric in the store, Prometheus name, type, help, extra labels)
 DEVICE_METRICS: tuple[tuple[str, str, str, str, str], ...] = (

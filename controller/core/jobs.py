@@ -67,7 +67,6 @@ class Jobs:
         self.ended: collections.deque[Job] = collections.deque(maxlen=MAX_ENDED)
         self.job_of_uuid: dict[str, str] = {}
         self.slot_of_uuid: dict[str, int] = {}
-        self.version = 0  # changes with every start and end (the state file saves then)
         self.unplaced: set[str] = set()  # devices of restored running jobs not seen since
         self._acc = np.zeros(0)  # joules integrated per slot since its job began
         self._last_ts = np.zeros(0, dtype=np.int64)
@@ -118,7 +117,6 @@ class Jobs:
             self._acc[slot], self._active[slot] = 0.0, True
             self._last_ts[slot] = store.newest_ts[slot]
             self._last_w[slot] = store.newest[slot, model.M["power_w"]]
-        self.version += 1
         return job, orphaned
 
     def end(self, job_id: str, node_id: str, store: ring.RingStore, now_ns: int) -> Job | None:
@@ -129,7 +127,6 @@ class Jobs:
         for d in job.devices:
             if d.node_id == node_id and not d.end_ns:
                 self._end_device(job_id, d.uuid, store, now_ns)
-        self.version += 1
         return job
 
     def _end_device(self, job_id: str, uuid: str, store: ring.RingStore, now_ns: int) -> None:

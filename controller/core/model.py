@@ -24,7 +24,7 @@ COUNTERS: tuple[int, ...] = tuple(
 
 HEALTH_NAMES = names.HEALTH
 HEALTH_UNKNOWN = names.HEALTH_UNKNOWN
-HEALTH_FAILED = next(k for k, v in names.HEALTH.items() if v == "failed")
+HEALTH_FAILED = names.HEALTH_FAILED
 
 ID_PATTERN = names.ID_PATTERN
 

@@ -253,13 +253,16 @@ class PowerController:
             settled &= ~inputs.pending
         return np.where(settled & np.isfinite(inputs.limit_w), inputs.limit_w, asked)
 
+    @property
+    def _small_step(self) -> float:
+        """The thermal cut of a device that is near its sustainable power already."""
+        return min(self.cfg.emergency_step_frac, REPEAT_STEP_FRAC)
+
     def _step(self, slot: int) -> float:
         """The fraction a thermal cut takes: the full step the first time, a small one where the
-        device ran hot lately (the cut is then near its sustainable power already).
+        device ran hot lately.
         """
-        if math.isfinite(float(self.hot_at_w[slot])):
-            return min(self.cfg.emergency_step_frac, REPEAT_STEP_FRAC)
-        return self.cfg.emergency_step_frac
+        return self._small_step if math.isfinite(float(self.hot_at_w[slot])) else self.cfg.emergency_step_frac
 
     def _thermal_step(self, inputs: Inputs) -> None:
         """Cut the ceilings of devices still hot; let the others recover (issue 17.3: a device held
@@ -284,7 +287,7 @@ class PowerController:
         start = np.fmin(inputs.power_w, self._current(inputs))
         start = np.where(np.isfinite(start), start, inputs.max_w)
         base = np.where(capped, np.fmin(self.thermal_ceiling_w, start), start)
-        step = np.where(fast, cfg.emergency_step_frac, min(cfg.emergency_step_frac, REPEAT_STEP_FRAC))
+        step = np.where(fast, cfg.emergency_step_frac, self._small_step)
         due = fast | slow
         cut = np.maximum(inputs.min_w, (1.0 - step) * base)
         self.hot_at_w = np.where(due, np.fmin(self.hot_at_w, start), self.hot_at_w)
@@ -456,22 +459,22 @@ class PowerController:
         def drawn(caps: F64) -> float:
             return float(np.nansum(np.where(s, expected_w(caps, demand), 0.0)))
 
+        def one(i: int, cap: float) -> float:  # what device i is expected to draw under `cap`
+            return min(cap, max(float(demand[i]), 0.0))
+
         over = drawn(kept) - budget_w
         if over > 0:  # cuts under the deadband are needed after all: the largest first
             small = np.flatnonzero(wanted & known & ~move & (new < base))
             for i in small[np.argsort(new[small] - base[small])].tolist():
                 cut = max(float(inputs.min_w[i]), min(float(new[i]), float(base[i] - deadband[i])))
-                before = float(expected_w(base[i : i + 1], demand[i : i + 1])[0])
-                over -= before - float(expected_w(np.array([cut]), demand[i : i + 1])[0])
+                over -= one(i, float(base[i])) - one(i, cut)
                 new[i], kept[i], move[i] = cut, cut, True
                 if over <= 0:
                     break
         room = budget_w - drawn(kept)
         up = np.flatnonzero(raises)
         for i in up[np.argsort(base[up] - new[up])].tolist():  # the largest raise first
-            extra = float(
-                expected_w(new[i : i + 1], demand[i : i + 1])[0] - expected_w(base[i : i + 1], demand[i : i + 1])[0]
-            )
+            extra = one(i, float(new[i])) - one(i, float(base[i]))
             if extra <= room:
                 room -= extra
                 move[i] = True

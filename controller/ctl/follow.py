@@ -21,6 +21,22 @@ KINDS = ("anomaly.", "device.", "node.")  # what can change a node's verdict
 BURST_S = 0.2
 
 
+async def devices_by_node(xpu: AsyncClient, which: set[str] | None) -> dict[str, list[cpb.Device]]:
+    """The devices of `which` nodes (None: every node), by node.
+
+    Raises:
+        ClientError: the controller did not answer.
+    """
+    if which is None:
+        devices = await xpu.devices()
+    else:
+        devices = [d for n in sorted(which) for d in await xpu.devices(node_id=n)]
+    out: dict[str, list[cpb.Device]] = {}
+    for d in devices:
+        out.setdefault(d.node_id, []).append(d)
+    return out
+
+
 async def run(
     xpu: AsyncClient,
     judge: Callable[[set[str] | None], Awaitable[float | None]],

@@ -36,7 +36,6 @@ CONDITION = "XpuHealthy"
 CORDON_ANNOTATION = "hami.io/device-cordon"
 TAINT_KEY = "xpuctl.io/unhealthy"
 EVENT_NAMESPACE = "default"
-ONLINE = next(k for k, v in names.NODE_STATUS.items() if v == "online")
 
 
 def condition_of(devices: Iterable[cpb.Device]) -> tuple[str, str, str]:
@@ -44,7 +43,7 @@ def condition_of(devices: Iterable[cpb.Device]) -> tuple[str, str, str]:
     devices = list(devices)
     if not devices:
         return "Unknown", "NoDevices", "xpuctl knows no device on this node"
-    if all(d.node_status != ONLINE for d in devices):
+    if all(d.node_status != names.NODE_ONLINE for d in devices):
         return "Unknown", "NodeOffline", "its xpuctl agent is not streaming: device health is not known"
     problems = slurm.unfit(devices)
     if not problems:
@@ -214,17 +213,11 @@ async def _round(xpu: AsyncClient, kube: Kube, which: set[str] | None, *, taint:
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
     try:
-        if which is None:
-            devices = await xpu.devices()
-        else:
-            devices = [d for n in sorted(which) for d in await xpu.devices(node_id=n)]
+        by_node = await follow.devices_by_node(xpu, which)
         nodes = await asyncio.to_thread(kube.nodes)
     except (ClientError, ApiException, OSError) as exc:
         _say(f"{exc}; nothing changed")
         return
-    by_node: dict[str, list[cpb.Device]] = {}
-    for d in devices:
-        by_node.setdefault(d.node_id, []).append(d)
     for name in sorted(set(by_node) & set(nodes)):
         try:
             changed = await asyncio.to_thread(kube.apply, nodes[name], by_node[name], taint=taint)

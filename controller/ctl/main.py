@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from xpuctl.client import Client, ClientError, Denied, Tls, Unreachable
+from xpuctl.client import Client, ClientError, Denied, Tls, Unreachable, default_address
 from xpuctl.common import cli, exits, pipes, tls
 from xpuctl.controller.core import dashboard
 from xpuctl.controller.ctl import k8s, slurm
@@ -680,9 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.controller is None:
         try:
-            args.controller = cli.address(os.environ.get("XPUCTL_CONTROLLER") or f"127.0.0.1:{cli.GRPC_PORT}")
-        except argparse.ArgumentTypeError as exc:
-            print(f"xpuctl: XPUCTL_CONTROLLER: {exc}", file=sys.stderr)
+            args.controller = default_address()
+        except ValueError as exc:
+            print(f"xpuctl: {exc}", file=sys.stderr)
             return 2
     try:
         settings = tls_settings(args)

@@ -48,7 +48,6 @@ CRITICAL = frozenset({"ecc_uncorrected", "error_event", "power_over_cap", "therm
 REASON_MAX = 200  # characters of a drain reason we write
 # where Slurm's clients are when PATH does not say (HealthCheckProgram runs with no PATH at all)
 SLURM_DIRS = ("/usr/bin", "/usr/local/bin", "/opt/slurm/bin", "/usr/sbin", "/usr/local/sbin")
-FAILED = next(k for k, v in names.HEALTH.items() if v == "failed")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -84,7 +83,7 @@ def unfit(devices: Iterable[cpb.Device], drain_on: frozenset[str] = CRITICAL) ->
     """
     out = []
     for d in sorted(devices, key=lambda d: (d.info.index, d.info.uuid)):
-        if d.health == FAILED:
+        if d.health == names.HEALTH_FAILED:
             out.append(Problem("failed", d, d.health_reason))
         elif d.cordoned:
             out.append(Problem("cordoned", d, d.cordon_reason))
@@ -414,17 +413,11 @@ async def _round(
 ) -> None:
     """Judge `which` nodes (None: every node) that both the controller and Slurm know, and act."""
     try:
-        if which is None:
-            devices = await xpu.devices()
-        else:
-            devices = [d for n in sorted(which) for d in await xpu.devices(node_id=n)]
+        by_node = await follow.devices_by_node(xpu, which)
         nodes = await asyncio.to_thread(slurm.nodes)
     except (ClientError, SlurmError) as exc:
         _say(f"{exc}; nothing changed")
         return
-    by_node: dict[str, list[cpb.Device]] = {}
-    for d in devices:
-        by_node.setdefault(d.node_id, []).append(d)
     now = time.monotonic()
     for name in sorted(set(by_node) & set(nodes)):  # a node without devices now is not ours to judge
         node = nodes[name]
