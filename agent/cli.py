@@ -554,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
     logs.setup(args.log_level, args.log_format, os.environ)
-    cli.install_uvloop()
+    if not cli.install_uvloop() and args.command in ("run", "once", "fleet"):
+        log.info("uvloop is not installed: asyncio's own event loop runs (pip install 'xpuctl[fast]' for uvloop)")
     if args.command == "parse":
         return _parse(args)
     if args.command == "capture":

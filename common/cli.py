@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.metadata
 import logging
 import math
@@ -201,9 +200,14 @@ def bus_url(text: str) -> bus.BusUrl:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def install_uvloop() -> None:
-    """Use uvloop's event loop where it is installed (it has no build for some platforms)."""
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: PLC0415 - optional, per platform
+def install_uvloop() -> bool:
+    """Use uvloop's event loop where it is installed (it has no build for some platforms).
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    False when it is not: asyncio's own loop runs, a little slower (the `fast` extra installs it).
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional, per platform
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True

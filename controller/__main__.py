@@ -2,6 +2,6 @@
 
 import sys
 
-from xpuctl.controller import cli
+from xpuctl.controller import entry
 
-sys.exit(cli.main())
+sys.exit(entry.controller())

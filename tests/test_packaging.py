@@ -88,8 +88,9 @@ def test_the_wheel_holds_only_the_xpuctl_namespace(tmp_path: pathlib.Path) -> No
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for line in (
         "xpu-agent = xpuctl.agent.cli:main",
-        "xpu-controller = xpuctl.controller.cli:main",
-        "xpuctl = xpuctl.controller.ctl.main:main",
+        # the controller's programs first check for their extra (issue 21)
+        "xpu-controller = xpuctl.controller.entry:controller",
+        "xpuctl = xpuctl.controller.entry:xpuctl",
     ):
         assert line in entry_points
 

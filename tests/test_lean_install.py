@@ -1,0 +1,103 @@
+"""The agent installed alone (issue 21): `pip install xpuctl` into a fresh venv, none of the
+controller's dependencies, and the agent reads, parses and streams to a controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, Controller, free_port, wait_until
+
+# the `controller` and `fast` extras: none may come with the agent's own install
+NOT_FOR_THE_AGENT = {"rich", "amqtt", "aetcd", "uvloop", "grpcio-health-checking", "grpcio-reflection"}
+UVLOOP_LINE = "uvloop is not installed"
+
+
+@pytest.fixture(scope="module")
+def lean(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The `bin` folder of a fresh venv holding the wheel of this tree and what pip takes for it."""
+    tmp = tmp_path_factory.mktemp("lean")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp.glob("xpuctl-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
+    bin_ = tmp / "venv" / "bin"
+    subprocess.run([bin_ / "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    return bin_
+
+
+def run(lean: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One of the lean install's programs, from a folder outside the checkout."""
+    return subprocess.run(
+        [lean / argv[0], *argv[1:]], capture_output=True, text=True, timeout=120, check=False, cwd=lean
+    )
+
+
+@pytest.mark.slow
+def test_the_lean_install_has_none_of_the_controllers_dependencies(lean: pathlib.Path) -> None:
+    listed = subprocess.run(
+        [lean / "pip", "list", "--format", "json"], capture_output=True, text=True, check=True, timeout=120
+    )
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"xpuctl", "grpcio", "protobuf", "aiomqtt", "msgspec"} <= names
+    assert names & NOT_FOR_THE_AGENT == set()
+
+
+@pytest.mark.slow
+def test_the_agent_reads_simulated_devices_and_parses_captures(lean: pathlib.Path) -> None:
+    once = run(lean, "xpu-agent", "once", "--driver", "sim", "--sim-devices", "3", "--log-format", "text")
+    assert once.returncode == 0, once.stderr
+    assert [d["index"] for d in json.loads(once.stdout)] == [0, 1, 2]
+    assert once.stderr.count(UVLOOP_LINE) == 1  # the fallback, said once
+
+    fixtures = ROOT / "tests" / "fixtures" / "vendor-smi"
+    for vendor, capture in [
+        ("auto", fixtures / "hygon" / "rocm-smi-hygon-24.04.3_json.json"),
+        ("ascend", fixtures / "ascend" / "npu-smi-info_310P3_v25.5.1.txt"),
+    ]:
+        parsed = run(lean, "xpu-agent", "parse", vendor, str(capture))
+        assert parsed.returncode == 0, parsed.stderr
+        assert len(json.loads(parsed.stdout)) >= 1
+        assert UVLOOP_LINE not in parsed.stderr  # no event loop here, nothing to say
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", ["xpu-controller", "xpuctl"])
+def test_the_controllers_programs_name_the_extra_they_need(lean: pathlib.Path, program: str) -> None:
+    r = run(lean, program, "--help")
+    assert r.returncode == 78  # EX_CONFIG: the fix is an install, not a retry
+    assert "pip install 'xpuctl[controller]'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+async def test_the_lean_agent_streams_to_a_controller(lean: pathlib.Path) -> None:
+    c = Controller(free_port())
+    st = await c.start()
+    log = lean.parent / "run.log"
+    with log.open("wb") as out:
+        agent = await asyncio.create_subprocess_exec(
+            lean / "xpu-agent", "run", "--controller", c.target, "--node-id", "lean1", "--driver", "sim",
+            "--sim-devices", "2", "--log-format", "text",
+            stdout=out, stderr=subprocess.STDOUT, cwd=lean,
+        )  # fmt: skip
+    try:
+        await wait_until(lambda: len(st.registry) == 2, timeout_s=30, what="the lean agent's 2 devices")
+        await wait_until(
+            lambda: st.ingest.counters.samples_total >= 4, timeout_s=30, what="two rounds of samples stored"
+        )
+    finally:
+        agent.terminate()
+        await asyncio.wait_for(agent.wait(), 10)
+        await c.stop()
+    assert log.read_text().count(UVLOOP_LINE) == 1
