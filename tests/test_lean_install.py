@@ -20,20 +20,49 @@ UVLOOP_LINE = "uvloop is not installed"
 
 
 @pytest.fixture(scope="module")
-def lean(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """The `bin` folder of a fresh venv holding the wheel of this tree and what pip takes for it."""
-    tmp = tmp_path_factory.mktemp("lean")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The wheel of this tree."""
+    tmp = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(ROOT)],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = tmp.glob("xpuctl-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True, timeout=120)
-    bin_ = tmp / "venv" / "bin"
-    subprocess.run([bin_ / "pip", "install", "-q", str(wheel)], check=True, capture_output=True, timeout=600)
+    (found,) = tmp.glob("xpuctl-*.whl")
+    return found
+
+
+def venv(where: pathlib.Path, *install: str) -> pathlib.Path:
+    """The `bin` folder of a fresh venv in `where`, after `pip install *install`."""
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
+    subprocess.run([where / "bin" / "pip", "install", "-q", *install], check=True, capture_output=True, timeout=600)
+    return where / "bin"
+
+
+@pytest.fixture(scope="module")
+def lean(wheel: pathlib.Path) -> pathlib.Path:
+    """`pip install xpuctl`: the wheel and what pip takes for it."""
+    return venv(wheel.parent / "lean", str(wheel))
+
+
+@pytest.fixture(scope="module")
+def bare(wheel: pathlib.Path) -> pathlib.Path:
+    """What a host without wheels of numpy and uvloop can have (LoongArch: deploy/README.md).
+
+    No numpy, no uvloop, and protobuf's pure-Python implementation (the one its py3-none-any
+    wheel has) chosen by the environment in `run`.
+    """
+    bin_ = venv(wheel.parent / "bare", "grpcio", "protobuf", "msgspec", "aiomqtt")
+    subprocess.run(
+        [bin_ / "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True, timeout=300
+    )
     return bin_
+
+
+# a tool on PATH, as on a node; and protobuf's pure-Python implementation, as where it has no wheel
+def bare_env(tools: pathlib.Path) -> dict[str, str]:
+    return {"PATH": f"{tools}:/usr/bin:/bin", "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
 
 
 def run(lean: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -95,6 +124,57 @@ async def test_the_lean_agent_streams_to_a_controller(lean: pathlib.Path) -> Non
         await wait_until(lambda: len(st.registry) == 2, timeout_s=30, what="the lean agent's 2 devices")
         await wait_until(
             lambda: st.ingest.counters.samples_total >= 4, timeout_s=30, what="two rounds of samples stored"
+        )
+    finally:
+        agent.terminate()
+        await asyncio.wait_for(agent.wait(), 10)
+        await c.stop()
+    assert log.read_text().count(UVLOOP_LINE) == 1
+
+
+@pytest.mark.slow
+def test_the_bare_install_lacks_numpy_and_uvloop_and_says_what_the_simulator_needs(
+    bare: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    code = (
+        "import importlib.util as u, google.protobuf.internal.api_implementation as a;"
+        " print(u.find_spec('numpy') is None, u.find_spec('uvloop') is None, a.Type())"
+    )
+    check = subprocess.run(
+        [bare / "python", "-c", code], env=bare_env(tmp_path), capture_output=True, text=True, check=True, timeout=60
+    )
+    assert check.stdout.split() == ["True", "True", "python"]
+    sim = subprocess.run(
+        [bare / "xpu-agent", "once", "--driver", "sim"],
+        env=bare_env(tmp_path), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sim.returncode == 1
+    assert "--driver sim needs numpy (pip install numpy)" in sim.stderr and "Traceback" not in sim.stderr
+
+
+@pytest.mark.slow
+async def test_an_agent_without_numpy_and_with_pure_python_protobuf_streams_a_tools_devices(
+    bare: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    npu_smi = tools / "npu-smi"
+    capture = ROOT / "tests" / "fixtures" / "vendor-smi" / "ascend" / "npu-smi-info_910A_v21.0.rc1.txt"
+    npu_smi.write_text(f"#!/bin/sh\ncat {capture}\n")
+    npu_smi.chmod(0o755)
+    c = Controller(free_port())
+    st = await c.start()
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        agent = await asyncio.create_subprocess_exec(
+            bare / "xpu-agent", "run", "--controller", c.target, "--node-id", "la1", "--driver", "ascend",
+            "--log-format", "text",
+            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=bare_env(tools),
+        )  # fmt: skip
+    try:
+        await wait_until(lambda: len(st.registry) == 4, timeout_s=30, what="the 910A capture's 4 NPUs")
+        await wait_until(
+            lambda: st.ingest.counters.samples_total >= 8, timeout_s=30, what="two rounds of samples stored"
         )
     finally:
         agent.terminate()

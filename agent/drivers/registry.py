@@ -41,7 +41,11 @@ def select(choice: str, *, node_id: str, sim: SimSpec, timeout_s: float) -> list
         DriverChoiceError: an unknown choice, or nothing to read with it.
     """
     if choice == "sim":
-        from xpuctl.agent.drivers.sim.driver import SimDriver  # noqa: PLC0415 - numpy only for the simulator
+        try:
+            from xpuctl.agent.drivers.sim.driver import SimDriver  # noqa: PLC0415 - numpy only for the simulator
+        except ModuleNotFoundError as exc:  # an install without numpy (a LoongArch node, say: deploy/README.md)
+            msg = f"--driver sim needs {exc.name} (pip install {exc.name}); an agent reading real devices does not"
+            raise DriverChoiceError(msg) from None
 
         return [
             SimDriver(
