@@ -7,6 +7,8 @@ event loop with a timeout (agent/adapters/sampler.py), so a driver never needs a
 from __future__ import annotations
 
 import ctypes
+import pathlib
+from collections.abc import Mapping
 from typing import Protocol
 
 from xpuctl.agent.core import model
@@ -27,6 +29,20 @@ def load_library(library: str, api: str) -> ctypes.CDLL:
     except OSError as exc:
         msg = f"cannot load {api} from {library}: {exc}"
         raise DriverError(msg) from None
+
+
+def sdk_library(environ: Mapping[str, str], home_var: str, default_home: str, name: str) -> str | None:
+    """Where a vendor SDK's `name` is: `$home_var`, then `default_home`, each in lib64 then lib.
+
+    The SDKs install under a home of their own on every CPU; lib64 is their x86 and most aarch64
+    packages' folder, lib some others' (no folder named for an architecture is assumed). None: not
+    installed there.
+    """
+    for home in (environ.get(home_var, ""), default_home):
+        for folder in ("lib64", "lib"):
+            if home and (path := pathlib.Path(home) / folder / name).exists():
+                return str(path)
+    return None
 
 
 class Driver(Protocol):

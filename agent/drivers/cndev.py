@@ -23,7 +23,6 @@ report a wrong number. Writes are clamped to the range and rounded to whole watt
 from __future__ import annotations
 
 import ctypes
-import pathlib
 import threading
 from collections.abc import Mapping
 
@@ -65,11 +64,8 @@ class LimitationRange(ctypes.Structure):
 
 
 def find_library(environ: Mapping[str, str]) -> str | None:
-    """Where libcndev.so is: `$NEUWARE_HOME/lib64`, then /usr/local/neuware/lib64 (None: not installed)."""
-    for home in (environ.get("NEUWARE_HOME", ""), "/usr/local/neuware"):
-        if home and (path := pathlib.Path(home) / "lib64" / LIBRARY).exists():
-            return str(path)
-    return None
+    """Where libcndev.so is: `$NEUWARE_HOME`, then /usr/local/neuware (lib64 or lib; None: not installed)."""
+    return base.sdk_library(environ, "NEUWARE_HOME", "/usr/local/neuware", LIBRARY)
 
 
 class CndevCaps:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import pathlib
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -31,11 +30,8 @@ from xpuctl.agent.drivers import base, nvidia
 
 
 def find_ixml(environ: Mapping[str, str]) -> str | None:
-    """Where libixml.so is: `$COREX_HOME/lib64`, then /usr/local/corex/lib64 (None: not installed)."""
-    for home in (environ.get("COREX_HOME", ""), "/usr/local/corex"):
-        if home and (path := pathlib.Path(home) / "lib64" / "libixml.so").exists():
-            return str(path)
-    return None
+    """Where libixml.so is: `$COREX_HOME`, then /usr/local/corex (lib64 or lib; None: not installed)."""
+    return base.sdk_library(environ, "COREX_HOME", "/usr/local/corex", "libixml.so")
 
 
 class Prefixed:
