@@ -109,27 +109,32 @@ def test_the_controllers_programs_name_the_extra_they_need(lean: pathlib.Path, p
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.slow
-async def test_the_lean_agent_streams_to_a_controller(lean: pathlib.Path) -> None:
+async def stream(agent_bin: pathlib.Path, devices: int, *argv: str, env: dict[str, str] | None = None) -> str:
+    """Run `xpu-agent run *argv` against a controller until it stored two rounds of `devices`; its log."""
     c = Controller(free_port())
     st = await c.start()
-    log = lean.parent / "run.log"
+    log = agent_bin.parent / f"run-{free_port()}.log"
     with log.open("wb") as out:
         agent = await asyncio.create_subprocess_exec(
-            lean / "xpu-agent", "run", "--controller", c.target, "--node-id", "lean1", "--driver", "sim",
-            "--sim-devices", "2", "--log-format", "text",
-            stdout=out, stderr=subprocess.STDOUT, cwd=lean,
+            agent_bin / "xpu-agent", "run", "--controller", c.target, "--log-format", "text", *argv,
+            stdout=out, stderr=subprocess.STDOUT, cwd=agent_bin, env=env,
         )  # fmt: skip
     try:
-        await wait_until(lambda: len(st.registry) == 2, timeout_s=30, what="the lean agent's 2 devices")
+        await wait_until(lambda: len(st.registry) == devices, timeout_s=30, what=f"the agent's {devices} devices")
         await wait_until(
-            lambda: st.ingest.counters.samples_total >= 4, timeout_s=30, what="two rounds of samples stored"
+            lambda: st.ingest.counters.samples_total >= 2 * devices, timeout_s=30, what="two rounds of samples stored"
         )
     finally:
         agent.terminate()
         await asyncio.wait_for(agent.wait(), 10)
         await c.stop()
-    assert log.read_text().count(UVLOOP_LINE) == 1
+    return log.read_text()
+
+
+@pytest.mark.slow
+async def test_the_lean_agent_streams_to_a_controller(lean: pathlib.Path) -> None:
+    log = await stream(lean, 2, "--node-id", "lean1", "--driver", "sim", "--sim-devices", "2")
+    assert log.count(UVLOOP_LINE) == 1
 
 
 @pytest.mark.slow
@@ -162,22 +167,5 @@ async def test_an_agent_without_numpy_and_with_pure_python_protobuf_streams_a_to
     capture = ROOT / "tests" / "fixtures" / "vendor-smi" / "ascend" / "npu-smi-info_910A_v21.0.rc1.txt"
     npu_smi.write_text(f"#!/bin/sh\ncat {capture}\n")
     npu_smi.chmod(0o755)
-    c = Controller(free_port())
-    st = await c.start()
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        agent = await asyncio.create_subprocess_exec(
-            bare / "xpu-agent", "run", "--controller", c.target, "--node-id", "la1", "--driver", "ascend",
-            "--log-format", "text",
-            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, env=bare_env(tools),
-        )  # fmt: skip
-    try:
-        await wait_until(lambda: len(st.registry) == 4, timeout_s=30, what="the 910A capture's 4 NPUs")
-        await wait_until(
-            lambda: st.ingest.counters.samples_total >= 8, timeout_s=30, what="two rounds of samples stored"
-        )
-    finally:
-        agent.terminate()
-        await asyncio.wait_for(agent.wait(), 10)
-        await c.stop()
-    assert log.read_text().count(UVLOOP_LINE) == 1
+    log = await stream(bare, 4, "--node-id", "la1", "--driver", "ascend", env=bare_env(tools))  # the 910A's 4 NPUs
+    assert log.count(UVLOOP_LINE) == 1
