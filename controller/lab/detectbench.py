@@ -102,6 +102,12 @@ def pass_cost(devices: int, window: int = 120) -> dict[str, object]:
 
     def sample(k: int) -> None:  # one healthy sample of every device at second k
         values = rng.uniform(0.1, 0.9, size=(slots.size, model.N_STORED))
+        # counters count up as on a healthy device: energy and work grow, no ECC error ever (random
+        # totals made half the fleet raise ecc_uncorrected in the first passes, and timed that)
+        values[:, model.M["energy_j"]] = 400.0 * k
+        values[:, model.M["work_done"]] = float(k)
+        values[:, model.M["ecc_corrected_total"]] = 0.0
+        values[:, model.M["ecc_uncorrected_total"]] = 0.0
         values[:, model.M["power_w"]] = rng.normal(400, 5, slots.size)
         values[:, model.M["power_limit_w"]] = 700.0
         values[:, model.M["temperature_c"]] = rng.normal(60, 0.5, slots.size)

@@ -90,6 +90,20 @@ def test_group_median_matches_numpy() -> None:
         assert np.allclose(got[sel], np.nanmedian(values[sel]))
     assert np.allclose(layout.median(values), got)
     assert np.array_equal(layout.size(values), detect.base.group_size(values, group))
+    assert not layout.dense
+
+
+@pytest.mark.parametrize("group", [np.repeat(np.arange(25), 8), np.repeat(np.arange(50), 4)])
+def test_a_fleet_of_equal_nodes_in_order_takes_the_dense_layout_with_the_same_answers(group: np.ndarray) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=group.size)
+    values[::7] = np.nan
+    values[8:16] = np.nan  # a node with no finite value: NaN, size 0
+    layout = detect.base.Layout(group)
+    assert layout.dense
+    assert np.allclose(layout.median(values), detect.base.group_median(values, group), equal_nan=True)
+    assert np.array_equal(layout.size(values), detect.base.group_size(values, group))
+    assert not detect.base.Layout(group[::-1].copy()).dense  # nodes out of slot order: the general path
 
 
 @pytest.mark.parametrize("kind", sorted(detect.KINDS))

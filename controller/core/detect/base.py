@@ -9,7 +9,7 @@ clear condition holds, and every change becomes one Finding. Pure: time is `fram
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 import numpy as np
@@ -21,6 +21,7 @@ from xpuctl.controller.core import model, ring
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
+Scalar = TypeVar("Scalar", bound=np.generic)
 
 INFO, WARNING, CRITICAL = "info", "warning", "critical"
 
@@ -44,6 +45,13 @@ class Frame(msgspec.Struct, kw_only=True):
     last_error_ns: I64
     last_error_code: list[str]  # per slot (index with slots[i]), not per frame row
     layout: Layout | None = None  # set on full passes (slots = every device, in slot order)
+
+    @property
+    def index(self) -> slice | I64:
+        """What selects this frame's devices from a per-slot array: on a full pass every slot in
+        order, as a slice (a view, no copy), else `slots`.
+        """
+        return slice(0, self.slots.size) if self.layout is not None else self.slots
 
     def median_by_node(self, values: F64) -> F64:
         """Per device, the median of `values` over its node's devices."""
@@ -148,23 +156,44 @@ class Layout:
         self.cols = np.empty(group.size, dtype=np.int64)
         self.rows[order] = row_of_sorted
         self.cols[order] = col_of_sorted
+        # the usual fleet: every node has as many devices, registered one node after another, so
+        # that the matrix is the per-device array reshaped (no scatter, no gather)
+        self.dense = (
+            bool(group.size)
+            and bool((sizes == self.width).all())
+            and bool((self.rows == np.arange(group.size) // self.width).all())
+        )
+
+    def _matrix(self, values: F64) -> F64:
+        """The values as (groups x largest group), +inf for non-finite values and empty places."""
+        finite = np.where(np.isfinite(values), values, np.inf)
+        if self.dense:
+            return finite.reshape(self.n_groups, self.width)
+        m = np.full((self.n_groups, self.width), np.inf)
+        m[self.rows, self.cols] = finite
+        return m
+
+    def _per_element(self, per_group: npt.NDArray[Scalar]) -> npt.NDArray[Scalar]:
+        return np.repeat(per_group, self.width) if self.dense else per_group[self.rows]
 
     def median(self, values: F64) -> F64:
         """Per element, the median of its group's finite values (NaN where the group has none)."""
-        m = np.full((self.n_groups, self.width), np.inf)
-        m[self.rows, self.cols] = np.where(np.isfinite(values), values, np.inf)
+        m = self._matrix(values)
         m.sort(axis=1)
         n = np.isfinite(m).sum(axis=1)
         lo = m[np.arange(self.n_groups), np.maximum((n - 1) // 2, 0)]
         hi = m[np.arange(self.n_groups), np.maximum(n // 2, 0)]
         with np.errstate(invalid="ignore"):
             med = np.where(n > 0, (lo + hi) / 2, np.nan)
-        return med[self.rows]
+        return self._per_element(med)
 
     def size(self, values: F64) -> I64:
         """Per element, how many finite values its group has."""
-        counts = np.bincount(self.rows[np.isfinite(values)], minlength=self.n_groups)
-        return counts[self.rows]
+        if self.dense:
+            counts = np.isfinite(values).reshape(self.n_groups, self.width).sum(axis=1)
+        else:
+            counts = np.bincount(self.rows[np.isfinite(values)], minlength=self.n_groups)
+        return self._per_element(counts)
 
 
 def group_median(values: F64, group: I64) -> F64:

@@ -49,19 +49,19 @@ class Spike(base.Detector):
         self._grow(int(frame.slots.max()) + 1 if frame.slots.size else 0)
         power = frame.col("power_w")
         upd = frame.fresh & np.isfinite(power)
-        slots = frame.slots[upd]
-        x = power[upd]
-        mean, var = self.mean[slots], self.var[slots]
-        floor = np.nan_to_num(frame.max_w[upd], nan=100.0) * self.cfg.spike_sigma_floor_frac
-        first = self.seen[slots] == 0
-        z = np.where(first, 0.0, (x - mean) / np.maximum(np.sqrt(var), floor))
+        at = frame.index  # whole arrays on a full pass: no gather and scatter of the fresh rows
+        mean, var, seen = self.mean[at], self.var[at], self.seen[at]
+        floor = np.nan_to_num(frame.max_w, nan=100.0) * self.cfg.spike_sigma_floor_frac
+        first = seen == 0
         a = self.cfg.spike_alpha
-        diff = x - mean
-        self.mean[slots] = np.where(first, x, mean + a * diff)
-        self.var[slots] = np.where(first, 0.0, (1 - a) * (var + a * diff * diff))
-        self.seen[slots] += 1
-        self.z[slots] = z
-        zs = self.z[frame.slots]
+        with np.errstate(invalid="ignore"):
+            diff = power - mean
+            z = np.where(first, 0.0, diff / np.maximum(np.sqrt(var), floor))
+            self.mean[at] = np.where(upd, np.where(first, power, mean + a * diff), mean)
+            self.var[at] = np.where(upd, np.where(first, 0.0, (1 - a) * (var + a * diff * diff)), var)
+        self.seen[at] = seen + upd
+        zs = np.where(upd, z, self.z[at])
+        self.z[at] = zs
         peer_z = frame.median_by_node(zs)
         peers = frame.size_by_node(zs)
         warm = self.seen[frame.slots] > WARMUP_SAMPLES
