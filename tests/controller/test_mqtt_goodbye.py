@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import selectors
 import time
 
 import aiomqtt
@@ -106,6 +107,57 @@ async def test_a_superseded_command_is_dropped_not_sent_after_its_successor(mosq
         await asyncio.sleep(0)  # anything else queued would have gone out with them
         ids = [msgspec.json.decode(p, type=bus.SetPowerCap).id for _, _, p in watcher.messages]
         assert sorted(ids) == ["hot", "new"] and ctl_bus.counters.superseded_unsent == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await watcher.stop()
+
+
+def writer_waiting(fd: int) -> bool:
+    """Whether the running (asyncio) loop watches `fd` for writing."""
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    try:
+        return bool(selector.get_key(fd).events & selectors.EVENT_WRITE)
+    except KeyError:
+        return False
+
+
+async def test_an_emergency_is_written_in_the_callers_turn_and_leaves_no_writer_behind(mosquitto: Mosquitto) -> None:
+    # Issue 13.3: an emergency no longer waits for a publisher task and a socket-writer callback
+    # (two turns of the loop, 3-5 ms at 10,000 devices). aiomqtt adds its writer a turn late, so a
+    # writer that paho believed gone stayed and fired on every turn: a core at 100% (seen in the bench).
+    watcher = Watcher(mosquitto.url, f"{TOPICS.root}/cmd/+/req")
+    await watcher.start()
+    ctl_bus = mqtt.ControllerBus(
+        url=bus.parse_url(mosquitto.url),
+        boot_id="boot-urgent",
+        on_result=lambda *_: None,
+        on_state=lambda *_: None,
+        on_status=lambda *_: None,
+        heartbeat_s=3600,
+    )
+    task = asyncio.create_task(ctl_bus.run(), name="test.controller-bus")
+    try:
+        await asyncio.wait_for(ctl_bus.connected.wait(), 10)
+        assert ctl_bus.client is not None
+        paho = ctl_bus.client._client
+        sock = paho.socket()
+        assert sock is not None
+        fd = sock.fileno()
+        await wait_until(lambda: not writer_waiting(fd), timeout_s=5, what="the session's writes done")
+        for k in range(3):
+            now = time.time_ns()
+            hot = ledger.Entry(
+                id=f"hot-{k}", kind="set_power_cap", slot=0, node_id="n1", device_uuid="gpu-0", cap_w=300.0,
+                reason="emergency: test", issued_at_ns=now, expires_at_ns=now + 10**10, urgent=True,
+            )  # fmt: skip
+            assert ctl_bus.send_command(hot, now)
+            assert not paho.want_write()  # on the socket already, before this coroutine yields
+            assert ctl_bus.urgent.empty()
+            await wait_until(lambda: len(watcher.messages) == k + 1, timeout_s=10, what=f"emergency {k} on the bus")  # noqa: B023
+            await wait_until(lambda: not writer_waiting(fd), timeout_s=5, what="no writer left behind")
+            assert not paho._registered_write
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
