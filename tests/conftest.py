@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.helpers import Controller, EtcdCluster, Mosquitto, Processes, free_port
+from tests.helpers import ROOT, Controller, EtcdCluster, Mosquitto, Processes, free_port
 from xpuctl.controller.core import ingest, registry
 
 UNIT_TIMEOUT_S = 2.0
@@ -74,6 +75,20 @@ def processes(tmp_path: pathlib.Path) -> Iterator[Processes]:
     p.stop_all()
     for log in p.logs:
         sys.stderr.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The wheel of this tree, built once for the tests that read or install it."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (found,) = tmp.glob("xpuctl-*.whl")
+    return found
 
 
 @pytest.fixture

@@ -19,20 +19,6 @@ NOT_FOR_THE_AGENT = {"rich", "amqtt", "aetcd", "uvloop", "grpcio-health-checking
 UVLOOP_LINE = "uvloop is not installed"
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """The wheel of this tree."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (found,) = tmp.glob("xpuctl-*.whl")
-    return found
-
-
 def venv(where: pathlib.Path, *install: str) -> pathlib.Path:
     """The `bin` folder of a fresh venv in `where`, after `pip install *install`."""
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=120)
@@ -51,7 +37,7 @@ def bare(wheel: pathlib.Path) -> pathlib.Path:
     """What a host without wheels of numpy and uvloop can have (LoongArch: deploy/README.md).
 
     No numpy, no uvloop, and protobuf's pure-Python implementation (the one its py3-none-any
-    wheel has) chosen by the environment in `run`.
+    wheel has) chosen by the environment `bare_env` gives.
     """
     bin_ = venv(wheel.parent / "bare", "grpcio", "protobuf", "msgspec", "aiomqtt")
     subprocess.run(
