@@ -1,7 +1,7 @@
 """The controller's programs as installed: each checks for the `controller` extra before its imports.
 
 `pip install xpuctl` is the agent alone (issue 21); the modules behind these programs import rich,
-amqtt and the rest at their top, so the check has to come first, in a module that imports nothing.
+amqtt and the rest at their top, so the check has to come first, in a module that imports nothing of the controller's.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class Stuck(base.Detector):
         util, power = frame.col("utilization"), frame.col("power_w")
         prev_util, prev_power = self.prev_util[at], self.prev_power[at]
         same = (util == prev_util) & (power == prev_power) & (power > 0)
-        run = np.where(fresh, np.where(same, self.run[at] + 1, 0), self.run[at])
+        before = self.run[at]
+        run = np.where(fresh, np.where(same, before + 1, 0), before)
         self.run[at] = run
         self.prev_util[at] = np.where(fresh, util, prev_util)
         self.prev_power[at] = np.where(fresh, power, prev_power)
