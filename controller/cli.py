@@ -231,6 +231,12 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", type=cli.positive(int), default=None, help="power scenario: this many seeds (default 3)"
     )
     bench.add_argument(
+        "--plan",
+        choices=["peak", "mean"],
+        default="peak",
+        help="power scenario: what xpuctl's loop plans devices on ([power] plan; default peak)",
+    )
+    bench.add_argument(
         "--capacity",
         action="store_true",
         help="power scenario: also how many devices a feed of the TDP of --nodes carries, by policy (5%% work lost)",
@@ -428,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shards=args.shards or 1,
             with_capacity=args.capacity,
             with_sweep=args.alpha_sweep,
+            plan=args.plan,
         )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd

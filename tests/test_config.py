@@ -54,6 +54,8 @@ def test_precedence_flags_over_environment_over_file(tmp_path: pathlib.Path, mon
         ("[bus]\nheartbeat_s = 0.0001\n", {}, "$.bus.heartbeat_s"),
         ("[detect]\nstale_after_s = inf\n", {}, "$.detect.stale_after_s"),
         ("", {"XPU_POWER_RETRY_AFTER_S": "inf"}, "$.power.retry_after_s"),
+        ('[power]\nplan = "average"\n', {}, "Invalid enum value 'average' - at `$.power.plan`"),
+        ("", {"XPU_POWER_PLAN": "fast"}, "$.power.plan"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: pathlib.Path, text: str, env: dict[str, str], fragment: str) -> None:

@@ -93,16 +93,17 @@ class Control:
         self._nodes = list(numbers)
         self._version = reg.version
 
-    def recent_max_w(self, slots: npt.NDArray[np.int64], now_ns: int) -> npt.NDArray[np.float64]:
-        """Each device's highest power over the demand window (NaN: no sample in it)."""
+    def power_levels(self, slots: npt.NDArray[np.int64], now_ns: int) -> power.Levels:
+        """Each device's power over the demand window: its peak, its mean and the least of its
+        last few samples (NaN: no sample in the window).
+        """
         since_ns = now_ns - int(self.cfg.power.demand_window_s * 1e9)
         window = self.store.window_view(slots, model.M["power_w"], self.cfg.power.demand_samples, since_ns=since_ns)
-        with np.errstate(invalid="ignore"):
-            return np.fmax.reduce(window, axis=1) if slots.size else np.zeros(0)
+        return power.Levels.of(window)
 
-    def inputs(self, now_ns: int, recent_max: npt.NDArray[np.float64] | None = None) -> power.Inputs:
-        """What the power controller needs, for every device (`recent_max`: from `recent_max_w`
-        over every device, when the caller computed it in parts).
+    def inputs(self, now_ns: int, levels: power.Levels | None = None) -> power.Inputs:
+        """What the power controller needs, for every device (`levels`: from `power_levels` over
+        every device, when the caller computed them in parts).
         """
         self._facts()
         n = len(self.registry)
@@ -120,13 +121,13 @@ class Control:
         offline = np.array([s == registry.NodeStatus.OFFLINE for s in statuses], dtype=bool)
         node_ok = online[self._group] if n else np.zeros(0, dtype=bool)
         healthy = np.isin(latest[:, model.HEALTH], _OK_HEALTH)
-        if recent_max is None or recent_max.size != n:
-            recent_max = self.recent_max_w(slots, now_ns)
-        else:
-            recent_max = recent_max.copy()
+        if levels is None or levels.peak.size != n:
+            levels = self.power_levels(slots, now_ns)
+        recent_max, mean = levels.peak.copy(), levels.mean.copy()
         # an offline node's devices are not reported: their last load is not reserved for good
         if n:
             recent_max[offline[self._group] | gone] = np.nan
+            mean[offline[self._group] | gone] = np.nan
         weight = np.ones(n)
         if self.node_weight:
             by_node = np.array([self.node_weight.get(name, 1.0) for name in self._nodes])
@@ -147,6 +148,8 @@ class Control:
             weight=weight,
             power_w=latest[:, model.M["power_w"]],
             recent_max_w=recent_max,
+            mean_w=mean,
+            held_w=levels.held,
             limit_w=latest[:, model.M["power_limit_w"]],
             hot=hot,
             rising=self.detectors.is_open("thermal_rise")[:n].copy(),
@@ -301,10 +304,10 @@ class Control:
         if n:
             parts = []
             for start in range(0, n, STEP_DEVICES):
-                parts.append(self.recent_max_w(np.arange(start, min(n, start + STEP_DEVICES), dtype=np.int64), now_ns))
+                parts.append(self.power_levels(np.arange(start, min(n, start + STEP_DEVICES), dtype=np.int64), now_ns))
                 yield
             self.power.hold_raises = now_ns < self.hold_raises_until_ns
-            inputs = self.inputs(now_ns, recent_max=np.concatenate(parts))
+            inputs = self.inputs(now_ns, levels=power.Levels.concat(parts))
             decision = self.power.decide(inputs)
             self.last_decision = decision
             out.events.extend(

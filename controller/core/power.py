@@ -32,6 +32,17 @@ recovers by `recovery_frac` of the range per period, but for `thermal_memory_per
 just under the power it last ran hot at, and a device hot again there is cut by a small step
 (`REPEAT_STEP_FRAC`): it settles near its sustainable power instead of swinging.
 With no budget set, only the thermal rules act. Pure: no clocks, no I/O.
+
+Planned on the mean (`[power] plan = "mean"`, issue 17.2): the sum of every device's recent peak
+leaves 6-9% of the budget unused, so the plan takes each device's mean power over the window
+instead (a device held at its cap by its mean, or for its last HELD_SAMPLES samples, asks for its
+cap plus the margin as before) and loads without a setter at the larger of their mean and their
+power now (a job starting on them counts from its first sample). The mean lags a job that starts
+on a cappable device, so the plan is checked against what the devices draw now as well: a raise
+must fit both, with RAISE_HEADROOM_FRAC of the budget left over, and when what they draw now
+exceeds the budget, caps are cut at once (`_hard_cuts`). A cut the plan wants waits until the
+budget needs it or until a raise the plan wants needs the room (`_donors`): fewer cuts that a raise
+takes back a few periods later.
 """
 
 from __future__ import annotations
@@ -49,6 +60,8 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
 REPEAT_STEP_FRAC = 0.05  # a thermal cut, and the margin kept under the power it last ran hot at
+HELD_SAMPLES = 5  # plan "mean": a device at its cap this many samples in a row is held by it
+RAISE_HEADROOM_FRAC = 0.005  # plan "mean": part of the budget a raise leaves free (no raise-cut churn)
 
 
 def fill(base: F64, top: F64, weight: F64, amount: float) -> F64:
@@ -116,6 +129,38 @@ def expected_w(caps_w: F64, demand_w: F64) -> F64:
     return np.minimum(caps_w, np.maximum(demand_w, 0.0))
 
 
+class Levels(msgspec.Struct, frozen=True, kw_only=True):
+    """Each device's power over the demand window (NaN: no sample in it)."""
+
+    peak: F64
+    mean: F64
+    held: F64  # the least of its last HELD_SAMPLES samples
+
+    @staticmethod
+    def of(window: F64) -> Levels:
+        """From a (devices, samples) window of power, oldest first, NaN where no sample."""
+        if window.size == 0:
+            empty = np.full(window.shape[0], np.nan)
+            return Levels(peak=empty, mean=empty.copy(), held=empty.copy())
+        seen = np.isfinite(window)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(seen, window, 0.0).sum(axis=1) / seen.sum(axis=1)
+        return Levels(
+            peak=np.fmax.reduce(window, axis=1),
+            mean=mean,
+            held=np.fmin.reduce(window[:, -HELD_SAMPLES:], axis=1),
+        )
+
+    @staticmethod
+    def concat(parts: list[Levels]) -> Levels:
+        """Levels of devices computed in parts, in order."""
+        return Levels(
+            peak=np.concatenate([p.peak for p in parts]),
+            mean=np.concatenate([p.mean for p in parts]),
+            held=np.concatenate([p.held for p in parts]),
+        )
+
+
 class Inputs(msgspec.Struct, kw_only=True):
     """Per device (index = slot), what one decision needs. NaN where unknown."""
 
@@ -131,6 +176,8 @@ class Inputs(msgspec.Struct, kw_only=True):
     rising: Mask | None = None  # temperature climbing fast (thermal_rise open); None: as hot
     measured_w: float = math.nan  # the cluster's power now (all devices), for the slack feedback
     pending: Mask | None = None  # a command for the device is open (issued, not answered)
+    mean_w: F64 | None = None  # mean power over the demand window; None: plan on the peak
+    held_w: F64 | None = None  # the least power of its last HELD_SAMPLES samples
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -354,6 +401,8 @@ class PowerController:
             target = np.full(n, np.nan)
             target[s] = caps
         commands = self._moves(inputs, s, current, target, settable_budget, demand)
+        if self._on_mean(inputs) and self.budget_w is not None:
+            commands += self._hard_cuts(inputs, s, current, target, settable_budget, commands)
         wanted = demand if self.budget_w is not None else self._demand(inputs, current)
         with np.errstate(invalid="ignore"):
             demand_w = float(np.nansum(np.where(s, np.minimum(wanted, inputs.max_w), 0.0))) + fixed_w
@@ -389,10 +438,18 @@ class PowerController:
     def _cappable(inputs: Inputs) -> Mask:
         return inputs.settable & np.isfinite(inputs.min_w) & np.isfinite(inputs.max_w)
 
-    @staticmethod
-    def _fixed_w(inputs: Inputs, cappable: Mask) -> float:
-        """What the devices the loop cannot cap draw at most (their recent peaks)."""
-        return float(np.nansum(np.where(cappable, 0.0, inputs.recent_max_w)))
+    def _on_mean(self, inputs: Inputs) -> bool:
+        return self.cfg.plan == "mean" and inputs.mean_w is not None
+
+    def _fixed_w(self, inputs: Inputs, cappable: Mask) -> float:
+        """What the devices the loop cannot cap draw at most: their recent peaks; planned on the
+        mean, the larger of their mean and their power now.
+        """
+        level = inputs.recent_max_w
+        if self._on_mean(inputs):
+            assert inputs.mean_w is not None  # noqa: S101 - narrows the type
+            level = np.fmax(inputs.mean_w, inputs.power_w)
+        return float(np.nansum(np.where(cappable, 0.0, level)))
 
     def _settable_budget_w(self, fixed_w: float, reclaim_w: float) -> float:
         assert self.budget_w is not None  # noqa: S101 - callers check; narrows the type
@@ -421,14 +478,24 @@ class PowerController:
         return self.reclaim_w
 
     def _demand(self, inputs: Inputs, current: F64) -> F64:
-        """Highest recent power plus a margin; a device held at its enforced cap asks for more."""
+        """Highest recent power plus a margin (planned on the mean: the mean power); a device held
+        at its enforced cap asks for more.
+        """
         margin = self.cfg.demand_margin_frac
         span = inputs.max_w - inputs.min_w
-        recent = np.where(np.isfinite(inputs.recent_max_w), inputs.recent_max_w, inputs.max_w)
         enforced = np.where(np.isfinite(inputs.limit_w), inputs.limit_w, current)
+        recent = np.where(np.isfinite(inputs.recent_max_w), inputs.recent_max_w, inputs.max_w)
+        wanted = recent * (1 + margin)
+        level = inputs.power_w
+        if self._on_mean(inputs):
+            assert inputs.mean_w is not None  # noqa: S101 - narrows the type
+            wanted = np.where(np.isfinite(inputs.mean_w), inputs.mean_w, wanted)
+            level = np.where(np.isfinite(inputs.mean_w), inputs.mean_w, inputs.power_w)
+            if inputs.held_w is not None:  # at its cap for its last few samples: held now
+                level = np.fmax(level, inputs.held_w)
         with np.errstate(invalid="ignore"):
-            limited = inputs.power_w >= 0.97 * enforced
-        return np.where(limited, np.fmax(current, enforced) + margin * span, recent * (1 + margin))
+            limited = level >= 0.97 * enforced
+        return np.where(limited, np.fmax(current, enforced) + margin * span, wanted)
 
     def _moves(self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64) -> list[Command]:
         """The fewest commands that keep the plan within the budget and move caps towards the
@@ -447,7 +514,10 @@ class PowerController:
         with np.errstate(invalid="ignore"):
             wanted = s & np.isfinite(new)
             big = np.abs(new - base) >= deadband
-            move = wanted & (~known | (big & (new < base)))
+            cuts = big & (new < base)
+            if self._on_mean(inputs) and math.isfinite(budget_w):
+                cuts[:] = False  # planned on the mean: a cut waits until the budget or a raise needs it
+            move = wanted & (~known | cuts)
             raises = wanted & known & big & (new > base)
             if self.hold_raises:
                 move &= known
@@ -463,7 +533,7 @@ class PowerController:
             return min(cap, max(float(demand[i]), 0.0))
 
         over = drawn(kept) - budget_w
-        if over > 0:  # cuts under the deadband are needed after all: the largest first
+        if over > 0:  # cuts that waited are needed after all: the largest first
             small = np.flatnonzero(wanted & known & ~move & (new < base))
             for i in small[np.argsort(new[small] - base[small])].tolist():
                 cut = max(float(inputs.min_w[i]), min(float(new[i]), float(base[i] - deadband[i])))
@@ -472,13 +542,71 @@ class PowerController:
                 if over <= 0:
                     break
         room = budget_w - drawn(kept)
+        now, room_now, donors = self._now(inputs, demand), math.inf, []
+        if self._on_mean(inputs):  # a raise must fit what the devices draw now too, with room left
+            left = RAISE_HEADROOM_FRAC * (self.budget_w or 0.0)
+            room_now = budget_w - left - float(np.sum(np.where(s, np.minimum(kept, now), 0.0)))
+            room -= left
+            donors = self._donors(wanted & known & ~move & (new <= base - deadband), base, new, demand, now)
         up = np.flatnonzero(raises)
         for i in up[np.argsort(base[up] - new[up])].tolist():  # the largest raise first
             extra = one(i, float(new[i])) - one(i, float(base[i]))
-            if extra <= room:
+            extra_now = min(float(new[i]), float(now[i])) - min(float(base[i]), float(now[i]))
+            while (extra > room or extra_now > room_now) and donors:  # the cuts that waited pay for it
+                j, saving, saving_now = donors.pop()
+                room, room_now, move[j] = room + saving, room_now + saving_now, True
+            if extra <= room and extra_now <= room_now:
                 room -= extra
+                room_now -= extra_now
                 move[i] = True
         return self._commands(inputs, move, new)
+
+    @staticmethod
+    def _now(inputs: Inputs, demand: F64) -> F64:
+        """What each device is taken to draw next period: its power now (its demand where unknown)."""
+        return np.where(np.isfinite(inputs.power_w), inputs.power_w, np.where(np.isfinite(demand), demand, 0.0))
+
+    @staticmethod
+    def _donors(mask: Mask, base: F64, new: F64, demand: F64, now: F64) -> list[tuple[int, float, float]]:
+        """Planned on the mean: the devices in `mask` whose cut to its target frees power, in the
+        plan and in what they draw now, as (slot, plan W, now W), the largest last (popped first).
+        A device that draws less than its target frees nothing and is not cut.
+        """
+        d = np.maximum(demand, 0.0)
+        saving = np.minimum(base, d) - np.minimum(new, d)
+        saving_now = np.minimum(base, now) - np.minimum(new, now)
+        idx = np.flatnonzero(mask & (saving > 0) & (saving_now >= 0))
+        idx = idx[np.argsort(saving[idx], kind="stable")]
+        return [(i, float(saving[i]), float(saving_now[i])) for i in idx.tolist()]
+
+    def _hard_cuts(
+        self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, done: list[Command]
+    ) -> list[Command]:
+        """Planned on the mean: the devices may draw more now than the plan expects (a job started
+        and its mean lags). While what they draw now exceeds `budget_w`, cut the caps that free the
+        most: to the plan's target, or by a deadband where the target is not lower.
+        """
+        caps = np.where(np.isfinite(current), current, inputs.max_w)
+        for c in done:
+            caps[c.slot] = c.cap_w
+        now = np.where(np.isfinite(inputs.power_w), inputs.power_w, 0.0)
+        draw = np.where(s, np.minimum(caps, now), 0.0)
+        over = float(draw.sum()) - budget_w
+        if over <= 0:
+            return []
+        span = inputs.max_w - inputs.min_w
+        deadband = np.maximum(self.cfg.deadband_w, self.cfg.deadband_frac * span)
+        goal = np.where(np.isfinite(target), target, caps)
+        cut = np.maximum(inputs.min_w, np.minimum(goal, caps - deadband))
+        saving = np.where(s, draw - np.minimum(cut, now), 0.0)
+        out = []
+        for i in np.argsort(-saving, kind="stable").tolist():
+            if over <= 0 or saving[i] <= 0:
+                break
+            over -= float(saving[i])
+            self._ask(i, float(cut[i]))
+            out.append(Command(slot=i, cap_w=float(cut[i]), reason="budget"))
+        return out
 
     def _commands(self, inputs: Inputs, move: Mask, new: F64) -> list[Command]:
         out = []

@@ -371,11 +371,13 @@ def run(
     shards: int = 1,
     with_capacity: bool = False,
     with_sweep: bool = False,
+    plan: str = "peak",
 ) -> int:
     """Every seed at every budget fraction; print a table (or JSON); exit 0 when xpuctl did more
     work than the static cap wherever the static cap kept the budget.
     """
     t0 = time.process_time()
+    power = msgspec.convert({"plan": plan}, config.Power)  # the loop's settings: the defaults but the plan
     cases: list[Case] = []
     total = len(seeds) * (1 + 3 * len(fracs))
     done = 0
@@ -388,7 +390,7 @@ def run(
                 f"bench power: seed {seed}, budget {frac:.0%}: static, xpuctl, oracle ({done + 1}-{done + 3}/{total}) ...",
                 file=sys.stderr,
             )
-            cases.append(case(ref, nodes, seconds, frac, seed))
+            cases.append(case(ref, nodes, seconds, frac, seed, power=power))
             done += 3
     sharded = None
     if shards > 1:
@@ -413,6 +415,7 @@ def run(
     }
     result: dict[str, object] = {
         "scenario": "power",
+        "plan": plan,
         "nodes": nodes,
         "devices": nodes * 8,
         "simulated_s": seconds,
@@ -478,7 +481,9 @@ def _print(
     sharded: Run | None,
     result: dict[str, object],
 ) -> None:
-    print(f"power scenario: {nodes} nodes x 8 devices, {seconds} simulated s per run")
+    print(
+        f"power scenario: {nodes} nodes x 8 devices, {seconds} simulated s per run; the loop plans on the {result['plan']}"
+    )
     if len(cases) == 1:
         c = cases[0]
         print(
