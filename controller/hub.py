@@ -3,7 +3,8 @@
 One `Hub` per controller process, owned by the event loop (no locks). The gRPC services, the
 metrics page, the demo and the service's loops all reach the controller's state through it:
 
-* telemetry goes in through `hello` and `batch` (ingest, then the critical path at once);
+* telemetry goes in through `hello` and `batch`, or `batches` for many at once (ingest,
+  then the critical path at once);
 * `tick` runs one control period; `result` takes an agent's answer to a command;
 * the verbs `set_budget`, `set_weight` and `cordon` apply an operator's request after the core's
   rules (`core/operations.py`) have accepted it, and publish their own events;
@@ -122,6 +123,14 @@ class Hub:
         stored = self.ingest.batch(stream, cols, now_ns)
         self.handle(self.control.on_batch(stored, now_ns), now_ns)
         return stored.answer
+
+    def batches(self, nodes: list[registry.NodeState], frame: ingest.Frame, now_ns: int) -> list[ingest.Answer]:
+        """Store batches admitted by `ingest.Ingest.admit` (batch i from `nodes[i]`), then run
+        the critical path on what they stored; each batch's Ack fields.
+        """
+        stored = self.ingest.store_frame(nodes, frame, now_ns)
+        self.handle(self.control.on_batch(stored, now_ns), now_ns)
+        return stored.answers
 
     def admission(self, node_id: str | None) -> errors.NotOwner | None:
         """Why a stream (a Hello from `node_id`, or a batch: None) may not be taken; None when it may.

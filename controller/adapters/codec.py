@@ -1,14 +1,17 @@
 """The one `xpu.v1` protobuf <-> controller-model conversion.
 
-Decoding turns a column-wise Batch into numpy arrays in one pass per column (np.fromiter over the
-packed repeated fields), so no Python code runs per value on the ingest path.
+Decoding reads a column-wise Batch's fields once (`stage`, which checks its shape), then turns
+many staged batches into one frame of numpy arrays (`frame`: np.fromiter over the packed repeated
+fields of all of them), so no Python code runs per value on the ingest path and the numpy calls
+are paid per frame, not per batch.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import cast
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -20,6 +23,7 @@ from xpuctl.protos.xpu.v1 import cluster_pb2 as cpb
 from xpuctl.protos.xpu.v1 import telemetry_pb2 as pb
 
 HEALTH_BY_NAME = {name: code for code, name in model.HEALTH_NAMES.items()}
+_TEMPERATURE = model.M["temperature_c"]
 
 
 def _bad(reason: str, message: str) -> ProtocolViolation:
@@ -56,8 +60,29 @@ def hello_facts(h: pb.Hello) -> ingest.HelloFacts:
     )
 
 
-def batch_columns(b: pb.Batch, limits: ingest.Limits) -> ingest.BatchColumns:
-    """Column-wise Batch proto -> arrays; error events past `limits` are counted, not decoded.
+class Staged(NamedTuple):
+    """A Batch read and checked, its columns not yet copied into arrays (`frame` does that for
+    many batches at once). The sequences are the message's own repeated fields.
+    """
+
+    seq: int
+    dropped_total: int
+    rows: int
+    device: Sequence[int]
+    timestamp_ns: Sequence[int]
+    health: Sequence[int]
+    metrics: list[int]  # the index of each column's metric
+    chunks: list[Sequence[float]]  # each column's values
+    masks: list[tuple[int, Sequence[bool]]]  # (metric, present) of the columns that have one
+    health_reason: list[str]
+    errors: list[tuple[int, str, str]]
+    errors_dropped: int  # error events past max_error_events_per_batch, not decoded
+    hottest_c: float  # the highest temperature_c of its rows (-inf: none reported)
+
+
+def stage(b: pb.Batch, limits: ingest.Limits) -> Staged:
+    """Read a Batch's fields once and check its shape; error events past `limits` are counted,
+    not decoded.
 
     Raises:
         ProtocolViolation: INVALID_ARGUMENT when a column's length differs from the row count.
@@ -68,15 +93,15 @@ def batch_columns(b: pb.Batch, limits: ingest.Limits) -> ingest.BatchColumns:
         if n != k:
             raise _bad("bad_batch", f"Batch seq {b.seq}: {name} has {n} entries for {k} rows")
 
-    check("timestamp_ns", len(b.timestamp_ns))
-    check("health", len(b.health))
-    if b.health_reason:
-        check("health_reason", len(b.health_reason))
-    values = np.full((k, model.N_METRICS), np.nan)
-    present = np.zeros((k, model.N_METRICS), dtype=bool)
+    stamps, health, reasons = b.timestamp_ns, b.health, b.health_reason
+    check("timestamp_ns", len(stamps))
+    check("health", len(health))
+    if reasons:
+        check("health_reason", len(reasons))
     metrics: list[int] = []
-    chunks = []
-    masks = []
+    chunks: list[Sequence[float]] = []
+    masks: list[tuple[int, Sequence[bool]]] = []
+    hottest = -math.inf
     # one pass over the columns, each field read once (upb builds a new wrapper on every read)
     for col in b.columns:
         m = col.metric - 1
@@ -91,33 +116,85 @@ def batch_columns(b: pb.Batch, limits: ingest.Limits) -> ingest.BatchColumns:
         if col_present:
             check(f"column {model.METRICS[m]} present", len(col_present))
             masks.append((m, col_present))
-    if metrics:
-        # one C-level pass over all columns, then one fancy-indexed store
-        flat = np.fromiter(itertools.chain.from_iterable(chunks), np.float64, k * len(metrics))
-        values[:, metrics] = flat.reshape(len(metrics), k).T
-        present[:, metrics] = True
-    for m, col_present in masks:
-        p = np.fromiter(col_present, bool, k)
-        present[:, m] = p
-        values[~p, m] = np.nan
+        if m == _TEMPERATURE and k:
+            hottest = max(col_values)
+            if math.isnan(hottest):  # a NaN first: max() keeps it
+                hottest = max((v for v in col_values if not math.isnan(v)), default=-math.inf)
     errors = []
     chars = limits.max_error_text_chars
     for e in itertools.islice(b.errors, limits.max_error_events_per_batch):
         if e.row >= k:
             raise _bad("bad_batch", f"Batch seq {b.seq}: error event for row {e.row} of {k}")
         errors.append((e.row, e.code[:chars], e.text[:chars]))
-    return ingest.BatchColumns(
+    return Staged(
         seq=b.seq,
         dropped_total=b.dropped_total,
-        device=np.fromiter(b.device, np.int64, k),
-        timestamp_ns=np.fromiter(b.timestamp_ns, np.int64, k),
-        health=np.fromiter(b.health, np.int64, k),
+        rows=k,
+        device=b.device,
+        timestamp_ns=stamps,
+        health=health,
+        metrics=metrics,
+        chunks=chunks,
+        masks=masks,
+        health_reason=list(reasons) if reasons else [],
+        errors=errors,
+        errors_dropped=len(b.errors) - len(errors) if errors else 0,
+        hottest_c=hottest,
+    )
+
+
+def frame(staged: list[Staged]) -> ingest.Frame:
+    """Staged batches -> one frame of arrays, in a fixed number of C-level passes whatever their
+    number: every column's values go in with one np.fromiter and one fancy-indexed store.
+    """
+    m = len(staged)
+    chain = itertools.chain.from_iterable
+    rows = np.fromiter((s.rows for s in staged), np.int64, m)
+    starts = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(rows, out=starts[1:])
+    n = int(starts[-1])
+    values = np.full((n, model.N_METRICS), np.nan)
+    present = np.zeros((n, model.N_METRICS), dtype=bool)
+    columns = np.fromiter((len(s.metrics) for s in staged), np.int64, m)
+    length = np.repeat(rows, columns)  # per column: its batch's rows
+    total = int(length.sum())
+    if total:
+        metric = np.fromiter(chain(s.metrics for s in staged), np.int64, int(columns.sum()))
+        flat = np.fromiter(chain(chain(s.chunks for s in staged)), np.float64, total)
+        # column j's values are rows first[j] .. first[j] + length[j] of its metric
+        first = np.repeat(starts[:-1], columns)
+        within = np.arange(total) - np.repeat(np.cumsum(length) - length, length)
+        at_row, at_metric = np.repeat(first, length) + within, np.repeat(metric, length)
+        values[at_row, at_metric] = flat
+        present[at_row, at_metric] = True
+    for i, s in enumerate(staged):
+        for mi, col_present in s.masks:
+            p = np.fromiter(col_present, bool, s.rows)
+            a = int(starts[i])
+            present[a : a + s.rows, mi] = p
+            values[a : a + s.rows, mi][~p] = np.nan
+    return ingest.Frame(
+        seq=[s.seq for s in staged],
+        dropped_total=[s.dropped_total for s in staged],
+        starts=starts,
+        device=np.fromiter(chain(s.device for s in staged), np.int64, n),
+        timestamp_ns=np.fromiter(chain(s.timestamp_ns for s in staged), np.int64, n),
+        health=np.fromiter(chain(s.health for s in staged), np.int64, n),
         values=values,
         present=present,
-        health_reason=list(b.health_reason),
-        errors=errors,
-        errors_dropped=len(b.errors) - len(errors),
+        health_reason=[s.health_reason for s in staged],
+        errors=[s.errors for s in staged],
+        errors_dropped=[s.errors_dropped for s in staged],
     )
+
+
+def batch_columns(b: pb.Batch, limits: ingest.Limits) -> ingest.BatchColumns:
+    """Column-wise Batch proto -> arrays (`stage` and `frame` of one batch).
+
+    Raises:
+        ProtocolViolation: INVALID_ARGUMENT when a column's length differs from the row count.
+    """
+    return frame([stage(b, limits)]).batch(0)
 
 
 def ack(answer: ingest.Answer) -> bytes:

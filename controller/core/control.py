@@ -3,8 +3,9 @@
 `Control` joins the detectors, the power controller and the action ledger over the registry and
 the ring store that ingest fills. The hub (controller/hub.py) calls it:
 
-* `on_batch` with what each batch stored (`ingest.Stored`): the critical-path detectors on that batch's devices; a
-  thermal anomaly steps the device down at once (the emergency path, not waiting for the period);
+* `on_batch` with what batches stored (`ingest.Stored`, `ingest.FrameStored`): the critical-path
+  detectors on those of their devices that could raise; a thermal anomaly steps the device down at
+  once (the emergency path, not waiting for the period);
 * `tick` every control period: every detector, node liveness, the power allocation, and the
   ledger's retries and expiries;
 * `on_result` for each agent answer; `set_budget` and `set_weight` for the API.
@@ -228,30 +229,43 @@ class Control:
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def on_batch(self, stored: ingest.Stored, now_ns: int) -> Output:
-        """After a stored batch: critical-path detectors on its devices, emergencies at once."""
+    def on_batch(self, stored: ingest.Stored | ingest.FrameStored, now_ns: int) -> Output:
+        """After stored batches: critical-path detectors on the devices that could raise, emergencies at once."""
         out = Output()
         self.detectors.note_errors(stored.errors)
-        slots = stored.slots
-        if slots.size == 0:
+        if stored.slots.size == 0:
             return out
-        if not self._urgent(slots):
+        slots = self._urgent(stored.slots)
+        if slots.size == 0:
             return out  # nothing near a limit and no error event: raises cannot happen, clears wait
         findings = self.detectors.run(self.registry, self.store, now_ns, slots=slots, critical_only=True)
         out.events.extend(self._finding_events(findings, now_ns))
         self._emergencies(findings, now_ns, out)
         return out
 
-    def _urgent(self, slots: npt.NDArray[np.int64]) -> bool:
-        """Whether a critical-path detector could raise on these devices now (a cheap precheck)."""
+    def _urgent(self, slots: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Those of `slots` on which a critical-path detector could raise now (a cheap precheck)."""
         det = self.detectors
         det.grow(len(self.registry))
-        if (det.last_error_ns[slots] > det.prev_ts[slots]).any():
-            return True
         self._facts()
         temps = self.store.newest[slots, model.M["temperature_c"]]
-        margin = max(self.cfg.detect.thermal_rise_window_c, self.cfg.detect.thermal_margin_c)
-        return bool((temps >= self._slowdown[slots] - margin).any())  # NaN (no slowdown, no reading): False
+        with np.errstate(invalid="ignore"):  # NaN (no slowdown, no reading): not hot
+            hot = temps >= self._slowdown[slots] - self._hot_margin_c()
+        urgent: npt.NDArray[np.int64] = slots[hot | (det.last_error_ns[slots] > det.prev_ts[slots])]
+        return urgent
+
+    def _hot_margin_c(self) -> float:
+        return max(self.cfg.detect.thermal_rise_window_c, self.cfg.detect.thermal_margin_c)
+
+    def hot_above_c(self, slots: npt.NDArray[np.int64]) -> float:
+        """The lowest temperature at which one of `slots` is urgent for the critical path (see
+        `_urgent`): a batch of these devices whose temperatures all stay below it, and that carries
+        no error event, raises nothing there. inf: none of them can be hot.
+        """
+        self._facts()
+        limit = self._slowdown[slots[slots >= 0]] - self._hot_margin_c()
+        limit = limit[np.isfinite(limit)]
+        return float(limit.min()) if limit.size else math.inf
 
     def tick(self, now_ns: int) -> Output:
         """One control period, all at once."""

@@ -18,6 +18,9 @@ sending them; counted, then acked past. All of it vectorised over the rows of a 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 import msgspec
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +52,13 @@ _UTIL = model.M["utilization"]
 _POWER = model.M["power_w"]
 _TEMPS = [model.M["temperature_c"], model.M["memory_temperature_c"]]
 _LOWER = np.where(_NONNEG, 0.0, _MIN_TEMP_C)  # per metric, the lowest value a good row may carry
+# per metric, the highest value a good row may carry whatever the device: utilisation is a ratio, and
+# the ring store keeps gauges as float32, which would turn anything larger into infinity. Power and
+# temperatures have their own, lower bounds (implausible_power, implausible_temperature).
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_OUT_OF_RANGE = np.full(model.N_METRICS, _FLOAT32_MAX)
+_OUT_OF_RANGE[_UTIL] = 1.0
+_OUT_OF_RANGE[[_POWER, *_TEMPS]] = np.inf
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +131,57 @@ class BatchColumns(msgspec.Struct, kw_only=True):
     errors_dropped: int = 0  # error events past max_error_events_per_batch, not decoded
 
 
+class Frame(msgspec.Struct, kw_only=True):
+    """Many batches decoded together (one step of the adapter's ingest batcher, issue 13): batch i
+    has rows `starts[i]:starts[i + 1]` of the row arrays, laid out as in `BatchColumns`.
+    """
+
+    seq: list[int]
+    dropped_total: list[int]
+    starts: I64
+    device: I64
+    timestamp_ns: I64
+    health: I64
+    values: F64
+    present: npt.NDArray[np.bool_]
+    health_reason: list[list[str]]
+    errors: list[list[tuple[int, str, str]]]
+    errors_dropped: list[int]
+
+    @classmethod
+    def of(cls, cols: BatchColumns) -> Frame:
+        """One batch as a frame."""
+        return cls(
+            seq=[cols.seq],
+            dropped_total=[cols.dropped_total],
+            starts=np.array([0, cols.device.size], dtype=np.int64),
+            device=cols.device,
+            timestamp_ns=cols.timestamp_ns,
+            health=cols.health,
+            values=cols.values,
+            present=cols.present,
+            health_reason=[cols.health_reason],
+            errors=[cols.errors],
+            errors_dropped=[cols.errors_dropped],
+        )
+
+    def batch(self, i: int) -> BatchColumns:
+        """Batch `i` alone."""
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        return BatchColumns(
+            seq=self.seq[i],
+            dropped_total=self.dropped_total[i],
+            device=self.device[a:b],
+            timestamp_ns=self.timestamp_ns[a:b],
+            health=self.health[a:b],
+            values=self.values[a:b],
+            present=self.present[a:b],
+            health_reason=self.health_reason[i],
+            errors=self.errors[i],
+            errors_dropped=self.errors_dropped[i],
+        )
+
+
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
     """What to send back: the Ack fields."""
 
@@ -144,6 +205,16 @@ class Stored(msgspec.Struct, frozen=True, kw_only=True):
     answer: Answer
     slots: I64 = msgspec.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     errors: list[ErrorEvent] = msgspec.field(default_factory=list)
+
+
+class FrameStored(msgspec.Struct, frozen=True, kw_only=True):
+    """What a frame left in the store: each batch's Ack fields, in order, and for the critical
+    path the slots of every device stored and the error events.
+    """
+
+    answers: list[Answer]
+    slots: I64
+    errors: list[ErrorEvent]
 
 
 class StreamState:
@@ -228,6 +299,10 @@ class Ingest:
         self.counters = Counters()
         self.latency = LatencyWindow()
         self.recent_errors: list[ErrorEvent] = []
+        # per metric, the highest value a good row may carry; power is bounded per device as well
+        # (`_plausible_power_w`)
+        self._upper = _OUT_OF_RANGE.copy()
+        self._upper[_TEMPS] = self.limits.max_temperature_c
 
     @staticmethod
     def violation(code: str, reason: str, message: str, *, node_id: str = "") -> ProtocolViolation:
@@ -401,10 +476,31 @@ class Ingest:
     # -- Batch -------------------------------------------------------------------------------------
 
     def batch(self, stream: StreamState, cols: BatchColumns, now_ns: int) -> Stored:
-        """Validate and store one batch.
+        """Validate and store one batch: `admit`, then `store_frame` of it alone.
 
         Returns:
             The answer, and what was stored (nothing for a duplicate).
+
+        Raises:
+            ProtocolViolation: see the module docstring.
+        """
+        node = self.admit(stream, cols.seq, cols.device.size, cols.dropped_total, now_ns)
+        if isinstance(node, Answer):
+            return Stored(answer=node)  # a duplicate
+        done = self.store_frame([node], Frame.of(cols), now_ns)
+        return Stored(answer=done.answers[0], slots=done.slots, errors=done.errors)
+
+    def admit(
+        self, stream: StreamState, seq: int, rows: int, dropped_total: int, now_ns: int
+    ) -> Answer | registry.NodeState:
+        """A batch's protocol checks, and its duplicate and gap bookkeeping, before its rows are
+        validated and stored (`store_frame`, which takes many admitted batches at once and moves
+        each node's acked_seq). At most one admitted batch of a node may wait for `store_frame`
+        (the adapter reads a stream's next message once its last is stored, and a Hello stores
+        what waits first), so the checks against acked_seq here are exact.
+
+        Returns:
+            The answer to a duplicate (nothing to store), else the node to store the batch for.
 
         Raises:
             ProtocolViolation: see the module docstring.
@@ -414,164 +510,175 @@ class Ingest:
             raise self.violation(
                 "FAILED_PRECONDITION",
                 "batch_before_hello",
-                f"Batch seq {cols.seq} before Hello; open the stream with Hello",
+                f"Batch seq {seq} before Hello; open the stream with Hello",
             )
         if node.stream_epoch != stream.epoch:
             raise self.violation("ABORTED", "superseded", f"node {node.node_id!r} opened a newer stream; this one ends")
-        if cols.seq == 0:
+        if seq == 0:
             raise self.violation("INVALID_ARGUMENT", "bad_seq", "Batch seq 0; seqs start at 1")
-        if cols.seq <= stream.last_seq:
+        if seq <= stream.last_seq:
             raise self.violation(
                 "INVALID_ARGUMENT",
                 "seq_backwards",
-                f"Batch seq went backwards within boot {stream.boot_id}: {cols.seq} after {stream.last_seq}",
+                f"Batch seq went backwards within boot {stream.boot_id}: {seq} after {stream.last_seq}",
             )
-        rows = cols.device.size
         if rows > self.limits.max_rows_per_batch:
             raise self.violation(
                 "RESOURCE_EXHAUSTED",
                 "oversize",
-                f"Batch seq {cols.seq} has {rows} rows; the limit is {self.limits.max_rows_per_batch}",
+                f"Batch seq {seq} has {rows} rows; the limit is {self.limits.max_rows_per_batch}",
             )
-        if cols.seq - node.acked_seq - 1 > self.limits.max_seq_jump:
+        if seq - node.acked_seq - 1 > self.limits.max_seq_jump:
             raise self.violation(
                 "INVALID_ARGUMENT",
                 "seq_jump",
-                f"Batch seq {cols.seq} jumps {cols.seq - node.acked_seq - 1} batches past the last stored seq "
+                f"Batch seq {seq} jumps {seq - node.acked_seq - 1} batches past the last stored seq "
                 f"{node.acked_seq} of boot {stream.boot_id}; no sender drops more than "
                 f"{self.limits.max_seq_jump}: start a new boot_id",
             )
-        stream.last_seq = cols.seq
+        stream.last_seq = seq
         node.last_seen_ns = now_ns
-        node.dropped_total = cols.dropped_total
+        node.dropped_total = dropped_total
         self.counters.batches_total += 1
-        if cols.seq <= node.acked_seq:
+        if seq <= node.acked_seq:
             node.duplicate_batches += 1
             self.counters.duplicate_batches_total += 1
-            return Stored(
-                answer=Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, batch_seq=cols.seq, duplicate=True)
-            )
-        gap = cols.seq - node.acked_seq - 1
+            return Answer(boot_id=node.boot_id, acked_seq=node.acked_seq, batch_seq=seq, duplicate=True)
+        gap = seq - node.acked_seq - 1
         if gap:
             node.gap_batches += gap
             self.counters.gap_batches_total += gap
-        good, rejected, first = self._check(node, cols, now_ns)
-        slots = node.slots[cols.device[good]]
-        self.store.append(slots, cols.timestamp_ns[good], self._with_health(cols, good))
-        if cols.errors_dropped:
-            self.counters.reject("error_events_over_limit", cols.errors_dropped)
-        errors = self._note_health_and_errors(cols, good, slots)
-        stored = int(good.sum())
-        self.counters.samples_total += stored
-        if stored:
-            self.latency.record((now_ns - cols.timestamp_ns[good]) / 1e6)
-        if node.first_seq == 0:
-            node.first_seq = cols.seq
-        node.acked_seq = cols.seq
-        node.batches_stored += 1
-        answer = Answer(
-            boot_id=node.boot_id,
-            acked_seq=node.acked_seq,
-            batch_seq=cols.seq,
-            rejected=rejected,
-            rejection=first,
-        )
-        return Stored(answer=answer, slots=slots, errors=errors)
+        return node
 
-    @staticmethod
-    def _with_health(cols: BatchColumns, good: npt.NDArray[np.bool_]) -> F64:
-        """The good rows' values plus their health code in the store's HEALTH column."""
-        out = np.empty((int(good.sum()), model.N_STORED))
-        out[:, : model.N_METRICS] = cols.values[good]
-        out[:, model.HEALTH] = cols.health[good]
-        return out
+    def store_frame(self, nodes: list[registry.NodeState], frame: Frame, now_ns: int) -> FrameStored:
+        """Validate and store admitted batches, batch i from `nodes[i]` (a node at most once).
 
-    def _note_health_and_errors(self, cols: BatchColumns, good: npt.NDArray[np.bool_], slots: I64) -> list[ErrorEvent]:
+        Every row of the frame is checked at once (`_good_rows`, a dozen array operations for
+        any number of batches: nearly every batch is good, issue 13); the good batches are stored
+        in one append. A batch with a failing row is checked again on its own (`_check_rows`: which
+        rows fail and why) and its good rows are stored after the others.
+        """
+        slots, whole = self._good_rows(nodes, frame, now_ns)
+        starts = frame.starts
+        m = len(nodes)
+        msg_of_row = np.repeat(np.arange(m), np.diff(starts))
+        partial = np.flatnonzero(np.bincount(msg_of_row[~whole], minlength=m)).tolist()
+        good = whole.copy()
+        rejected, texts = [0] * m, [""] * m
+        for i in partial:
+            a, b = int(starts[i]), int(starts[i + 1])
+            good[a:b] = False
+            whole[a:b] = False
+            mask, rejected[i], texts[i] = self._check_rows(nodes[i], frame.batch(i), now_ns)
+            good[a:b] = mask
+        self._append(slots, frame, np.flatnonzero(whole))
+        for i in partial:
+            a = int(starts[i])
+            self._append(slots, frame, a + np.flatnonzero(good[a : int(starts[i + 1])]))
+        errors = self._note_health_and_errors(frame, good, slots)
+        n_good = int(np.count_nonzero(good))
+        self.counters.samples_total += n_good
+        if n_good:
+            self.latency.record((now_ns - frame.timestamp_ns[good]) / 1e6)
+        answers = []
+        for node, seq, r, t in zip(nodes, frame.seq, rejected, texts, strict=True):
+            if node.first_seq == 0:
+                node.first_seq = seq
+            node.acked_seq = seq
+            node.batches_stored += 1
+            answers.append(Answer(boot_id=node.boot_id, acked_seq=seq, batch_seq=seq, rejected=r, rejection=t))
+        return FrameStored(answers=answers, slots=slots[good], errors=errors)
+
+    def _good_rows(
+        self, nodes: list[registry.NodeState], frame: Frame, now_ns: int
+    ) -> tuple[I64, npt.NDArray[np.bool_]]:
+        """Per row: its device's slot (-1: unknown or rejected at Hello), and whether it passes
+        every check of `_check_rows` (never a row `_check_rows` would reject). A device twice in
+        the frame fails here on every row of it, and `_check_rows` says which is the repeat.
+        """
+        m, n_rows = len(nodes), frame.device.size
+        sizes = np.fromiter((node.slots.size for node in nodes), np.int64, m)
+        if not n_rows or not sizes.sum():
+            return np.full(n_rows, -1, dtype=np.int64), np.zeros(n_rows, dtype=bool)
+        msg_of_row = np.repeat(np.arange(m), np.diff(frame.starts))
+        dev = frame.device
+        known = (dev >= 0) & (dev < sizes[msg_of_row])
+        # every node's row -> slot table end to end: row r of batch i is entry offset[i] + device
+        at = np.minimum((np.cumsum(sizes) - sizes)[msg_of_row] + np.where(known, dev, 0), int(sizes.sum()) - 1)
+        slots = np.where(known, np.concatenate([node.slots for node in nodes])[at], -1)
+        declared = np.concatenate([node.declared_max_w for node in nodes])[at]
+        ok = slots >= 0
+        oldest, newest = self._stamp_window(now_ns)
+        stamps, health = frame.timestamp_ns, frame.health
+        good = ok & (stamps >= max(1, oldest)) & (stamps <= newest) & (health >= 1) & (health <= 4)
+        vals = frame.values
+        with np.errstate(invalid="ignore"):  # NaN: outside
+            inside = (vals >= _LOWER) & (vals <= self._upper)
+            inside[:, _POWER] &= vals[:, _POWER] <= self._plausible_power_w(declared)
+        good &= (inside | ~frame.present).all(axis=1)
+        seen = np.bincount(slots[ok], minlength=1)
+        good &= ~(ok & (seen[np.maximum(slots, 0)] > 1))
+        return slots, good
+
+    def _append(self, slots: I64, frame: Frame, rows: I64) -> None:
+        """Store `rows` of the frame, their health code in the store's HEALTH column."""
+        if not rows.size:
+            return
+        out = np.empty((rows.size, model.N_STORED))
+        out[:, : model.N_METRICS] = frame.values[rows]
+        out[:, model.HEALTH] = frame.health[rows]
+        self.store.append(slots[rows], frame.timestamp_ns[rows], out)
+
+    def _note_health_and_errors(self, frame: Frame, good: npt.NDArray[np.bool_], slots: I64) -> list[ErrorEvent]:
         """Keep the good rows' health reasons; return (and remember) their error events."""
-        good_rows = np.flatnonzero(good).tolist()
         reasons = self.registry.health_reason
-        for row, slot in zip(good_rows, slots.tolist(), strict=True):
-            reasons[slot] = cols.health_reason[row] if cols.health_reason else ""
-        if not cols.errors:
-            return []
-        slot_of_row = dict(zip(good_rows, slots.tolist(), strict=True))
+        why: Iterable[str] = itertools.repeat("")
+        if any(frame.health_reason):  # row order: a device in two batches keeps the later reason
+            rows = np.diff(frame.starts).tolist()
+            why = itertools.compress(
+                itertools.chain.from_iterable(r or [""] * k for r, k in zip(frame.health_reason, rows, strict=True)),
+                good.tolist(),
+            )
+        for slot, reason in zip(slots[good].tolist(), why, strict=False):
+            reasons[slot] = reason
         stored: list[ErrorEvent] = []
-        per_row: dict[int, int] = {}
-        over = 0
-        for row, code, text in cols.errors:
-            slot = slot_of_row.get(row)
-            if slot is None:
+        over = sum(frame.errors_dropped)
+        for i, events in enumerate(frame.errors):
+            if not events:
                 continue
-            per_row[row] = per_row.get(row, 0) + 1
-            if per_row[row] > self.limits.max_error_events_per_device:
-                over += 1
-                continue
-            self.counters.error_events_total += 1
-            uuid = self.registry.infos[slot].uuid
-            stored.append((int(cols.timestamp_ns[row]), uuid, slot, code, text))
+            a = int(frame.starts[i])
+            per_row: dict[int, int] = {}
+            for row, code, text in events:
+                if not good[a + row]:
+                    continue
+                per_row[row] = per_row.get(row, 0) + 1
+                if per_row[row] > self.limits.max_error_events_per_device:
+                    over += 1
+                    continue
+                self.counters.error_events_total += 1
+                slot = int(slots[a + row])
+                stored.append((int(frame.timestamp_ns[a + row]), self.registry.infos[slot].uuid, slot, code, text))
         if over:
             self.counters.reject("error_events_over_limit", over)
-        self.recent_errors.extend(stored)
-        del self.recent_errors[: -self.MAX_RECENT_ERRORS]
+        if stored:
+            self.recent_errors.extend(stored)
+            del self.recent_errors[: -self.MAX_RECENT_ERRORS]
         return stored
 
     def _plausible_power_w(self, declared_max_w: F64) -> F64:
         """The highest plausible power of devices that declared these maxima (NaN: none declared)."""
         lim = self.limits
-        return np.where(
+        bound = np.where(
             np.isfinite(declared_max_w),
             lim.implausible_power_factor * declared_max_w + lim.implausible_power_margin_w,
             lim.max_power_w,
         )
+        return np.minimum(bound, _FLOAT32_MAX)  # what the store's float32 holds
 
     def _stamp_window(self, now_ns: int) -> tuple[int, int]:
         """(oldest, newest) sample timestamp a good row may carry."""
         lim = self.limits
         return now_ns - int(lim.max_past_s * 1e9), now_ns + int(lim.max_future_s * 1e9)
-
-    def _upper_bounds(self, node: registry.NodeState) -> F64:
-        """Per row and metric, the highest value a good row may carry (the largest float where
-        nothing bounds it, so that infinity fails): utilisation 1, the plausible power of the
-        row's device, the plausible temperature.
-        """
-        if node.upper_bounds is None or node.upper_bounds.shape[0] != node.declared_max_w.size:
-            up = np.full((node.declared_max_w.size, model.N_METRICS), np.finfo(np.float64).max)
-            up[:, _UTIL] = 1.0
-            up[:, _POWER] = self._plausible_power_w(node.declared_max_w)
-            up[:, _TEMPS] = self.limits.max_temperature_c
-            node.upper_bounds = up
-        return node.upper_bounds
-
-    def _all_good(self, node: registry.NodeState, cols: BatchColumns, now_ns: int) -> bool:
-        """Whether every row passes every check of `_check`, in a dozen array operations instead
-        of `_check`'s fifty (issue 13: nearly every batch is good). False: let `_check` say which
-        rows fail and why; it never accepts a row `_check` would reject.
-        """
-        dev = cols.device
-        rows = dev.tolist()  # a batch has a handful of rows: Python's min/max beat numpy's here
-        if not rows:
-            return True
-        if max(rows) >= node.slots.size or min(rows) < 0 or len(set(rows)) < len(rows):
-            return False
-        if (node.slots[dev] < 0).any():
-            return False
-        stamps, health = cols.timestamp_ns.tolist(), cols.health.tolist()
-        oldest, newest = self._stamp_window(now_ns)
-        if min(stamps) < max(1, oldest) or max(stamps) > newest:
-            return False
-        if min(health) < 1 or max(health) > 4:
-            return False
-        with np.errstate(invalid="ignore"):
-            inside = (cols.values >= _LOWER) & (cols.values <= self._upper_bounds(node)[dev])  # NaN: outside
-        return bool((inside | ~cols.present).all())
-
-    def _check(
-        self, node: registry.NodeState, cols: BatchColumns, now_ns: int
-    ) -> tuple[npt.NDArray[np.bool_], int, str]:
-        """Per row: whether it is good; how many are not; the first reason's text."""
-        if self._all_good(node, cols, now_ns):
-            return np.ones(cols.device.size, dtype=bool), 0, ""
-        return self._check_rows(node, cols, now_ns)
 
     def _check_rows(
         self, node: registry.NodeState, cols: BatchColumns, now_ns: int
@@ -603,9 +710,9 @@ class Ingest:
         mark(6, np.asarray(not_finite.any(axis=1)))
         with np.errstate(invalid="ignore"):
             negative = present & ((_NONNEG[None, :] & (vals < 0)) | (~_NONNEG[None, :] & (vals < _MIN_TEMP_C)))
-            util_high = present[:, _UTIL] & (vals[:, _UTIL] > 1.0)
+            out_of_range = present & (vals > _OUT_OF_RANGE)
         mark(7, np.asarray(negative.any(axis=1)))
-        mark(8, util_high)
+        mark(8, np.asarray(out_of_range.any(axis=1)))
         lim = self.limits
         declared = node.declared_max_w[known_rows] if n_rows else np.full(k, np.nan)
         power_bound = self._plausible_power_w(declared)
@@ -638,8 +745,11 @@ class Ingest:
             text = f"{where}: timestamp_ns={int(cols.timestamp_ns[row])} must be > 0"
         elif code == 5:
             text = f"{where}: health={int(cols.health[row])} is not a known Health"
-        elif code == 8:
+        elif code == 8 and out_of_range[row, _UTIL]:
             text = f"{where}: utilization={float(vals[row, _UTIL])!r} is above 1 (expected a ratio 0..1)"
+        elif code == 8:
+            m = int(np.flatnonzero(out_of_range[row])[0])
+            text = f"{where}: {model.METRICS[m]}={float(vals[row, m])!r} is above {_FLOAT32_MAX:.4g}, more than any device reports"
         elif code == 9:
             text = (
                 f"{where}: power_w={float(vals[row, _POWER])!r} is not plausible for a device declared up to "

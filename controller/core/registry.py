@@ -55,8 +55,6 @@ class NodeState:
         self.row_problems: dict[int, str] = {}
         # row -> the device's highest power limit as declared (NaN: not declared), for plausibility
         self.declared_max_w: npt.NDArray[np.float64] = np.zeros(0)
-        # row -> metric -> the highest value ingest accepts (built by ingest from the above)
-        self.upper_bounds: npt.NDArray[np.float64] | None = None
         self.first_seq = 0
         self.acked_seq = 0
         self.batches_stored = 0
@@ -217,7 +215,6 @@ class Registry:
         node.declared_max_w = np.array(
             [max(info.power_limit_max_w or 0.0, info.power_limit_default_w or 0.0) or np.nan for info in devices]
         )
-        node.upper_bounds = None
         return problems
 
     def slots_of(self, node_id: str) -> npt.NDArray[np.int64]:

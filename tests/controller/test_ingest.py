@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import cast
 
+import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,7 +145,7 @@ def test_nodes_device_ids_and_hellos_are_bounded() -> None:
 
 # Issue 13: the quick all-good test must agree with the row-by-row checks on every batch: good
 # batches with at most one defect, each near a bound (a random batch is nearly always bad).
-_EDGES = [0.0, 0.5, 1.0, 1.0000001, -1e-9, -273.15, -274.0, 199.0, 201.0, 1600.0, 1601.0, 5001.0, 7e5]
+_EDGES = [0.0, 0.5, 1.0, 1.0000001, -1e-9, -273.15, -274.0, 199.0, 201.0, 1600.0, 1601.0, 5001.0, 7e5, 3.4e38, 3.5e38]
 _BAD = st.one_of(st.sampled_from(_EDGES), st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.floats())
 _STAMPS = [1, 0, -5, NOW_NS + 299 * 10**9, NOW_NS + 301 * 10**9, NOW_NS - 7 * 86_400 * 10**9 - 1]
 
@@ -174,41 +176,108 @@ def raw_batches(draw: st.DrawFn) -> pb.Batch:
     return b
 
 
-def _node_for_the_quick_test() -> tuple[ingest.Ingest, registry.NodeState]:
-    ing = ingest.Ingest(registry.Registry(), ring.RingStore(n_metrics=model.N_STORED, window=8))
+def _node_for_the_quick_test(
+    ing: ingest.Ingest | None = None, node_id: str = "n"
+) -> tuple[ingest.Ingest, ingest.StreamState]:
+    ing = ing or ingest.Ingest(registry.Registry(), ring.RingStore(n_metrics=model.N_STORED, window=8))
     stream = ingest.StreamState()
     infos = [
-        model.DeviceInfo(uuid="d0", index=0, vendor="nvidia", model="H100", power_limit_max_w=700.0),
-        model.DeviceInfo(uuid="d1", index=1, vendor="nvidia", model="H100"),  # no declared maximum
-        model.DeviceInfo(uuid="d2", index=2, vendor="acme", model="?"),  # refused at Hello
-        model.DeviceInfo(uuid="d3", index=3, vendor="amd", model="MI300X", power_limit_default_w=750.0),
+        model.DeviceInfo(uuid=f"{node_id}-d0", index=0, vendor="nvidia", model="H100", power_limit_max_w=700.0),
+        model.DeviceInfo(uuid=f"{node_id}-d1", index=1, vendor="nvidia", model="H100"),  # no declared maximum
+        model.DeviceInfo(uuid=f"{node_id}-d2", index=2, vendor="acme", model="?"),  # refused at Hello
+        model.DeviceInfo(uuid=f"{node_id}-d3", index=3, vendor="amd", model="MI300X", power_limit_default_w=750.0),
     ]
     facts = ingest.HelloFacts(
-        node_id="n", boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
+        node_id=node_id, boot_id="b", agent_version="t", devices=infos, labels={}, interval_s=1.0, acked_seq=0
     )
     ing.hello(stream, facts, NOW_NS)
-    assert stream.node is not None
-    return ing, stream.node
+    return ing, stream
 
 
-def _agree(ing: ingest.Ingest, node: registry.NodeState, b: pb.Batch) -> None:
+def _agree(ing: ingest.Ingest, stream: ingest.StreamState, b: pb.Batch) -> None:
+    """The quick check of every row at once never passes a row the row checks reject, and passes
+    every row of a batch they find wholly good.
+    """
+    node = stream.node
+    assert node is not None
     cols = codec.batch_columns(b, ing.limits)
-    _, rejected, _ = ing._check_rows(node, cols, NOW_NS)
-    assert ing._all_good(node, cols, NOW_NS) == (rejected == 0), b
+    checked, rejected, _ = ing._check_rows(node, cols, NOW_NS)
+    _, quick = ing._good_rows([node], ingest.Frame.of(cols), NOW_NS)
+    assert not (quick & ~checked).any(), b
+    assert quick.all() == (rejected == 0), b
 
 
 @settings(max_examples=400, deadline=None)
 @given(b=raw_batches())
 def test_the_quick_all_good_test_agrees_with_the_row_checks(b: pb.Batch) -> None:
-    ing, node = _node_for_the_quick_test()
-    _agree(ing, node, b)
+    ing, stream = _node_for_the_quick_test()
+    _agree(ing, stream, b)
 
 
 def test_the_quick_all_good_test_agrees_at_every_bound_of_every_metric() -> None:
-    ing, node = _node_for_the_quick_test()
+    ing, stream = _node_for_the_quick_test()
     for device in (0, 1, 3):
         for metric in range(1, model.N_METRICS + 1):
             for value in [*_EDGES, math.nan, math.inf, -math.inf]:
                 b = pb.Batch(seq=1, device=[device], timestamp_ns=[NOW_NS], health=cast("list[pb.Health]", [1]))
                 b.columns.add(metric=metric, values=[value])
-                _agree(ing, node, b)
+                _agree(ing, stream, b)
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> list[list[tuple[int, pb.Batch]]]:
+    """Up to four frames of up to three batches, each from another node of three, with health
+    reasons and error events.
+    """
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        frame = []
+        for node in draw(st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True)):
+            b = draw(raw_batches())
+            rows = len(b.device)
+            if rows and draw(st.booleans()):
+                b.health_reason.extend([draw(st.sampled_from(["", "ecc", "hot"])) for _ in range(rows)])
+            for _ in range(draw(st.integers(0, 2)) if rows else 0):
+                b.errors.add(row=draw(st.integers(0, rows - 1)), code="79", text="fell off the bus")
+            frame.append((node, b))
+        out.append(frame)
+    return out
+
+
+@pytest.mark.timeout(60)  # 200 generated runs, each stored twice: about 2 s
+@settings(max_examples=200, deadline=None)
+@given(frames=frames())
+def test_frames_of_batches_are_stored_as_the_batches_one_by_one(frames: list[list[tuple[int, pb.Batch]]]) -> None:
+    # Issue 13: the batcher stores many streams' batches in one frame; nothing may differ from
+    # storing each on its own, in order: answers, rejections and their reasons, the store, the
+    # health reasons, the error events, the counters, each node's sequence bookkeeping.
+    def fleet() -> tuple[ingest.Ingest, list[ingest.StreamState]]:
+        ing = ingest.Ingest(registry.Registry(), ring.RingStore(n_metrics=model.N_STORED, window=4))
+        return ing, [_node_for_the_quick_test(ing, f"n{j}")[1] for j in range(3)]
+
+    seqs = [0, 0, 0]
+    for frame in frames:
+        for node, b in frame:
+            seqs[node] += 1 + (b.seq % 2)  # now and then a gap
+            b.seq = seqs[node]
+    one, one_streams = fleet()
+    many, many_streams = fleet()
+    for frame in frames:
+        alone = [one.batch(one_streams[n], codec.batch_columns(b, one.limits), NOW_NS) for n, b in frame]
+        nodes: list[registry.NodeState] = []
+        for n, b in frame:
+            admitted = many.admit(many_streams[n], b.seq, len(b.device), 0, NOW_NS)
+            assert isinstance(admitted, registry.NodeState)
+            nodes.append(admitted)
+        together = many.store_frame(nodes, codec.frame([codec.stage(b, many.limits) for _, b in frame]), NOW_NS)
+        assert together.answers == [s.answer for s in alone]
+        assert sorted(together.slots.tolist()) == sorted(s for a in alone for s in a.slots.tolist())
+        assert sorted(together.errors) == sorted(e for a in alone for e in a.errors)
+    for attr in ("values", "timestamps", "head", "count", "newest", "newest_ts", "base"):
+        assert np.array_equal(getattr(one.store, attr), getattr(many.store, attr), equal_nan=True), attr
+    assert one.registry.health_reason == many.registry.health_reason
+    assert vars(one.counters) == vars(many.counters)
+    assert one.recent_errors == many.recent_errors
+    bookkeeping = ("first_seq", "acked_seq", "batches_stored", "gap_batches", "duplicate_batches")
+    for x, y in zip(one.registry.nodes.values(), many.registry.nodes.values(), strict=True):
+        assert [getattr(x, k) for k in bookkeeping] == [getattr(y, k) for k in bookkeeping]
