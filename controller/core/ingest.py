@@ -102,6 +102,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     # comes first, and when the agent ends the stream. 0 and 1 answer every batch.
     ack_every_batches: int = 16
     ack_interval_s: float = 5.0
+    # A batch sampled longer ago than this is a backlog an agent replays after a reconnect: its Ack
+    # goes at once, so that the agent's buffer frees as fast as it drains (a full buffer drops its
+    # oldest batch, even one in flight), and the adapter stores it without waiting for a step.
+    backlog_after_s: float = 2.0
 
 
 class HelloFacts(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,20 +153,22 @@ class Frame(msgspec.Struct, kw_only=True):
     errors_dropped: list[int]
 
     @classmethod
-    def of(cls, cols: BatchColumns) -> Frame:
-        """One batch as a frame."""
+    def of(cls, batches: list[BatchColumns]) -> Frame:
+        """Batches as one frame."""
+        starts = np.zeros(len(batches) + 1, dtype=np.int64)
+        np.cumsum([b.device.size for b in batches], out=starts[1:])
         return cls(
-            seq=[cols.seq],
-            dropped_total=[cols.dropped_total],
-            starts=np.array([0, cols.device.size], dtype=np.int64),
-            device=cols.device,
-            timestamp_ns=cols.timestamp_ns,
-            health=cols.health,
-            values=cols.values,
-            present=cols.present,
-            health_reason=[cols.health_reason],
-            errors=[cols.errors],
-            errors_dropped=[cols.errors_dropped],
+            seq=[b.seq for b in batches],
+            dropped_total=[b.dropped_total for b in batches],
+            starts=starts,
+            device=np.concatenate([b.device for b in batches]),
+            timestamp_ns=np.concatenate([b.timestamp_ns for b in batches]),
+            health=np.concatenate([b.health for b in batches]),
+            values=np.concatenate([b.values for b in batches]),
+            present=np.concatenate([b.present for b in batches]),
+            health_reason=[b.health_reason for b in batches],
+            errors=[b.errors for b in batches],
+            errors_dropped=[b.errors_dropped for b in batches],
         )
 
     def batch(self, i: int) -> BatchColumns:
@@ -191,6 +197,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     rejected: int = 0
     rejection: str = ""
     duplicate: bool = False
+    catching_up: bool = False  # the batch is part of a backlog (Limits.backlog_after_s): answer at once
 
 
 ErrorEvent = tuple[int, str, int, str, str]
@@ -452,6 +459,7 @@ class Ingest:
             answer.batch_seq == 0
             or answer.rejected > 0
             or answer.duplicate
+            or answer.catching_up
             or stream.unanswered >= lim.ack_every_batches
             or now_ns - stream.answered_ns >= lim.ack_interval_s * 1e9
         )
@@ -487,7 +495,7 @@ class Ingest:
         node = self.admit(stream, cols.seq, cols.device.size, cols.dropped_total, now_ns)
         if isinstance(node, Answer):
             return Stored(answer=node)  # a duplicate
-        done = self.store_frame([node], Frame.of(cols), now_ns)
+        done = self.store_frame([node], Frame.of([cols]), now_ns)
         return Stored(answer=done.answers[0], slots=done.slots, errors=done.errors)
 
     def admit(
@@ -581,13 +589,26 @@ class Ingest:
         if n_good:
             self.latency.record((now_ns - frame.timestamp_ns[good]) / 1e6)
         answers = []
-        for node, seq, r, t in zip(nodes, frame.seq, rejected, texts, strict=True):
+        for node, seq, r, t, late in zip(nodes, frame.seq, rejected, texts, self._backlog(frame, now_ns), strict=True):
             if node.first_seq == 0:
                 node.first_seq = seq
             node.acked_seq = seq
             node.batches_stored += 1
-            answers.append(Answer(boot_id=node.boot_id, acked_seq=seq, batch_seq=seq, rejected=r, rejection=t))
+            answers.append(
+                Answer(boot_id=node.boot_id, acked_seq=seq, batch_seq=seq, rejected=r, rejection=t, catching_up=late)
+            )
         return FrameStored(answers=answers, slots=slots[good], errors=errors)
+
+    def _backlog(self, frame: Frame, now_ns: int) -> list[bool]:
+        """Per batch: whether its first row was sampled before `Limits.backlog_after_s` ago."""
+        n_rows = frame.device.size
+        if not n_rows:
+            return [False] * len(frame.seq)
+        first = frame.timestamp_ns[np.minimum(frame.starts[:-1], n_rows - 1)]
+        late: list[bool] = (
+            (np.diff(frame.starts) > 0) & (first < now_ns - int(self.limits.backlog_after_s * 1e9))
+        ).tolist()
+        return late
 
     def _good_rows(
         self, nodes: list[registry.NodeState], frame: Frame, now_ns: int

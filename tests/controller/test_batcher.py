@@ -109,6 +109,11 @@ async def test_a_backlog_replayed_after_a_reconnect_does_not_wait_a_step_per_bat
     futures = [fleet.handle(fleet.streams[0], fleet.nodes[0].next(then + k * 10**9)) for k in range(3)]
     assert all(isinstance(f, asyncio.Future) and f.done() for f in futures)
     assert fleet.stored(0) == 3 * 4
-    fresh = fleet.handle(fleet.streams[0], fleet.nodes[0].next(time.time_ns()))
+    # and each is acknowledged at once: the agent's buffer frees as fast as it drains (a full
+    # buffer drops its oldest batch, even one already sent)
+    ing, stream = fleet.hub.ingest, fleet.streams[0]
+    assert all(ing.answer_now(stream, f.result(), time.time_ns()) for f in futures if isinstance(f, asyncio.Future))
+    fresh = fleet.handle(stream, fleet.nodes[0].next(time.time_ns()))
     assert isinstance(fresh, asyncio.Future)
     assert not fresh.done()
+    assert not ing.answer_now(stream, await asyncio.wait_for(fresh, timeout=1.0), time.time_ns())

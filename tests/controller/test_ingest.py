@@ -202,7 +202,7 @@ def _agree(ing: ingest.Ingest, stream: ingest.StreamState, b: pb.Batch) -> None:
     assert node is not None
     cols = codec.batch_columns(b, ing.limits)
     checked, rejected, _ = ing._check_rows(node, cols, NOW_NS)
-    _, quick = ing._good_rows([node], ingest.Frame.of(cols), NOW_NS)
+    _, quick = ing._good_rows([node], ingest.Frame.of([cols]), NOW_NS)
     assert not (quick & ~checked).any(), b
     assert quick.all() == (rejected == 0), b
 

@@ -9,8 +9,8 @@ hands it to the `Batcher`, then waits for the step that stores it. A step stores
 in since the last one with one frame of arrays (`codec.frame`, `Hub.batches`), so the numpy calls
 of validation, the ring store and the critical path are paid per step, not per batch. A step runs
 STEP_DELAY_S after its first batch, or at once when STEP_BATCHES are waiting, when every open
-stream is waiting (nothing more can come), or when a batch was sampled more than BEHIND_NS ago
-(an agent replaying its backlog after a reconnect: its stream would otherwise drain at one batch
+stream is waiting (nothing more can come), or when a batch belongs to a backlog an agent replays
+after a reconnect (`ingest.Limits.backlog_after_s`: its stream would otherwise drain at one batch
 per step). A batch that may be hot (a temperature near a device's
 slowdown, or an error event) does not wait: it is stored on its own in its handler's turn, and
 the critical path sees it as before. Each handler then writes its Ack as before (cumulative: see
@@ -39,9 +39,8 @@ log = logging.getLogger("xpu.controller.grpc")
 # trailing metadata of a FAILED_PRECONDITION from a standby: the owner's address (issue 14.3)
 OWNER_METADATA = "xpu-owner"
 SERVICE = pb.DESCRIPTOR.services_by_name["Telemetry"].full_name
-STEP_DELAY_S = 0.05  # the longest a batch waits for its step (ingest latency, not the critical path)
+STEP_DELAY_S = 0.02  # the longest a batch waits for its step (ingest latency, not the critical path)
 STEP_BATCHES = 512  # a step runs at once when this many batches wait
-BEHIND_NS = 2 * 10**9  # a batch sampled longer ago is a backlog replayed after a reconnect
 
 
 class Batcher:
@@ -68,7 +67,8 @@ class Batcher:
         self.staged.append(staged)
         self.waiting.append(done)
         n = len(self.staged)
-        behind = staged.rows and staged.timestamp_ns[0] < now_ns - BEHIND_NS  # a backlog: more follows it
+        backlog_ns = int(self.state.ingest.limits.backlog_after_s * 1e9)
+        behind = staged.rows and staged.timestamp_ns[0] < now_ns - backlog_ns  # a backlog: more follows it
         if n >= STEP_BATCHES or n >= self.state.streams_open or behind:
             self.step()
         elif self.timer is None:
