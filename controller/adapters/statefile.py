@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import pathlib
+import threading
 
 from xpuctl.controller import errors
 from xpuctl.controller.core import desired
@@ -39,6 +40,7 @@ class FileStore:
         """
         self.dir = pathlib.Path(directory).expanduser()
         self.path = self.dir / NAME
+        self._writing = threading.Lock()
         self.where = str(self.path)
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -89,20 +91,24 @@ class FileStore:
         """
         data = desired.encode(d)
         tmp = self.dir / (NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(self.path)
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # one write at a time: the service's saver runs in a thread that a shutdown does not stop,
+        # and the final save on the event loop's thread used the same temporary file (ENOENT on
+        # one of the two renames, and no state saved on the way out)
+        with self._writing:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(self.path)
+            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def close(self) -> None:
         """Let the directory go (another controller may take it)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import threading
 import time
 
 import grpc
@@ -125,6 +126,32 @@ def test_the_file_store_round_trips_and_replaces_whole(tmp_path: pathlib.Path) -
         assert store.load() == msgspec.structs.replace(d, budget_w=99.0)
         assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["lock", "state.json"]
         assert (tmp_path / "s" / "lock").read_text() == f"{os.getpid()}\n"
+    finally:
+        store.close()
+
+
+def test_saves_from_two_threads_at_once_both_succeed(tmp_path: pathlib.Path) -> None:
+    # The service's saver thread was still writing when the final save on the way out began: both
+    # used one temporary file, and one rename failed (ENOENT), so the shutdown saved nothing.
+    store = statefile.FileStore(tmp_path)
+    failures: list[OSError] = []
+
+    def save_many(budget_w: float) -> None:
+        for _ in range(200):
+            try:
+                store.save(desired.Desired(budget_w=budget_w, node_weights={f"n{i}": 1.5 for i in range(300)}))
+            except OSError as exc:
+                failures.append(exc)
+
+    try:
+        threads = [threading.Thread(target=save_many, args=(w,)) for w in (1000.0, 2000.0)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        loaded = store.load()
+        assert loaded is not None and loaded.budget_w in (1000.0, 2000.0)
     finally:
         store.close()
 
