@@ -247,6 +247,9 @@ def run(args: argparse.Namespace) -> int:
     # ERROR: the hot samples raise anomalies, which the controller logs as warnings
     serve = [py, "-m", "xpuctl.controller.cli", "--log-level", "ERROR", "serve", "--listen", target]
     serve += ["--window", str(args.window)]
+    # a state directory of its own: the default is the operator's (a controller of this user holds
+    # its lock, and the bench's simulated nodes would be restored by the next real start)
+    serve += ["--state-dir", str(pathlib.Path(work.name) / "state")]
     if mqtt_port:
         serve += ["--mqtt", f"mqtt://127.0.0.1:{mqtt_port}"]
     controller = subprocess.Popen(serve, env=env)  # noqa: S603 - our own program, argv list
