@@ -569,13 +569,12 @@ class Ingest:
         slots, whole = self._good_rows(nodes, frame, now_ns)
         starts = frame.starts
         m = len(nodes)
-        msg_of_row = np.repeat(np.arange(m), np.diff(starts))
-        partial = np.flatnonzero(np.bincount(msg_of_row[~whole], minlength=m)).tolist()
+        # the batches of the rows that failed (usually none): the last start at or before each row
+        partial = np.unique(np.searchsorted(starts, np.flatnonzero(~whole), side="right") - 1).tolist()
         good = whole.copy()
         rejected, texts = [0] * m, [""] * m
         for i in partial:
             a, b = int(starts[i]), int(starts[i + 1])
-            good[a:b] = False
             whole[a:b] = False
             mask, rejected[i], texts[i] = self._check_rows(nodes[i], frame.batch(i), now_ns)
             good[a:b] = mask
@@ -605,10 +604,12 @@ class Ingest:
         if not n_rows:
             return [False] * len(frame.seq)
         first = frame.timestamp_ns[np.minimum(frame.starts[:-1], n_rows - 1)]
-        late: list[bool] = (
-            (np.diff(frame.starts) > 0) & (first < now_ns - int(self.limits.backlog_after_s * 1e9))
-        ).tolist()
+        late: list[bool] = ((np.diff(frame.starts) > 0) & (first < self.backlog_before_ns(now_ns))).tolist()
         return late
+
+    def backlog_before_ns(self, now_ns: int) -> int:
+        """A batch sampled before this is part of a backlog (`Limits.backlog_after_s`)."""
+        return now_ns - int(self.limits.backlog_after_s * 1e9)
 
     def _good_rows(
         self, nodes: list[registry.NodeState], frame: Frame, now_ns: int

@@ -87,7 +87,7 @@ class SimCluster:
                 continue
             self.seq[k] += 1
             cols = _columns(node, self.seq[k], self.now_ns)
-            admitted = self.ingest.admit(self.streams[k], cols.seq, cols.device.size, 0, self.now_ns)
+            admitted = self.ingest.admit(self.streams[k], cols.seq, cols.device.size, cols.dropped_total, self.now_ns)
             if isinstance(admitted, registry.NodeState):  # else a duplicate: never, seqs only rise here
                 nodes.append(admitted)
                 batches.append(cols)

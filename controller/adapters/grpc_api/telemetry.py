@@ -11,10 +11,9 @@ of validation, the ring store and the critical path are paid per step, not per b
 STEP_DELAY_S after its first batch, or at once when STEP_BATCHES are waiting, when every open
 stream is waiting (nothing more can come), or when a batch belongs to a backlog an agent replays
 after a reconnect (`ingest.Limits.backlog_after_s`: its stream would otherwise drain at one batch
-per step). A batch that may be hot (a temperature near a device's
-slowdown, or an error event) does not wait: it is stored on its own in its handler's turn, and
-the critical path sees it as before. Each handler then writes its Ack as before (cumulative: see
-`ingest.Limits.ack_every_batches`).
+per step). A batch that may be hot (a temperature near a device's slowdown, or an error event)
+does not wait: it is stored on its own in its handler's turn, and the critical path sees it as
+before. Each handler then writes its Ack as before (cumulative: see `ingest.Limits.ack_every_batches`).
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ class Batcher:
         self.staged: list[codec.Staged] = []
         self.waiting: list[asyncio.Future[ingest.Answer]] = []
         self.timer: asyncio.TimerHandle | None = None
-        self.hot: dict[str, float] = {}  # node id -> its devices' hot_above_c, at registry version:
+        self.hot: dict[str, float] = {}  # node id -> its devices' hot_above_c, at registry version
         self.hot_version = -1
 
     def add(self, node: registry.NodeState, staged: codec.Staged, now_ns: int) -> asyncio.Future[ingest.Answer]:
@@ -67,8 +66,7 @@ class Batcher:
         self.staged.append(staged)
         self.waiting.append(done)
         n = len(self.staged)
-        backlog_ns = int(self.state.ingest.limits.backlog_after_s * 1e9)
-        behind = staged.rows and staged.timestamp_ns[0] < now_ns - backlog_ns  # a backlog: more follows it
+        behind = staged.rows and staged.timestamp_ns[0] < self.state.ingest.backlog_before_ns(now_ns)  # more follows
         if n >= STEP_BATCHES or n >= self.state.streams_open or behind:
             self.step()
         elif self.timer is None:
