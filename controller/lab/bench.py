@@ -298,6 +298,18 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"xpu-controller bench: {exc}", file=sys.stderr)
         return 1
+    except grpc.RpcError as exc:  # the controller it started stopped answering: say so, no traceback
+        code = controller.poll()
+        why = "stopped answering" if code is None else f"exited with status {code}"
+        if code is not None and code < 0:
+            why = f"was killed by signal {-code}"
+        details = getattr(exc, "details", None)  # the channel's errors are also grpc.Call (untyped)
+        detail = details() if callable(details) else str(exc)
+        print(
+            f"xpu-controller bench: the controller (pid {controller.pid}) {why}: {detail}; its log is above",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         reports = _stop_all(loaders, controller, broker, commands)
         work.cleanup()
