@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import pathlib
 import signal
@@ -90,6 +91,18 @@ def state_dir(cfg: config.Config, environ: Mapping[str, str]) -> pathlib.Path | 
 def _store(cfg: config.Config) -> statefile.FileStore | None:
     where = state_dir(cfg, os.environ)
     return None if where is None else statefile.FileStore(where)
+
+
+def _share(text: str) -> float:
+    """An argument type: a number from 0 to 1 (0 allowed, unlike `cli.fraction`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        msg = f"{text!r} must be a number from 0 to 1"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def fractions(text: str) -> list[float]:
@@ -235,6 +248,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["peak", "mean"],
         default="peak",
         help="power scenario: what xpuctl's loop plans devices on ([power] plan; default peak)",
+    )
+    bench.add_argument(
+        "--raise-deadband-frac",
+        type=_share,
+        default=0.0,
+        metavar="F",
+        help="power scenario, --plan mean: [power] raise_deadband_frac (0: raises wait for the deadband only)",
     )
     bench.add_argument(
         "--capacity",
@@ -435,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_capacity=args.capacity,
             with_sweep=args.alpha_sweep,
             plan=args.plan,
+            raise_deadband_frac=args.raise_deadband_frac,
         )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd

@@ -519,6 +519,8 @@ class PowerController:
                 cuts[:] = False  # planned on the mean: a cut waits until the budget or a raise needs it
             move = wanted & (~known | cuts)
             raises = wanted & known & big & (new > base)
+            if self._on_mean(inputs) and self.cfg.raise_deadband_frac > 0:
+                raises &= new - base >= np.maximum(deadband, self.cfg.raise_deadband_frac * span)
             if self.hold_raises:
                 move &= known
                 raises[:] = False

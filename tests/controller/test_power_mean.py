@@ -110,3 +110,17 @@ def test_planned_on_the_mean_a_fleet_draws_more_of_its_budget_and_keeps_it() -> 
     assert draw(mean) >= draw(peak) + 0.02, (draw(mean), draw(peak))
     assert mean.work_tdp_s > peak.work_tdp_s
     assert powerbench._longest(mean.series_w, budget * 1.02) <= 2
+
+
+def test_a_raise_waits_for_the_raise_deadband_and_a_cut_does_not() -> None:
+    # four devices of 200-700 W held at 400 W; the budget leaves each 430 W: +30 W is more than
+    # the deadband (5% of the 500 W range: 25 W) but less than a raise deadband of 10% (50 W)
+    inp = mean_inputs(4, mean_w=400.0, power_w=400.0, limit_w=400.0)
+    plain = on_mean(4 * 430.0).decide(inp).commands
+    assert len(plain) == 4 and all(c.cap_w == pytest.approx(430.0) for c in plain)
+    cfg = config.Power(budget_w=4 * 430.0, plan="mean", reserve_frac=0.0, raise_deadband_frac=0.1)
+    assert power.PowerController(cfg).decide(inp).commands == []
+    # a budget below what they draw: the cut goes at once, raise deadband or not
+    cfg = config.Power(budget_w=4 * 300.0, plan="mean", reserve_frac=0.0, raise_deadband_frac=0.1)
+    cuts = power.PowerController(cfg).decide(inp).commands
+    assert cuts and all(c.cap_w < 400.0 for c in cuts)
