@@ -291,6 +291,7 @@ class Link:
                 tg.create_task(self._until_moved(), name=f"link[{self.node_id}].owner")
         finally:
             call.cancel()
+            self.batches.mark_sent(0)  # the next stream resends from the last Ack
             self._session_ended.set()
 
     def _handle(self, msg: pb.ControllerMessage) -> None:
@@ -344,5 +345,6 @@ class Link:
                 pause_s = self._resume_at - time.monotonic()
                 if pause_s > 0:
                     await asyncio.sleep(pause_s)
+                self.batches.mark_sent(seq)  # in flight from now: a full buffer drops a newer one
                 await call.write(payload)
                 sent = seq

@@ -1,8 +1,11 @@
 """The agent's bounded buffer of encoded batches awaiting an Ack.
 
 Invariant: the buffer holds at most `capacity` batches with strictly increasing seqs, exactly the
-batches produced and not yet acknowledged, minus the oldest ones dropped when it was full
-(`dropped_total` counts those). Pure: no asyncio, no clock.
+batches produced and not yet acknowledged, minus those dropped when it was full (`dropped_total`
+counts those). A full buffer drops the oldest batch not yet written on the live stream, and the
+oldest of all only when every one was: a batch in flight is most likely stored already, and
+dropping it would count a drop that the controller never sees as a gap (it made the outage test
+flaky). Pure: no asyncio, no clock.
 """
 
 from __future__ import annotations
@@ -23,20 +26,33 @@ class BatchBuffer:
         self._items: collections.deque[tuple[int, bytes]] = collections.deque()
         self.dropped_total = 0
         self.acked_seq = 0
+        self.sent_seq = 0  # the newest seq written on the live stream (0: none, or no stream)
 
     def __len__(self) -> int:
         """Batches held (sent or not), not yet acknowledged."""
         return len(self._items)
 
     def make_room(self) -> None:
-        """Drop the oldest batch (and count it) if the buffer is full.
+        """Drop a batch (and count it) if the buffer is full: the oldest not yet sent on the live
+        stream, else the oldest.
 
         Call before encoding a new batch, so that the batch carries a `dropped_total` that
         already counts the drop its own arrival causes.
         """
-        if len(self._items) >= self.capacity:
+        if len(self._items) < self.capacity:
+            return
+        sent = sum(1 for seq, _ in self._items if seq <= self.sent_seq)  # sent ones come first
+        if sent < len(self._items):
+            del self._items[sent]
+        else:
             self._items.popleft()
-            self.dropped_total += 1
+        self.dropped_total += 1
+
+    def mark_sent(self, seq: int) -> None:
+        """Batches up to `seq` are written on the live stream; 0 when there is no stream (the
+        next one resends from the last Ack).
+        """
+        self.sent_seq = seq
 
     def append(self, seq: int, payload: bytes) -> None:
         """Add a batch, dropping the oldest (counted) if still full."""
