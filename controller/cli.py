@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import pathlib
 import signal
@@ -91,18 +90,6 @@ def state_dir(cfg: config.Config, environ: Mapping[str, str]) -> pathlib.Path | 
 def _store(cfg: config.Config) -> statefile.FileStore | None:
     where = state_dir(cfg, os.environ)
     return None if where is None else statefile.FileStore(where)
-
-
-def _share(text: str) -> float:
-    """An argument type: a number from 0 to 1 (0 allowed, unlike `cli.fraction`)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        msg = f"{text!r} must be a number from 0 to 1"
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 def fractions(text: str) -> list[float]:
@@ -251,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--raise-deadband-frac",
-        type=_share,
+        type=cli.number(float, lambda v: 0 <= v <= 1, "must be a number from 0 to 1", what="number"),
         default=0.0,
         metavar="F",
         help="power scenario, --plan mean: [power] raise_deadband_frac (0: raises wait for the deadband only)",

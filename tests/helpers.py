@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import pathlib
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aiomqtt
@@ -47,13 +48,22 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    """Poll a condition on the event loop until it holds; fail naming `what` after the deadline."""
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], *, timeout_s: float, what: str, every_s: float = 0.05
+) -> None:
+    """Poll a condition (a function, or a coroutine function such as one asking a server) on the
+    event loop every `every_s` until it holds; fail naming `what` after the deadline.
+    """
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while not await _holds(predicate):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every_s)
+
+
+async def _holds(predicate: Callable[[], bool | Awaitable[bool]]) -> bool:
+    result = predicate()
+    return await result if inspect.isawaitable(result) else result
 
 
 async def xpuctl(target: str, *args: str) -> tuple[int, str, str]:

@@ -55,7 +55,7 @@ class BatchBuffer:
         self.sent_seq = seq
 
     def append(self, seq: int, payload: bytes) -> None:
-        """Add a batch, dropping the oldest (counted) if still full."""
+        """Add a batch, making room first (see `make_room`) if still full."""
         if self._items and seq <= self._items[-1][0]:
             msg = f"seq must increase: got {seq} after {self._items[-1][0]}"
             raise ValueError(msg)

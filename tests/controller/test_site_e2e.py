@@ -116,10 +116,7 @@ async def test_the_site_stays_within_its_budget_through_a_change_and_a_dead_root
             return False
         return bool(s.devices == len(SHARDS) * NODES * 8 and s.nodes_online == len(SHARDS) * NODES)
 
-    deadline = time.monotonic() + 60
-    while not await every_device_reports():
-        assert time.monotonic() < deadline, "the fleets did not come up"
-        await asyncio.sleep(0.5)
+    await wait_until(every_device_reports, timeout_s=60, what="the fleets up", every_s=0.5)
     # the gateway reports the site budget the root holds (once the root has published it)
     await watch_until(gateway, lambda _, budget: budget == 26_000, 20, "the site budget", for_s=0.5)
     # the fleets start uncapped, above the budget: the root grants, the shards cap them
@@ -168,10 +165,7 @@ async def test_the_site_stays_within_its_budget_through_a_change_and_a_dead_root
             return False
         return bool(s.nodes_online == NODES)
 
-    deadline = time.monotonic() + 30
-    while not await s1_back():
-        assert time.monotonic() < deadline, "s1's owner did not come back"
-        await asyncio.sleep(0.5)
+    await wait_until(s1_back, timeout_s=30, what="s1's owner back", every_s=0.5)
     await watch_until(gateway, lambda draw, budget: draw <= budget, 30, "the site under its budget with s1 back")
 
     # the root dies: grants lapse after 3 s and the shards fall back to their static shares
