@@ -237,13 +237,6 @@ def _parser() -> argparse.ArgumentParser:
         help="power scenario: what xpuctl's loop plans devices on ([power] plan; default peak)",
     )
     bench.add_argument(
-        "--raise-deadband-frac",
-        type=cli.number(float, lambda v: 0 <= v <= 1, "must be a number from 0 to 1", what="number"),
-        default=0.0,
-        metavar="F",
-        help="power scenario, --plan mean: [power] raise_deadband_frac (0: raises wait for the deadband only)",
-    )
-    bench.add_argument(
         "--capacity",
         action="store_true",
         help="power scenario: also how many devices a feed of the TDP of --nodes carries, by policy (5%% work lost)",
@@ -442,7 +435,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             with_capacity=args.capacity,
             with_sweep=args.alpha_sweep,
             plan=args.plan,
-            raise_deadband_frac=args.raise_deadband_frac,
         )
     if args.command == "bench" and args.scenario == "failover":
         from xpuctl.controller.lab import failoverbench  # noqa: PLC0415 - only this bench starts etcd

@@ -33,16 +33,17 @@ just under the power it last ran hot at, and a device hot again there is cut by 
 (`REPEAT_STEP_FRAC`): it settles near its sustainable power instead of swinging.
 With no budget set, only the thermal rules act. Pure: no clocks, no I/O.
 
-Planned on the mean (`[power] plan = "mean"`, issue 17.2): the sum of every device's recent peak
-leaves 6-9% of the budget unused, so the plan takes each device's mean power over the window
-instead (a device held at its cap by its mean, or for its last HELD_SAMPLES samples, asks for its
-cap plus the margin as before) and loads without a setter at the larger of their mean and their
-power now (a job starting on them counts from its first sample). The mean lags a job that starts
-on a cappable device, so the plan is checked against what the devices draw now as well: a raise
-must fit both, with RAISE_HEADROOM_FRAC of the budget left over, and when what they draw now
-exceeds the budget, caps are cut at once (`_hard_cuts`). A cut the plan wants waits until the
-budget needs it or until a raise the plan wants needs the room (`_donors`): fewer cuts that a raise
-takes back a few periods later.
+Planned on the mean (`[power] plan = "mean"`, issues 17.2 and 17.3): the sum of every device's
+recent peak leaves 6-9% of the budget unused, so the plan takes each device's mean power over the
+window instead, loads without a setter at their mean too, and a device held at its cap (by its
+mean, or for its last HELD_SAMPLES samples) asks for its whole range: its demand is hidden, and
+the budget counts it at its cap. Caps then move in few, large steps (`_steps`): a cut as soon as
+the plan exceeds the budget, a raise only once the room exceeds ROOM_HYSTERESIS_FRAC of it (and
+fits what the devices draw now as well); the devices furthest from their targets move first, as
+fractions of their ranges so that no vendor is favoured, each by `step_frac` of its range at the
+least. Bursts that line up are not planned for: when the measured power exceeds the
+budget by more than OVERDRAW_FRAC, the caps that free the most now are cut at once
+(`_overdraw_cuts`), so the cluster is back under it the next period.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ I64 = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
 REPEAT_STEP_FRAC = 0.05  # a thermal cut, and the margin kept under the power it last ran hot at
 HELD_SAMPLES = 5  # plan "mean": a device at its cap this many samples in a row is held by it
-RAISE_HEADROOM_FRAC = 0.005  # plan "mean": part of the budget a raise leaves free (no raise-cut churn)
+ROOM_HYSTERESIS_FRAC = 0.005  # plan "mean": room in the plan that raises no cap (part of the budget)
+OVERDRAW_FRAC = 0.02  # plan "mean": measured power this far above the budget is cut at once (issue 17.2)
 
 
 def fill(base: F64, top: F64, weight: F64, amount: float) -> F64:
@@ -400,9 +402,11 @@ class PowerController:
                 feasible, problem = False, str(exc)
             target = np.full(n, np.nan)
             target[s] = caps
-        commands = self._moves(inputs, s, current, target, settable_budget, demand)
         if self._on_mean(inputs) and self.budget_w is not None:
-            commands += self._hard_cuts(inputs, s, current, target, settable_budget, commands)
+            commands = self._steps(inputs, s, current, target, settable_budget, demand, ceiling)
+            commands += self._overdraw_cuts(inputs, s, current, target, commands)
+        else:
+            commands = self._moves(inputs, s, current, target, settable_budget, demand)
         wanted = demand if self.budget_w is not None else self._demand(inputs, current)
         with np.errstate(invalid="ignore"):
             demand_w = float(np.nansum(np.where(s, np.minimum(wanted, inputs.max_w), 0.0))) + fixed_w
@@ -443,12 +447,13 @@ class PowerController:
 
     def _fixed_w(self, inputs: Inputs, cappable: Mask) -> float:
         """What the devices the loop cannot cap draw at most: their recent peaks; planned on the
-        mean, the larger of their mean and their power now.
+        mean, their mean (their power now where there is none): a burst on them is the
+        overdraw cuts' business, not the plan's.
         """
         level = inputs.recent_max_w
         if self._on_mean(inputs):
             assert inputs.mean_w is not None  # noqa: S101 - narrows the type
-            level = np.fmax(inputs.mean_w, inputs.power_w)
+            level = np.where(np.isfinite(inputs.mean_w), inputs.mean_w, inputs.power_w)
         return float(np.nansum(np.where(cappable, 0.0, level)))
 
     def _settable_budget_w(self, fixed_w: float, reclaim_w: float) -> float:
@@ -479,7 +484,9 @@ class PowerController:
 
     def _demand(self, inputs: Inputs, current: F64) -> F64:
         """Highest recent power plus a margin (planned on the mean: the mean power); a device held
-        at its enforced cap asks for more.
+        at its enforced cap asks for more: the margin, or planned on the mean its whole range (so
+        that every held device gets the same share of its range whatever its cap now; the budget
+        counts it at its cap, min(cap, demand), which is what it draws).
         """
         margin = self.cfg.demand_margin_frac
         span = inputs.max_w - inputs.min_w
@@ -495,7 +502,10 @@ class PowerController:
                 level = np.fmax(level, inputs.held_w)
         with np.errstate(invalid="ignore"):
             limited = level >= 0.97 * enforced
-        return np.where(limited, np.fmax(current, enforced) + margin * span, wanted)
+        more = np.fmax(current, enforced) + margin * span
+        if self._on_mean(inputs):
+            more = np.fmax(more, inputs.max_w)
+        return np.where(limited, more, wanted)
 
     def _moves(self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64) -> list[Command]:
         """The fewest commands that keep the plan within the budget and move caps towards the
@@ -515,12 +525,8 @@ class PowerController:
             wanted = s & np.isfinite(new)
             big = np.abs(new - base) >= deadband
             cuts = big & (new < base)
-            if self._on_mean(inputs) and math.isfinite(budget_w):
-                cuts[:] = False  # planned on the mean: a cut waits until the budget or a raise needs it
             move = wanted & (~known | cuts)
             raises = wanted & known & big & (new > base)
-            if self._on_mean(inputs) and self.cfg.raise_deadband_frac > 0:
-                raises &= new - base >= np.maximum(deadband, self.cfg.raise_deadband_frac * span)
             if self.hold_raises:
                 move &= known
                 raises[:] = False
@@ -544,23 +550,69 @@ class PowerController:
                 if over <= 0:
                     break
         room = budget_w - drawn(kept)
-        now, room_now, donors = self._now(inputs, demand), math.inf, []
-        if self._on_mean(inputs):  # a raise must fit what the devices draw now too, with room left
-            left = RAISE_HEADROOM_FRAC * (self.budget_w or 0.0)
-            room_now = budget_w - left - float(np.sum(np.where(s, np.minimum(kept, now), 0.0)))
-            room -= left
-            donors = self._donors(wanted & known & ~move & (new <= base - deadband), base, new, demand, now)
         up = np.flatnonzero(raises)
         for i in up[np.argsort(base[up] - new[up])].tolist():  # the largest raise first
             extra = one(i, float(new[i])) - one(i, float(base[i]))
-            extra_now = min(float(new[i]), float(now[i])) - min(float(base[i]), float(now[i]))
-            while (extra > room or extra_now > room_now) and donors:  # the cuts that waited pay for it
-                j, saving, saving_now = donors.pop()
-                room, room_now, move[j] = room + saving, room_now + saving_now, True
-            if extra <= room and extra_now <= room_now:
+            if extra <= room:
+                room -= extra
+                move[i] = True
+        return self._commands(inputs, move, new)
+
+    def _steps(
+        self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, demand: F64, ceiling: F64
+    ) -> list[Command]:
+        """Planned on the mean: few, large moves towards the allocation (issue 17.3).
+
+        The plan's room is `budget_w` less what the devices are expected to draw under their caps,
+        min(cap, demand). Below 0, the devices furthest above their targets, as fractions of their
+        ranges, are cut first, each by `step_frac` of its range at the least (to its target where
+        that is lower), until the room is back; a raise waits for room over ROOM_HYSTERESIS_FRAC
+        of the budget (a bursty device's mean wanders; the caps need not follow it), and then the
+        devices furthest below their targets rise first, by a step at the least, while they fit. A raise must also fit what the devices draw now (each its power
+        now or its mean, the larger) under the budget, and it waits rather than let a smaller raise
+        behind it take the room. An unknown cap is set outright (not while raises are held).
+        """
+        span = inputs.max_w - inputs.min_w
+        frac = np.where(span > 0, span, 1.0)
+        step = np.maximum(self.cfg.deadband_w, self.cfg.step_frac * span)
+        known = np.isfinite(current)
+        base = np.where(known, current, inputs.max_w)
+        new = base.copy()
+        move = s & ~known & np.isfinite(target) & (not self.hold_raises)
+        new[move] = target[move]
+        d = np.maximum(np.where(np.isfinite(demand), demand, 0.0), 0.0)
+        room = budget_w - float(np.sum(np.where(s, np.minimum(new, d), 0.0)))
+        free = s & known & np.isfinite(target)
+        hysteresis = ROOM_HYSTERESIS_FRAC * (self.budget_w or 0.0)
+        if room < 0:
+            excess = np.where(free, (base - target) / frac, -np.inf)
+            for i in np.argsort(-excess, kind="stable").tolist():
+                if room >= 0 or not free[i]:
+                    break
+                cut = max(float(inputs.min_w[i]), min(float(target[i]), float(base[i] - step[i])))
+                saving = min(float(base[i]), d[i]) - min(cut, d[i])
+                if saving > 0:
+                    new[i], move[i] = cut, True
+                    room += saving
+        elif room > hysteresis and not self.hold_raises:
+            assert inputs.mean_w is not None  # noqa: S101 - planned on the mean; narrows the type
+            now = np.fmax(self._now(inputs, demand), inputs.mean_w)  # a bursty device off its burst: its mean
+            room_now = (self.budget_w or 0.0) - float(np.sum(np.where(s, np.minimum(new, now), 0.0)))
+            room_now -= float(np.nansum(np.where(s, 0.0, inputs.power_w)))
+            deficit = np.where(free, (target - base) / frac, -np.inf)
+            for i in np.argsort(-deficit, kind="stable").tolist():
+                if deficit[i] <= 0 or room <= 0:
+                    break
+                up = min(float(ceiling[i]), max(float(target[i]), float(base[i] + step[i])))
+                extra = min(up, d[i]) - min(float(base[i]), d[i])
+                extra_now = min(up, float(now[i])) - min(float(base[i]), float(now[i]))
+                if extra <= 0:
+                    continue  # it would not draw more: no command
+                if extra > room or extra_now > room_now:
+                    break  # it waits for room; none smaller behind it takes it
+                new[i], move[i] = up, True
                 room -= extra
                 room_now -= extra_now
-                move[i] = True
         return self._commands(inputs, move, new)
 
     @staticmethod
@@ -568,39 +620,38 @@ class PowerController:
         """What each device is taken to draw next period: its power now (its demand where unknown)."""
         return np.where(np.isfinite(inputs.power_w), inputs.power_w, np.where(np.isfinite(demand), demand, 0.0))
 
-    @staticmethod
-    def _donors(mask: Mask, base: F64, new: F64, demand: F64, now: F64) -> list[tuple[int, float, float]]:
-        """Planned on the mean: the devices in `mask` whose cut to its target frees power, in the
-        plan and in what they draw now, as (slot, plan W, now W), the largest last (popped first).
-        A device that draws less than its target frees nothing and is not cut.
+    def _overdraw_cuts(self, inputs: Inputs, s: Mask, current: F64, target: F64, done: list[Command]) -> list[Command]:
+        """Planned on the mean: the plan does not count bursts that line up, nor a job that starts
+        on a load without a setter until its mean shows it. When the measured power exceeds the
+        budget by more than OVERDRAW_FRAC, cut at once, the caps that free the most now first
+        (each by a step, to its target where lower; deeper, to what their draw now fitted to the
+        budget gives them, where a step each is not enough), until what the devices draw now fits
+        the budget: the cluster is back under it the next period.
         """
-        d = np.maximum(demand, 0.0)
-        saving = np.minimum(base, d) - np.minimum(new, d)
-        saving_now = np.minimum(base, now) - np.minimum(new, now)
-        idx = np.flatnonzero(mask & (saving > 0) & (saving_now >= 0))
-        idx = idx[np.argsort(saving[idx], kind="stable")]
-        return [(i, float(saving[i]), float(saving_now[i])) for i in idx.tolist()]
-
-    def _hard_cuts(
-        self, inputs: Inputs, s: Mask, current: F64, target: F64, budget_w: float, done: list[Command]
-    ) -> list[Command]:
-        """Planned on the mean: the devices may draw more now than the plan expects (a job started
-        and its mean lags). While what they draw now exceeds `budget_w`, cut the caps that free the
-        most: to the plan's target, or by a deadband where the target is not lower.
-        """
+        assert self.budget_w is not None  # noqa: S101 - the caller checks; narrows the type
+        if not math.isfinite(inputs.measured_w) or inputs.measured_w <= self.budget_w * (1 + OVERDRAW_FRAC):
+            return []
+        over = inputs.measured_w - self.budget_w
         caps = np.where(np.isfinite(current), current, inputs.max_w)
+        free = s.copy()
         for c in done:
             caps[c.slot] = c.cap_w
-        now = np.where(np.isfinite(inputs.power_w), inputs.power_w, 0.0)
-        draw = np.where(s, np.minimum(caps, now), 0.0)
-        over = float(draw.sum()) - budget_w
-        if over <= 0:
-            return []
+            free[c.slot] = False
         span = inputs.max_w - inputs.min_w
-        deadband = np.maximum(self.cfg.deadband_w, self.cfg.deadband_frac * span)
+        step = np.maximum(self.cfg.deadband_w, self.cfg.step_frac * span)
+        now = np.where(np.isfinite(inputs.power_w), inputs.power_w, 0.0)
         goal = np.where(np.isfinite(target), target, caps)
-        cut = np.maximum(inputs.min_w, np.minimum(goal, caps - deadband))
-        saving = np.where(s, draw - np.minimum(cut, now), 0.0)
+        cut = np.maximum(inputs.min_w, np.minimum(goal, caps - step))
+        saving = np.where(free, np.minimum(caps, now) - np.minimum(cut, now), 0.0)
+        if float(saving.sum()) < over:  # a step each is not enough: what they draw now, fitted to the budget
+            weight = inputs.weight * np.where(span > 0, span, 1.0)
+            fixed_now = float(np.sum(np.where(free, 0.0, np.where(s, np.minimum(caps, now), now))))
+            try:
+                fit = allocate(self.budget_w - fixed_now, inputs.min_w[free], caps[free], now[free], weight[free])
+            except InfeasibleBudget:
+                fit = inputs.min_w[free]
+            cut[free] = np.minimum(cut[free], fit)
+            saving = np.where(free, np.minimum(caps, now) - np.minimum(cut, now), 0.0)
         out = []
         for i in np.argsort(-saving, kind="stable").tolist():
             if over <= 0 or saving[i] <= 0:

@@ -372,14 +372,13 @@ def run(
     with_capacity: bool = False,
     with_sweep: bool = False,
     plan: str = "peak",
-    raise_deadband_frac: float = 0.0,
 ) -> int:
     """Every seed at every budget fraction; print a table (or JSON); exit 0 when xpuctl did more
     work than the static cap wherever the static cap kept the budget.
     """
     t0 = time.process_time()
     # the loop's settings: the defaults but the plan (a bad value is msgspec's error naming the field)
-    power = msgspec.convert({"plan": plan, "raise_deadband_frac": raise_deadband_frac}, config.Power)
+    power = msgspec.convert({"plan": plan}, config.Power)
     cases: list[Case] = []
     total = len(seeds) * (1 + 3 * len(fracs))
     done = 0
@@ -418,7 +417,6 @@ def run(
     result: dict[str, object] = {
         "scenario": "power",
         "plan": plan,
-        "raise_deadband_frac": raise_deadband_frac,
         "nodes": nodes,
         "devices": nodes * 8,
         "simulated_s": seconds,
@@ -486,7 +484,6 @@ def _print(
 ) -> None:
     print(
         f"power scenario: {nodes} nodes x 8 devices, {seconds} simulated s per run; the loop plans on the {result['plan']}"
-        + (f", raises wait for {result['raise_deadband_frac']:g} of the range" if result["raise_deadband_frac"] else "")
     )
     if len(cases) == 1:
         c = cases[0]
