@@ -276,7 +276,9 @@ def _tdp_w(nodes: int) -> float:
     return float(sum(n.tdp_w.sum() for n in cluster.nodes))
 
 
-def capacity(tdp_nodes: int, seconds: int, seed: int, *, max_loss: float = 0.05) -> Capacity:
+def capacity(
+    tdp_nodes: int, seconds: int, seed: int, *, max_loss: float = 0.05, power: config.Power | None = None
+) -> Capacity:
     """The facility budget is the TDP of `tdp_nodes` nodes (what provisioning by TDP fits); for the
     static cap and for xpuctl, the most nodes of the same mix that run under it losing at most
     `max_loss` of the work they would do uncapped (a search over the node count).
@@ -289,7 +291,7 @@ def capacity(tdp_nodes: int, seconds: int, seed: int, *, max_loss: float = 0.05)
         if nodes not in uncapped:
             uncapped[nodes] = simulate("uncapped", nodes=nodes, seconds=seconds, seed=seed, budget_w=None).work_tdp_s
         if nodes not in loss_at[policy]:
-            run = simulate(policy, nodes=nodes, seconds=seconds, seed=seed, budget_w=feed)
+            run = simulate(policy, nodes=nodes, seconds=seconds, seed=seed, budget_w=feed, power=power)
             loss_at[policy][nodes] = round(1 - run.work_tdp_s / uncapped[nodes], 4)
             print(
                 f"bench power: capacity: {policy} on {nodes} nodes loses {loss_at[policy][nodes]:.1%}", file=sys.stderr
@@ -327,7 +329,9 @@ def capacity(tdp_nodes: int, seconds: int, seed: int, *, max_loss: float = 0.05)
 ALPHA_SWEEP = (0.12, 0.25, 0.39)
 
 
-def alpha_sweep(nodes: int, seconds: int, seed: int, fracs: list[float]) -> list[dict[str, float | None]]:
+def alpha_sweep(
+    nodes: int, seconds: int, seed: int, fracs: list[float], power: config.Power | None = None
+) -> list[dict[str, float | None]]:
     """The cases at each training exponent of ALPHA_SWEEP (issue 17.6): how the result depends on
     the throughput curve's one free parameter.
     """
@@ -341,7 +345,7 @@ def alpha_sweep(nodes: int, seconds: int, seed: int, fracs: list[float]) -> list
             print(f"bench power: throughput exponent {alpha} ...", file=sys.stderr)
             ref = simulate("uncapped", nodes=nodes, seconds=seconds, seed=seed, budget_w=None)
             for frac in fracs:
-                c = case(ref, nodes, seconds, frac, seed)
+                c = case(ref, nodes, seconds, frac, seed, power=power)
                 out.append(
                     {
                         "alpha_training": alpha,
@@ -398,7 +402,7 @@ def run(
         first = cases[0]
         print(f"bench power: xpuctl in {shards} shards under the root allocator ...", file=sys.stderr)
         sharded = simulate_sharded(
-            nodes=nodes, seconds=seconds, seed=first.seed, budget_w=first.budget_w, shards=shards
+            nodes=nodes, seconds=seconds, seed=first.seed, budget_w=first.budget_w, shards=shards, power=power
         )
     summary = {
         f"{frac:g}": {
@@ -426,13 +430,13 @@ def run(
         "summary": summary,
         "cpu_s": round(time.process_time() - t0, 1),
     }
-    sweep = alpha_sweep(nodes, seconds, seeds[0], fracs) if with_sweep else None
+    sweep = alpha_sweep(nodes, seconds, seeds[0], fracs, power) if with_sweep else None
     if sweep is not None:
         result["alpha_sweep"] = sweep
     cap = None
     if with_capacity:
         print("bench power: capacity under a fixed feed ...", file=sys.stderr)
-        cap = capacity(nodes, seconds, seeds[0])
+        cap = capacity(nodes, seconds, seeds[0], power=power)
         result["capacity"] = msgspec.to_builtins(cap)
     if sharded is not None:
         result["shards"] = shards
