@@ -121,3 +121,19 @@ def test_planned_on_the_mean_a_fleet_draws_more_of_its_budget_and_keeps_it() -> 
     assert draw(mean) >= draw(peak) + 0.02, (draw(mean), draw(peak))
     assert mean.work_tdp_s > peak.work_tdp_s
     assert powerbench._longest(mean.series_w, budget * 1.02) <= 2
+
+
+def test_a_device_held_at_its_cap_asks_for_its_range_whatever_its_cap() -> None:
+    # held at 300 W (a 200-700 W card, 20% of its range) and at 250 W (a 100-300 W card, 75%):
+    # planned on the mean both ask for their whole range, so the water level gives both the same
+    # share of their ranges (asking for cap + 5% kept the second ahead, issue 17.2's vendor skew)
+    inp = mean_inputs(2, mean_w=300.0, power_w=300.0, limit_w=300.0)
+    inp.min_w[1], inp.max_w[1] = 100.0, 300.0
+    for a in (inp.power_w, inp.limit_w, inp.mean_w, inp.held_w):
+        assert a is not None
+        a[1] = 250.0
+    mean = on_mean(1000.0)
+    demand = mean._demand(inp, inp.limit_w)
+    assert demand.tolist() == [700.0, 300.0]
+    peak = power.PowerController(config.Power(budget_w=1000.0, reserve_frac=0.0))
+    assert peak._demand(inp, inp.limit_w).tolist() == [pytest.approx(325.0), pytest.approx(260.0)]
