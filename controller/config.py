@@ -110,10 +110,11 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     margin, each cut at once (44-65 commands per device-hour and 0.43 / 0.59 of the oracle's gain
     at 70 / 85% of demand in the power benchmark). "mean": its mean power over the window (loads
     without a setter too; a device held at its cap asks for its range), caps moved in few large
-    steps (`step_frac`) as the plan's room needs, and a cut at once when the measured power
-    exceeds the budget by 2%: 0.80 / 0.88 of the oracle's gain, 25-52 commands per device-hour,
-    a draw of 0.98 of the budget on 32 nodes (six seeds); on a fleet of 8 nodes, where a single node's burst
-    is a sixth of the budget, 2 commands per device-minute (README, power benchmark)."""
+    steps (`step_frac`) as the plan's room needs, and a cut at once, bursting devices first, when
+    the measured power exceeds the budget by 2%: 0.82 / 0.87 of the oracle's gain, 22-58
+    commands per device-hour, a draw of 0.99 of the budget on 32 nodes (six seeds); on a fleet of
+    8 nodes, where a single node's burst is a sixth of the budget, 1.02 commands per
+    device-minute (README, power benchmark)."""
     demand_margin_frac: Fraction = 0.05
     """... plus this margin; a device drawing its whole cap is offered this much more."""
     step_frac: Fraction = 0.25

@@ -42,7 +42,7 @@ the plan exceeds the budget, a raise only once the room exceeds ROOM_HYSTERESIS_
 fits what the devices draw now as well); the devices furthest from their targets move first, as
 fractions of their ranges so that no vendor is favoured, each by `step_frac` of its range at the
 least. Bursts that line up are not planned for: when the measured power exceeds the
-budget by more than OVERDRAW_FRAC, the caps that free the most now are cut at once
+budget by more than OVERDRAW_FRAC, caps are cut at once, the bursting devices' first
 (`_overdraw_cuts`), so the cluster is back under it the next period.
 """
 
@@ -64,6 +64,7 @@ REPEAT_STEP_FRAC = 0.05  # a thermal cut, and the margin kept under the power it
 HELD_SAMPLES = 5  # plan "mean": a device at its cap this many samples in a row is held by it
 ROOM_HYSTERESIS_FRAC = 0.005  # plan "mean": room in the plan that raises no cap (part of the budget)
 OVERDRAW_FRAC = 0.02  # plan "mean": measured power this far above the budget is cut at once (issue 17.2)
+BURST_FRAC = 1.1  # plan "mean": a device drawing this much more than its mean is bursting (cut first)
 
 
 def fill(base: F64, top: F64, weight: F64, amount: float) -> F64:
@@ -623,10 +624,11 @@ class PowerController:
     def _overdraw_cuts(self, inputs: Inputs, s: Mask, current: F64, target: F64, done: list[Command]) -> list[Command]:
         """Planned on the mean: the plan does not count bursts that line up, nor a job that starts
         on a load without a setter until its mean shows it. When the measured power exceeds the
-        budget by more than OVERDRAW_FRAC, cut at once, the caps that free the most now first
-        (each by a step, to its target where lower; deeper, to what their draw now fitted to the
-        budget gives them, where a step each is not enough), until what the devices draw now fits
-        the budget: the cluster is back under it the next period.
+        budget by more than OVERDRAW_FRAC, cut at once, the devices bursting now (over BURST_FRAC
+        of their mean) first, then the caps that free the most now (each by a step, to its target
+        where lower; deeper, to what their draw now fitted to the budget gives them, where a step
+        each is not enough), until what the devices draw now fits the budget: the cluster is back
+        under it the next period.
         """
         assert self.budget_w is not None  # noqa: S101 - the caller checks; narrows the type
         if not math.isfinite(inputs.measured_w) or inputs.measured_w <= self.budget_w * (1 + OVERDRAW_FRAC):
@@ -652,8 +654,14 @@ class PowerController:
                 fit = inputs.min_w[free]
             cut[free] = np.minimum(cut[free], fit)
             saving = np.where(free, np.minimum(caps, now) - np.minimum(cut, now), 0.0)
+        # a device bursting now is cut first: its burst broke the budget, and cut under its burst it
+        # still gets its mean (its plan), so no raise takes the cut back when the burst ends
+        mean = inputs.mean_w if inputs.mean_w is not None else np.full(now.size, np.nan)
+        with np.errstate(invalid="ignore"):
+            bursting = (now > BURST_FRAC * mean) & (saving > 0)
+        order = np.lexsort((-saving, ~bursting))  # bursting first, then the most freed first
         out = []
-        for i in np.argsort(-saving, kind="stable").tolist():
+        for i in order.tolist():
             if over <= 0 or saving[i] <= 0:
                 break
             over -= float(saving[i])

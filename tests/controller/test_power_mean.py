@@ -137,3 +137,15 @@ def test_a_device_held_at_its_cap_asks_for_its_range_whatever_its_cap() -> None:
     assert demand.tolist() == [700.0, 300.0]
     peak = power.PowerController(config.Power(budget_w=1000.0, reserve_frac=0.0))
     assert peak._demand(inp, inp.limit_w).tolist() == [pytest.approx(325.0), pytest.approx(260.0)]
+
+
+def test_on_overdraw_the_device_bursting_now_is_cut_first() -> None:
+    # a steady device at its cap (690 W of 700) and one bursting (600 W against a mean of 500):
+    # cutting the steady one by a step frees more (115 W against 50 W), but the burst broke the
+    # budget, and the bursting device cut to its share keeps its mean: no raise undoes the cut
+    inp = mean_inputs(2, mean_w=690.0, power_w=690.0, limit_w=700.0)
+    assert inp.mean_w is not None and inp.held_w is not None
+    inp.mean_w[1], inp.power_w[1], inp.held_w[1] = 500.0, 600.0, 500.0
+    inp.measured_w = 1290.0  # over 1250 W by more than 2%
+    d = on_mean(1250.0).decide(inp)
+    assert [c.slot for c in d.commands] == [1] and d.commands[0].cap_w == pytest.approx(550.0)
