@@ -41,9 +41,9 @@ the budget counts it at its cap. Caps then move in few, large steps (`_steps`): 
 the plan exceeds the budget, a raise only once the room exceeds ROOM_HYSTERESIS_FRAC of it (and
 fits what the devices draw now as well); the devices furthest from their targets move first, as
 fractions of their ranges so that no vendor is favoured, each by `step_frac` of its range at the
-least. Bursts that line up are not planned for: when the measured power exceeds the
-budget by more than OVERDRAW_FRAC, caps are cut at once, the bursting devices' first
-(`_overdraw_cuts`), so the cluster is back under it the next period.
+least. Bursts that line up are not planned for: when the measured power exceeds the budget by
+more than OVERDRAW_FRAC, caps are cut at once, the bursting devices' first (`_overdraw_cuts`), so
+the cluster is back under it the next period.
 """
 
 from __future__ import annotations
@@ -362,8 +362,7 @@ class PowerController:
         out = np.full(inputs.settable.size, np.nan)
         if not s.any():
             return out
-        span = inputs.max_w - inputs.min_w
-        weight = np.where(span > 0, span, 1.0) * inputs.weight
+        weight = self._share_weight(inputs)
         try:
             out[s] = allocate(
                 total_w - self._fixed_w(inputs, s), inputs.min_w[s], inputs.max_w[s], inputs.max_w[s], weight[s]
@@ -392,10 +391,7 @@ class PowerController:
         else:
             settable_budget = self._settable_budget_w(fixed_w, self._reclaim(inputs))
             demand = self._demand(inputs, current)
-            # equal priority = an equal share of each device's range, so a 150 W and a 700 W card
-            # give up the same fraction of their speed (their speed loss depends on that fraction)
-            span = inputs.max_w - inputs.min_w
-            weight = inputs.weight * np.where(span > 0, span, 1.0)
+            weight = self._share_weight(inputs)
             try:
                 caps = allocate(settable_budget, inputs.min_w[s], ceiling[s], demand[s], weight[s])
             except InfeasibleBudget as exc:
@@ -438,6 +434,21 @@ class PowerController:
         if need_w > budget_w + 1e-9:
             return False, str(InfeasibleBudget(need_w, budget_w))
         return True, ""
+
+    @staticmethod
+    def _share_weight(inputs: Inputs) -> F64:
+        """Each device's weight in the water-filling: equal priority is an equal share of each
+        device's range, so a 150 W and a 700 W card give up the same fraction of their speed (their
+        speed loss depends on that fraction); times the operator's weight.
+        """
+        span = inputs.max_w - inputs.min_w
+        return inputs.weight * np.where(span > 0, span, 1.0)
+
+    def _step_w(self, inputs: Inputs) -> F64:
+        """Planned on the mean: the least a cap moves, `step_frac` of the device's range (the
+        deadband in W at the least).
+        """
+        return np.maximum(self.cfg.deadband_w, self.cfg.step_frac * (inputs.max_w - inputs.min_w))
 
     @staticmethod
     def _cappable(inputs: Inputs) -> Mask:
@@ -569,13 +580,14 @@ class PowerController:
         ranges, are cut first, each by `step_frac` of its range at the least (to its target where
         that is lower), until the room is back; a raise waits for room over ROOM_HYSTERESIS_FRAC
         of the budget (a bursty device's mean wanders; the caps need not follow it), and then the
-        devices furthest below their targets rise first, by a step at the least, while they fit. A raise must also fit what the devices draw now (each its power
-        now or its mean, the larger) under the budget, and it waits rather than let a smaller raise
-        behind it take the room. An unknown cap is set outright (not while raises are held).
+        devices furthest below their targets rise first, by a step at the least, while they fit. A
+        raise must also fit what the devices draw now (each its power now or its mean, the larger)
+        under the budget, and it waits rather than let a smaller raise behind it take the room. An
+        unknown cap is set outright (not while raises are held).
         """
         span = inputs.max_w - inputs.min_w
         frac = np.where(span > 0, span, 1.0)
-        step = np.maximum(self.cfg.deadband_w, self.cfg.step_frac * span)
+        step = self._step_w(inputs)
         known = np.isfinite(current)
         base = np.where(known, current, inputs.max_w)
         new = base.copy()
@@ -639,14 +651,13 @@ class PowerController:
         for c in done:
             caps[c.slot] = c.cap_w
             free[c.slot] = False
-        span = inputs.max_w - inputs.min_w
-        step = np.maximum(self.cfg.deadband_w, self.cfg.step_frac * span)
+        step = self._step_w(inputs)
         now = np.where(np.isfinite(inputs.power_w), inputs.power_w, 0.0)
         goal = np.where(np.isfinite(target), target, caps)
         cut = np.maximum(inputs.min_w, np.minimum(goal, caps - step))
         saving = np.where(free, np.minimum(caps, now) - np.minimum(cut, now), 0.0)
         if float(saving.sum()) < over:  # a step each is not enough: what they draw now, fitted to the budget
-            weight = inputs.weight * np.where(span > 0, span, 1.0)
+            weight = self._share_weight(inputs)
             fixed_now = float(np.sum(np.where(free, 0.0, np.where(s, np.minimum(caps, now), now))))
             try:
                 fit = allocate(self.budget_w - fixed_now, inputs.min_w[free], caps[free], now[free], weight[free])
@@ -656,9 +667,9 @@ class PowerController:
             saving = np.where(free, np.minimum(caps, now) - np.minimum(cut, now), 0.0)
         # a device bursting now is cut first: its burst broke the budget, and cut under its burst it
         # still gets its mean (its plan), so no raise takes the cut back when the burst ends
-        mean = inputs.mean_w if inputs.mean_w is not None else np.full(now.size, np.nan)
+        assert inputs.mean_w is not None  # noqa: S101 - planned on the mean; narrows the type
         with np.errstate(invalid="ignore"):
-            bursting = (now > BURST_FRAC * mean) & (saving > 0)
+            bursting = (now > BURST_FRAC * inputs.mean_w) & (saving > 0)
         order = np.lexsort((-saving, ~bursting))  # bursting first, then the most freed first
         out = []
         for i in order.tolist():
