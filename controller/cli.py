@@ -233,8 +233,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--plan",
         choices=["peak", "mean"],
-        default="peak",
-        help="power scenario: what xpuctl's loop plans devices on ([power] plan; default peak)",
+        default="mean",
+        help="power scenario: what xpuctl's loop plans devices on ([power] plan; default mean)",
     )
     bench.add_argument(
         "--capacity",

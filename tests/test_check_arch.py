@@ -38,5 +38,6 @@ def test_the_agent_installs_reads_parses_and_streams_on_aarch64() -> None:
     assert "8 devices: NVIDIA A800-SXM4-80GB (simulated: False)" in out  # a tool found on PATH
     assert "the controller lists 8 devices of aarch64-node" in out
     highest = re.search(r"highest power limit: (\d+) W", out)
-    assert highest is not None and int(highest.group(1)) <= 500  # 4000 W over 8 devices: capped from 700
+    # 4000 W over 8 devices drawing more: capped from 700 (the budget bounds power, not the sum of caps)
+    assert highest is not None and int(highest.group(1)) < 700
     assert re.search(r"the agent under emulation on x86_64: [\d.]+% of a core, RSS \d+ MiB", out)

@@ -214,14 +214,14 @@ def test_bench_power_reports_each_policy() -> None:
     assert oracle >= first["runs"][2]["work_tdp_s"] and oracle >= static  # the oracle is the bound
     assert set(out["summary"]) == {"0.7", "0.85"} and "share_of_oracle_gain" in out["summary"]["0.7"]
     assert "seed 1, budget 85%" in r.stderr  # progress on stderr
-    assert out["plan"] == "peak"
+    assert out["plan"] == "mean"  # the loop's default
 
 
-def test_bench_power_runs_the_loop_planned_on_the_mean() -> None:
-    args = ["--nodes", "2", "--simulated-s", "20", "--budget-frac", "0.85", "--seeds", "1", "--plan", "mean"]
+def test_bench_power_runs_the_loop_planned_on_the_peak() -> None:
+    args = ["--nodes", "2", "--simulated-s", "20", "--budget-frac", "0.85", "--seeds", "1", "--plan", "peak"]
     r = run("xpuctl.controller.cli", "bench", "--scenario", "power", *args, timeout=120)
     assert r.returncode in (0, 1), r.stderr
-    assert "the loop plans on the mean" in r.stdout and "share" in r.stdout
+    assert "the loop plans on the peak" in r.stdout and "share" in r.stdout
     bad = run("xpuctl.controller.cli", "bench", "--scenario", "power", "--plan", "median", timeout=60)
     assert bad.returncode == 2 and "invalid choice: 'median'" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -33,17 +33,21 @@ just under the power it last ran hot at, and a device hot again there is cut by 
 (`REPEAT_STEP_FRAC`): it settles near its sustainable power instead of swinging.
 With no budget set, only the thermal rules act. Pure: no clocks, no I/O.
 
-Planned on the mean (`[power] plan = "mean"`, issues 17.2 and 17.3): the sum of every device's
-recent peak leaves 6-9% of the budget unused, so the plan takes each device's mean power over the
-window instead, loads without a setter at their mean too, and a device held at its cap (by its
-mean, or for its last HELD_SAMPLES samples) asks for its whole range: its demand is hidden, and
-the budget counts it at its cap. Caps then move in few, large steps (`_steps`): a cut as soon as
-the plan exceeds the budget, a raise only once the room exceeds ROOM_HYSTERESIS_FRAC of it (and
-fits what the devices draw now as well); the devices furthest from their targets move first, as
-fractions of their ranges so that no vendor is favoured, each by `step_frac` of its range at the
-least. Bursts that line up are not planned for: when the measured power exceeds the budget by
-more than OVERDRAW_FRAC, caps are cut at once, the bursting devices' first (`_overdraw_cuts`), so
-the cluster is back under it the next period.
+Planned on the mean (`[power] plan = "mean"`, the default; issues 17.2 and 17.3): the sum of
+every device's recent peak leaves 6-9% of the budget unused, so the plan takes each device's mean
+power over the window instead, plus `burst_z` / sqrt(n) of its swing (its peak less its mean; n
+the devices the loop caps: the bursts of n independent devices add up to about sqrt(n) swings, so
+a small fleet is planned nearer its peaks, `_planned_w`), loads without a setter at that level
+too, and a device held at its cap (by its mean, or for its last HELD_SAMPLES samples) asks for
+its whole range: its demand is hidden, and the budget counts it at its cap. Caps then move in
+few, large steps (`_steps`): a cut as soon as the plan exceeds the budget, a raise only once the
+room exceeds ROOM_HYSTERESIS_FRAC of it (and fits what the devices draw now as well); the devices
+furthest from their targets move first, as fractions of their ranges so that no vendor is
+favoured, each by `step_frac` of its range at the least. Bursts that line up beyond that are not
+planned for: when the measured power exceeds the budget by more than OVERDRAW_FRAC, caps are cut
+at once, the bursting devices' first (`_overdraw_cuts`), so the cluster is back under it the next
+period (and, over it twice in a row, OVERDRAW_FRAC under it). `plan = "peak"` plans each device on
+its recent peak plus a margin: the budget holds nearly every second, with a draw 6-9% under it.
 """
 
 from __future__ import annotations
@@ -224,6 +228,7 @@ class PowerController:
         # set each period by the caller: a new shard owner without enough history lowers caps (the
         # budget, thermal emergencies) but raises none, and sets no unknown cap outright
         self.hold_raises = False
+        self._overdrawn = 0  # periods in a row the measured power was over the budget by OVERDRAW_FRAC
 
     def grow(self, n: int) -> None:
         """Make room for n devices."""
@@ -465,8 +470,20 @@ class PowerController:
         level = inputs.recent_max_w
         if self._on_mean(inputs):
             assert inputs.mean_w is not None  # noqa: S101 - narrows the type
-            level = np.where(np.isfinite(inputs.mean_w), inputs.mean_w, inputs.power_w)
+            level = np.where(np.isfinite(inputs.mean_w), self._planned_w(inputs), inputs.power_w)
         return float(np.nansum(np.where(cappable, 0.0, level)))
+
+    def _planned_w(self, inputs: Inputs) -> F64:
+        """Planned on the mean: each device's mean plus `burst_z` / sqrt(n) of its swing (its peak
+        over the window less its mean), n the devices the loop caps. The bursts of n independent
+        devices add up to about sqrt(n) swings, not n: a large fleet is planned near its means, a
+        small one, where one node's burst is a large part of the budget, nearer its peaks.
+        """
+        assert inputs.mean_w is not None  # noqa: S101 - planned on the mean; narrows the type
+        n = max(1, int(np.count_nonzero(self._cappable(inputs))))
+        k = min(1.0, self.cfg.burst_z / math.sqrt(n))
+        swing = np.where(np.isfinite(inputs.recent_max_w), np.maximum(inputs.recent_max_w - inputs.mean_w, 0.0), 0.0)
+        return inputs.mean_w + k * swing
 
     def _settable_budget_w(self, fixed_w: float, reclaim_w: float) -> float:
         assert self.budget_w is not None  # noqa: S101 - callers check; narrows the type
@@ -508,7 +525,7 @@ class PowerController:
         level = inputs.power_w
         if self._on_mean(inputs):
             assert inputs.mean_w is not None  # noqa: S101 - narrows the type
-            wanted = np.where(np.isfinite(inputs.mean_w), inputs.mean_w, wanted)
+            wanted = np.where(np.isfinite(inputs.mean_w), self._planned_w(inputs), wanted)
             level = np.where(np.isfinite(inputs.mean_w), inputs.mean_w, inputs.power_w)
             if inputs.held_w is not None:  # at its cap for its last few samples: held now
                 level = np.fmax(level, inputs.held_w)
@@ -644,8 +661,13 @@ class PowerController:
         """
         assert self.budget_w is not None  # noqa: S101 - the caller checks; narrows the type
         if not math.isfinite(inputs.measured_w) or inputs.measured_w <= self.budget_w * (1 + OVERDRAW_FRAC):
+            self._overdrawn = 0
             return []
-        over = inputs.measured_w - self.budget_w
+        self._overdrawn += 1
+        # over twice in a row: the draw is still rising (bursts that start one after another), so
+        # the second cut leaves OVERDRAW_FRAC of room under the budget, not none
+        aim = self.budget_w * (1 - OVERDRAW_FRAC) if self._overdrawn > 1 else self.budget_w
+        over = inputs.measured_w - aim
         caps = np.where(np.isfinite(current), current, inputs.max_w)
         free = s.copy()
         for c in done:
@@ -660,7 +682,7 @@ class PowerController:
             weight = self._share_weight(inputs)
             fixed_now = float(np.sum(np.where(free, 0.0, np.where(s, np.minimum(caps, now), now))))
             try:
-                fit = allocate(self.budget_w - fixed_now, inputs.min_w[free], caps[free], now[free], weight[free])
+                fit = allocate(aim - fixed_now, inputs.min_w[free], caps[free], now[free], weight[free])
             except InfeasibleBudget:
                 fit = inputs.min_w[free]
             cut[free] = np.minimum(cut[free], fit)

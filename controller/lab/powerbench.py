@@ -375,7 +375,7 @@ def run(
     shards: int = 1,
     with_capacity: bool = False,
     with_sweep: bool = False,
-    plan: str = "peak",
+    plan: str = "mean",
 ) -> int:
     """Every seed at every budget fraction; print a table (or JSON); exit 0 when xpuctl did more
     work than the static cap wherever the static cap kept the budget.

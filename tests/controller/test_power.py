@@ -300,16 +300,23 @@ def test_a_raise_never_forces_a_cut_and_a_forced_cut_is_a_deadband_at_least() ->
     assert sum(c.cap_w - 400.0 for c in raises) <= freed + 1e-6
 
 
-@pytest.mark.slow  # a simulated fleet for 5 simulated minutes
+@pytest.mark.slow  # a simulated fleet for 5 simulated minutes, planned both ways
 def test_a_steady_fleet_gets_at_most_a_command_per_device_per_minute() -> None:
     from xpuctl.controller.lab import powerbench  # noqa: PLC0415 - the simulator only here
 
     ref = powerbench.simulate("uncapped", nodes=8, seconds=300, seed=3, budget_w=None)
     budget = 0.7 * ref.mean_power_w
-    run = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget)
+    run = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget)  # the default: the mean
     per_device_minute = run.commands / 64 / 5
     assert per_device_minute <= 1.0, per_device_minute
-    assert run.seconds_above_budget_2pct <= 2 and powerbench._longest(run.series_w, budget * 1.02) <= 2
+    # issue 17.2: above the budget by more than 2% for no more than 2 periods in a row; such
+    # seconds are rare (bursts that line up, cut the next period)
+    assert powerbench._longest(run.series_w, budget * 1.02) <= 2
+    assert run.seconds_above_budget_2pct <= 0.05 * 300, run.seconds_above_budget_2pct
+    # planned on the peak, for a budget that must hold nearly every second
+    peak = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget, power=config.Power(plan="peak"))
+    assert peak.commands / 64 / 5 <= 1.0
+    assert peak.seconds_above_budget_2pct <= 2 and powerbench._longest(peak.series_w, budget * 1.02) <= 2
 
 
 @pytest.mark.slow  # a simulated node for 11 simulated minutes

@@ -30,7 +30,8 @@ def mean_inputs(n: int, *, mean_w: float, power_w: float, limit_w: float) -> pow
 
 
 def on_mean(budget_w: float) -> power.PowerController:
-    return power.PowerController(config.Power(budget_w=budget_w, plan="mean", reserve_frac=0.0))
+    """Planned on the mean, the rules one at a time: no reserve, no burst reserve (its own test)."""
+    return power.PowerController(config.Power(budget_w=budget_w, plan="mean", reserve_frac=0.0, burst_z=0.0))
 
 
 def test_levels_are_the_peak_the_mean_and_the_least_of_the_last_samples() -> None:
@@ -47,6 +48,22 @@ def test_levels_are_the_peak_the_mean_and_the_least_of_the_last_samples() -> Non
     both = power.Levels.concat([levels, power.Levels.of(window[:1])])
     assert both.mean.size == 3 and both.mean[2] == levels.mean[0]
     assert power.Levels.of(np.zeros((0, 30))).peak.size == 0
+
+
+def test_a_small_fleet_is_planned_nearer_its_peaks_than_a_large_one() -> None:
+    # devices that average 300 W with bursts to 500 W: n of them burst together about sqrt(n)
+    # swings high, so each is planned at its mean plus burst_z / sqrt(n) of its 200 W swing
+    def planned(n: int, z: float) -> float:
+        inp = mean_inputs(n, mean_w=300.0, power_w=300.0, limit_w=700.0)
+        inp.recent_max_w[:] = 500.0
+        ctl = power.PowerController(config.Power(budget_w=n * 700.0, plan="mean", reserve_frac=0.0, burst_z=z))
+        return ctl.decide(inp).demand_w / n
+
+    assert planned(4, 1.0) == pytest.approx(400.0)  # 1/2 of the swing
+    assert planned(400, 1.0) == pytest.approx(310.0)  # 1/20
+    assert planned(400, 3.0) == pytest.approx(330.0)
+    assert planned(1, 2.0) == pytest.approx(500.0)  # never above the peak
+    assert planned(4, 0.0) == pytest.approx(300.0)  # 0: the mean alone
 
 
 def test_loads_without_a_setter_count_at_their_mean() -> None:
@@ -116,8 +133,8 @@ def test_planned_on_the_mean_a_fleet_draws_more_of_its_budget_and_keeps_it() -> 
     def draw(run: powerbench.Run) -> float:
         return sum(run.series_w[k] for k in over) / len(over) / budget
 
-    peak = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget)
-    mean = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget, power=config.Power(plan="mean"))
+    peak = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget, power=config.Power(plan="peak"))
+    mean = powerbench.simulate("xpuctl", nodes=8, seconds=300, seed=3, budget_w=budget)  # the default
     assert draw(mean) >= draw(peak) + 0.02, (draw(mean), draw(peak))
     assert mean.work_tdp_s > peak.work_tdp_s
     assert powerbench._longest(mean.series_w, budget * 1.02) <= 2
@@ -135,7 +152,7 @@ def test_a_device_held_at_its_cap_asks_for_its_range_whatever_its_cap() -> None:
     mean = on_mean(1000.0)
     demand = mean._demand(inp, inp.limit_w)
     assert demand.tolist() == [700.0, 300.0]
-    peak = power.PowerController(config.Power(budget_w=1000.0, reserve_frac=0.0))
+    peak = power.PowerController(config.Power(budget_w=1000.0, reserve_frac=0.0, plan="peak"))
     assert peak._demand(inp, inp.limit_w).tolist() == [pytest.approx(325.0), pytest.approx(260.0)]
 
 

@@ -188,6 +188,8 @@ def test_the_power_scenario_in_shards_keeps_the_budget_and_the_work_of_one_alloc
     budget = 0.7 * ref.mean_power_w
     one = powerbench.simulate("xpuctl", nodes=16, seconds=300, seed=1, budget_w=budget)
     four = powerbench.simulate_sharded(nodes=16, seconds=300, seed=1, budget_w=budget, shards=4)
-    assert four.seconds_above_budget_2pct <= 2, four
+    # above the budget by more than 2% for no more than 2 periods in a row, and rarely (issue 17.2)
+    assert powerbench._longest(four.series_w, budget * 1.02) <= 2, four
+    assert four.seconds_above_budget_2pct <= 0.05 * 300, four
     assert abs(four.work_tdp_s / one.work_tdp_s - 1) <= 0.02, (four, one)
     assert four.mean_power_w >= 0.9 * budget  # the budget is used, not left idle by the split
