@@ -110,7 +110,7 @@ class Power(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     `burst_z` / sqrt(n) of its swing (loads without a setter too; a device held at its cap asks
     for its range), caps moved in few large steps (`step_frac`) as the plan's room needs, and a
     cut at once, bursting devices first, when the measured power exceeds the budget by 2%: 0.80 /
-    0.87 of the oracle's gain at 70 / 85% of demand, a draw of 0.98-0.99 of the budget, at most
+    0.86 of the oracle's gain at 70 / 85% of demand, a draw of 0.98-0.99 of the budget, at most
     60 commands per device-hour on 32 nodes (six seeds), with single seconds or pairs above the
     budget by more than 2% when bursts line up (10-29 in 600 s). "peak": its highest power over
     the window plus the margin, each cut at once: the budget holds nearly every second, but 0.43

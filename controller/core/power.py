@@ -464,8 +464,8 @@ class PowerController:
 
     def _fixed_w(self, inputs: Inputs, cappable: Mask) -> float:
         """What the devices the loop cannot cap draw at most: their recent peaks; planned on the
-        mean, their mean (their power now where there is none): a burst on them is the
-        overdraw cuts' business, not the plan's.
+        mean, their planned level (`_planned_w`; their power now where there is no mean): a burst
+        beyond it is the overdraw cuts' business, not the plan's.
         """
         level = inputs.recent_max_w
         if self._on_mean(inputs):
@@ -512,7 +512,7 @@ class PowerController:
         return self.reclaim_w
 
     def _demand(self, inputs: Inputs, current: F64) -> F64:
-        """Highest recent power plus a margin (planned on the mean: the mean power); a device held
+        """Highest recent power plus a margin (planned on the mean: `_planned_w`); a device held
         at its enforced cap asks for more: the margin, or planned on the mean its whole range (so
         that every held device gets the same share of its range whatever its cap now; the budget
         counts it at its cap, min(cap, demand), which is what it draws).
