@@ -201,18 +201,19 @@ class Hub:
         self.handle(out, now_ns)
 
     def handle(self, out: control.Output, now_ns: int) -> None:
-        """Publish a step's events and send its commands (when there is a bus to send them on)."""
+        """Send a step's commands (when there is a bus to send them on), then publish its events:
+        an emergency reaches the socket before the events that tell of it are handed on (issue 13.3).
+        """
+        if self.send is not None:
+            for entry in out.send:
+                if self.send(entry, now_ns):
+                    self.control.ledger.sent(entry, now_ns)
         self.publish(out.events)
         for e in out.events:
             if e.severity in ("critical", "warning"):
                 extra = {"node_id": e.node_id, "hw.id": e.device_uuid} if e.device_uuid else {"node_id": e.node_id}
                 level = logging.WARNING if e.severity == "critical" else logging.INFO
                 log.log(level, "%s: %s", e.kind, e.message, extra=extra)
-        if self.send is None:
-            return
-        for entry in out.send:
-            if self.send(entry, now_ns):
-                self.control.ledger.sent(entry, now_ns)
 
     def publish(self, evs: list[events.Event]) -> None:
         """Hand events to WatchEvents streams (a slow watcher loses events, counted) and onwards."""

@@ -204,7 +204,14 @@ class Control:
         out.send.append(entry)
 
     def _emergencies(self, findings: list[detect.Finding], now_ns: int, out: Output) -> None:
-        hot = [f for f in findings if f.raised and f.kind in HOT_KINDS]
+        """One cut per hot device: a sample that raises both HOT_KINDS is one observation, and
+        cutting once for each would compound two steps (and send two commands where one does).
+        """
+        first: dict[int, detect.Finding] = {}
+        for f in findings:
+            if f.raised and f.kind in HOT_KINDS:
+                first.setdefault(f.slot, f)
+        hot = list(first.values())
         if not hot:
             return
         self._facts()

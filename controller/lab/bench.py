@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
             result["critical_to_command_p99_ms"] = float(np.percentile(lat, 99))
             result["critical_to_command_max_ms"] = float(lat.max())
             # the part until the controller decided (the rest is its MQTT publish and the broker)
+            result["critical_to_decision_p50_ms"] = float(np.percentile(decided, 50))
             result["critical_to_decision_p99_ms"] = float(np.percentile(decided, 99))
     if args.json:
         print(json.dumps(result))
