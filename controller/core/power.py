@@ -215,7 +215,7 @@ class PowerController:
     def __init__(self, cfg: config.Power | None = None) -> None:
         """No device known yet; budget from config."""
         self.cfg = cfg or config.Power()
-        self.budget_w: float | None = self.cfg.budget_w
+        self._budget_w: float | None = self.cfg.budget_w
         self.target_w = np.zeros(0)  # last cap asked for, NaN = unknown (use the enforced limit)
         self.age = np.zeros(0, dtype=np.int64)  # periods since the target was asked for or applied
         self.thermal_ceiling_w = np.zeros(0)  # inf = none
@@ -229,6 +229,17 @@ class PowerController:
         # budget, thermal emergencies) but raises none, and sets no unknown cap outright
         self.hold_raises = False
         self._overdrawn = 0  # periods in a row the measured power was over the budget by OVERDRAW_FRAC
+
+    @property
+    def budget_w(self) -> float | None:
+        """The budget the loop keeps the devices under (W); None: none."""
+        return self._budget_w
+
+    @budget_w.setter
+    def budget_w(self, budget_w: float | None) -> None:
+        if budget_w is None:  # no budget, no overdraw: a budget set later starts a run of its own
+            self._overdrawn = 0
+        self._budget_w = budget_w
 
     def grow(self, n: int) -> None:
         """Make room for n devices."""

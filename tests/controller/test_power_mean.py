@@ -166,3 +166,20 @@ def test_on_overdraw_the_device_bursting_now_is_cut_first() -> None:
     inp.measured_w = 1290.0  # over 1250 W by more than 2%
     d = on_mean(1250.0).decide(inp)
     assert [c.slot for c in d.commands] == [1] and d.commands[0].cap_w == pytest.approx(550.0)
+
+
+def test_a_budget_removed_and_set_again_starts_its_own_run_of_overdraws() -> None:
+    # Twice over in a row, the second cut leaves room under the budget; a run of overdraws under
+    # a budget that was then removed must not make the first overdraw under a new one that deep.
+    inp = mean_inputs(4, mean_w=690.0, power_w=690.0, limit_w=700.0)
+    inp.measured_w = 2760.0  # over 2500 W by 10%
+    ctl = on_mean(2500.0)
+    first, second = ctl.decide(inp), ctl.decide(inp)
+    assert first.commands and second.commands and ctl._overdrawn == 2
+    ctl.budget_w = 2600.0  # a new value (a shard's grant moves every period): the run goes on
+    assert ctl._overdrawn == 2
+    ctl.budget_w = None
+    ctl.decide(inp)
+    ctl.budget_w = 2500.0
+    ctl.decide(inp)
+    assert ctl._overdrawn == 1
