@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -48,6 +49,15 @@ def test_ring_matches_deques(window: int, script: list[list[int]], capacity: int
             assert np.isnan(view[: window - len(tail)]).all()
         else:
             assert np.isnan(store.latest(np.array([s]))).all()
+    every = np.arange(store.capacity, dtype=np.int64)
+    for n, metric in itertools.product(range(window + 1), (1, 2)):  # `back`, a gauge and the counter
+        bts, bv = store.back(every, metric, n)
+        for s in range(store.capacity):
+            expect = list(model.get(s, ()))
+            if n < len(expect):
+                assert (int(bts[s]), float(bv[s])) == (expect[-1 - n][0], expect[-1 - n][1][metric])
+            else:
+                assert int(bts[s]) == 0 and np.isnan(bv[s])
 
 
 def test_window_must_be_positive() -> None:
