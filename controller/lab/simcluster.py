@@ -86,7 +86,7 @@ class SimCluster:
             if k in self.offline:
                 continue
             self.seq[k] += 1
-            cols = columns(node, self.seq[k], self.now_ns)
+            cols = _columns(node, self.seq[k], self.now_ns)
             admitted = self.ingest.admit(self.streams[k], cols.seq, cols.device.size, cols.dropped_total, self.now_ns)
             if isinstance(admitted, registry.NodeState):  # else a duplicate: never, seqs only rise here
                 nodes.append(admitted)
@@ -118,8 +118,7 @@ class SimCluster:
         return self.registry.slot_of_uuid[f"{self.nodes[node].profiles[0].vendor}-{self.node_ids[node]}-{device}"]
 
 
-def columns(node: engine.SimNode, seq: int, now_ns: int) -> ingest.BatchColumns:
-    """A simulated node's batch as the gRPC codec gives it: its devices' readings at `now_ns`."""
+def _columns(node: engine.SimNode, seq: int, now_ns: int) -> ingest.BatchColumns:
     readings = node.read()
     values = np.stack([readings[name] for name in model.METRICS], axis=1)
     health = node.health()

@@ -50,10 +50,10 @@ def test_ring_matches_deques(window: int, script: list[list[int]], capacity: int
         else:
             assert np.isnan(store.latest(np.array([s]))).all()
     every = np.arange(store.capacity, dtype=np.int64)
+    expected = [list(model.get(s, ())) for s in range(store.capacity)]
     for n, metric in itertools.product(range(window + 1), (1, 2)):  # `back`, a gauge and the counter
         bts, bv = store.back(every, metric, n)
-        for s in range(store.capacity):
-            expect = list(model.get(s, ()))
+        for s, expect in enumerate(expected):
             if n < len(expect):
                 assert (int(bts[s]), float(bv[s])) == (expect[-1 - n][0], expect[-1 - n][1][metric])
             else:
